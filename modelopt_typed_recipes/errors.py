@@ -1,0 +1,78 @@
+"""Typed errors: every mistake a user can make is one of these, raised before any GPU work.
+
+Each carries the dotted field path (``stages[1].quantize.preset``), a message and, where we can
+guess it, a hint ("did you mean ..."). The CLI prints them and exits 2; anything else is a bug.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class RecipeError(Exception):
+    """Base of every error this package raises on bad input."""
+
+    def __init__(self, message: str, *, path: str = "", hint: str = "") -> None:
+        self.path = path
+        self.message = message
+        self.hint = hint
+        super().__init__(self.__str__())
+
+    def __str__(self) -> str:
+        text = f"{self.path}: {self.message}" if self.path else self.message
+        return f"{text} ({self.hint})" if self.hint else text
+
+    def under(self, prefix: str) -> RecipeError:
+        """The same error seen from an enclosing object: ``router_topk`` becomes ``moe.router_topk``."""
+        if not prefix:
+            return self
+        if not self.path:
+            path = prefix
+        elif self.path.startswith("["):
+            path = prefix + self.path
+        else:
+            path = f"{prefix}.{self.path}"
+        err = type(self)(self.message, path=path, hint=self.hint)
+        err.__cause__ = self.__cause__
+        return err
+
+    def to_dict(self) -> dict[str, str]:
+        return {"type": type(self).__name__, "path": self.path, "message": self.message, "hint": self.hint}
+
+
+class SpecError(RecipeError, ValueError):
+    """A value that breaks a rule of the spec (a wrong type, a missing key, an impossible size)."""
+
+
+class UnknownNameError(SpecError, LookupError):
+    """A name that is not in a registry."""
+
+
+class LayoutError(RecipeError, ValueError):
+    """A parallel layout that does not fit the model, the stage or the GPUs."""
+
+
+class CompatibilityError(RecipeError):
+    """A version, hardware or optional-dependency gate (megatron-core, Transformer Engine, CUDA)."""
+
+
+class ResourceError(RecipeError):
+    """The plan does not fit in the memory of the chosen GPUs."""
+
+
+class DataError(RecipeError, ValueError):
+    """Calibration or evaluation data that is missing, empty or unreadable."""
+
+
+def did_you_mean(word: str, choices: Iterable[str], *, n: int = 3) -> str:
+    """A "did you mean ..." hint, or "" when nothing is close."""
+    choices = list(choices)
+    lowered = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(word.lower(), list(lowered), n=n, cutoff=0.6)
+    if not close:
+        # substring matches help with short aliases ("qwen3" -> the Qwen3 entries)
+        close = [c for c in lowered if word.lower() in c][:n]
+    if not close:
+        return ""
+    return "did you mean " + ", ".join(repr(lowered[c]) for c in close) + "?"

@@ -1,0 +1,64 @@
+"""attrs validators that raise :class:`SpecError` naming the field, so every check reads the same."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ..errors import SpecError, did_you_mean
+
+
+def fail(field: str, message: str, hint: str = "") -> SpecError:
+    return SpecError(message, path=field, hint=hint)
+
+
+def positive(_inst: Any, attr: Any, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise fail(attr.name, f"must be a positive number, got {value!r}")
+
+
+def non_negative(_inst: Any, attr: Any, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise fail(attr.name, f"must be zero or more, got {value!r}")
+
+
+def positive_int(_inst: Any, attr: Any, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise fail(attr.name, f"must be a positive integer, got {value!r}")
+
+
+def fraction(_inst: Any, attr: Any, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+        raise fail(attr.name, f"must be in (0, 1], got {value!r}")
+
+
+def one_of(choices: Iterable[str]) -> Callable[[Any, Any, Any], None]:
+    allowed = tuple(choices)
+
+    def check(_inst: Any, attr: Any, value: Any) -> None:
+        if value is None:
+            return
+        if value not in allowed:
+            raise fail(
+                attr.name,
+                f"{value!r} is not one of {', '.join(map(repr, allowed))}",
+                did_you_mean(str(value), allowed),
+            )
+
+    return check
+
+
+def to_float(value: Any) -> Any:
+    """Converter: accept ints for float fields (YAML writes ``1e6`` as a string, ``10000`` as int)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return float(value)
+    return value

@@ -1,0 +1,350 @@
+"""The package's one cattrs converter: dicts, YAML, JSON, dotted overrides and content hashes.
+
+Strict on purpose: unknown keys, wrong types (a float where an int belongs, a string for a bool)
+and broken rules all become a :class:`SpecError` that names the field path. Other modules register
+their hooks here (``converter``) rather than building converters of their own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import types
+import typing
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+import cattrs
+import yaml
+from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+
+from ..errors import RecipeError, SpecError, did_you_mean
+
+T = TypeVar("T")
+
+converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True, omit_if_default=False)
+
+
+# --------------------------------------------------------------------------- strict scalars
+def _strict_int(value: Any, _t: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise TypeError(f"expected an integer, got {value!r}")
+    return value
+
+
+def _strict_float(value: Any, _t: Any) -> float:
+    if isinstance(value, bool):
+        raise TypeError(f"expected a number, got {value!r}")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):  # YAML 1.1 reads 1e6 as a string
+        try:
+            out = float(value)
+        except ValueError:
+            raise TypeError(f"expected a number, got {value!r}") from None
+        if math.isfinite(out):
+            return out
+    raise TypeError(f"expected a number, got {value!r}")
+
+
+def _strict_bool(value: Any, _t: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _strict_str(value: Any, _t: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {value!r}")
+    return value
+
+
+converter.register_structure_hook(int, _strict_int)
+converter.register_structure_hook(float, _strict_float)
+converter.register_structure_hook(bool, _strict_bool)
+converter.register_structure_hook(str, _strict_str)
+
+
+def _is_union(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType)
+
+
+def _tagged_members(tp: Any) -> dict[str, type] | None:
+    """For a union of attrs classes that each carry a ``type: Literal[...]`` tag: tag -> class."""
+    members = [a for a in typing.get_args(tp) if a is not type(None)]
+    if len(members) < 1 or not all(attrs.has(m) for m in members):
+        return None
+    tags: dict[str, type] = {}
+    for m in members:
+        field = attrs.fields_dict(m).get("type")
+        if field is None or field.default is attrs.NOTHING:
+            return None
+        tags[field.default] = m
+    return tags
+
+
+def _structure_tagged(tp: Any) -> Callable[[Any, Any], Any]:
+    tags = _tagged_members(tp)
+    assert tags is not None
+    optional = type(None) in typing.get_args(tp)
+    default = next(iter(tags))
+
+    def hook(value: Any, _t: Any) -> Any:
+        if value is None and optional:
+            return None
+        if type(value) in tags.values():
+            return value
+        if not isinstance(value, Mapping):
+            raise TypeError(f"expected a mapping, got {value!r}")
+        tag = value.get("type", default if len(tags) == 1 else None)
+        if tag is None and "type" not in value:
+            tag = default
+        if tag not in tags:
+            raise SpecError(
+                f"unknown type {tag!r}",
+                path="type",
+                hint=did_you_mean(str(tag), tags) or f"one of {', '.join(tags)}",
+            )
+        return converter.structure(dict(value), tags[tag])
+
+    return hook
+
+
+def _structure_scalar_union(tp: Any) -> Callable[[Any, Any], Any]:
+    """Unions of plain scalars (``int | str``): keep the value when its type is a member."""
+    members = tuple(a for a in typing.get_args(tp) if a is not type(None))
+
+    def hook(value: Any, _t: Any) -> Any:
+        if value is None and type(None) in typing.get_args(tp):
+            return None
+        for m in members:
+            if m is float and isinstance(value, int) and not isinstance(value, bool):
+                return float(value)
+            if isinstance(value, m) and not (isinstance(value, bool) and m is not bool):
+                return value
+        raise TypeError(f"expected {' or '.join(m.__name__ for m in members)}, got {value!r}")
+
+    return hook
+
+
+converter.register_structure_hook_factory(lambda t: _is_union(t) and _tagged_members(t) is not None, _structure_tagged)
+converter.register_structure_hook_factory(
+    lambda t: _is_union(t) and all(a in (int, str, float, bool, type(None)) for a in typing.get_args(t)),
+    _structure_scalar_union,
+)
+
+
+# --------------------------------------------------------------------------- errors with paths
+def _flatten(exc: BaseException, path: str) -> list[RecipeError]:
+    if isinstance(exc, IterableValidationError):
+        with_notes, without = exc.group_exceptions()
+        out: list[RecipeError] = []
+        for sub, note in with_notes:
+            out += _flatten(sub, f"{path}[{note.index!r}]")
+        for sub in without:
+            out += _flatten(sub, path)
+        return out
+    if isinstance(exc, ClassValidationError):
+        with_notes, without = exc.group_exceptions()
+        out = []
+        for sub, note in with_notes:
+            out += _flatten(sub, f"{path}.{note.name}" if path else note.name)
+        for sub in without:
+            out += _flatten(sub, path)
+        return out
+    if isinstance(exc, RecipeError):
+        return [exc.under(path)]
+    if isinstance(exc, ForbiddenExtraKeysError):
+        known = [a.name for a in attrs.fields(exc.cl)] if attrs.has(exc.cl) else []
+        errs = []
+        for key in sorted(exc.extra_fields):
+            p = f"{path}.{key}" if path else key
+            errs.append(SpecError("unknown key", path=p, hint=did_you_mean(key, known) or f"known keys: {', '.join(known)}"))
+        return errs
+    if isinstance(exc, KeyError):
+        return [SpecError("required field missing", path=path)]
+    return [SpecError(str(exc) or type(exc).__name__, path=path)]
+
+
+class SpecErrors(SpecError):
+    """Several problems in one document; ``errors`` lists each, ``path``/``message`` are the first."""
+
+    def __init__(self, errors: list[RecipeError]) -> None:
+        self.errors = errors
+        first = errors[0]
+        extra = f" (and {len(errors) - 1} more: " + "; ".join(str(e) for e in errors[1:4]) + ")" if len(errors) > 1 else ""
+        super().__init__(first.message + extra, path=first.path, hint=first.hint)
+
+
+def structure(data: Any, cls: type[T], *, path: str = "") -> T:
+    """dict -> validated instance, or a SpecError naming the field path."""
+    try:
+        return converter.structure(data, cls)
+    except (ClassValidationError, IterableValidationError) as exc:
+        errors = _flatten(exc, path)
+    except RecipeError as exc:
+        errors = [exc.under(path)]
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        errors = [SpecError(str(exc) or type(exc).__name__, path=path)]
+    if len(errors) == 1:
+        raise errors[0] from None
+    raise SpecErrors(errors) from None
+
+
+def to_dict(obj: Any) -> Any:
+    return converter.unstructure(obj)
+
+
+def from_dict(data: Any, cls: type[T]) -> T:
+    data = migrate(data, cls)
+    return structure(data, cls)
+
+
+# --------------------------------------------------------------------------- tuples round-trip through YAML/JSON lists
+def _tuple_hook(value: Any, tp: Any) -> Any:
+    args = typing.get_args(tp)
+    if not isinstance(value, list | tuple):
+        raise TypeError(f"expected a list, got {value!r}")
+    if len(args) == 2 and args[1] is Ellipsis:
+        return tuple(converter.structure(v, args[0]) for v in value)
+    if len(args) != len(value):
+        raise TypeError(f"expected {len(args)} items, got {len(value)}")
+    return tuple(converter.structure(v, a) for v, a in zip(value, args, strict=True))
+
+
+converter.register_structure_hook_func(lambda t: typing.get_origin(t) is tuple, _tuple_hook)
+converter.register_unstructure_hook_func(lambda t: typing.get_origin(t) is tuple, lambda v: [converter.unstructure(x) for x in v])
+
+
+# --------------------------------------------------------------------------- schema migrations
+_MIGRATIONS: dict[tuple[type, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+def register_migration(cls: type, from_version: int) -> Callable[[Callable[[dict], dict]], Callable[[dict], dict]]:
+    """Register a function that lifts a document of ``cls`` from ``from_version`` to the next."""
+
+    def deco(fn: Callable[[dict], dict]) -> Callable[[dict], dict]:
+        _MIGRATIONS[(cls, from_version)] = fn
+        return fn
+
+    return deco
+
+
+def migrate(data: Any, cls: type) -> Any:
+    if not isinstance(data, Mapping) or not attrs.has(cls) or "schema_version" not in attrs.fields_dict(cls):
+        return data
+    target = attrs.fields_dict(cls)["schema_version"].default
+    version = data.get("schema_version", target)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise SpecError(f"expected an integer, got {version!r}", path="schema_version")
+    if version > target:
+        raise SpecError(
+            f"schema_version={version} is newer than this package understands ({target})",
+            path="schema_version",
+            hint="upgrade modelopt-typed-recipes",
+        )
+    data = dict(data)
+    while version < target:
+        step = _MIGRATIONS.get((cls, version))
+        if step is None:
+            raise SpecError(f"no migration from schema_version={version}", path="schema_version")
+        data = step(data)
+        version += 1
+        data["schema_version"] = version
+    return data
+
+
+# --------------------------------------------------------------------------- YAML / JSON
+def to_json(obj: Any, *, indent: int | None = 2) -> str:
+    return json.dumps(to_dict(obj), indent=indent, sort_keys=False)
+
+
+def from_json(text: str, cls: type[T]) -> T:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"not valid JSON: {exc}") from None
+    return from_dict(data, cls)
+
+
+def to_yaml(obj: Any) -> str:
+    return yaml.safe_dump(to_dict(obj), sort_keys=False, allow_unicode=True)
+
+
+def from_yaml(text: str, cls: type[T]) -> T:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"not valid YAML: {exc}".replace("\n", " ")) from None
+    return from_dict(data, cls)
+
+
+def load_file(path: str | Path, cls: type[T]) -> T:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(f"cannot read {p}: {exc.strerror}", path=str(p)) from None
+    return from_json(text, cls) if p.suffix == ".json" else from_yaml(text, cls)
+
+
+# --------------------------------------------------------------------------- overrides and hashes
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(obj: T, overrides: Mapping[str, Any] | list[str]) -> T:
+    """A new validated instance with dotted keys replaced: ``{"moe.num_experts": 64}`` or ``["moe.num_experts=64"]``."""
+    if not isinstance(overrides, Mapping):
+        pairs: dict[str, Any] = {}
+        for item in overrides:
+            if "=" not in item:
+                raise SpecError(f"override {item!r} is not KEY=VALUE", hint="e.g. moe.num_experts=64")
+            key, _, raw = item.partition("=")
+            pairs[key.strip()] = _parse_value(raw)
+        overrides = pairs
+    data = to_dict(obj)
+    for dotted, value in overrides.items():
+        node = data
+        keys = dotted.split(".")
+        for i, key in enumerate(keys):
+            where = ".".join(keys[: i + 1])
+            if isinstance(node, list):
+                try:
+                    idx = int(key)
+                    node[idx]  # noqa: B018 - bounds check
+                except (ValueError, IndexError):
+                    raise SpecError(f"no list index {key!r}", path=where) from None
+                if i == len(keys) - 1:
+                    node[idx] = value
+                else:
+                    node = node[idx]
+                continue
+            if not isinstance(node, dict) or key not in node:
+                known = list(node) if isinstance(node, dict) else []
+                raise SpecError("unknown key", path=where, hint=did_you_mean(key, known) or "")
+            if i == len(keys) - 1:
+                node[key] = value
+            else:
+                if node[key] is None:
+                    node[key] = {}
+                node = node[key]
+    return structure(data, type(obj))
+
+
+def canonical_json(obj: Any) -> str:
+    data = obj if isinstance(obj, dict | list) else to_dict(obj)
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def content_hash(obj: Any, *, length: int = 16) -> str:
+    """Stable across processes and machines: sha256 of canonical JSON (``schema_version`` included)."""
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
