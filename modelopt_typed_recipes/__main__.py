@@ -1,0 +1,3 @@
+from modelopt_typed_recipes.cli import main
+
+raise SystemExit(main())

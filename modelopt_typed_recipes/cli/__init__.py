@@ -1,0 +1,65 @@
+"""Command line: ``python -m modelopt_typed_recipes`` or ``mtrecipes``.
+
+Each command group lives in its own module and registers its sub-commands in ``COMMAND_MODULES``;
+this module only parses, dispatches and turns typed errors into exit code 2 with one paragraph.
+Command modules import heavy things (torch, ModelOpt) inside their handlers only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+
+from ..errors import RecipeError
+
+# modules with a `register(subparsers)` function; each sub-command sets `handler=` via set_defaults
+COMMAND_MODULES = (
+    "modelopt_typed_recipes.cli.arch_cmds",
+    "modelopt_typed_recipes.cli.plan_cmds",
+    "modelopt_typed_recipes.cli.run_cmds",
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse exits 2 too; keep it one paragraph
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"error: {message}\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="mtrecipes", description="Typed ModelOpt post-training recipes for Megatron-Core.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # a command group not written yet
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except RecipeError as err:
+        if getattr(args, "json", False):
+            print(json.dumps({"ok": False, "errors": [err.to_dict()]}, indent=2))
+        sys.stderr.write(f"error: {err}\n")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
