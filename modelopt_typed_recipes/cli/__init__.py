@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "modelopt_typed_recipes.cli.arch_cmds",
     "modelopt_typed_recipes.cli.plan_cmds",
     "modelopt_typed_recipes.cli.run_cmds",
+    "modelopt_typed_recipes.cli.check_cmds",
 )
 
 
