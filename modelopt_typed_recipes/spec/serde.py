@@ -19,7 +19,12 @@ from typing import Any, TypeVar
 import attrs
 import cattrs
 import yaml
-from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+from cattrs.errors import (
+    ClassValidationError,
+    ForbiddenExtraKeysError,
+    IterableValidationError,
+    IterableValidationNote,
+)
 
 from ..errors import RecipeError, SpecError, did_you_mean
 
@@ -74,23 +79,38 @@ def _is_union(tp: Any) -> bool:
     return typing.get_origin(tp) in (typing.Union, types.UnionType)
 
 
+# Tag fields a union member may carry, in order of preference; a union is tagged by the first name every
+# member has with a default. ``required``: whether a document must spell the tag out (``type`` defaults to
+# the first member for backwards compatibility; a recipe stage must say which ``technique`` it is).
+TAG_FIELDS: dict[str, bool] = {"type": False, "technique": True}
+
+
+def _tag_field(members: list[Any]) -> str | None:
+    for name in TAG_FIELDS:
+        fields = [attrs.fields_dict(m).get(name) for m in members]
+        if all(f is not None and f.default is not attrs.NOTHING for f in fields):
+            return name
+    return None
+
+
 def _tagged_members(tp: Any) -> dict[str, type] | None:
-    """For a union of attrs classes that each carry a ``type: Literal[...]`` tag: tag -> class."""
+    """For a union of attrs classes that each carry a tag field (``type``/``technique``): tag -> class."""
     members = [a for a in typing.get_args(tp) if a is not type(None)]
     if len(members) < 1 or not all(attrs.has(m) for m in members):
         return None
-    tags: dict[str, type] = {}
-    for m in members:
-        field = attrs.fields_dict(m).get("type")
-        if field is None or field.default is attrs.NOTHING:
-            return None
-        tags[field.default] = m
-    return tags
+    name = _tag_field(members)
+    if name is None:
+        return None
+    return {attrs.fields_dict(m)[name].default: m for m in members}
 
 
 def _structure_tagged(tp: Any) -> Callable[[Any, Any], Any]:
     tags = _tagged_members(tp)
     assert tags is not None
+    members = list(tags.values())
+    name = _tag_field(members)
+    assert name is not None
+    required = TAG_FIELDS[name] and len(tags) > 1
     optional = type(None) in typing.get_args(tp)
     default = next(iter(tags))
 
@@ -101,16 +121,41 @@ def _structure_tagged(tp: Any) -> Callable[[Any, Any], Any]:
             return value
         if not isinstance(value, Mapping):
             raise TypeError(f"expected a mapping, got {value!r}")
-        tag = value.get("type", default if len(tags) == 1 else None)
-        if tag is None and "type" not in value:
-            tag = default
+        if name not in value and required:
+            raise SpecError(f"required field missing: say which {name} (one of {', '.join(tags)})", path=name)
+        tag = value.get(name, default)
         if tag not in tags:
             raise SpecError(
-                f"unknown type {tag!r}",
-                path="type",
+                f"unknown {name} {tag!r}",
+                path=name,
                 hint=did_you_mean(str(tag), tags) or f"one of {', '.join(tags)}",
             )
         return converter.structure(dict(value), tags[tag])
+
+    return hook
+
+
+def _str_or_attrs(tp: Any) -> type | None:
+    """``str | SomeAttrsClass`` (a registry name or an inline spec): the attrs class, else None."""
+    members = [a for a in typing.get_args(tp) if a is not type(None)]
+    others = [m for m in members if m is not str]
+    if str in members and len(others) == 1 and attrs.has(others[0]):
+        return others[0]
+    return None
+
+
+def _structure_str_or_attrs(tp: Any) -> Callable[[Any, Any], Any]:
+    cls = _str_or_attrs(tp)
+    optional = type(None) in typing.get_args(tp)
+
+    def hook(value: Any, _t: Any) -> Any:
+        if value is None and optional:
+            return None
+        if isinstance(value, str | cls):
+            return value
+        if isinstance(value, Mapping):
+            return converter.structure(dict(value), cls)
+        raise TypeError(f"expected a name or a mapping, got {value!r}")
 
     return hook
 
@@ -133,6 +178,7 @@ def _structure_scalar_union(tp: Any) -> Callable[[Any, Any], Any]:
 
 
 converter.register_structure_hook_factory(lambda t: _is_union(t) and _tagged_members(t) is not None, _structure_tagged)
+converter.register_structure_hook_factory(lambda t: _is_union(t) and _str_or_attrs(t) is not None, _structure_str_or_attrs)
 converter.register_structure_hook_factory(
     lambda t: _is_union(t) and all(a in (int, str, float, bool, type(None)) for a in typing.get_args(t)),
     _structure_scalar_union,
@@ -211,10 +257,21 @@ def _tuple_hook(value: Any, tp: Any) -> Any:
     if not isinstance(value, list | tuple):
         raise TypeError(f"expected a list, got {value!r}")
     if len(args) == 2 and args[1] is Ellipsis:
-        return tuple(converter.structure(v, args[0]) for v in value)
-    if len(args) != len(value):
+        types_ = [args[0]] * len(value)
+    elif len(args) != len(value):
         raise TypeError(f"expected {len(args)} items, got {len(value)}")
-    return tuple(converter.structure(v, a) for v, a in zip(value, args, strict=True))
+    else:
+        types_ = list(args)
+    out, errors = [], []
+    for i, (v, t) in enumerate(zip(value, types_, strict=True)):
+        try:
+            out.append(converter.structure(v, t))
+        except Exception as exc:  # noqa: BLE001 - regrouped below with the item's index, like cattrs' lists
+            exc.__notes__ = [*getattr(exc, "__notes__", []), IterableValidationNote(f"item {i}", i, t)]
+            errors.append(exc)
+    if errors:
+        raise IterableValidationError(f"while structuring {tp!r}", errors, tp)
+    return tuple(out)
 
 
 converter.register_structure_hook_func(lambda t: typing.get_origin(t) is tuple, _tuple_hook)

@@ -1,0 +1,123 @@
+"""What a run returns: per-stage facts, output paths and metrics, as frozen data with ``to_json``.
+
+Both backends build these; ``run_post_training`` moves the outputs into place and returns them. Paths
+inside are relative to ``output_dir`` so a result stays true after the staging folder is renamed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+
+Status = Literal["ok", "skipped", "failed"]
+
+
+@attrs.frozen(kw_only=True)
+class StageResult:
+    """One stage as it ran."""
+
+    name: str
+    """The stage's label (``quantize-fp8``, ``export-hf``)."""
+    technique: str
+    seconds: float
+    status: Status = "ok"
+    peak_memory_bytes: int | None = None
+    """Peak accelerator memory during the stage (CPU runs: peak resident memory of the process)."""
+    params_before: int | None = None
+    params_after: int | None = None
+    effective_bits: float | None = None
+    """Mean bits per weight of the quantized linear layers (None: not quantized)."""
+    quantizer_summary: dict[str, int] = attrs.field(factory=dict)
+    """Counts of enabled quantizers by kind (``weight``, ``input``, ``output``, ``kv``)."""
+    outputs: tuple[str, ...] = ()
+    """Folders or files written by the stage, relative to the run's ``output_dir``."""
+    details: dict[str, Any] = attrs.field(factory=dict)
+    """Backend-specific facts (ModelOpt algorithm, calibration batches, export format...)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "technique": self.technique,
+            "seconds": round(self.seconds, 3),
+            "status": self.status,
+            "peak_memory_bytes": self.peak_memory_bytes,
+            "params_before": self.params_before,
+            "params_after": self.params_after,
+            "effective_bits": self.effective_bits,
+            "quantizer_summary": dict(self.quantizer_summary),
+            "outputs": list(self.outputs),
+            "details": _jsonable(self.details),
+        }
+
+
+@attrs.frozen(kw_only=True)
+class PostTrainingResult:
+    """The outcome of one recipe."""
+
+    recipe_name: str
+    recipe_hash: str
+    backend: str
+    device: str
+    output_dir: str
+    """Absolute path of the finished output folder."""
+    stages: tuple[StageResult, ...]
+    metrics: dict[str, float | None] = attrs.field(factory=dict)
+    """``perplexity_before``, ``perplexity_after`` (fake-quantized model), ``perplexity_export`` (re-loaded)."""
+    seconds: float = 0.0
+    """Wall time of the whole run, loading and evaluation included."""
+    timings: dict[str, float] = attrs.field(factory=dict)
+    """Wall time of the steps outside stages (``load``, ``evaluate_before``, ``evaluate_after``...)."""
+    calibration_hash: str | None = None
+    manifest: str | None = None
+    """Path of manifest.json, relative to ``output_dir``."""
+
+    @property
+    def outputs(self) -> list[str]:
+        """Absolute paths of everything the stages wrote, the manifest first."""
+        root = Path(self.output_dir)
+        out = [str(root / self.manifest)] if self.manifest else []
+        return out + [str(root / p) for s in self.stages for p in s.outputs]
+
+    @property
+    def ok(self) -> bool:
+        return all(s.status != "failed" for s in self.stages)
+
+    def stage(self, name_or_technique: str) -> StageResult:
+        for s in self.stages:
+            if name_or_technique in (s.name, s.technique):
+                return s
+        raise KeyError(name_or_technique)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "recipe": self.recipe_name,
+            "recipe_hash": self.recipe_hash,
+            "backend": self.backend,
+            "device": self.device,
+            "ok": self.ok,
+            "seconds": round(self.seconds, 3),
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
+            "stages": [s.to_dict() for s in self.stages],
+            "outputs": self.outputs,
+            "output_dir": self.output_dir,
+            "metrics": _jsonable(self.metrics),
+            "calibration_hash": self.calibration_hash,
+        }
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and value != value:  # NaN is not JSON
+        return None
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)

@@ -1,0 +1,231 @@
+"""A post-training recipe: a model, where its weights come from, ordered stages, data, outputs, backend.
+
+One ``Recipe`` drives both runtimes (Megatron-Core on GPUs, Hugging Face transformers anywhere). It is
+plain frozen data: YAML in, YAML out, a content hash for the manifest. Checks that need the machine
+(files exist, CUDA present, names known to the installed ModelOpt) run in the runtime's pre-flight,
+before any model is built; checks that need only the recipe run here, at construction.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import attrs
+
+from ._validate import fail, one_of, positive_int
+from .arch import ModelArch
+from .techniques import AutoQuantize, Export, Prune, Quantize, Stage
+
+SCHEMA_VERSION = 1
+
+# Text corpora shipped with the package (the reference model's training and held-out splits).
+BUILTIN_DATASETS: tuple[str, ...] = ("reference-train", "reference-heldout")
+
+
+def _nonempty_str(_inst: object, attr: attrs.Attribute, value: str) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise fail(attr.name, f"must be a non-empty string, got {value!r}")
+
+
+# --------------------------------------------------------------------------- where the weights come from
+@attrs.frozen(kw_only=True)
+class HFCheckpoint:
+    """A local Hugging Face checkpoint directory (``config.json`` + safetensors + tokenizer)."""
+
+    type: Literal["hf"] = attrs.field(default="hf", validator=one_of(["hf"]))
+    path: str = attrs.field(validator=_nonempty_str)
+
+
+@attrs.frozen(kw_only=True)
+class MegatronCheckpoint:
+    """A Megatron-Core distributed checkpoint directory (optionally with ModelOpt state)."""
+
+    type: Literal["megatron"] = attrs.field(default="megatron", validator=one_of(["megatron"]))
+    path: str = attrs.field(validator=_nonempty_str)
+    hf_reference: str | None = None
+    """HF directory or id holding the config and tokenizer that export and calibration need."""
+
+
+@attrs.frozen(kw_only=True)
+class RandomInit:
+    """Random weights from the architecture (tests and dry runs; never for real results)."""
+
+    type: Literal["random"] = attrs.field(default="random", validator=one_of(["random"]))
+    seed: int = 0
+
+
+@attrs.frozen(kw_only=True)
+class Builtin:
+    """Weights and tokenizer that ship inside this package (the ``reference-llama`` model)."""
+
+    type: Literal["builtin"] = attrs.field(default="builtin", validator=one_of(["builtin"]))
+
+
+Source = HFCheckpoint | MegatronCheckpoint | RandomInit | Builtin
+
+
+# --------------------------------------------------------------------------- data
+@attrs.frozen(kw_only=True)
+class TextData:
+    """Text for calibration or evaluation: a built-in corpus or local ``.txt``/``.jsonl`` files.
+
+    Documents are tokenised with the model's tokenizer, joined with end-of-text tokens and cut into
+    ``num_samples`` windows of ``seq_length`` tokens (fewer when the text runs out).
+    """
+
+    dataset: str | None = attrs.field(default=None, validator=one_of(BUILTIN_DATASETS))
+    files: tuple[str, ...] = ()
+    """``.txt`` (one document per file) or ``.jsonl`` (one document per line, under ``text_field``)."""
+    text_field: str = attrs.field(default="text", validator=_nonempty_str)
+    num_samples: int = attrs.field(default=128, validator=positive_int)
+    seq_length: int = attrs.field(default=256, validator=positive_int)
+    batch_size: int = attrs.field(default=8, validator=positive_int)
+
+    def __attrs_post_init__(self) -> None:
+        if (self.dataset is None) == (not self.files):
+            raise fail(
+                "dataset",
+                "give exactly one of dataset (a built-in corpus) and files (local text)",
+                f"built-in: {', '.join(BUILTIN_DATASETS)}",
+            )
+        for i, f in enumerate(self.files):
+            if not isinstance(f, str) or not f.strip():
+                raise fail(f"files[{i}]", f"must be a file path, got {f!r}")
+
+
+# --------------------------------------------------------------------------- the recipe
+@attrs.frozen(kw_only=True)
+class Recipe:
+    """Everything one post-training run needs, validated at construction."""
+
+    name: str | None = None
+    """A label for tables and manifests (defaults to the file name when loaded from YAML)."""
+    model: str | ModelArch = attrs.field()
+    """A registry name (``reference-llama``, ``Qwen/Qwen3-8B``) or an inline architecture."""
+    source: Source
+    stages: tuple[Stage, ...]
+    calibration: TextData = TextData(dataset="reference-train")
+    evaluation: TextData | None = None
+    """Held-out text for perplexity before and after; None skips the measurement."""
+    output_dir: str = attrs.field(validator=_nonempty_str)
+    backend: Literal["auto", "megatron", "hf"] = attrs.field(
+        default="auto", validator=one_of(["auto", "megatron", "hf"])
+    )
+    """``auto``: Megatron-Core when CUDA and megatron-core are present, else Hugging Face."""
+    device: Literal["auto", "cpu", "cuda"] = attrs.field(default="auto", validator=one_of(["auto", "cpu", "cuda"]))
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = attrs.field(
+        default="auto", validator=one_of(["auto", "fp32", "bf16", "fp16"])
+    )
+    """Compute dtype; ``auto``: fp32 on the CPU, bf16 on CUDA."""
+    seed: int = 1234
+    schema_version: int = SCHEMA_VERSION
+
+    @model.validator
+    def _check_model(self, attr: attrs.Attribute, value: str | ModelArch) -> None:
+        if isinstance(value, str):
+            _nonempty_str(self, attr, value)
+        elif not isinstance(value, ModelArch):
+            raise fail(attr.name, f"expected a registry name or an architecture, got {value!r}")
+
+    def __attrs_post_init__(self) -> None:
+        if not self.stages:
+            raise fail("stages", "a recipe needs at least one stage", "e.g. stages: [{technique: quantize, format: fp8}]")
+        seen_quant: int | None = None
+        for i, stage in enumerate(self.stages):
+            if isinstance(stage, Export) and i != len(self.stages) - 1:
+                raise fail(f"stages[{i}]", "export must be the last stage")
+            if isinstance(stage, Quantize | AutoQuantize):
+                if seen_quant is not None:
+                    raise fail(
+                        f"stages[{i}]",
+                        f"stages[{seen_quant}] already quantizes the model; one quantization per recipe",
+                        "write one recipe per format",
+                    )
+                seen_quant = i
+            if isinstance(stage, Prune) and seen_quant is not None:
+                raise fail(f"stages[{i}]", "prune before quantizing: Minitron works on the unquantized model")
+        if self.evaluation is not None and self.evaluation.dataset == "reference-train":
+            raise fail("evaluation.dataset", "evaluating on the training split says little", "use reference-heldout")
+        if isinstance(self.source, Builtin) and isinstance(self.model, ModelArch):
+            raise fail("source", "built-in weights belong to a registry model", "model: reference-llama")
+
+    # ----------------------------------------------------------------- derived
+    @property
+    def label(self) -> str:
+        return self.name or " + ".join(s.label for s in self.stages)
+
+    @property
+    def model_name(self) -> str:
+        return self.model if isinstance(self.model, str) else self.model.name
+
+    @property
+    def quantization(self) -> Quantize | AutoQuantize | None:
+        return next((s for s in self.stages if isinstance(s, Quantize | AutoQuantize)), None)
+
+    @property
+    def export(self) -> Export | None:
+        last = self.stages[-1]
+        return last if isinstance(last, Export) else None
+
+    @property
+    def needs_cuda(self) -> bool:
+        """Whether some stage's formats need CUDA (NVFP4, MX) for their fake-quant forward."""
+        return any(getattr(s, "needs_cuda", False) for s in self.stages)
+
+    def resolved_arch(self) -> ModelArch:
+        """The architecture: the inline one, or the registry entry (UnknownNameError at path ``model``)."""
+        if isinstance(self.model, ModelArch):
+            return self.model
+        from ..catalog import get_arch  # the registry is plain data; imported lazily to keep spec/ at the bottom
+        from ..errors import RecipeError
+
+        try:
+            return get_arch(self.model)
+        except RecipeError as err:
+            raise type(err)(err.message, path="model", hint=err.hint) from None
+
+    def archs_per_stage(self) -> tuple[ModelArch, ...]:
+        """The architecture each stage starts from: a prune stage's result feeds every later stage."""
+        arch = self.resolved_arch()
+        out = []
+        for i, stage in enumerate(self.stages):
+            out.append(arch)
+            if isinstance(stage, Prune):
+                from ..errors import RecipeError
+
+                try:
+                    arch = stage.pruned(arch)
+                except RecipeError as err:
+                    raise err.under(f"stages[{i}]") from None
+        return tuple(out)
+
+    def final_arch(self) -> ModelArch:
+        archs = self.archs_per_stage()
+        last = self.stages[-1]
+        return last.pruned(archs[-1]) if isinstance(last, Prune) else archs[-1]
+
+    # ----------------------------------------------------------------- serialisation
+    def content_hash(self) -> str:
+        from .serde import content_hash
+
+        return content_hash(self)
+
+    def to_yaml(self) -> str:
+        from .serde import to_yaml
+
+        return to_yaml(self)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Recipe:
+        """Read a YAML/JSON recipe; a recipe without ``name`` is named after its file."""
+        from .serde import load_file
+
+        recipe = load_file(path, cls)
+        return recipe if recipe.name else attrs.evolve(recipe, name=Path(path).stem)
+
+    @classmethod
+    def from_dict(cls, data: object) -> Recipe:
+        from .serde import from_dict
+
+        return from_dict(data, cls)

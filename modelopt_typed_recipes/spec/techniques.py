@@ -1,0 +1,468 @@
+"""Post-training techniques as frozen, validated data: one class per technique, tagged by ``technique``.
+
+A recipe's ``stages`` is an ordered tuple of these. They say *what* to do (which ModelOpt preset or
+recipe, which layers to leave alone, how much calibration); the runtime backends (``runtime/hf``,
+``runtime/megatron``) say *how*. Nothing here imports torch or ModelOpt: names that only the installed
+ModelOpt can confirm (a ``*_CFG`` preset outside our format table, a YAML recipe path) are checked by the
+runtime's pre-flight checks, before any model is built.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+import attrs
+
+from ..errors import SpecError, UnknownNameError, did_you_mean
+from ._validate import fail, one_of, positive_int
+from .arch import Attention, MLAttention, ModelArch, MoE
+from .formats import FORMAT_BY_PRESET, FORMATS, QuantFormat
+
+# ModelOpt 0.47 KV-cache presets (modelopt_recipes/configs/ptq/presets/kv); "none" keeps the KV cache as is.
+KV_CACHE_FORMATS: tuple[str, ...] = (
+    "fp8", "fp8_cast", "fp8_affine", "nvfp4", "nvfp4_cast", "nvfp4_affine", "nvfp4_rotate",
+)
+# KV formats whose fake-quant kernels need CUDA (NVFP4 dynamic block quantization).
+KV_CACHE_NEEDS_CUDA: frozenset[str] = frozenset(k for k in KV_CACHE_FORMATS if k.startswith("nvfp4"))
+
+# Calibration algorithms ModelOpt 0.47 accepts as ``algorithm`` (modelopt-api.md §1.6).
+ALGORITHMS: tuple[str, ...] = (
+    "max", "mse", "local_hessian", "smoothquant", "awq_lite", "awq_clip", "awq_full", "svdquant", "gptq",
+    "nvfp4_act_headroom",
+)
+# auto_quantize rejects these inside candidate formats (ValueError in ModelOpt 0.47).
+_AUTO_QUANTIZE_BAD_ALGORITHMS = frozenset({"gptq", "svdquant", "lsq", "nvfp4_act_headroom"})
+
+_PRESET_NAME = re.compile(r"^[A-Z][A-Z0-9_]*_(CFG|CONFIG)$")
+
+
+def resolve_format(name: str, *, field: str = "format") -> QuantFormat | None:
+    """Our format for a short name or known preset; ``None`` for another ModelOpt ``*_CFG`` name.
+
+    Unknown short names fail here with a suggestion; other upper-case preset names are left to the
+    runtime check against the installed ModelOpt (``mtq.config.choices``).
+    """
+    if name in FORMATS:
+        return FORMATS[name]
+    if name in FORMAT_BY_PRESET:
+        return FORMAT_BY_PRESET[name]
+    if name.lower() in FORMATS:
+        return FORMATS[name.lower()]
+    if _PRESET_NAME.match(name):
+        return None
+    raise UnknownNameError(
+        f"unknown quantization format {name!r}",
+        path=field,
+        hint=did_you_mean(name, [*FORMATS, *FORMAT_BY_PRESET]) or f"known: {', '.join(FORMATS)}",
+    )
+
+
+def _format_name(_inst: object, attr: attrs.Attribute, value: str | None) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or not value.strip():
+        raise fail(attr.name, f"must be a non-empty string, got {value!r}")
+    if value == "bf16":
+        raise fail(attr.name, "'bf16' is no quantization", "drop the quantize stage to keep the model as is")
+    resolve_format(value, field=attr.name)
+
+
+def _patterns(_inst: object, attr: attrs.Attribute, value: tuple[str, ...]) -> None:
+    for i, pat in enumerate(value):
+        if not isinstance(pat, str) or not pat.strip():
+            raise fail(f"{attr.name}[{i}]", f"must be a non-empty pattern, got {pat!r}")
+
+
+def _recipe_path(_inst: object, attr: attrs.Attribute, value: str | None) -> None:
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise fail(attr.name, "must be a ModelOpt recipe path such as 'general/ptq/fp8_default-kv_fp8' or a file")
+
+
+def _positive_bits(_inst: object, attr: attrs.Attribute, value: float | None) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 16:
+        raise fail(attr.name, f"must be in (0, 16], got {value!r}")
+
+
+# --------------------------------------------------------------------------- quantize
+@attrs.frozen(kw_only=True)
+class Quantize:
+    """Post-training quantization with one ModelOpt preset or one ModelOpt YAML recipe."""
+
+    technique: Literal["quantize"] = attrs.field(default="quantize", validator=one_of(["quantize"]))
+    format: str | None = attrs.field(default=None, validator=_format_name)
+    """Short name from the format table (``fp8``, ``int4_awq``) or a ModelOpt preset (``FP8_DEFAULT_CFG``)."""
+    recipe: str | None = attrs.field(default=None, validator=_recipe_path)
+    """A ModelOpt PTQ recipe: built-in path (``general/ptq/nvfp4_default-kv_fp8_cast``) or a YAML file."""
+    kv_cache: str | None = attrs.field(default=None, validator=one_of(KV_CACHE_FORMATS))
+    """KV-cache preset added on top of ``format`` (``fp8``, ``fp8_cast``, ``nvfp4``...); None: leave it."""
+    exclude: tuple[str, ...] = attrs.field(default=(), validator=_patterns)
+    """Module-name wildcards left unquantized, added after the preset's own exclusions."""
+    algorithm: str | None = attrs.field(default=None, validator=one_of(ALGORITHMS))
+    """Calibration algorithm; None keeps the preset's (``max`` for FP8, ``awq_lite`` for INT4-AWQ...)."""
+    calibration_samples: int | None = attrs.field(default=None, validator=positive_int)
+    """Overrides ``recipe.calibration.num_samples`` for this stage."""
+    calibration_seq_length: int | None = attrs.field(default=None, validator=positive_int)
+    """Overrides ``recipe.calibration.seq_length`` for this stage."""
+    compress: bool = False
+    """Store real low-precision weights (``mtq.compress``) instead of fake-quantized high-precision ones."""
+
+    def __attrs_post_init__(self) -> None:
+        if (self.format is None) == (self.recipe is None):
+            raise fail(
+                "format",
+                "give exactly one of format and recipe",
+                "format: fp8 (a preset) or recipe: general/ptq/fp8_default-kv_fp8 (a ModelOpt YAML recipe)",
+            )
+        if self.recipe is not None and self.kv_cache is not None:
+            raise fail("kv_cache", "a ModelOpt recipe carries its own KV-cache settings", "drop kv_cache")
+
+    @property
+    def quant_format(self) -> QuantFormat | None:
+        """The format-table entry, or None for a recipe or a preset the table does not list."""
+        return resolve_format(self.format) if self.format is not None else None
+
+    @property
+    def preset(self) -> str | None:
+        """The ModelOpt ``*_CFG`` name this stage quantizes with (None for a recipe)."""
+        if self.format is None:
+            return None
+        fmt = self.quant_format
+        return fmt.preset if fmt is not None else self.format
+
+    @property
+    def needs_cuda(self) -> bool:
+        """Whether a fake-quant forward of this stage needs CUDA (unknown presets: judged by name)."""
+        fmt = self.quant_format
+        if fmt is not None:
+            cuda = fmt.needs_cuda
+        else:
+            name = (self.format or self.recipe or "").lower()
+            cuda = any(k in name for k in ("nvfp4", "mxfp", "mxint", "fp4"))
+        return cuda or (self.kv_cache in KV_CACHE_NEEDS_CUDA)
+
+    @property
+    def label(self) -> str:
+        """A short name for tables and output folders: ``quantize-fp8``, ``quantize-nvfp4_default-kv_fp8``."""
+        what = self.format if self.format is not None else str(self.recipe).rstrip("/").split("/")[-1]
+        what = what.removesuffix(".yaml").removesuffix(".yml")
+        fmt = self.quant_format
+        if fmt is not None:
+            what = fmt.name
+        return f"quantize-{what}" + (f"-kv_{self.kv_cache}" if self.kv_cache else "")
+
+
+# --------------------------------------------------------------------------- auto-quantize
+@attrs.frozen(kw_only=True)
+class AutoQuantize:
+    """Per-layer format search under an effective-bits budget (``mtq.auto_quantize``)."""
+
+    technique: Literal["auto_quantize"] = attrs.field(default="auto_quantize", validator=one_of(["auto_quantize"]))
+    effective_bits: float | None = attrs.field(default=None, validator=_positive_bits)
+    formats: tuple[str, ...] = ("nvfp4_awq", "fp8")
+    """Candidate formats (short names or presets); "no quantization" is always an implicit candidate."""
+    method: Literal["gradient", "kl_div"] = attrs.field(default="gradient", validator=one_of(["gradient", "kl_div"]))
+    score_size: int = attrs.field(default=128, validator=positive_int)
+    """Samples used to score the candidates (not steps)."""
+    recipe: str | None = attrs.field(default=None, validator=_recipe_path)
+    """A ModelOpt auto-quantize recipe (``general/auto_quantize/nvfp4_fp8_at_5p4bits``) instead of the fields."""
+    kv_cache: str | None = attrs.field(default=None, validator=one_of(KV_CACHE_FORMATS))
+    exclude: tuple[str, ...] = attrs.field(default=(), validator=_patterns)
+    """Layers never quantized (ModelOpt's ``disabled_layers``)."""
+    calibration_samples: int | None = attrs.field(default=None, validator=positive_int)
+
+    def __attrs_post_init__(self) -> None:
+        if self.recipe is None and self.effective_bits is None:
+            raise fail("effective_bits", "give effective_bits (e.g. 4.8) or a ModelOpt auto-quantize recipe")
+        if self.recipe is not None and self.effective_bits is not None:
+            raise fail("effective_bits", "a ModelOpt auto-quantize recipe carries its own budget", "drop effective_bits")
+        if self.recipe is None:
+            if not self.formats:
+                raise fail("formats", "needs at least one candidate format")
+            for i, name in enumerate(self.formats):
+                if not isinstance(name, str):
+                    raise fail(f"formats[{i}]", f"expected a format name, got {name!r}")
+                try:
+                    fmt = resolve_format(name, field=f"formats[{i}]")
+                except SpecError:
+                    raise
+                if fmt is not None and fmt.name == "bf16":
+                    raise fail(f"formats[{i}]", "'bf16' is implicit (no quantization is always a candidate)")
+            lowest = min(self._candidate_bits(), default=None)
+            if lowest is not None and self.effective_bits is not None and self.effective_bits < lowest:
+                raise fail(
+                    "effective_bits",
+                    f"effective_bits={self.effective_bits} is below the smallest candidate ({lowest:g} bits)",
+                    f"use at least {lowest:g} or add a smaller format",
+                )
+
+    def _candidate_bits(self) -> list[float]:
+        return [f.weight_bits for f in map(resolve_format, self.formats) if f is not None]
+
+    @property
+    def needs_cuda(self) -> bool:
+        if self.recipe is not None:
+            return any(k in self.recipe.lower() for k in ("nvfp4", "mxfp", "fp4"))
+        fmts = [resolve_format(n) for n in self.formats]
+        return any(f is None or f.needs_cuda for f in fmts) or self.kv_cache in KV_CACHE_NEEDS_CUDA
+
+    @property
+    def label(self) -> str:
+        if self.recipe is not None:
+            return "auto_quantize-" + self.recipe.rstrip("/").split("/")[-1].removesuffix(".yaml")
+        return f"auto_quantize-{self.effective_bits:g}bits"
+
+
+# --------------------------------------------------------------------------- prune
+_SUFFIX = {"k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
+
+
+def parse_count(value: int | str | None) -> int | None:
+    """``6_000_000_000``, ``"6B"``, ``"350M"`` or ``"1.5e9"`` -> an integer parameter count."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip().lower().replace("_", "")
+        mult = _SUFFIX.get(text[-1:], 1)
+        if mult != 1:
+            text = text[:-1]
+        try:
+            out = float(text) * mult
+        except ValueError:
+            pass
+        else:
+            if out > 0 and out == int(out):
+                return int(out)
+    raise SpecError(f"expected a parameter count like 6000000000 or '6B', got {value!r}")
+
+
+PRUNE_DIMENSIONS: tuple[str, ...] = (
+    "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_layers", "num_moe_experts",
+    "moe_ffn_hidden_size", "moe_shared_expert_intermediate_size", "mamba_num_heads", "mamba_head_dim",
+)
+
+
+@attrs.frozen(kw_only=True)
+class Prune:
+    """Minitron structured pruning: target sizes (ModelOpt's ``export_config``) or a parameter budget.
+
+    With sizes, the pruned architecture is known before the run (:meth:`pruned`) and later stages are
+    planned against it. With ``params``/``active_params`` ModelOpt searches the sizes; the result is
+    known only after the search, so :meth:`pruned` returns the unpruned architecture as an upper bound.
+    """
+
+    technique: Literal["prune"] = attrs.field(default="prune", validator=one_of(["prune"]))
+    hidden_size: int | None = attrs.field(default=None, validator=positive_int)
+    ffn_hidden_size: int | None = attrs.field(default=None, validator=positive_int)
+    num_attention_heads: int | None = attrs.field(default=None, validator=positive_int)
+    num_layers: int | None = attrs.field(default=None, validator=positive_int)
+    num_moe_experts: int | None = attrs.field(default=None, validator=positive_int)
+    moe_ffn_hidden_size: int | None = attrs.field(default=None, validator=positive_int)
+    moe_shared_expert_intermediate_size: int | None = attrs.field(default=None, validator=positive_int)
+    mamba_num_heads: int | None = attrs.field(default=None, validator=positive_int)
+    mamba_head_dim: int | None = attrs.field(default=None, validator=positive_int)
+    params: int | None = attrs.field(default=None, converter=parse_count, validator=positive_int)
+    """Total-parameter target (``6B``); ModelOpt searches the sizes."""
+    active_params: int | None = attrs.field(default=None, converter=parse_count, validator=positive_int)
+    """Active-parameter target for MoE models."""
+    calibration_samples: int | None = attrs.field(default=None, validator=positive_int)
+    """Samples used to score importance (overrides ``recipe.calibration.num_samples``)."""
+
+    def __attrs_post_init__(self) -> None:
+        sizes = self.export_config
+        targets = [t for t in ("params", "active_params") if getattr(self, t) is not None]
+        if not sizes and not targets:
+            raise fail(
+                "num_layers",
+                "say what to prune to: one or more sizes or a params/active_params target",
+                "e.g. num_layers: 24, or params: 6B",
+            )
+        if sizes and targets:
+            raise fail(targets[0], "give target sizes or a parameter target, not both")
+        if len(targets) > 1:
+            raise fail("active_params", "give params or active_params, not both")
+
+    @property
+    def export_config(self) -> dict[str, int]:
+        """ModelOpt Minitron's ``export_config`` (only the dimensions set)."""
+        return {k: getattr(self, k) for k in PRUNE_DIMENSIONS if getattr(self, k) is not None}
+
+    @property
+    def is_search(self) -> bool:
+        return self.params is not None or self.active_params is not None
+
+    @property
+    def label(self) -> str:
+        if self.is_search:
+            target = self.params or self.active_params
+            return f"prune-{'active-' if self.active_params else ''}{_human(target)}"
+        return "prune-" + "-".join(f"{k}{v}" for k, v in self.export_config.items())
+
+    # ----------------------------------------------------------------- checks against the model
+    def validate_for(self, arch: ModelArch) -> None:
+        """Raise :class:`SpecError` (path = this stage's field) when a size cannot apply to ``arch``."""
+
+        def not_larger(field: str, now: int) -> None:
+            new = getattr(self, field)
+            if new is not None and new > now:
+                raise fail(field, f"{field}={new} is larger than the model's {now}", f"use at most {now}")
+
+        not_larger("hidden_size", arch.hidden_size)
+        not_larger("num_layers", arch.num_layers)
+        att = arch.attention
+        if self.num_attention_heads is not None:
+            if isinstance(att, MLAttention):
+                raise fail("num_attention_heads", "head pruning of multi-latent attention is not supported by Minitron")
+            assert isinstance(att, Attention)
+            not_larger("num_attention_heads", att.num_heads)
+            groups = att.query_groups
+            if self.num_attention_heads % groups:
+                ok = [g for g in range(groups, att.num_heads + 1, groups)]
+                raise fail(
+                    "num_attention_heads",
+                    f"num_attention_heads={self.num_attention_heads} is not a multiple of the "
+                    f"{groups} query groups (Minitron keeps the groups)",
+                    "use one of " + ", ".join(map(str, ok)),
+                )
+        if self.ffn_hidden_size is not None:
+            if arch.layer_counts.dense_mlp == 0:
+                raise fail("ffn_hidden_size", "the model has no dense MLP layers", "use moe_ffn_hidden_size")
+            not_larger("ffn_hidden_size", arch.ffn_hidden_size)
+        moe_fields = ("num_moe_experts", "moe_ffn_hidden_size", "moe_shared_expert_intermediate_size")
+        if arch.moe is None:
+            for f in moe_fields:
+                if getattr(self, f) is not None:
+                    raise fail(f, f"{arch.name} has no mixture of experts")
+            if self.active_params is not None:
+                raise fail("active_params", f"{arch.name} is dense: every parameter is active", "use params")
+        else:
+            moe = arch.moe
+            not_larger("num_moe_experts", moe.num_experts)
+            if self.num_moe_experts is not None and self.num_moe_experts < moe.router_topk:
+                raise fail(
+                    "num_moe_experts",
+                    f"num_moe_experts={self.num_moe_experts} is below router_topk={moe.router_topk}",
+                    f"keep at least {moe.router_topk}",
+                )
+            not_larger("moe_ffn_hidden_size", moe.ffn_hidden_size)
+            if self.moe_shared_expert_intermediate_size is not None:
+                if moe.shared_expert_ffn_size is None:
+                    raise fail("moe_shared_expert_intermediate_size", f"{arch.name} has no shared expert")
+                not_larger("moe_shared_expert_intermediate_size", moe.shared_expert_ffn_size)
+            if self.num_layers is not None and arch.mamba is None and moe.layer_freq not in (1, "1"):
+                raise fail(
+                    "num_layers",
+                    f"depth pruning of a model with moe.layer_freq={moe.layer_freq!r} changes which layers are MoE",
+                    "prune widths only",
+                )
+        if arch.mamba is None:
+            for f in ("mamba_num_heads", "mamba_head_dim"):
+                if getattr(self, f) is not None:
+                    raise fail(f, f"{arch.name} has no Mamba layers")
+        else:
+            heads, head_dim, groups, _state = arch.mamba.resolved(arch.hidden_size)
+            not_larger("mamba_num_heads", heads)
+            not_larger("mamba_head_dim", head_dim)
+            if self.mamba_num_heads is not None and self.mamba_num_heads % groups:
+                raise fail(
+                    "mamba_num_heads",
+                    f"mamba_num_heads={self.mamba_num_heads} is not a multiple of the {groups} Mamba groups",
+                )
+            if self.num_layers is not None:
+                raise fail(
+                    "num_layers",
+                    "the kept layer pattern of a hybrid model is chosen by importance at run time",
+                    "prune widths of hybrid models, or give a params target",
+                )
+        if self.params is not None and self.params >= arch.params_total:
+            raise fail("params", f"params={self.params:,} is not below the model's {arch.params_total:,}")
+        if self.active_params is not None and self.active_params >= arch.params_active:
+            raise fail(
+                "active_params", f"active_params={self.active_params:,} is not below the model's {arch.params_active:,}"
+            )
+
+    def pruned(self, arch: ModelArch) -> ModelArch:
+        """The architecture after this stage (validated first); the head dimension is kept as Minitron does."""
+        self.validate_for(arch)
+        if self.is_search:
+            return arch
+        changes: dict[str, object] = {}
+        if self.hidden_size is not None:
+            changes["hidden_size"] = self.hidden_size
+        if self.num_layers is not None:
+            changes["num_layers"] = self.num_layers
+        if self.ffn_hidden_size is not None:
+            changes["ffn_hidden_size"] = self.ffn_hidden_size
+        att = arch.attention
+        if isinstance(att, Attention) and (self.hidden_size is not None or self.num_attention_heads is not None):
+            changes["attention"] = attrs.evolve(
+                att,
+                num_heads=self.num_attention_heads or att.num_heads,
+                kv_channels=arch.head_dim,
+            )
+        if arch.moe is not None:
+            moe_changes: dict[str, object] = {}
+            if self.num_moe_experts is not None:
+                moe_changes["num_experts"] = self.num_moe_experts
+            if self.moe_ffn_hidden_size is not None:
+                moe_changes["ffn_hidden_size"] = self.moe_ffn_hidden_size
+            if self.moe_shared_expert_intermediate_size is not None:
+                moe_changes["shared_expert_ffn_size"] = self.moe_shared_expert_intermediate_size
+            if moe_changes:
+                moe: MoE = attrs.evolve(arch.moe, **moe_changes)
+                changes["moe"] = moe
+        if arch.mamba is not None and (self.mamba_num_heads is not None or self.mamba_head_dim is not None):
+            heads, head_dim, _g, _s = arch.mamba.resolved(arch.hidden_size)
+            changes["mamba"] = attrs.evolve(
+                arch.mamba, num_heads=self.mamba_num_heads or heads, head_dim=self.mamba_head_dim or head_dim
+            )
+        try:
+            return attrs.evolve(arch, name=f"{arch.name}-pruned", hf_id=None, aliases=(), **changes)
+        except SpecError as err:
+            raise fail("", f"the pruned model is not valid: {err}") from None
+
+
+def _human(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit, size in (("T", 10**12), ("B", 10**9), ("M", 10**6), ("K", 10**3)):
+        if n >= size:
+            return f"{n / size:g}{unit}"
+    return str(n)
+
+
+# --------------------------------------------------------------------------- export
+@attrs.frozen(kw_only=True)
+class Export:
+    """Write a deployable checkpoint: the unified Hugging Face format, or vLLM's fake-quant variant."""
+
+    technique: Literal["export"] = attrs.field(default="export", validator=one_of(["export"]))
+    format: Literal["hf", "vllm_fakequant"] = attrs.field(default="hf", validator=one_of(["hf", "vllm_fakequant"]))
+    """``hf``: unified HF checkpoint (TensorRT-LLM, vLLM, SGLang); ``vllm_fakequant``: BF16 + quantizer state."""
+    subdir: str | None = attrs.field(default=None)
+    """Folder under the recipe's ``output_dir`` (default ``export``)."""
+    dtype: Literal["bf16", "fp16"] = attrs.field(default="bf16", validator=one_of(["bf16", "fp16"]))
+    """Dtype of the unquantized tensors."""
+
+    @subdir.validator
+    def _check_subdir(self, attr: attrs.Attribute, value: str | None) -> None:
+        if value is None:
+            return
+        if not isinstance(value, str) or not value.strip() or value.startswith("/") or ".." in value.split("/"):
+            raise fail(attr.name, f"must be a relative folder inside output_dir, got {value!r}")
+
+    @property
+    def label(self) -> str:
+        return "export-" + self.format
+
+    @property
+    def folder(self) -> str:
+        return self.subdir or "export"
+
+
+Stage = Quantize | AutoQuantize | Prune | Export
+STAGE_TYPES: tuple[type, ...] = (Quantize, AutoQuantize, Prune, Export)
