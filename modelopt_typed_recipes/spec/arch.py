@@ -496,7 +496,7 @@ class ModelArch:
             other += q + 2 * kv + h
         elif att.qkv_bias:
             other += q + 2 * kv
-        if att.qk_layernorm:
+        if att.qk_layernorm and not self.quirks.export_qk_l2_norm:  # Llama-4's L2 norm has no weights
             other += 2 * d
         if att.softmax_type == "learnable":
             other += att.num_heads
