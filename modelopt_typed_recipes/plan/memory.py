@@ -1,0 +1,368 @@
+"""Per-rank GPU memory of a post-training stage, estimated before launch.
+
+Terms, for the most loaded rank (the pipeline stage holding the most bytes):
+
+* ``weights``: the rank's share of the bf16 parameters. Attention, dense MLP and Mamba linears split by
+  TP; routed experts by EP*ETP; norms and the router are replicated; the embedding (padded to TP)
+  sits on the first stage and the output layer on the last.
+* ``quantizer_state``: ModelOpt's per-tensor/per-channel/per-block amax buffers and AWQ/SmoothQuant
+  scales, as bytes per quantized weight (``MemoryModel.quantizer_bytes_per_param``).
+* ``fake_quant``: the fake-quantized copy of the largest linear weight plus the quantized copy of its
+  input, which live during each quantized GEMM of the calibration forward.
+* ``activations``: the calibration (or training) forward for ``batch x seq_length`` tokens: live
+  hidden-state copies, plus the largest of the attention scores (local, unfused attention: bf16
+  scores, their fp32 softmax copies), the MLP/Mamba intermediates and the logits.
+* ``kv_cache``: the KV cache of a sanity generation (0 unless ``generate_tokens``).
+* ``export_reshard``: export (TP=1, PP only) gathers one layer at a time into bf16 and packs it to the
+  output format, next to the resident model.
+* ``optimizer``: distillation trains: fp32 master weights, gradients and Adam moments (distributed
+  optimizer: divided by DP), plus the bf16 teacher.
+
+The coefficients live in :class:`MemoryModel`; ``benchmarks/memory_plan.md`` compares the estimate
+with ``torch.cuda.max_memory_allocated`` on an H100 and records how the defaults were calibrated.
+Capacity comes from :mod:`.gpus` minus a reserve for the CUDA context and NCCL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import attrs
+
+from ..errors import ResourceError
+from ..spec.arch import MLAttention, ModelArch
+from ..spec.formats import get_format
+from ..spec.layout import ParallelLayout
+from . import rules
+from .gpus import GIB, GpuSpec, usable_bytes
+
+BF16 = 2
+
+
+@attrs.frozen(kw_only=True)
+class MemoryModel:
+    """Coefficients of the estimate; the defaults are calibrated on H100 (``benchmarks/memory_plan.md``)."""
+
+    hidden_copies: float = 4.0
+    """bf16 ``[tokens, hidden]`` tensors alive between sub-layers (residual, norm output, attention output...)."""
+    attention_bytes_per_score: float = 10.0
+    """Local (unfused) attention: bf16 scores (2) + fp32 softmax input and output (4 + 4) per score element."""
+    mlp_copies: float = 2.0
+    """bf16 copies of the first MLP projection's output alive at once (fc1 output and activation)."""
+    logits_copies: float = 2.0
+    """bf16 logits and the contiguous transposed copy ``GPTModel`` returns."""
+    fake_quant_weight_copies: float = 1.0
+    """Fake-quantized copies of the largest linear weight alive during its GEMM."""
+    fake_quant_input_copies: float = 1.0
+    """Fake-quantized copies of the largest linear input alive during its GEMM."""
+    quantizer_bytes_per_param: dict[str, float] = attrs.field(factory=lambda: {
+        "fp8": 0.0, "nvfp4": 0.0, "nvfp4_awq": 4 / 16, "int4_awq": 4 / 128 + 2 / 128, "w4a8_awq": 4 / 128 + 2 / 128,
+        "int8_sq": 0.01, "int8": 0.0, "fp8_blockwise": 4 / (128 * 128), "mxfp8": 0.0, "mxfp4": 0.0, "bf16": 0.0,
+    })
+    """Stored quantizer buffers per quantized weight (per-tensor amax is negligible; AWQ keeps block amax)."""
+
+
+DEFAULT_MODEL = MemoryModel()
+
+
+@attrs.frozen(kw_only=True)
+class MemoryPlan:
+    """The per-rank estimate of the most loaded rank, against one GPU's capacity."""
+
+    stage: str
+    layout: ParallelLayout
+    gpu: str
+    pipeline_stage: int
+    """Index of the most loaded pipeline stage (the one reported)."""
+    terms: dict[str, int]
+    weights_quantized_bytes: int
+    """That rank's weights once exported in the target format (for deployment sizing)."""
+    capacity_bytes: int
+    usable_bytes: int
+    batch: int
+    seq_length: int
+    quant_format: str
+    measured: bool
+    """Whether this stage's formula was compared with a GPU measurement (quantize and prune: yes)."""
+
+    @property
+    def per_rank_bytes(self) -> int:
+        return sum(self.terms.values())
+
+    @property
+    def fits(self) -> bool:
+        return self.per_rank_bytes <= self.usable_bytes
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "per_rank_bytes": self.per_rank_bytes,
+            "per_rank_gib": round(self.per_rank_bytes / GIB, 3),
+            "capacity_bytes": self.capacity_bytes,
+            "usable_bytes": self.usable_bytes,
+            "fits": self.fits,
+            "terms": dict(self.terms),
+            "weights_quantized_bytes": self.weights_quantized_bytes,
+            "pipeline_stage": self.pipeline_stage,
+            "gpu": self.gpu,
+            "batch": self.batch,
+            "seq_length": self.seq_length,
+            "quant_format": self.quant_format,
+            "measured_formula": self.measured,
+        }
+
+
+# --------------------------------------------------------------------------- per-rank parameters
+@attrs.frozen(kw_only=True)
+class RankParams:
+    """Parameters one rank of one pipeline stage holds, by role."""
+
+    linear: float  # quantizable decoder linears
+    other: float  # norms, biases, router, embeddings, output layer
+    largest_linear: float  # elements of the largest single linear weight on the rank
+    largest_linear_in: int  # its input width
+    layer_max: float  # parameters of the largest layer on the rank
+    attention_layers: int
+    mlp_kinds: frozenset[str]
+
+    @property
+    def total(self) -> float:
+        return self.linear + self.other
+
+
+def _layer_kinds_by_stage(arch: ModelArch, layout: ParallelLayout) -> list[list[tuple[bool, str]]]:
+    kinds = list(arch.layer_kinds())
+    stages = arch.mamba.pipeline_stages if arch.mamba is not None else None
+    if stages:
+        counts = [len(s) for s in stages]
+        if len(counts) != layout.pipeline_parallel:  # a rules error; report the even-ish split anyway
+            counts = [len(kinds) // layout.pipeline_parallel] * layout.pipeline_parallel
+    else:
+        counts = list(layout.stage_layers(arch.num_layers))
+    out, start = [], 0
+    for n in counts:
+        out.append(kinds[start:start + n])
+        start += n
+    return out
+
+
+def rank_params(arch: ModelArch, layout: ParallelLayout, stage_index: int) -> RankParams:
+    """What one rank of pipeline stage ``stage_index`` holds (uses ``ModelArch``'s per-block counts)."""
+    tp, etp, ep = layout.tensor_parallel, layout.expert_tensor_parallel, layout.expert_parallel
+    pp = layout.pipeline_parallel
+    h = arch.hidden_size
+    att = arch.attention
+    gated = arch.activation.gated
+    linear = other = 0.0
+    largest, largest_in, layer_max = 0.0, h, 0.0
+    n_attn = 0
+    mlp_kinds: set[str] = set()
+
+    def big(elements: float, width_in: int) -> None:
+        nonlocal largest, largest_in
+        if elements > largest:
+            largest, largest_in = elements, width_in
+
+    for has_attn, mlp in _layer_kinds_by_stage(arch, layout)[stage_index]:
+        layer = 0.0
+        if has_attn:
+            n_attn += 1
+            a, b = arch._attention_params()
+            linear += a / tp
+            other += b
+            layer += a / tp + b
+            if isinstance(att, MLAttention):
+                big(h * (att.kv_lora_rank + att.qk_pos_emb_head_dim), h)
+                big(att.num_heads * att.v_head_dim * h / tp, att.num_heads * att.v_head_dim // tp)
+            else:
+                d = arch.head_dim
+                big(h * (att.num_heads + 2 * att.query_groups) * d / tp, h)
+                big(att.num_heads * d * h / tp, att.num_heads * d // tp)
+        if mlp == "mamba":
+            mlp_kinds.add("mamba")
+            a, b = arch._mamba_params()
+            linear += a / tp
+            other += b / tp
+            layer += (a + b) / tp
+            assert arch.mamba is not None
+            heads, head_dim, groups, state = arch.mamba.resolved(h)
+            inner = heads * head_dim
+            big(h * (2 * inner + 2 * groups * state + heads) / tp, h)
+        elif mlp == "dense":
+            mlp_kinds.add("dense")
+            a, b = arch._mlp_params(h, arch.ffn_hidden_size)
+            linear += a / tp
+            other += b / tp + arch._norm_params(h)
+            layer += (a + b) / tp
+            big(h * arch.ffn_hidden_size * (2 if gated else 1) / tp, h)
+            big(arch.ffn_hidden_size * h / tp, arch.ffn_hidden_size // tp)
+        elif mlp == "moe":
+            mlp_kinds.add("moe")
+            moe = arch.moe
+            assert moe is not None
+            width = moe.latent_size or h
+            lin_e, bias_e = arch._mlp_params(width, moe.ffn_hidden_size)
+            local_experts = moe.num_experts / ep
+            experts = local_experts * (lin_e + bias_e) / etp
+            linear += local_experts * lin_e / etp
+            other += local_experts * bias_e / etp + h * moe.num_experts + arch._norm_params(h)
+            layer += experts + h * moe.num_experts
+            big(width * moe.ffn_hidden_size * (2 if gated else 1) / etp, width)
+            if moe.latent_size:
+                linear += 2 * h * moe.latent_size / tp
+                layer += 2 * h * moe.latent_size / tp
+            if moe.shared_expert_ffn_size:
+                lin_s, bias_s = arch._mlp_params(h, moe.shared_expert_ffn_size)
+                linear += lin_s / tp
+                other += bias_s / tp
+                layer += (lin_s + bias_s) / tp
+                big(h * moe.shared_expert_ffn_size * (2 if gated else 1) / tp, h)
+        layer_max = max(layer_max, layer)
+
+    embed = arch.vocab.padded(tp) * h / tp
+    if stage_index == 0:
+        other += embed
+    if stage_index == pp - 1:
+        other += arch._norm_params(h)  # final norm
+        if not arch.tie_embeddings or pp > 1:
+            other += embed  # output layer (a tied model keeps a second copy on the last stage when PP>1)
+    return RankParams(linear=linear, other=other, largest_linear=largest, largest_linear_in=largest_in,
+                      layer_max=layer_max, attention_layers=n_attn, mlp_kinds=frozenset(mlp_kinds))
+
+
+# --------------------------------------------------------------------------- activations
+def forward_activation_bytes(arch: ModelArch, layout: ParallelLayout, params: RankParams, *, batch: int,
+                             seq_length: int, last_stage: bool, model: MemoryModel = DEFAULT_MODEL) -> dict[str, int]:
+    """Peak activation bytes of one inference forward of ``batch x seq_length`` tokens on one rank."""
+    tp, cp = layout.tensor_parallel, layout.context_parallel
+    h = arch.hidden_size
+    s_local = seq_length // cp if cp > 1 else seq_length
+    tokens = batch * s_local
+    sp_tokens = tokens // tp if layout.sequence_parallel else tokens
+    resident = model.hidden_copies * sp_tokens * h * BF16 + (tokens * h * BF16 if layout.sequence_parallel else 0)
+    peaks = {"none": 0.0}
+    att = arch.attention
+    if params.attention_layers:
+        heads = att.num_heads / tp
+        if isinstance(att, MLAttention):
+            qk = att.qk_head_dim + att.qk_pos_emb_head_dim
+            proj = tokens * heads * (qk * 2 + att.v_head_dim) * BF16
+        else:
+            proj = tokens * (att.num_heads + 2 * att.query_groups) / tp * arch.head_dim * BF16
+        scores = batch * heads * s_local * seq_length * model.attention_bytes_per_score
+        peaks["attention"] = proj + scores
+    if "dense" in params.mlp_kinds:
+        width = arch.ffn_hidden_size * (2 if arch.activation.gated else 1) / tp
+        peaks["mlp"] = model.mlp_copies * tokens * width * BF16
+    if "moe" in params.mlp_kinds:
+        moe = arch.moe
+        assert moe is not None
+        routed = tokens * moe.router_topk  # token copies after dispatch (all-to-all keeps the count per rank)
+        width = moe.ffn_hidden_size * (2 if arch.activation.gated else 1) / layout.expert_tensor_parallel
+        per_expert = routed / moe.num_experts  # SequentialMLP runs one expert at a time
+        peaks["moe"] = 2 * routed * (moe.latent_size or h) * BF16 + model.mlp_copies * per_expert * width * BF16
+    if "mamba" in params.mlp_kinds:
+        assert arch.mamba is not None
+        heads, head_dim, groups, state = arch.mamba.resolved(h)
+        inner = heads * head_dim
+        peaks["mamba"] = 2 * tokens * (2 * inner + 2 * groups * state + heads) / tp * BF16
+    if last_stage:
+        peaks["logits"] = model.logits_copies * tokens * arch.vocab.padded(tp) / tp * BF16
+    return {"resident": int(resident), "peak": int(max(peaks.values())), "tokens": tokens}
+
+
+def training_activation_bytes(arch: ModelArch, layout: ParallelLayout, params: RankParams, *, batch: int,
+                              seq_length: int) -> int:
+    """Activations kept for backward without recomputation (Korthikanti et al. 2022: 34sbh + 5as^2b per layer)."""
+    tp, cp = layout.tensor_parallel, layout.context_parallel
+    s = seq_length // cp
+    layers = max(1, len(_layer_kinds_by_stage(arch, layout)[0]))
+    per_layer = s * batch * arch.hidden_size * (10 + 24 / tp) + 5 * arch.attention.num_heads * s * s * batch / tp
+    if layout.sequence_parallel:
+        per_layer = 34 * s * batch * arch.hidden_size / tp + 5 * arch.attention.num_heads * s * s * batch / tp
+    return int(per_layer * layers)
+
+
+# --------------------------------------------------------------------------- the plan
+def estimate(arch: ModelArch, layout: ParallelLayout, gpu: GpuSpec, *, stage: str = "quantize",
+             batch: int = 1, seq_length: int | None = None, quant_format: str = "fp8",
+             generate_tokens: int = 0, model: MemoryModel = DEFAULT_MODEL) -> MemoryPlan:
+    """The memory plan of the most loaded rank of ``layout`` for ``stage`` on ``gpu``."""
+    rules.check_stage_name(stage)
+    fmt = get_format(quant_format)
+    seq = seq_length or arch.seq_length
+    best: tuple[int, int, dict[str, int], int] | None = None
+    for index in range(layout.pipeline_parallel):
+        p = rank_params(arch, layout, index)
+        last = index == layout.pipeline_parallel - 1
+        terms: dict[str, int] = {"weights": int(p.total * BF16)}
+        quantizing = stage in ("quantize", "auto-quantize")
+        terms["quantizer_state"] = int(p.linear * model.quantizer_bytes_per_param.get(fmt.name, 0.0)) if quantizing \
+            else 0
+        act = forward_activation_bytes(arch, layout, p, batch=batch, seq_length=seq, last_stage=last, model=model)
+        if stage in ("quantize", "prune", "export"):
+            terms["activations"] = act["resident"] + act["peak"] if stage != "export" else 0
+        else:  # auto-quantize and distill run a backward pass
+            terms["activations"] = training_activation_bytes(arch, layout, p, batch=batch, seq_length=seq) \
+                + act["peak"]
+        if quantizing and fmt.name != "bf16":
+            terms["fake_quant"] = int(model.fake_quant_weight_copies * p.largest_linear * BF16
+                                      + model.fake_quant_input_copies * act["tokens"] * p.largest_linear_in * BF16)
+        else:
+            terms["fake_quant"] = 0
+        if stage == "auto-quantize":  # gradients of the weights scored, bf16
+            terms["fake_quant"] += int(p.linear * BF16)
+        kv_layers = p.attention_layers
+        tp = layout.tensor_parallel
+        kv_share = 1 if isinstance(arch.attention, MLAttention) else tp
+        n_attn = max(1, arch.layer_counts.attention)
+        terms["kv_cache"] = int(generate_tokens * arch.kv_cache_bytes_per_token() * kv_layers / n_attn / kv_share)
+        terms["export_reshard"] = int(p.layer_max * (BF16 + fmt.weight_bits / 8)) if stage == "export" else 0
+        if stage == "distill":
+            dp = layout.data_parallel
+            terms["optimizer"] = int(p.total * (4 + 12 / dp))  # fp32 grads + (master, Adam m, v) sharded over DP
+            terms["teacher"] = int(p.total * BF16)
+        total = sum(terms.values())
+        if best is None or total > best[0]:
+            quantized = int(p.linear * fmt.weight_bits / 8 + p.other * BF16)
+            best = (total, index, terms, quantized)
+    assert best is not None
+    _total, index, terms, quantized = best
+    return MemoryPlan(
+        stage=stage, layout=layout, gpu=gpu.name, pipeline_stage=index, terms=terms,
+        weights_quantized_bytes=quantized, capacity_bytes=gpu.memory_bytes, usable_bytes=usable_bytes(gpu),
+        batch=batch, seq_length=seq, quant_format=fmt.name, measured=stage in ("quantize", "prune"),
+    )
+
+
+def fitting_layouts(arch: ModelArch, gpu: GpuSpec, gpus: int, *, stage: str = "quantize", batch: int = 1,
+                    seq_length: int | None = None, quant_format: str = "fp8",
+                    model: MemoryModel = DEFAULT_MODEL) -> Iterator[tuple[ParallelLayout, MemoryPlan]]:
+    """Valid single-replica layouts for ``stage`` on at most ``gpus`` GPUs that fit, smallest first."""
+    for layout in rules.candidate_layouts(arch, stage, gpus, seq_length=seq_length):
+        mem = estimate(arch, layout, gpu, stage=stage, batch=batch, seq_length=seq_length,
+                       quant_format=quant_format, model=model)
+        if mem.fits:
+            yield layout, mem
+
+
+def smallest_fitting(arch: ModelArch, gpu: GpuSpec, gpus: int, **kwargs: object) -> ParallelLayout | None:
+    """The layout with the fewest GPUs per model replica that fits (``None``: nothing fits)."""
+    for layout, _mem in fitting_layouts(arch, gpu, gpus, **kwargs):  # type: ignore[arg-type]
+        return layout
+    return None
+
+
+def require_fit(mem: MemoryPlan, arch: ModelArch, gpu: GpuSpec, gpus: int, **kwargs: object) -> MemoryPlan:
+    """Raise :class:`ResourceError` naming the smallest layout that fits when ``mem`` does not."""
+    if mem.fits:
+        return mem
+    smallest = smallest_fitting(arch, gpu, gpus, stage=mem.stage, batch=mem.batch, seq_length=mem.seq_length,
+                                quant_format=mem.quant_format, **kwargs)  # type: ignore[arg-type]
+    need = f"{mem.per_rank_bytes / GIB:.1f} GiB per rank"
+    have = f"{mem.usable_bytes / GIB:.1f} GiB usable on a {gpu.name}"
+    if smallest is None:
+        hint = f"no {mem.stage} layout of {arch.name} fits on {gpus} x {gpu.name}; use more or larger GPUs"
+    else:
+        hint = f"the smallest layout that fits on {gpus} x {gpu.name} is {smallest.short()}"
+    raise ResourceError(f"{mem.stage} of {arch.name} with {mem.layout.short()} needs {need}, {have}",
+                        path="layout", hint=hint)

@@ -1,0 +1,303 @@
+"""The parallel layout of one run: how many GPUs split the model which way.
+
+The seed's ``conf/arguments.sh`` reads TP, ETP, EP, PP, CP and DP from the environment unchecked and
+starts ``ETP*EP*PP*CP*DP`` processes, a formula that leaves TP out. Here the world size is derived
+the way Megatron-Core derives it (``TP*PP*CP*DP``), the expert side must tile that same world
+(``ETP*EP*PP`` divides it) and every invalid combination is a :class:`LayoutError` naming the field.
+
+Rank coordinates follow Megatron-Core's default order ``tp-cp-ep-dp-pp``
+(``megatron/core/parallel_state.py``: one ``RankGenerator`` for the dense part with EP=1, one for the
+experts with CP=1), so the rank map printed by ``plan`` is the one ``parallel_state`` builds.
+
+Model-dependent rules (heads by TP, layers by PP, ...) live in :mod:`modelopt_typed_recipes.plan.rules`.
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from ..errors import LayoutError
+
+SIZE_FIELDS = (
+    "tensor_parallel",
+    "pipeline_parallel",
+    "context_parallel",
+    "expert_parallel",
+    "expert_tensor_parallel",
+    "data_parallel",
+)
+
+
+def _size(_inst: Any, attr: attrs.Attribute, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise LayoutError(f"must be a positive integer, got {value!r}", path=attr.name)
+
+
+def _optional_size(_inst: Any, attr: attrs.Attribute, value: Any) -> None:
+    if value is not None:
+        _size(_inst, attr, value)
+
+
+def _bool(_inst: Any, attr: attrs.Attribute, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise LayoutError(f"must be true or false, got {value!r}", path=attr.name)
+
+
+@attrs.frozen(kw_only=True)
+class RankCoords:
+    """Where one global rank sits in every parallel group (Megatron-Core's group-local ranks)."""
+
+    rank: int
+    tensor: int
+    pipeline: int
+    context: int
+    data: int
+    expert: int
+    expert_tensor: int
+    expert_data: int
+
+
+@attrs.frozen(kw_only=True)
+class ParallelLayout:
+    """Tensor, pipeline, context, expert, expert-tensor and data parallel sizes of one run."""
+
+    tensor_parallel: int = attrs.field(default=1, validator=_size)
+    pipeline_parallel: int = attrs.field(default=1, validator=_size)
+    context_parallel: int = attrs.field(default=1, validator=_size)
+    expert_parallel: int = attrs.field(default=1, validator=_size)
+    expert_tensor_parallel: int = attrs.field(
+        default=attrs.Factory(lambda self: self.tensor_parallel, takes_self=True), validator=_size
+    )
+    """Tensor parallelism inside the experts; Megatron's default is ``tensor_parallel``."""
+    data_parallel: int = attrs.field(default=1, validator=_size)
+    sequence_parallel: bool = attrs.field(default=False, validator=_bool)
+    """Shard layer norms and dropout along the sequence over the TP group (needs TP>1)."""
+    virtual_pipeline: int | None = attrs.field(default=None, validator=_optional_size)
+    """Interleaved schedule: model chunks per pipeline rank (``None``: not interleaved)."""
+    first_stage_layers: int | None = attrs.field(default=None, validator=_optional_size)
+    """Uneven split: layers of the first pipeline stage (``--decoder-first-pipeline-num-layers``)."""
+    last_stage_layers: int | None = attrs.field(default=None, validator=_optional_size)
+    """Uneven split: layers of the last pipeline stage (``--decoder-last-pipeline-num-layers``)."""
+
+    def __attrs_post_init__(self) -> None:
+        expert_side = self.expert_tensor_parallel * self.expert_parallel * self.pipeline_parallel
+        if self.world_size % expert_side:
+            raise LayoutError(
+                f"the expert side ETP*EP*PP = {self.expert_tensor_parallel}*{self.expert_parallel}*"
+                f"{self.pipeline_parallel} = {expert_side} does not divide the world size "
+                f"TP*PP*CP*DP = {self.world_size}",
+                path="expert_parallel",
+                hint="use expert_parallel in "
+                + _join(
+                    [
+                        e
+                        for e in _divisors(self.world_size // self.pipeline_parallel)
+                        if (self.world_size // self.pipeline_parallel) % (e * self.expert_tensor_parallel) == 0
+                    ]
+                    or [1]
+                ),
+            )
+        if self.sequence_parallel and self.tensor_parallel == 1:
+            raise LayoutError(
+                "sequence parallelism shards over the tensor-parallel group and needs tensor_parallel > 1",
+                path="sequence_parallel",
+                hint="set sequence_parallel=false, or tensor_parallel > 1",
+            )
+        if self.virtual_pipeline is not None and self.pipeline_parallel == 1:
+            raise LayoutError(
+                "an interleaved (virtual) pipeline needs pipeline_parallel > 1",
+                path="virtual_pipeline",
+                hint="unset virtual_pipeline, or use pipeline_parallel > 1",
+            )
+        uneven = self.first_stage_layers is not None or self.last_stage_layers is not None
+        if uneven and self.pipeline_parallel == 1:
+            raise LayoutError(
+                "first/last stage layer counts need pipeline_parallel > 1",
+                path="first_stage_layers" if self.first_stage_layers is not None else "last_stage_layers",
+                hint="unset them, or use pipeline_parallel > 1",
+            )
+        if uneven and self.virtual_pipeline is not None:
+            raise LayoutError(
+                "an uneven pipeline split cannot be combined with a virtual pipeline here",
+                path="virtual_pipeline",
+                hint="unset virtual_pipeline or the first/last stage layer counts",
+            )
+
+    # ------------------------------------------------------------------ derived sizes
+    @property
+    def world_size(self) -> int:
+        """Processes the run starts: TP*PP*CP*DP (the seed's ETP*EP*PP*CP*DP leaves TP out)."""
+        return self.tensor_parallel * self.pipeline_parallel * self.context_parallel * self.data_parallel
+
+    @property
+    def model_parallel_size(self) -> int:
+        """GPUs one model replica spans in its dense part (TP*PP*CP)."""
+        return self.tensor_parallel * self.pipeline_parallel * self.context_parallel
+
+    @property
+    def expert_data_parallel(self) -> int:
+        """Replicas of each expert: world / (ETP*EP*PP)."""
+        return self.world_size // (self.expert_tensor_parallel * self.expert_parallel * self.pipeline_parallel)
+
+    @property
+    def uneven(self) -> bool:
+        return self.first_stage_layers is not None or self.last_stage_layers is not None
+
+    def stage_layers(self, num_layers: int) -> tuple[int, ...]:
+        """Decoder layers on each pipeline stage, following Megatron's even / first-last rules."""
+        pp = self.pipeline_parallel
+        first, last = self.first_stage_layers, self.last_stage_layers
+        if first is None and last is None:
+            if num_layers % pp:
+                raise LayoutError(
+                    f"pipeline_parallel={pp} does not divide num_layers={num_layers}",
+                    path="pipeline_parallel",
+                    hint="use " + _join([d for d in _divisors(num_layers) if d <= max(pp, 8)])
+                    + " or an uneven split (first_stage_layers/last_stage_layers)",
+                )
+            return (num_layers // pp,) * pp
+        middle_stages = pp - (first is not None) - (last is not None)
+        rest = num_layers - (first or 0) - (last or 0)
+        if rest < 0 or (middle_stages == 0 and rest != 0) or (middle_stages > 0 and (rest <= 0 or rest % middle_stages)):
+            raise LayoutError(
+                f"first_stage_layers={first}, last_stage_layers={last} leave {rest} layers for "
+                f"{middle_stages} middle stage(s) of num_layers={num_layers}, which is not an even, non-empty split",
+                path="first_stage_layers" if first is not None else "last_stage_layers",
+                hint=_split_hint(num_layers, pp),
+            )
+        per = rest // middle_stages if middle_stages else 0
+        out = ([first] if first is not None else []) + [per] * middle_stages + ([last] if last is not None else [])
+        return tuple(out)
+
+    # ------------------------------------------------------------------ ranks
+    def coords(self, rank: int) -> RankCoords:
+        """Group-local ranks of ``rank`` in Megatron-Core's ``tp-cp-ep-dp-pp`` order.
+
+        Dense part (EP=1): ``rank = tp + TP*(cp + CP*(dp + DP*pp))``.
+        Expert part (CP=1): ``rank = etp + ETP*(ep + EP*(edp + EDP*pp))``.
+        """
+        if not 0 <= rank < self.world_size:
+            raise LayoutError(f"rank {rank} is outside the world of {self.world_size}", path="rank")
+        tp, cp, dp = self.tensor_parallel, self.context_parallel, self.data_parallel
+        tensor, rest = rank % tp, rank // tp
+        context, rest = rest % cp, rest // cp
+        data, pipeline = rest % dp, rest // dp
+        etp, ep, edp = self.expert_tensor_parallel, self.expert_parallel, self.expert_data_parallel
+        e_tensor, rest = rank % etp, rank // etp
+        expert, rest = rest % ep, rest // ep
+        e_data = rest % edp
+        return RankCoords(
+            rank=rank,
+            tensor=tensor,
+            pipeline=pipeline,
+            context=context,
+            data=data,
+            expert=expert,
+            expert_tensor=e_tensor,
+            expert_data=e_data,
+        )
+
+    def rank_map(self) -> tuple[RankCoords, ...]:
+        return tuple(self.coords(r) for r in range(self.world_size))
+
+    # ------------------------------------------------------------------ Megatron
+    def megatron_args(self) -> list[str]:
+        """The Megatron-LM flags for this layout (DP stays implicit, as in Megatron)."""
+        out = [
+            "--tensor-model-parallel-size", str(self.tensor_parallel),
+            "--pipeline-model-parallel-size", str(self.pipeline_parallel),
+            "--context-parallel-size", str(self.context_parallel),
+            "--expert-model-parallel-size", str(self.expert_parallel),
+            "--expert-tensor-parallel-size", str(self.expert_tensor_parallel),
+        ]  # fmt: skip
+        if self.sequence_parallel:
+            out.append("--sequence-parallel")
+        if self.virtual_pipeline is not None:
+            out += ["--virtual-pipeline-model-parallel-size", str(self.virtual_pipeline)]
+        if self.first_stage_layers is not None:
+            out += ["--decoder-first-pipeline-num-layers", str(self.first_stage_layers)]
+        if self.last_stage_layers is not None:
+            out += ["--decoder-last-pipeline-num-layers", str(self.last_stage_layers)]
+        return out
+
+    def short(self) -> str:
+        """``TP2 PP4 CP1 EP1 ETP2 DP1`` plus SP/VPP/split when set: one line for tables and errors."""
+        parts = [
+            f"TP{self.tensor_parallel}",
+            f"PP{self.pipeline_parallel}",
+            f"CP{self.context_parallel}",
+            f"EP{self.expert_parallel}",
+            f"ETP{self.expert_tensor_parallel}",
+            f"DP{self.data_parallel}",
+        ]
+        if self.sequence_parallel:
+            parts.append("SP")
+        if self.virtual_pipeline is not None:
+            parts.append(f"VPP{self.virtual_pipeline}")
+        if self.uneven:
+            parts.append(f"split {self.first_stage_layers or '-'}/{self.last_stage_layers or '-'}")
+        return " ".join(parts)
+
+    def summary(self) -> dict[str, Any]:
+        """The layout as ``plan --json`` prints it: short names plus the derived sizes."""
+        return {
+            "tensor": self.tensor_parallel,
+            "pipeline": self.pipeline_parallel,
+            "context": self.context_parallel,
+            "expert": self.expert_parallel,
+            "expert_tensor": self.expert_tensor_parallel,
+            "data": self.data_parallel,
+            "expert_data": self.expert_data_parallel,
+            "sequence_parallel": self.sequence_parallel,
+            "virtual_pipeline": self.virtual_pipeline,
+            "first_stage_layers": self.first_stage_layers,
+            "last_stage_layers": self.last_stage_layers,
+            "world_size": self.world_size,
+        }
+
+
+def propose_split(num_layers: int, pipeline_parallel: int) -> tuple[int | None, int | None]:
+    """An uneven split for ``num_layers`` over ``pipeline_parallel`` stages: (first, last) or (None, None).
+
+    Middle stages get ``ceil(L/PP)`` layers (or fewer, until the ends get at least one each); the
+    first and last stages share the remainder, first one taking the larger half: Kimi-K2's 61 layers on
+    16 stages give 3 + 14*4 + 2, the seed's export profile.
+    """
+    pp = pipeline_parallel
+    if pp <= 1 or num_layers % pp == 0:
+        return None, None
+    if num_layers < pp:
+        raise LayoutError(
+            f"pipeline_parallel={pp} exceeds num_layers={num_layers}: a stage would be empty",
+            path="pipeline_parallel",
+            hint=f"use at most {num_layers}",
+        )
+    for per in range(-(-num_layers // pp), 0, -1):
+        rest = num_layers - per * (pp - 2)
+        if rest >= 2:
+            return -(-rest // 2), rest // 2
+    raise LayoutError(f"no uneven split of {num_layers} layers over {pp} stages", path="pipeline_parallel")
+
+
+def _split_hint(num_layers: int, pp: int) -> str:
+    try:
+        first, last = propose_split(num_layers, pp)
+    except LayoutError:
+        return f"use pipeline_parallel <= {num_layers}"
+    if first is None:
+        return f"num_layers={num_layers} divides evenly over {pp} stages: unset first/last_stage_layers"
+    return f"e.g. first_stage_layers={first}, last_stage_layers={last}"
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _join(values: list[int]) -> str:
+    text = [str(v) for v in values]
+    if len(text) <= 1:
+        return "".join(text)
+    return ", ".join(text[:-1]) + " or " + text[-1]
