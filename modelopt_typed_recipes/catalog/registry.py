@@ -7,9 +7,10 @@ error messages behave the same everywhere.
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from importlib import metadata
 from typing import Generic, TypeVar
 
 from ..errors import SpecError, UnknownNameError, did_you_mean
@@ -53,6 +54,10 @@ class Registry(Generic[T]):
 
     def _load_entry_points(self) -> None:
         """Each entry point names a callable returning specs, or a spec, or an iterable of specs."""
+        if not _group_declared(self._group or ""):
+            return  # importlib.metadata costs ~25 ms to import; skip it when no installed package uses the group
+        from importlib import metadata
+
         for ep in metadata.entry_points(group=self._group or ""):
             try:
                 obj = ep.load()
@@ -123,3 +128,23 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return [next(iter(self._keys(i))) for i in self]
+
+
+def _group_declared(group: str) -> bool:
+    """Cheap pre-check: does any ``*.dist-info/entry_points.txt`` (or egg-info) on sys.path name ``group``?"""
+    header = f"[{group}]"
+    for entry in sys.path:
+        try:
+            names = os.listdir(entry or ".")
+        except OSError:
+            continue
+        for name in names:
+            if not name.endswith((".dist-info", ".egg-info")):
+                continue
+            try:
+                with open(os.path.join(entry or ".", name, "entry_points.txt"), encoding="utf-8") as fh:
+                    if header in fh.read():
+                        return True
+            except OSError:
+                continue
+    return False

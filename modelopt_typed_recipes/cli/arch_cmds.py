@@ -1,0 +1,220 @@
+"""Architecture commands: ``list``, ``show``, ``flags``, ``from-hf``, ``validate``, ``profiles``.
+
+Each reads only plain data (catalog, spec, bridges), so it answers in well under a second: torch,
+Megatron-Core and ModelOpt are never imported here, and rich only when a table is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from ..spec.arch import KINDS, ModelArch
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("list", help="list the registered architectures")
+    p.add_argument("--kind", choices=KINDS, help="only this kind")
+    p.add_argument("--family", help="only this family (llama, qwen, deepseek, nemotron-h, tiny, ...)")
+    p.add_argument("--json", action="store_true", help="print a JSON array for programs")
+    p.set_defaults(handler=cmd_list)
+
+    p = sub.add_parser("show", help="show one architecture")
+    p.add_argument("name", help="short name, Hugging Face id (any case) or alias")
+    p.add_argument("--json", action="store_true", help="print one JSON object for programs")
+    p.set_defaults(handler=cmd_show)
+
+    p = sub.add_parser("flags", help="print an architecture's Megatron-LM flags, one per line, shell-quoted")
+    p.add_argument("name", help="short name, Hugging Face id (any case) or alias")
+    p.add_argument("--json", action="store_true", help="print the argv list as JSON")
+    p.set_defaults(handler=cmd_flags)
+
+    p = sub.add_parser("from-hf", help="build an architecture from a Hugging Face config.json and print it as YAML")
+    p.add_argument("config", help="path to config.json (or a checkpoint folder holding one)")
+    p.add_argument("--name", help="registry name for the result (default: from the repo id)")
+    p.add_argument("--hf-id", help="Hugging Face id to record (default: the config's _name_or_path)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of YAML")
+    p.set_defaults(handler=cmd_from_hf)
+
+    p = sub.add_parser("validate", help="check a ModelArch YAML/JSON file")
+    p.add_argument("file", help="a .yaml/.yml/.json file holding one ModelArch")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(handler=cmd_validate)
+
+    p = sub.add_parser("profiles", help="list launch profiles (parallel layouts for one model on one cluster)")
+    p.add_argument("--json", action="store_true", help="print a JSON array for programs")
+    p.set_defaults(handler=cmd_profiles)
+
+
+# --------------------------------------------------------------------------- helpers
+def _billions(n: int) -> str:
+    if n >= 10**12:
+        return f"{n / 1e12:.2f}T"
+    if n >= 10**9:
+        return f"{n / 1e9:.2f}B"
+    return f"{n / 1e6:.1f}M"
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+
+
+def _table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
+    """A rich table on a terminal; aligned plain text when piped (greppable, and no 40 ms rich import)."""
+    rows = [list(r) for r in rows]
+    if not sys.stdout.isatty():
+        widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(columns)]
+        out = [title, "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+        out += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+        sys.stdout.write("\n".join(out) + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for col in columns:
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+
+
+def _details(arch: ModelArch) -> dict[str, Any]:
+    """``summary()`` plus the derived facts people look at."""
+    out = dict(arch.summary())
+    out.update(
+        {
+            "weight_bytes_bf16": arch.weight_bytes("bf16"),
+            "kv_cache_bytes_per_token": arch.kv_cache_bytes_per_token(),
+            "layer_counts": {
+                "attention": arch.layer_counts.attention,
+                "mamba": arch.layer_counts.mamba,
+                "dense_mlp": arch.layer_counts.dense_mlp,
+                "moe": arch.layer_counts.moe,
+            },
+            "seq_length": arch.seq_length,
+            "max_position_embeddings": arch.max_position_embeddings,
+            "trust_remote_code": arch.trust_remote_code,
+            "notes": list(arch.notes),
+        }
+    )
+    return out
+
+
+# --------------------------------------------------------------------------- commands
+def cmd_list(args: argparse.Namespace) -> int:
+    from ..catalog import list_archs
+
+    archs = list_archs(kind=args.kind, family=args.family)
+    if args.json:
+        _print_json([a.summary() for a in archs])
+        return 0
+    if not archs:
+        sys.stdout.write("no architectures match\n")
+        return 0
+    _table(
+        f"{len(archs)} architectures",
+        ["name", "kind", "family", "params", "active", "layers", "hidden", "hf_id"],
+        (
+            (a.name, a.kind, a.family, _billions(a.params_total), _billions(a.params_active), str(a.num_layers),
+             str(a.hidden_size), a.hf_id or "")
+            for a in archs
+        ),
+    )
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from ..bridges.megatron_flags import unexpressible
+    from ..catalog import get_arch
+
+    arch = get_arch(args.name)
+    info = _details(arch)
+    limits = unexpressible(arch)
+    if args.json:
+        info["megatron_unexpressible"] = limits
+        _print_json(info)
+        return 0
+    rows = [
+        ("name", arch.name), ("hf_id", arch.hf_id or ""), ("tokenizer", arch.tokenizer or ""),
+        ("kind", arch.kind), ("family", arch.family), ("aliases", ", ".join(arch.aliases)),
+        ("params total", f"{_billions(arch.params_total)} ({arch.params_total:,})"),
+        ("params active", f"{_billions(arch.params_active)} ({arch.params_active:,})"),
+        ("weights bf16", f"{arch.weight_bytes('bf16') / 2**30:.1f} GiB"),
+        ("KV cache / token", f"{arch.kv_cache_bytes_per_token():,} bytes"),
+        ("layers", f"{arch.num_layers} ({info['layer_counts']})"),
+        ("hidden / ffn", f"{arch.hidden_size} / {arch.ffn_hidden_size}"),
+        ("attention", repr(arch.attention)),
+        ("moe", repr(arch.moe) if arch.moe else "-"),
+        ("mamba", repr(arch.mamba) if arch.mamba else "-"),
+        ("position", repr(arch.position) if arch.position else "none"),
+        ("norm / activation", f"{arch.norm.type} eps={arch.norm.epsilon:g} / {arch.activation.type}"),
+        ("vocab", repr(arch.vocab)),
+        ("seq / max positions", f"{arch.seq_length} / {arch.max_position_embeddings}"),
+        *(("note", n) for n in arch.notes),
+        *(("megatron cannot express", n) for n in limits),
+    ]
+    _table(arch.name, ["field", "value"], rows)
+    return 0
+
+
+def cmd_flags(args: argparse.Namespace) -> int:
+    from ..bridges.megatron_flags import megatron_flag_pairs, to_megatron_args, unexpressible
+    from ..catalog import get_arch
+
+    arch = get_arch(args.name)
+    if args.json:
+        _print_json(to_megatron_args(arch))
+        return 0
+    lines = [shlex.quote(f) + ("" if v is None else " " + shlex.quote(v)) for f, v in megatron_flag_pairs(arch)]
+    sys.stdout.write("\n".join(lines) + "\n")
+    for note in unexpressible(arch):
+        sys.stderr.write(f"# note: {note}\n")
+    return 0
+
+
+def cmd_from_hf(args: argparse.Namespace) -> int:
+    from ..bridges.hf_config import load_hf_config  # written beside this module; imported only here
+    from ..spec.serde import to_json, to_yaml
+
+    arch = load_hf_config(args.config, name=args.name, hf_id=args.hf_id)
+    sys.stdout.write(to_json(arch) + "\n" if args.json else to_yaml(arch))
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from ..spec.serde import load_file
+
+    arch = load_file(args.file, ModelArch)
+    if args.json:
+        _print_json({"ok": True, **arch.summary()})
+        return 0
+    sys.stdout.write(
+        f"ok: {arch.name} ({arch.kind}, family {arch.family}, {arch.num_layers} layers, "
+        f"{_billions(arch.params_total)} params, {_billions(arch.params_active)} active)\n"
+    )
+    return 0
+
+
+def cmd_profiles(args: argparse.Namespace) -> int:
+    from ..catalog.profiles import list_profiles
+
+    profiles = list_profiles()
+    if args.json:
+        _print_json([p.summary() for p in profiles])
+        return 0
+    _table(
+        f"{len(profiles)} launch profiles",
+        ["name", "arch", "TP", "ETP", "EP", "PP", "first/last PP layers", "description"],
+        (
+            (p.name, p.arch, str(p.tensor_parallel), str(p.expert_tensor_parallel or p.tensor_parallel),
+             str(p.expert_parallel), str(p.pipeline_parallel),
+             f"{p.first_pipeline_num_layers or '-'}/{p.last_pipeline_num_layers or '-'}", p.description)
+            for p in profiles
+        ),
+    )
+    return 0
