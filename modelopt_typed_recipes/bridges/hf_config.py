@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
@@ -63,8 +64,8 @@ __all__ = [
 # model_type -> registry family
 HF_MODEL_TYPES: dict[str, str] = {
     "llama": "llama",
-    "llama4": "llama",
-    "llama4_text": "llama",
+    "llama4": "llama4",
+    "llama4_text": "llama4",
     "qwen2": "qwen",
     "qwen3": "qwen",
     "qwen3_moe": "qwen",
@@ -223,7 +224,9 @@ class _Reader:
                 return getattr(self, kind)(key)
         if default is _MISSING:
             raise SpecError(
-                "required key missing from config.json", path=self.path(keys[0]), hint="also read as: " + ", ".join(keys[1:])
+                "required key missing from config.json",
+                path=self.path(keys[0]),
+                hint="also read as: " + ", ".join(keys[1:]),
             )
         return default
 
@@ -232,24 +235,53 @@ def _fail(r: _Reader, key: str, message: str, hint: str = "") -> SpecError:
     return SpecError(message, path=r.path(key), hint=hint)
 
 
+def _build(r: _Reader, cls: type, keys: Mapping[str, str], **fields: Any) -> Any:
+    """``cls(**fields)``; a validation error names the config key the failing field came from."""
+    try:
+        return cls(**fields)
+    except SpecError as err:
+        raise SpecError(err.message, path=r.path(keys.get(err.path, err.path)), hint=err.hint) from None
+
+
+_MOE_KEYS = {
+    "num_experts": "n_routed_experts",
+    "router_topk": "num_experts_per_tok",
+    "ffn_hidden_size": "moe_intermediate_size",
+    "shared_expert_ffn_size": "n_shared_experts",
+    "router_num_groups": "n_group",
+    "router_group_topk": "topk_group",
+    "router_topk_scaling_factor": "routed_scaling_factor",
+    "latent_size": "moe_latent_size",
+    "layer_freq": "first_k_dense_replace",
+}
+
+
 # --------------------------------------------------------------------------- pieces
-def _rope(r: _Reader, model_type: str, *, percent_keys: tuple[str, ...] = ("partial_rotary_factor",)) -> RoPE:
-    """RoPE from either layout: transformers 4 (``rope_theta`` + ``rope_scaling``) or 5 (``rope_parameters``)."""
+def _rope(r: _Reader, model_type: str, *, percent_keys: tuple[str, ...] | None = None) -> RoPE:
+    """RoPE from either layout: transformers 4 (``rope_theta`` + ``rope_scaling``) or 5 (``rope_parameters``).
+
+    ``percent_keys``: where the model type reads a partial rotary fraction; ``None``: it rotates the
+    whole head, and a fraction below 1 in the file is an error (transformers would not apply it).
+    """
     params = r.dict("rope_parameters", {})
     pr = _Reader(params, r.path("rope_parameters."))
     theta = r.first("float", ("rope_theta", "rotary_emb_base"), None)
     if theta is None:
         theta = pr.float("rope_theta", _DEFAULT_ROPE_THETA.get(model_type, 10000.0))
-    percent = r.first("float", percent_keys, None)
+    keys = percent_keys or ("partial_rotary_factor",)
+    percent = r.first("float", keys, None)
     if percent is None:
         percent = pr.float("partial_rotary_factor", 1.0)
     if not 0 < percent <= 1:
-        raise _fail(r, percent_keys[0], f"must be in (0, 1], got {percent}")
+        raise _fail(r, keys[0], f"must be in (0, 1], got {percent}")
+    if percent_keys is None and percent != 1.0:
+        raise _fail(r, keys[0], f"partial rotary embedding is not supported for model type {model_type}", "use 1.0")
     scaling_key = "rope_scaling"
     raw = r.dict("rope_scaling", None)
     if raw is None and params:
         raw, scaling_key = params, "rope_parameters"
-    return RoPE(base=theta, percent=percent, scaling=_rope_scaling(_Reader(raw or {}, r.path(scaling_key + "."))))
+    scaling = _rope_scaling(_Reader(raw or {}, r.path(scaling_key + ".")))
+    return _build(r, RoPE, {"base": "rope_theta", "percent": keys[0]}, base=theta, percent=percent, scaling=scaling)
 
 
 def _rope_scaling(r: _Reader) -> Llama3Scaling | YarnScaling | None:
@@ -259,14 +291,20 @@ def _rope_scaling(r: _Reader) -> Llama3Scaling | YarnScaling | None:
     if kind == "default":
         return None
     if kind == "llama3":
-        return Llama3Scaling(
+        return _build(
+            r,
+            Llama3Scaling,
+            {},
             factor=r.float("factor"),
             low_freq_factor=r.float("low_freq_factor", 1.0),
             high_freq_factor=r.float("high_freq_factor", 4.0),
             original_max_position_embeddings=r.int("original_max_position_embeddings", 8192),
         )
     if kind == "yarn":
-        return YarnScaling(
+        return _build(
+            r,
+            YarnScaling,
+            {},
             factor=r.float("factor"),
             original_max_position_embeddings=r.int("original_max_position_embeddings", None),
             beta_fast=r.float("beta_fast", None),
@@ -277,11 +315,18 @@ def _rope_scaling(r: _Reader) -> Llama3Scaling | YarnScaling | None:
     raise _fail(r, "rope_type", f"RoPE scaling {kind!r} is not supported", "supported: llama3, yarn, default")
 
 
-def _activation(r: _Reader, *, gated: bool, keys: tuple[str, ...] = ("hidden_act",), default: str = "silu") -> Activation:
+def _activation(
+    r: _Reader, *, gated: bool, keys: tuple[str, ...] = ("hidden_act",), default: str = "silu"
+) -> Activation:
     act = r.first("str", keys, default)
     table = _GATED_ACT if gated else _PLAIN_ACT
     if act not in table:
-        raise _fail(r, keys[0], f"activation {act!r} is not supported here", did_you_mean(act, table) or f"one of {', '.join(table)}")
+        raise _fail(
+            r,
+            keys[0],
+            f"activation {act!r} is not supported here",
+            did_you_mean(act, table) or f"one of {', '.join(table)}",
+        )
     return Activation(type=table[act])
 
 
@@ -335,7 +380,9 @@ def _gqa(r: _Reader, hidden: int, *, head_dim_keys: tuple[str, ...] = ("head_dim
     try:
         return Attention(num_heads=heads, num_query_groups=None if kv == heads else kv, kv_channels=head_dim)
     except SpecError as err:
-        key = {"num_query_groups": "num_key_value_heads", "kv_channels": head_dim_keys[0]}.get(err.path, "num_attention_heads")
+        key = {"num_query_groups": "num_key_value_heads", "kv_channels": head_dim_keys[0]}.get(
+            err.path, "num_attention_heads"
+        )
         raise SpecError(err.message, path=r.path(key), hint=err.hint) from None
 
 
@@ -373,8 +420,13 @@ def _llama_like(r: _Reader, model_type: str) -> dict[str, Any]:
     out["activation"] = _activation(r, gated=True)
     if model_type == "mixtral":
         experts = r.int("num_local_experts")
-        out["moe"] = MoE(
-            num_experts=experts, router_topk=r.int("num_experts_per_tok"), ffn_hidden_size=out["ffn_hidden_size"]
+        out["moe"] = _build(
+            r,
+            MoE,
+            {**_MOE_KEYS, "num_experts": "num_local_experts", "ffn_hidden_size": "intermediate_size"},
+            num_experts=experts,
+            router_topk=r.int("num_experts_per_tok"),
+            ffn_hidden_size=out["ffn_hidden_size"],
         )
     elif model_type == "qwen3_moe":
         experts, n = r.int("num_experts"), out["num_layers"]
@@ -383,7 +435,10 @@ def _llama_like(r: _Reader, model_type: str) -> dict[str, Any]:
         flags = [i not in only_mlp and (i + 1) % step == 0 for i in range(n)]
         if not any(flags):
             raise _fail(r, "mlp_only_layers", "no layer is a MoE layer")
-        out["moe"] = MoE(
+        out["moe"] = _build(
+            r,
+            MoE,
+            {**_MOE_KEYS, "num_experts": "num_experts", "layer_freq": "mlp_only_layers"},
             num_experts=experts,
             router_topk=r.int("num_experts_per_tok"),
             ffn_hidden_size=r.int("moe_intermediate_size"),
@@ -415,7 +470,9 @@ def _llama4(r: _Reader, model_type: str) -> dict[str, Any]:
         if not all(uses):
             no_rope_freq = next((k for k in range(1, n + 1) if uses == [(i + 1) % k != 0 for i in range(n)]), None)
             if no_rope_freq is None:
-                raise _fail(r, "no_rope_layers", "only a NoPE layer every n-th layer can be expressed (RoPE.no_rope_freq)")
+                raise _fail(
+                    r, "no_rope_layers", "only a NoPE layer every n-th layer can be expressed (RoPE.no_rope_freq)"
+                )
     out["position"] = attrs.evolve(rope, interleaved=True, no_rope_freq=no_rope_freq)
     out["norm"] = Norm(type="rmsnorm", epsilon=r.float("rms_norm_eps", 1e-5))
     out["activation"] = _activation(r, gated=True)
@@ -425,7 +482,10 @@ def _llama4(r: _Reader, model_type: str) -> dict[str, Any]:
     else:
         step = r.int("interleave_moe_layer_step", 1)
         flags = [(i + 1) % step == 0 for i in range(n)]
-    out["moe"] = MoE(
+    out["moe"] = _build(
+        r,
+        MoE,
+        {**_MOE_KEYS, "num_experts": "num_local_experts", "ffn_hidden_size": "intermediate_size"},
         num_experts=r.int("num_local_experts"),
         router_topk=r.int("num_experts_per_tok"),
         ffn_hidden_size=moe_ffn,
@@ -447,7 +507,14 @@ def _deepseek(r: _Reader, model_type: str) -> dict[str, Any]:
     n = out["num_layers"]
     out["ffn_hidden_size"] = r.int("intermediate_size")
     _check_no_bias(r, "attention_bias", "mlp_bias")
-    out["attention"] = MLAttention(
+    out["attention"] = _build(
+        r,
+        MLAttention,
+        {
+            "num_heads": "num_attention_heads",
+            "qk_head_dim": "qk_nope_head_dim",
+            "qk_pos_emb_head_dim": "qk_rope_head_dim",
+        },
         num_heads=r.int("num_attention_heads"),
         q_lora_rank=r.int("q_lora_rank", None),
         kv_lora_rank=r.int("kv_lora_rank"),
@@ -471,7 +538,10 @@ def _deepseek(r: _Reader, model_type: str) -> dict[str, Any]:
         topk_method = r.str("topk_method", "noaux_tc" if model_type != "deepseek_v2" else "greedy")
         groups, group_topk = r.int("n_group", 1), r.int("topk_group", 1)
         grouped = topk_method in ("group_limited_greedy", "noaux_tc") and groups > 1
-        out["moe"] = MoE(
+        out["moe"] = _build(
+            r,
+            MoE,
+            _MOE_KEYS,
             num_experts=experts,
             router_topk=r.int("num_experts_per_tok"),
             ffn_hidden_size=moe_ffn,
@@ -510,14 +580,19 @@ def _gpt_oss(r: _Reader, model_type: str) -> dict[str, Any]:
     if window is not None and any(sliding):
         skip = next((k for k in range(2, n + 1) if sliding == [(i + 1) % k != 0 for i in range(n)]), None)
         if skip is None:
-            raise _fail(r, "layer_types", "only full attention every n-th layer can be expressed (window_attn_skip_freq)")
+            raise _fail(
+                r, "layer_types", "only full attention every n-th layer can be expressed (window_attn_skip_freq)"
+            )
         att = attrs.evolve(att, window_size=(window - 1, 0), window_attn_skip_freq=skip)
     out["attention"] = attrs.evolve(att, softmax_type="learnable")
     out["position"] = _rope(r, model_type)
     out["norm"] = Norm(type="rmsnorm", epsilon=r.float("rms_norm_eps", 1e-5))
     out["activation"] = Activation(type="quick_geglu", glu_linear_offset=1.0, clamp_value=r.float("swiglu_limit", 7.0))
     out["add_bias_linear"] = True
-    out["moe"] = MoE(
+    out["moe"] = _build(
+        r,
+        MoE,
+        {**_MOE_KEYS, "num_experts": "num_local_experts", "ffn_hidden_size": "intermediate_size"},
         num_experts=r.int("num_local_experts"),
         router_topk=r.first("int", ("num_experts_per_tok", "experts_per_token")),
         ffn_hidden_size=moe_ffn,
@@ -531,7 +606,7 @@ def _nemotron(r: _Reader, model_type: str) -> dict[str, Any]:
     out["ffn_hidden_size"] = r.int("intermediate_size")
     out["attention"] = _gqa(r, out["hidden_size"], head_dim_keys=("head_dim", "kv_channels"))
     out["add_bias_linear"], _ = _linear_biases(r)
-    out["position"] = _rope(r, model_type)
+    out["position"] = _rope(r, model_type, percent_keys=("partial_rotary_factor",))
     out["norm"] = Norm(type="layernorm1p", epsilon=r.first("float", ("norm_eps", "layer_norm_eps"), 1e-5))
     out["activation"] = _activation(r, gated=False, default="relu2")
     return out
@@ -562,7 +637,9 @@ def _nemotron_h(r: _Reader, model_type: str) -> dict[str, Any]:
             raise _fail(r, key, f"unknown block type {bad[0]!r}", did_you_mean(str(bad[0]), _BLOCK_SYMBOL))
         pattern = "".join(_BLOCK_SYMBOL[b] for b in blocks)
     else:
-        raise SpecError("required key missing from config.json", path=r.path("hybrid_override_pattern"), hint="or layers_block_type")
+        raise SpecError(
+            "required key missing from config.json", path=r.path("hybrid_override_pattern"), hint="or layers_block_type"
+        )
     out = _common(r, model_type, num_layers=len(pattern))
     h = out["hidden_size"]
     if len(pattern) != out["num_layers"]:
@@ -572,27 +649,40 @@ def _nemotron_h(r: _Reader, model_type: str) -> dict[str, Any]:
         raise _fail(r, "use_conv_bias", "Mamba without a convolution bias cannot be expressed", "set it to true")
     out["ffn_hidden_size"] = r.int("intermediate_size")
     out["attention"] = _gqa(r, h, head_dim_keys=("attention_head_dim", "head_dim"))
-    try:
-        out["mamba"] = Mamba(
-            pattern=pattern,
-            num_heads=r.int("mamba_num_heads"),
-            head_dim=r.int("mamba_head_dim"),
-            num_groups=r.int("n_groups", 8),
-            state_dim=r.int("ssm_state_size", 128),
-            conv_kernel=r.int("conv_kernel", 4),
-        )
-    except SpecError as err:
-        raise SpecError(err.message, path=r.path(key), hint=err.hint) from None
+    out["mamba"] = _build(
+        r,
+        Mamba,
+        {
+            "pattern": key,
+            "num_heads": "mamba_num_heads",
+            "head_dim": "mamba_head_dim",
+            "num_groups": "n_groups",
+            "state_dim": "ssm_state_size",
+        },
+        pattern=pattern,
+        num_heads=r.int("mamba_num_heads"),
+        head_dim=r.int("mamba_head_dim"),
+        num_groups=r.int("n_groups", 8),
+        state_dim=r.int("ssm_state_size", 128),
+        conv_kernel=r.int("conv_kernel", 4),
+    )
     out["position"] = None  # transformers' NemotronH attention has no position embedding
-    out["norm"] = Norm(type="rmsnorm", epsilon=r.first("float", ("layer_norm_epsilon", "rms_norm_eps", "norm_eps"), 1e-5))
+    out["norm"] = Norm(
+        type="rmsnorm", epsilon=r.first("float", ("layer_norm_epsilon", "rms_norm_eps", "norm_eps"), 1e-5)
+    )
     out["activation"] = _activation(r, gated=False, keys=("mlp_hidden_act", "hidden_act"), default="relu2")
     if "E" in pattern:
         groups, group_topk = r.int("n_group", 1), r.int("topk_group", 1)
-        out["moe"] = MoE(
+        out["moe"] = _build(
+            r,
+            MoE,
+            {**_MOE_KEYS, "shared_expert_ffn_size": "moe_shared_expert_intermediate_size"},
             num_experts=r.first("int", ("n_routed_experts", "num_local_experts")),
             router_topk=r.int("num_experts_per_tok"),
             ffn_hidden_size=r.int("moe_intermediate_size"),
-            shared_expert_ffn_size=r.int("moe_shared_expert_intermediate_size") if r.int("n_shared_experts", 1) else None,
+            shared_expert_ffn_size=r.int("moe_shared_expert_intermediate_size")
+            if r.int("n_shared_experts", 1)
+            else None,
             router_score_function="sigmoid",
             router_enable_expert_bias=True,
             router_num_groups=groups if groups > 1 else None,
@@ -651,7 +741,7 @@ def from_hf_config(config: Mapping[str, Any], *, name: str | None = None, hf_id:
         reader = _Reader(top.dict("text_config"), "text_config.")
     if hf_id is None:
         source = config.get("_name_or_path")
-        hf_id = source if isinstance(source, str) and source.count("/") == 1 and not source.startswith((".", "/")) else None
+        hf_id = source if isinstance(source, str) and _HF_ID.fullmatch(source) else None
     try:
         fields = _BUILDERS[model_type](reader, model_type)
     except SpecError:
@@ -673,6 +763,8 @@ def from_hf_config(config: Mapping[str, Any], *, name: str | None = None, hf_id:
     except SpecError as err:
         raise SpecError(err.message, path=_HF_KEY.get(err.path, err.path), hint=err.hint) from None
 
+
+_HF_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 
 # ModelArch field path -> the config.json key it came from (so a validation error names the file's key)
 _HF_KEY = {
@@ -706,6 +798,8 @@ def load_hf_config(path: str | Path, *, name: str | None = None, hf_id: str | No
 def _canonical(arch: ModelArch) -> dict[str, Any]:
     """The spec as a dict in which equal architectures are equal (see the module docstring)."""
     d = to_dict(arch)
+    if arch.layer_counts.dense_mlp == 0:
+        d["ffn_hidden_size"] = None  # no dense MLP layer: the size is unused
     att = d["attention"]
     if att.get("type") == "standard":
         att["num_query_groups"] = att["num_query_groups"] or att["num_heads"]
@@ -722,7 +816,9 @@ def _canonical(arch: ModelArch) -> dict[str, Any]:
             moe["router_pre_softmax"] = None
     if arch.mamba is not None:
         heads, head_dim, groups, state = arch.mamba.resolved(arch.hidden_size)
-        d["mamba"].update(pattern=arch.mamba.layers, num_heads=heads, head_dim=head_dim, num_groups=groups, state_dim=state)
+        d["mamba"].update(
+            pattern=arch.mamba.layers, num_heads=heads, head_dim=head_dim, num_groups=groups, state_dim=state
+        )
     return d
 
 
@@ -740,9 +836,9 @@ def _compare(ours: Any, theirs: Any, path: str, out: list[FieldDiff]) -> None:
         for key in list(ours) + [k for k in theirs if k not in ours]:
             _compare(ours.get(key), theirs.get(key), f"{path}.{key}" if path else key, out)
         return
-    if isinstance(ours, float | int) and isinstance(theirs, float | int) and not isinstance(ours, bool):
-        if not isinstance(theirs, bool) and math.isclose(ours, theirs, rel_tol=1e-9, abs_tol=0.0):
-            return
+    numbers = all(isinstance(x, float | int) and not isinstance(x, bool) for x in (ours, theirs))
+    if numbers and math.isclose(ours, theirs, rel_tol=1e-9, abs_tol=0.0):
+        return
     if ours != theirs:
         out.append(FieldDiff(path=path, ours=ours, theirs=theirs))
 
@@ -876,7 +972,7 @@ def to_hf_config(arch: ModelArch) -> dict[str, Any]:
         cfg["num_key_value_heads"] = att.query_groups
         cfg["head_dim"] = arch.head_dim
     cfg.update(_hf_rope(arch.position))
-    if arch.position is not None and arch.position.percent != 1.0:
+    if mt in ("nemotron", "gpt_neox") and arch.position is not None:
         cfg["partial_rotary_factor"] = arch.position.percent
     eps = arch.norm.epsilon
     moe = arch.moe
@@ -885,7 +981,11 @@ def to_hf_config(arch: ModelArch) -> dict[str, Any]:
         if mt == "llama":
             cfg.update(attention_bias=arch.add_bias_linear, mlp_bias=arch.add_bias_linear)
         if mt == "mixtral" and moe is not None:
-            cfg.update(num_local_experts=moe.num_experts, num_experts_per_tok=moe.router_topk)
+            cfg.update(
+                intermediate_size=moe.ffn_hidden_size,
+                num_local_experts=moe.num_experts,
+                num_experts_per_tok=moe.router_topk,
+            )
         if mt == "qwen3_moe" and moe is not None:
             cfg.update(
                 num_experts=moe.num_experts,
@@ -1009,7 +1109,9 @@ def to_hf_config(arch: ModelArch) -> dict[str, Any]:
     try:
         diffs = diff_hf_config(arch, cfg)
     except SpecError as err:
-        raise SpecError(f"cannot be written as a {mt} config.json: {err.message}", path=err.path, hint=err.hint) from None
+        raise SpecError(
+            f"cannot be written as a {mt} config.json: {err.message}", path=err.path, hint=err.hint
+        ) from None
     if diffs:
         first = diffs[0]
         more = f" (and {len(diffs) - 1} more: {', '.join(d.path for d in diffs[1:4])})" if len(diffs) > 1 else ""
