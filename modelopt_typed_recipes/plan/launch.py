@@ -189,7 +189,7 @@ def plan(
 
     memory_plan = mem.estimate(arch, layout, gpu_spec, **mem_kwargs)
     if check_memory:
-        mem.require_fit(memory_plan, arch, gpu_spec, gpus, **{k: v for k, v in mem_kwargs.items() if k != "stage"})
+        mem.require_fit(memory_plan, arch, gpu_spec, gpus)
 
     world = layout.world_size
     nnodes = -(-world // per_node_cap)

@@ -352,12 +352,13 @@ def smallest_fitting(arch: ModelArch, gpu: GpuSpec, gpus: int, **kwargs: object)
     return None
 
 
-def require_fit(mem: MemoryPlan, arch: ModelArch, gpu: GpuSpec, gpus: int, **kwargs: object) -> MemoryPlan:
+def require_fit(mem: MemoryPlan, arch: ModelArch, gpu: GpuSpec, gpus: int, *,
+                model: MemoryModel = DEFAULT_MODEL) -> MemoryPlan:
     """Raise :class:`ResourceError` naming the smallest layout that fits when ``mem`` does not."""
     if mem.fits:
         return mem
     smallest = smallest_fitting(arch, gpu, gpus, stage=mem.stage, batch=mem.batch, seq_length=mem.seq_length,
-                                quant_format=mem.quant_format, **kwargs)  # type: ignore[arg-type]
+                                quant_format=mem.quant_format, model=model)
     need = f"{mem.per_rank_bytes / GIB:.1f} GiB per rank"
     have = f"{mem.usable_bytes / GIB:.1f} GiB usable on a {gpu.name}"
     if smallest is None:

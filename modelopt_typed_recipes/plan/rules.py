@@ -146,6 +146,11 @@ def model_problems(arch: ModelArch, layout: ParallelLayout, *, seq_length: int |
                 f"the hybrid pattern has {len(stages)} pipeline segments ('|') but PP*VPP = {chunks}",
                 path="pipeline_parallel", hint=f"use pipeline_parallel={len(stages)}",
             ))
+    elif arch.mamba is not None and layout.uneven:
+        out.append(LayoutError(
+            "a hybrid model splits its pipeline evenly or by '|' in its pattern, not by first/last stage layers",
+            path="first_stage_layers", hint="unset first/last_stage_layers; put '|' in mamba.pattern instead",
+        ))
     elif pp > arch.num_layers:
         out.append(LayoutError(
             f"PP={pp} exceeds num_layers={arch.num_layers}: a stage would be empty",
@@ -259,10 +264,12 @@ def is_valid(arch: ModelArch, layout: ParallelLayout, stage: str = "quantize", *
 
 # --------------------------------------------------------------------------- re-planning
 def export_pipeline(arch: ModelArch, gpus: int) -> ParallelLayout:
-    """Pipeline-only layout: PP = the largest divisor of the layer count that fits the GPUs.
+    """Pipeline-only layout on at most ``gpus`` GPUs.
 
-    When that divisor would leave more than half of the GPUs idle (a prime layer count such as
-    Kimi-K2's 61), use every GPU with an uneven split instead (61 on 16: 3 + 14*4 + 2).
+    ModelOpt's launcher heuristic, PP = the largest divisor of the layer count that fits the GPUs,
+    unless that leaves more than half of them idle (a prime layer count); then the uneven split with
+    the smallest largest stage (Kimi-K2's 61 layers on 16 GPUs: 3 + 14*4 + 2). Hybrid models split
+    only evenly or by the '|' stages of their pattern.
     """
     stages = arch.mamba.pipeline_stages if arch.mamba is not None else None
     if stages:
@@ -274,11 +281,19 @@ def export_pipeline(arch: ModelArch, gpus: int) -> ParallelLayout:
         return ParallelLayout(pipeline_parallel=len(stages))
     layers = arch.num_layers
     top = min(gpus, layers)
-    best = max(d for d in range(1, top + 1) if layers % d == 0)
-    if 2 * best <= top:
-        first, last = propose_split(layers, top)
-        return ParallelLayout(pipeline_parallel=top, first_stage_layers=first, last_stage_layers=last)
-    return ParallelLayout(pipeline_parallel=best)
+    divisor = max(d for d in range(1, top + 1) if layers % d == 0)
+    if 2 * divisor > top or arch.mamba is not None:
+        return ParallelLayout(pipeline_parallel=divisor)
+    best: tuple[tuple[int, int], ParallelLayout] | None = None
+    for pp in sorted(_pipeline_options(arch, gpus)):
+        layout = _pipeline_layout(arch, pp)
+        if layout is None:
+            continue
+        key = (max(layout.stage_layers(layers)), pp)
+        if best is None or key < best[0]:
+            best = (key, layout)
+    assert best is not None  # PP=1 always splits
+    return best[1]
 
 
 def fill_data_parallel(layout: ParallelLayout, gpus: int) -> ParallelLayout | None:
@@ -310,7 +325,7 @@ def candidate_layouts(arch: ModelArch, stage: str, gpus: int, *, seq_length: int
         return
     tps = [t for t in valid_tensor_parallel(arch, limit=min(gpus, 64))]
     eps = [e for e in valid_expert_parallel(arch, limit=gpus)]
-    pps = [1] if stage == "auto-quantize" else sorted(_pipeline_options(arch, gpus))
+    pps = [1] if stage == "auto-quantize" else sorted(_even_pipeline_options(arch, gpus))
     found: list[tuple[tuple[int, ...], ParallelLayout]] = []
     for tp in tps:
         etps = sorted({tp, 1} if arch.moe is not None else {tp})
@@ -420,19 +435,33 @@ def _adapt(arch: ModelArch, start: ParallelLayout, stage: str, gpus: int,
 
 
 def _pipeline_options(arch: ModelArch, gpus: int) -> set[int]:
+    """PP sizes worth trying: the '|' stages of a hybrid pattern; the even splits; any PP up to the GPU
+    count with an uneven split (not for hybrid models: they split evenly or by '|')."""
     stages = arch.mamba.pipeline_stages if arch.mamba is not None else None
     if stages:
         return {len(stages)} if len(stages) <= gpus else set()
     top = min(gpus, arch.num_layers)
-    out = {d for d in range(1, top + 1) if arch.num_layers % d == 0}
-    out.add(top)  # every GPU, with an uneven split when needed
-    return out
+    if arch.mamba is not None:
+        return {d for d in range(1, top + 1) if arch.num_layers % d == 0}
+    return set(range(1, top + 1))
+
+
+def _even_pipeline_options(arch: ModelArch, gpus: int) -> set[int]:
+    """The even splits plus the best pipeline-only split (keeps the candidate search small)."""
+    options = {p for p in _pipeline_options(arch, gpus) if arch.num_layers % p == 0 or arch.mamba is not None}
+    try:
+        options.add(export_pipeline(arch, gpus).pipeline_parallel)
+    except LayoutError:
+        pass
+    return options
 
 
 def _pipeline_layout(arch: ModelArch, pp: int) -> ParallelLayout | None:
     stages = arch.mamba.pipeline_stages if arch.mamba is not None else None
     if stages:
         return ParallelLayout(pipeline_parallel=pp) if pp == len(stages) else None
+    if arch.mamba is not None and arch.num_layers % pp:
+        return None
     first, last = propose_split(arch.num_layers, pp)
     return ParallelLayout(pipeline_parallel=pp, first_stage_layers=first, last_stage_layers=last)
 

@@ -259,27 +259,47 @@ class ParallelLayout:
         }
 
 
-def propose_split(num_layers: int, pipeline_parallel: int) -> tuple[int | None, int | None]:
-    """An uneven split for ``num_layers`` over ``pipeline_parallel`` stages: (first, last) or (None, None).
+def split_options(num_layers: int, pipeline_parallel: int) -> list[tuple[int | None, int | None, tuple[int, ...]]]:
+    """Every split Megatron accepts for ``num_layers`` over ``pipeline_parallel`` stages with at most
+    ``ceil(L/PP)`` layers in each middle stage: (first, last, layers per stage)."""
+    pp, n = pipeline_parallel, num_layers
+    out: list[tuple[int | None, int | None, tuple[int, ...]]] = []
+    if pp < 1 or n < pp:
+        return out
+    if n % pp == 0:
+        out.append((None, None, (n // pp,) * pp))
+    if pp == 1:
+        return out
+    for per in range(1, -(-n // pp) + 1):
+        rest = n - per * (pp - 2)
+        if rest >= 2:
+            first, last = -(-rest // 2), rest // 2
+            out.append((first, last, (first, *([per] * (pp - 2)), last)))
+        rest = n - per * (pp - 1)
+        if rest >= 1:
+            out.append((rest, None, (rest, *([per] * (pp - 1)))))
+    return out
 
-    Middle stages get ``ceil(L/PP)`` layers (or fewer, until the ends get at least one each); the
-    first and last stages share the remainder, first one taking the larger half: Kimi-K2's 61 layers on
-    16 stages give 3 + 14*4 + 2, the seed's export profile.
+
+def propose_split(num_layers: int, pipeline_parallel: int) -> tuple[int | None, int | None]:
+    """The most balanced split of ``num_layers`` over ``pipeline_parallel`` stages: (first, last).
+
+    ``(None, None)`` when the layers divide evenly. Otherwise the split whose largest stage is smallest
+    (then: least spread, then: lighter end stages, which also hold the embedding and output layer): Kimi-K2's 61 layers on 16 stages give 3 + 14*4 + 2, the seed's export profile.
     """
     pp = pipeline_parallel
     if pp <= 1 or num_layers % pp == 0:
         return None, None
-    if num_layers < pp:
+    options = split_options(num_layers, pp)
+    if not options:
         raise LayoutError(
             f"pipeline_parallel={pp} exceeds num_layers={num_layers}: a stage would be empty",
             path="pipeline_parallel",
             hint=f"use at most {num_layers}",
         )
-    for per in range(-(-num_layers // pp), 0, -1):
-        rest = num_layers - per * (pp - 2)
-        if rest >= 2:
-            return -(-rest // 2), rest // 2
-    raise LayoutError(f"no uneven split of {num_layers} layers over {pp} stages", path="pipeline_parallel")
+    mean = num_layers / pp
+    first, last, _stages = min(options, key=lambda o: (max(o[2]), sum((x - mean) ** 2 for x in o[2]), o[2][0] + o[2][-1]))
+    return first, last
 
 
 def _split_hint(num_layers: int, pp: int) -> str:

@@ -1,0 +1,159 @@
+"""Planning commands: ``plan`` (layout, memory and launch commands of one stage) and ``env`` (the
+resolved environment with the source of every value).
+
+Both read plain data only: no torch, Megatron-Core or ModelOpt import, so they answer in well under a
+second. Bad layouts exit 2 with the typed message (the dispatcher in ``cli/__init__.py`` does that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+from typing import Any
+
+STAGE_CHOICES = ("quantize", "auto-quantize", "prune", "export", "distill")
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "plan",
+        help="validate a parallel layout for one stage and print its memory plan and launch commands",
+        description="Resolve the layout (flags > --profile > the seed's TP/PP/... variables > torchrun/Slurm "
+        "variables > defaults), check it against the model and the stage, estimate per-rank memory and "
+        "print the torchrun/srun/sbatch commands. Without any layout setting the smallest layout that fits "
+        "is chosen and the remaining GPUs do data parallelism.",
+    )
+    p.add_argument("name", help="architecture: short name, Hugging Face id or alias")
+    p.add_argument("--gpus", type=int, required=True, help="GPUs in total (over all nodes)")
+    p.add_argument("--gpu", default="h100-80gb", help="GPU model (a100-80gb, h100-80gb, h200-141gb, b200-192gb, "
+                   "gb200); 'auto' reads the local GPU through nvidia-ml-py")
+    p.add_argument("--nodes", type=int, help="nodes the GPUs are spread over (default: as few as hold them)")
+    p.add_argument("--stage", default="quantize", choices=STAGE_CHOICES, help="post-training stage (default: quantize)")
+    for flag, dest, what in (("--tp", "tensor_parallel", "tensor"), ("--pp", "pipeline_parallel", "pipeline"),
+                             ("--cp", "context_parallel", "context"), ("--ep", "expert_parallel", "expert"),
+                             ("--etp", "expert_tensor_parallel", "expert tensor"), ("--dp", "data_parallel", "data")):
+        p.add_argument(flag, dest=dest, type=int, help=f"{what} parallel size")
+    p.add_argument("--sp", dest="sequence_parallel", action=argparse.BooleanOptionalAction, default=None,
+                   help="sequence parallelism (default: on when TP > 1, except prune/export)")
+    p.add_argument("--first-stage-layers", type=int, help="uneven pipeline: layers of the first stage")
+    p.add_argument("--last-stage-layers", type=int, help="uneven pipeline: layers of the last stage")
+    p.add_argument("--profile", help="a launch profile (see `profiles`) whose layout acts as the recipe's")
+    p.add_argument("--seq-length", type=int, help="calibration sequence length (default: the model's)")
+    p.add_argument("--batch", type=int, default=1, help="calibration batch size (default: 1)")
+    p.add_argument("--format", dest="quant_format", default="fp8", help="quantization format (default: fp8)")
+    p.add_argument("--no-memory-check", dest="check_memory", action="store_false",
+                   help="print the plan even when it does not fit")
+    p.add_argument("--sbatch", action="store_true", help="print only the sbatch script")
+    p.add_argument("--json", action="store_true", help="print one JSON object for programs")
+    p.set_defaults(handler=cmd_plan)
+
+    p = sub.add_parser("env", help="show the resolved run environment and where each value came from")
+    p.add_argument("--json", action="store_true", help="print one JSON object for programs")
+    p.set_defaults(handler=cmd_env)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from ..plan.launch import plan
+
+    gpu: Any = args.gpu
+    if gpu == "auto":
+        from ..plan.gpus import detect
+
+        gpu = detect()
+        if gpu is None:
+            from ..errors import CompatibilityError
+
+            raise CompatibilityError("no GPU found through nvidia-ml-py", path="gpu", hint="name one, e.g. h100-80gb")
+    recipe = None
+    if args.profile:
+        from ..catalog.profiles import get_profile
+
+        prof = get_profile(args.profile)
+        recipe = {
+            "tensor_parallel": prof.tensor_parallel, "expert_parallel": prof.expert_parallel,
+            "expert_tensor_parallel": prof.expert_tensor_parallel, "pipeline_parallel": prof.pipeline_parallel,
+            "context_parallel": prof.context_parallel, "first_stage_layers": prof.first_pipeline_num_layers,
+            "last_stage_layers": prof.last_pipeline_num_layers,
+        }  # fmt: skip
+    lp = plan(
+        args.name, args.gpus, stage=args.stage, gpu=gpu, nodes=args.nodes,
+        tensor_parallel=args.tensor_parallel, pipeline_parallel=args.pipeline_parallel,
+        context_parallel=args.context_parallel, expert_parallel=args.expert_parallel,
+        expert_tensor_parallel=args.expert_tensor_parallel, data_parallel=args.data_parallel,
+        sequence_parallel=args.sequence_parallel, first_stage_layers=args.first_stage_layers,
+        last_stage_layers=args.last_stage_layers, recipe=recipe, seq_length=args.seq_length, batch=args.batch,
+        quant_format=args.quant_format, check_memory=args.check_memory,
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps(lp.summary(), indent=2))
+        return 0
+    if args.sbatch:
+        print(lp.sbatch_script, end="")
+        return 0
+    _print_plan(lp)
+    return 0
+
+
+def _gib(n: int) -> str:
+    return f"{n / 1024**3:.2f} GiB"
+
+
+def _print_plan(lp: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    lay = lp.layout
+    head = Table(title=f"{lp.arch}: {lp.stage} on {lp.gpus} x {lp.gpu}", show_header=False)
+    head.add_column(style="bold")
+    head.add_column()
+    head.add_row("layout", f"{lay.short()}  ({lp.layout_source})")
+    head.add_row("world size", f"{lp.world_size} = {lp.nnodes} node(s) x {lp.nproc_per_node} processes")
+    head.add_row("expert data parallel", str(lay.expert_data_parallel))
+    m = lp.memory
+    head.add_row("memory per rank", f"{_gib(m.per_rank_bytes)} of {_gib(m.usable_bytes)} usable "
+                 f"({_gib(m.capacity_bytes)} total) -> {'fits' if m.fits else 'DOES NOT FIT'}")
+    for k, v in m.terms.items():
+        if v:
+            head.add_row(f"  {k}", _gib(v))
+    head.add_row("  exported weights", _gib(m.weights_quantized_bytes) + f" ({m.quant_format})")
+    head.add_row("torchrun", shlex.join(lp.argv))
+    if lp.nnodes > 1:
+        head.add_row("srun", shlex.join(lp.srun_argv))
+    head.add_row("env", " ".join(f"{k}={shlex.quote(v)}" for k, v in lp.env))
+    head.add_row("seed env", " ".join(f"{k}={shlex.quote(v)}" for k, v in lp.seed_env))
+    console.print(head)
+
+    ranks = Table(title="rank map (Megatron-Core order tp-cp-ep-dp-pp)")
+    for col in ("rank", "node", "local", "tp", "pp", "cp", "dp", "ep", "etp", "edp"):
+        ranks.add_column(col, justify="right")
+    shown = lp.rank_map if len(lp.rank_map) <= 32 else lp.rank_map[:32]
+    for r in shown:
+        ranks.add_row(*(str(x) for x in (r.rank, r.node, r.local_rank, r.tensor, r.pipeline, r.context, r.data,
+                                         r.expert, r.expert_tensor, r.expert_data)))
+    if len(lp.rank_map) > len(shown):
+        ranks.caption = f"first {len(shown)} of {len(lp.rank_map)} ranks (--json prints all)"
+    console.print(ranks)
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    from ..plan.resolve import resolve
+
+    renv = resolve()
+    if args.json:
+        print(json.dumps(renv.to_dict(), indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="run environment (highest precedence first: argument, recipe, env, torchrun, slurm, default)")
+    table.add_column("setting", style="bold")
+    table.add_column("value")
+    table.add_column("source")
+    for name, r in renv.values.items():
+        value = shlex.join(r.value) if isinstance(r.value, tuple) else ("-" if r.value is None else str(r.value))
+        style = "dim" if r.is_default else ""
+        table.add_row(name, value, r.source, style=style)
+    Console().print(table)
+    return 0
