@@ -76,7 +76,7 @@ HF_MODEL_TYPES: dict[str, str] = {
     "gpt_oss": "gpt-oss",
     "nemotron": "nemotron",
     "nemotron_h": "nemotron-h",
-    "gpt_neox": "gpt-neox",
+    "gpt_neox": "gptneox",
 }
 
 # transformers' default rope_theta where a config.json leaves it out
@@ -459,7 +459,7 @@ def _llama4(r: _Reader, model_type: str) -> dict[str, Any]:
     qk_norm = r.bool("use_qk_norm", True)
     out["attention"] = attrs.evolve(_gqa(r, h), qk_layernorm=qk_norm)
     rope = _rope(r, model_type)
-    no_rope = r.list("no_rope_layers", None)
+    no_rope = r.list("no_rope_layers", None) or None  # transformers reads [] as "the default"
     interval = r.int("no_rope_layer_interval", 4)
     no_rope_freq: int | None = interval if 0 < interval <= n else None
     if no_rope is not None:  # 1: the layer uses RoPE, 0: NoPE
