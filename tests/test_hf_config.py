@@ -11,6 +11,8 @@ from pathlib import Path
 
 import attrs
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from modelopt_typed_recipes.bridges.hf_config import (
     DIFF_IGNORED,
@@ -460,3 +462,64 @@ def test_registry_entries_agree_with_their_config_json() -> None:
         assert paths <= KNOWN_DISAGREEMENTS.get(hf_id, set()), (arch.name, diff_hf_config(arch, fact(hf_id)))
         checked += 1
     assert checked >= 20
+
+
+# --------------------------------------------------------------------------- fuzzing
+_JUNK = st.none() | st.booleans() | st.integers(-3, 10**6) | st.floats(allow_nan=True) | st.text(max_size=8)
+_JUNK = _JUNK | st.lists(_JUNK, max_size=3) | st.dictionaries(st.text(max_size=5), _JUNK, max_size=3)
+
+
+@needs_facts
+@settings(max_examples=150, deadline=None)
+@given(
+    hf_id=st.sampled_from(sorted(set(FACTS) - NOT_A_CONFIG) or ["none"]),
+    edits=st.lists(st.tuples(st.integers(0, 200), _JUNK), min_size=1, max_size=3),
+)
+def test_fuzzed_configs_give_a_spec_or_a_spec_error(hf_id: str, edits: list) -> None:
+    """Random values in random keys: a valid spec or a SpecError with a path, never another exception."""
+    cfg = fact(hf_id)
+    target = cfg.get("text_config", cfg) if isinstance(cfg.get("text_config"), dict) else cfg
+    keys = sorted(target)
+    for index, value in edits:
+        target[keys[index % len(keys)]] = value
+    try:
+        arch = from_hf_config(cfg)
+    except SpecError as err:
+        assert err.path, err
+        return
+    assert arch.params_total > 0
+
+
+@needs_facts
+@pytest.mark.parametrize(
+    ("hf_id", "key", "value"),
+    [
+        ("Qwen/Qwen3-30B-A3B", "mlp_only_layers", [{"a": 1}]),
+        ("Qwen/Qwen3-30B-A3B", "mlp_only_layers", [True]),
+        ("openai/gpt-oss-20b", "layer_types", [1, 2]),
+        ("nvidia/Nemotron-H-8B-Base-8K", "hybrid_override_pattern", ["M"]),
+    ],
+)
+def test_lists_of_the_wrong_items(hf_id: str, key: str, value: object) -> None:
+    cfg = fact(hf_id)
+    cfg[key] = value
+    with pytest.raises(SpecError) as err:
+        from_hf_config(cfg)
+    assert err.value.path == key
+
+
+@needs_facts
+def test_nemotron_h_layers_block_type() -> None:
+    cfg = fact("nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16")
+    pattern = cfg.pop("hybrid_override_pattern")
+    names = {"M": "mamba", "*": "attention", "-": "mlp", "E": "moe"}
+    cfg["layers_block_type"] = [names[c] for c in pattern]
+    assert from_hf_config(cfg).mamba.pattern == pattern  # type: ignore[union-attr]
+    cfg["layers_block_type"][0] = [{"x": 1}]
+    with pytest.raises(SpecError) as err:
+        from_hf_config(cfg)
+    assert err.value.path == "layers_block_type"
+    cfg["layers_block_type"][0] = "mamba2"
+    with pytest.raises(SpecError) as err:
+        from_hf_config(cfg)
+    assert err.value.path == "layers_block_type" and "did you mean" in err.value.hint

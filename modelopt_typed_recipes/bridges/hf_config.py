@@ -17,8 +17,17 @@ What the comparison ignores (``DIFF_IGNORED``), and why:
 
 Before comparing, both sides are put in a canonical form so that equal models compare equal however they
 were written: MoE layer frequencies become per-layer lists, Mamba sizes get Megatron's defaults, ``None``
-query groups and head dims get their implied values, a missing top-k scaling factor is 1.0, and
-``router_pre_softmax`` (meaningless for sigmoid routers) is dropped for sigmoid routing.
+query groups and head dims get their implied values, a missing top-k scaling factor is 1.0,
+``router_pre_softmax`` (meaningless for sigmoid routers) is dropped for sigmoid routing, and the dense
+``ffn_hidden_size`` is dropped when no layer has a dense MLP (Mixtral, gpt-oss).
+
+Mapping choices worth knowing: ``from_hf_config`` leaves ``attention.kv_channels`` unset when ``head_dim``
+equals ``hidden_size / num_attention_heads``; ``seq_length`` is ``min(max_position_embeddings, 4096)``;
+Nemotron-H has no position embedding (transformers' NemotronH attention applies none, whatever
+``rope_theta`` says); Llama-4's ``use_qk_norm`` is a weightless L2 norm (``quirks.export_qk_l2_norm``);
+gpt-oss's clamped SwiGLU is Megatron's quick-GeGLU with offset 1 and clamp ``swiglu_limit``; DeepSeek's
+multi-token-prediction layers and Llama-4's chunked attention are noted, not modelled (transformers builds
+neither).
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ from typing import Any
 
 import attrs
 
-from ..errors import RecipeError, SpecError, did_you_mean
+from ..errors import SpecError, did_you_mean
 from ..spec.arch import (
     Activation,
     Attention,
@@ -201,13 +210,18 @@ class _Reader:
 
         return self._get(key, default, "a string", check)
 
-    def list(self, key: str, default: Any = _MISSING) -> Any:
+    def list(self, key: str, default: Any = _MISSING, *, of: type = object) -> Any:
+        """A list whose items are all ``of`` (``int``: integers, ``str``: strings)."""
+        item = {int: "integers", str: "strings"}.get(of, "values")
+
         def check(v: Any) -> list:
             if not isinstance(v, list | tuple):
                 raise TypeError
+            if any(not isinstance(x, of) or (of is int and isinstance(x, bool)) for x in v):
+                raise TypeError
             return list(v)
 
-        return self._get(key, default, "a list", check)
+        return self._get(key, default, f"a list of {item}", check)
 
     def dict(self, key: str, default: Any = _MISSING) -> Any:
         def check(v: Any) -> Mapping:
@@ -431,7 +445,7 @@ def _llama_like(r: _Reader, model_type: str) -> dict[str, Any]:
     elif model_type == "qwen3_moe":
         experts, n = r.int("num_experts"), out["num_layers"]
         step = r.int("decoder_sparse_step", 1)
-        only_mlp = set(r.list("mlp_only_layers", []))
+        only_mlp = set(r.list("mlp_only_layers", [], of=int))
         flags = [i not in only_mlp and (i + 1) % step == 0 for i in range(n)]
         if not any(flags):
             raise _fail(r, "mlp_only_layers", "no layer is a MoE layer")
@@ -459,7 +473,7 @@ def _llama4(r: _Reader, model_type: str) -> dict[str, Any]:
     qk_norm = r.bool("use_qk_norm", True)
     out["attention"] = attrs.evolve(_gqa(r, h), qk_layernorm=qk_norm)
     rope = _rope(r, model_type)
-    no_rope = r.list("no_rope_layers", None) or None  # transformers reads [] as "the default"
+    no_rope = r.list("no_rope_layers", None, of=int) or None  # transformers reads [] as "the default"
     interval = r.int("no_rope_layer_interval", 4)
     no_rope_freq: int | None = interval if 0 < interval <= n else None
     if no_rope is not None:  # 1: the layer uses RoPE, 0: NoPE
@@ -476,7 +490,7 @@ def _llama4(r: _Reader, model_type: str) -> dict[str, Any]:
     out["position"] = attrs.evolve(rope, interleaved=True, no_rope_freq=no_rope_freq)
     out["norm"] = Norm(type="rmsnorm", epsilon=r.float("rms_norm_eps", 1e-5))
     out["activation"] = _activation(r, gated=True)
-    moe_layers = r.list("moe_layers", None)
+    moe_layers = r.list("moe_layers", None, of=int)
     if moe_layers is not None:
         flags = [i in set(moe_layers) for i in range(n)]
     else:
@@ -571,7 +585,7 @@ def _gpt_oss(r: _Reader, model_type: str) -> dict[str, Any]:
         raise _fail(r, "attention_bias", "gpt-oss always has biases", "set it to true")
     att = _gqa(r, out["hidden_size"])
     window = r.int("sliding_window", None)
-    layer_types = r.list("layer_types", None)
+    layer_types = r.list("layer_types", None, of=str)
     if layer_types is None:
         layer_types = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n)]
     sliding = [t == "sliding_attention" for t in layer_types]
@@ -631,7 +645,7 @@ def _nemotron_h(r: _Reader, model_type: str) -> dict[str, Any]:
         key = "hybrid_override_pattern"
     elif r.has("layers_block_type") or r.has("layer_types"):
         key = "layers_block_type" if r.has("layers_block_type") else "layer_types"
-        blocks = r.list(key)
+        blocks = r.list(key, of=str)
         bad = [b for b in blocks if b not in _BLOCK_SYMBOL]
         if bad:
             raise _fail(r, key, f"unknown block type {bad[0]!r}", did_you_mean(str(bad[0]), _BLOCK_SYMBOL))
@@ -742,12 +756,7 @@ def from_hf_config(config: Mapping[str, Any], *, name: str | None = None, hf_id:
     if hf_id is None:
         source = config.get("_name_or_path")
         hf_id = source if isinstance(source, str) and _HF_ID.fullmatch(source) else None
-    try:
-        fields = _BUILDERS[model_type](reader, model_type)
-    except SpecError:
-        raise
-    except RecipeError as err:  # pragma: no cover - builders only raise SpecError
-        raise SpecError(err.message, path=err.path, hint=err.hint) from None
+    fields = _BUILDERS[model_type](reader, model_type)
     notes = [f"from Hugging Face config.json (model_type {model_type})"] + fields.pop("_notes", [])
     if "auto_map" in config or model_type == "kimi_k2":
         fields["trust_remote_code"] = True
@@ -761,7 +770,8 @@ def from_hf_config(config: Mapping[str, Any], *, name: str | None = None, hf_id:
             **fields,
         )
     except SpecError as err:
-        raise SpecError(err.message, path=_HF_KEY.get(err.path, err.path), hint=err.hint) from None
+        key = _HF_KEY.get(err.path)
+        raise SpecError(err.message, path=reader.path(key) if key else err.path, hint=err.hint) from None
 
 
 _HF_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
