@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ...spec.arch import ModelArch
 
-FAMILY_MODULES = ("llama", "qwen", "deepseek", "kimi", "nemotron", "gpt_oss", "mixtral", "gptneox")
+FAMILY_MODULES = ("llama", "qwen", "deepseek", "kimi", "nemotron", "gpt_oss", "mixtral", "gptneox", "reference")
 
 
 def all_models() -> list[ModelArch]:

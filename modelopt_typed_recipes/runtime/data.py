@@ -1,0 +1,121 @@
+"""Calibration and evaluation text: read it, check it, tokenise it, cut it into windows.
+
+Documents come from a built-in corpus (the reference model's splits, shipped with the package, one
+document per form-feed-separated block) or from local files (``.txt``: one document per file; ``.jsonl``:
+one document per line under ``text_field``). They are tokenised with the model's tokenizer, joined with
+the end-of-text token as the reference model was trained, and cut into consecutive windows of
+``seq_length`` tokens. The same text gives the same windows on every machine and rank, and the hash of
+the token ids goes into the manifest.
+
+``read_documents``/``check_text`` need no torch, so ``run_post_training`` can refuse empty or missing
+text before it imports anything heavy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import DataError
+from ..spec.recipe import TextData
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+REFERENCE_DIR = DATA_DIR / "reference"
+BUILTIN_FILES: dict[str, Path] = {
+    "reference-train": REFERENCE_DIR / "train.txt",
+    "reference-heldout": REFERENCE_DIR / "heldout.txt",
+}
+DOC_SEPARATOR = "\f"
+
+
+def read_documents(data: TextData, *, path: str = "calibration") -> list[str]:
+    """The documents of ``data`` (non-empty ones only); DataError naming the field when unreadable."""
+    docs: list[str] = []
+    if data.dataset is not None:
+        f = BUILTIN_FILES[data.dataset]
+        if not f.is_file():
+            raise DataError(f"the built-in corpus {data.dataset!r} is missing ({f})", path=f"{path}.dataset",
+                            hint="reinstall modelopt-typed-recipes")
+        docs = f.read_text(encoding="utf-8").split(DOC_SEPARATOR)
+    for i, name in enumerate(data.files):
+        p = Path(name).expanduser()
+        where = f"{path}.files[{i}]"
+        if not p.is_file():
+            raise DataError(f"{name!r} does not exist", path=where)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataError(f"cannot read {name!r}: {exc}", path=where) from None
+        if p.suffix == ".jsonl":
+            for n, line in enumerate(text.splitlines()):
+                if not line.strip():
+                    continue
+                try:
+                    docs.append(str(json.loads(line)[data.text_field]))
+                except (ValueError, KeyError, TypeError):
+                    raise DataError(
+                        f"line {n + 1} of {name!r} is not a JSON object with a {data.text_field!r} field",
+                        path=where,
+                        hint=f"set {path}.text_field to the key that holds the text",
+                    ) from None
+        else:
+            docs.append(text)
+    return [d for d in docs if d.strip()]
+
+
+def check_text(data: TextData, *, path: str = "calibration") -> int:
+    """Characters of text available; DataError when there is none (no torch needed)."""
+    docs = read_documents(data, path=path)
+    chars = sum(len(d) for d in docs)
+    if chars == 0:
+        where = f"{path}.files" if data.files else f"{path}.dataset"
+        raise DataError("the text is empty: nothing to calibrate or evaluate with", path=where,
+                        hint="point files at .txt or .jsonl files with text in them")
+    return chars
+
+
+def load_tokenizer(directory: str | Path) -> Any:
+    """The tokenizer saved in a Hugging Face checkpoint directory."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(directory))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"no usable tokenizer in {str(directory)!r}: {exc}", path="source.path") from None
+
+
+def token_windows(data: TextData, tokenizer: Any, *, path: str = "calibration", num_samples: int | None = None,
+                  seq_length: int | None = None) -> Any:
+    """A ``[n, seq_length]`` LongTensor of consecutive windows (n <= num_samples, as many as the text gives)."""
+    import torch
+
+    n = num_samples or data.num_samples
+    s = seq_length or data.seq_length
+    docs = read_documents(data, path=path)
+    if not docs:
+        raise DataError("the text is empty: nothing to calibrate or evaluate with", path=path)
+    eos = tokenizer.eos_token_id
+    ids: list[int] = []
+    for d in docs:
+        ids.extend(tokenizer(d, add_special_tokens=False)["input_ids"])
+        if eos is not None:
+            ids.append(eos)
+        if len(ids) >= n * s:
+            break
+    have = len(ids) // s
+    if have == 0:
+        raise DataError(f"the text has {len(ids)} tokens, fewer than one window of {s}", path=f"{path}.seq_length",
+                        hint="add text or lower seq_length")
+    k = min(n, have)
+    return torch.tensor(ids[: k * s], dtype=torch.long).view(k, s)
+
+
+def batches(windows: Any, batch_size: int) -> list[Any]:
+    return [windows[i : i + batch_size] for i in range(0, windows.shape[0], batch_size)]
+
+
+def data_hash(windows: Any) -> str:
+    """sha256 of the token ids (first 16 hex digits): equal hashes mean equal calibration data."""
+    return hashlib.sha256(windows.cpu().numpy().astype("int64").tobytes()).hexdigest()[:16]
