@@ -15,6 +15,7 @@ import attrs
 
 from ._validate import fail, one_of, positive_int
 from .arch import ModelArch
+from .layout import ParallelLayout
 from .techniques import AutoQuantize, Export, Prune, Quantize, Stage
 
 SCHEMA_VERSION = 1
@@ -108,6 +109,8 @@ class Recipe:
     calibration: TextData = TextData(dataset="reference-train")
     evaluation: TextData | None = None
     """Held-out text for perplexity before and after; None skips the measurement."""
+    layout: ParallelLayout | None = None
+    """Parallel layout of the Megatron-Core backend (None: one GPU); export re-plans its own."""
     output_dir: str = attrs.field(validator=_nonempty_str)
     backend: Literal["auto", "megatron", "hf"] = attrs.field(
         default="auto", validator=one_of(["auto", "megatron", "hf"])
@@ -147,6 +150,8 @@ class Recipe:
                 raise fail(f"stages[{i}]", "prune before quantizing: Minitron works on the unquantized model")
         if self.evaluation is not None and self.evaluation.dataset == "reference-train":
             raise fail("evaluation.dataset", "evaluating on the training split says little", "use reference-heldout")
+        if self.layout is not None and self.layout.world_size > 1 and self.backend == "hf":
+            raise fail("layout", "the Hugging Face backend runs in one process", "backend: megatron, or drop layout")
         if isinstance(self.source, Builtin) and isinstance(self.model, ModelArch):
             raise fail("source", "built-in weights belong to a registry model", "model: reference-llama")
 
