@@ -1,0 +1,92 @@
+"""``manifest.json``: what made an output, written beside every output folder.
+
+Enough to reproduce and to audit: the resolved recipe and its hash, the architecture each stage saw,
+package versions, the git revision of this package (when run from a checkout), the parallel layout,
+the calibration data hash and the seeds, plus the stage's own facts.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..spec.recipe import Recipe
+from ..spec.serde import to_dict
+from .backend import RunPlan
+from .result import PostTrainingResult, StageResult
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_SCHEMA = "modelopt-typed-recipes/manifest/1"
+_PACKAGES = (
+    "modelopt-typed-recipes", "nvidia-modelopt", "torch", "megatron-core", "transformers", "tokenizers",
+    "safetensors", "transformer-engine",
+)
+
+
+def package_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def git_revision() -> dict[str, Any] | None:
+    """Commit and dirtiness of the checkout this package runs from (None when not a git checkout)."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
+    try:
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": rev, "dirty": bool(dirty)}
+
+
+def build_manifest(recipe: Recipe, plan: RunPlan, result: PostTrainingResult,
+                   stage: StageResult | None = None) -> dict[str, Any]:
+    layout = getattr(recipe, "layout", None)
+    return {
+        "schema": MANIFEST_SCHEMA,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "recipe": to_dict(recipe),
+        "recipe_hash": recipe.content_hash(),
+        "architecture": to_dict(plan.arch),
+        "stage_architectures": [a.name for a in plan.stage_archs],
+        "backend": plan.backend,
+        "device": plan.device,
+        "dtype": plan.dtype,
+        "layout": to_dict(layout) if layout is not None else None,
+        "world_size": plan.world_size,
+        "versions": package_versions(),
+        "git": git_revision(),
+        "command": sys.argv,
+        "calibration": {
+            "hash": result.calibration_hash,
+            "dataset": recipe.calibration.dataset,
+            "files": list(recipe.calibration.files),
+            "num_samples": recipe.calibration.num_samples,
+            "seq_length": recipe.calibration.seq_length,
+        },
+        "seeds": {"recipe": recipe.seed, "source": getattr(recipe.source, "seed", None)},
+        "stage": stage.to_dict() if stage is not None else None,
+        "result": result.to_dict() if stage is None else None,
+    }
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / MANIFEST_NAME
+    path.write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
+    return path
