@@ -1,0 +1,98 @@
+"""torch.distributed and Megatron-Core's parallel state, set up from a :class:`ParallelLayout`.
+
+One function for both ways a run starts: in-process (a notebook, one GPU or the CPU: a world of one with
+a free local port) and under ``torchrun`` (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` in the environment).
+Stages that need another layout (export is pipeline-only) call :func:`set_layout` again: the process
+group stays, Megatron's model-parallel groups are rebuilt.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+from ..errors import LayoutError
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def world() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment, or a world of one."""
+    rank = int(os.environ.get("RANK", "0"))
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    return rank, size, local
+
+
+def init_process_group(*, device: str) -> tuple[int, int]:
+    """Start torch.distributed once (NCCL on CUDA, gloo on the CPU); return (rank, world size)."""
+    import torch
+    import torch.distributed as dist
+
+    rank, size, local = world()
+    if device == "cuda":
+        torch.cuda.set_device(local % max(torch.cuda.device_count(), 1))
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "MASTER_PORT" not in os.environ:
+        if size > 1:
+            raise LayoutError("a multi-process run needs MASTER_PORT (start it with the plan's torchrun command)",
+                              path="layout")
+        os.environ["MASTER_PORT"] = str(_free_port())
+    dist.init_process_group("nccl" if device == "cuda" else "gloo", rank=rank, world_size=size)
+    return rank, size
+
+
+def set_layout(layout: Any, *, seed: int = 1234, device: str = "cuda") -> None:
+    """(Re)build Megatron-Core's parallel groups for ``layout`` on the running process group.
+
+    Ranks beyond ``TP*PP*CP`` become data-parallel replicas, which is how a pipeline-only export runs
+    on the processes a TP=2 quantization started with.
+    """
+    import torch.distributed as dist
+    from megatron.core import parallel_state, tensor_parallel
+
+    size = dist.get_world_size()
+    mp = layout.tensor_parallel * layout.pipeline_parallel * layout.context_parallel
+    if size % mp:
+        raise LayoutError(f"the layout needs a multiple of TP*PP*CP = {mp} processes, the run has {size}",
+                          path="layout", hint="start the run with the plan's torchrun command")
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    kwargs: dict[str, Any] = dict(
+        tensor_model_parallel_size=layout.tensor_parallel,
+        pipeline_model_parallel_size=layout.pipeline_parallel,
+        context_parallel_size=layout.context_parallel,
+        expert_model_parallel_size=layout.expert_parallel,
+        expert_tensor_parallel_size=layout.expert_tensor_parallel,
+    )
+    parallel_state.initialize_model_parallel(**kwargs)
+    if device == "cuda":
+        tensor_parallel.model_parallel_cuda_manual_seed(seed)
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def is_main() -> bool:
+    import torch.distributed as dist
+
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def shutdown() -> None:
+    """Drop the model-parallel groups (the process group stays for a later run in the same process)."""
+    from megatron.core import parallel_state
+
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()

@@ -1,0 +1,295 @@
+"""The ModelOpt calls of each stage on a Megatron-Core model: quantize, auto-quantize, prune, export.
+
+Each function takes the built model and plain inputs and calls ModelOpt the way its Megatron-LM
+examples do; configs are deep copies of ModelOpt's own dicts (never mutated). The forward pass is
+ModelOpt's ``megatron_prefill`` (TP/PP/EP aware), run under ``torch.no_grad`` with a rich progress bar
+on rank 0.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ...bridges import modelopt_names as mn
+from ...errors import CompatibilityError, SpecError
+from ...spec.arch import ModelArch
+from ...spec.techniques import AutoQuantize, Prune, Quantize
+
+
+# --------------------------------------------------------------------------- forward passes
+def _progress(total: int, label: str, enabled: bool) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..distributed import is_main
+
+    return Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    disable=not (enabled and is_main()), transient=False)
+
+
+def forward_loop(batches: Sequence[Any], *, label: str = "calibrating", progress: bool = True) -> Callable[[Any], None]:
+    """ModelOpt's ``forward_loop(model)``: every calibration batch through ``megatron_prefill``."""
+    import torch
+    from modelopt.torch.utils.plugins.megatron_generate import megatron_prefill
+
+    def loop(model: Any) -> None:
+        device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
+        with _progress(len(batches), label, progress) as bar, torch.no_grad():
+            task = bar.add_task(label, total=len(batches))
+            for ids in batches:
+                megatron_prefill(model, ids.to(device), skip_return_logits=True)
+                bar.advance(task)
+
+    return loop
+
+
+def perplexity(model: Any, batches: Sequence[Any], *, progress: bool = True, label: str = "evaluating") -> float:
+    """exp(mean next-token cross-entropy) over every token of ``batches`` (same on every rank)."""
+    import torch
+    import torch.nn.functional as F
+    from modelopt.torch.utils.plugins.megatron_generate import megatron_prefill
+
+    device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
+    total, count = 0.0, 0
+    model.eval()
+    with _progress(len(batches), label, progress) as bar, torch.no_grad():
+        task = bar.add_task(label, total=len(batches))
+        for ids in batches:
+            ids = ids.to(device)
+            logits = megatron_prefill(model, ids).float()
+            vocab = logits.shape[-1]
+            loss = F.cross_entropy(logits[:, :-1].reshape(-1, vocab), ids[:, 1:].reshape(-1), reduction="sum")
+            total += float(loss)
+            count += ids[:, 1:].numel()
+            bar.advance(task)
+    return math.exp(total / count)
+
+
+# --------------------------------------------------------------------------- quantize
+def quantize_config(stage: Quantize) -> dict[str, Any]:
+    """The config for ``mtq.quantize``: a deep copy of the live ModelOpt preset or recipe, KV-cache
+    entries and exclusions appended (the same composition ``check`` replayed for coverage)."""
+    import modelopt.torch.quantization as mtq
+
+    if stage.recipe is not None:
+        from modelopt.recipe import ModelOptPTQRecipe, load_recipe
+
+        recipe = load_recipe(stage.recipe)
+        if not isinstance(recipe, ModelOptPTQRecipe):
+            raise SpecError(f"{stage.recipe!r} is not a PTQ recipe", path="recipe")
+        base = recipe.quantize.model_dump()
+        return mn.compose_quant_config(base, base_source="recipe", exclude=stage.exclude,
+                                       algorithm=stage.algorithm).config
+    preset = stage.preset
+    assert preset is not None
+    mn.check_preset(preset, path="format")
+    base = getattr(mtq, preset)
+    kv = None
+    if stage.kv_cache:
+        from modelopt.recipe.presets import KV_QUANT_CFG_CHOICES
+
+        kv = KV_QUANT_CFG_CHOICES[stage.kv_cache]["quant_cfg"]
+    return mn.compose_quant_config(base, kv_entries=kv, exclude=stage.exclude, algorithm=stage.algorithm).config
+
+
+def quantize(model: Any, stage: Quantize, batches: Sequence[Any], *, progress: bool = True,
+             config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``mtq.quantize`` in place (calibrating on ``batches`` when the config needs data), then
+    ``mtq.compress`` if asked. Returns the config used."""
+    import modelopt.torch.quantization as mtq
+
+    cfg = config if config is not None else quantize_config(stage)
+    loop = forward_loop(batches, progress=progress) if mtq.need_calibration(cfg) else None
+    mtq.quantize(model, cfg, loop)
+    if stage.compress:
+        mtq.compress(model)
+    return cfg
+
+
+def quantizer_summary(model: Any) -> dict[str, int]:
+    """Enabled quantizers by role (``weight``, ``input``, ``output``, ``kv``) on this rank."""
+    from modelopt.torch.quantization.nn import SequentialQuantizer, TensorQuantizer
+
+    out: Counter[str] = Counter()
+    for name, mod in model.named_modules():
+        if isinstance(mod, TensorQuantizer | SequentialQuantizer) and not name.endswith(tuple(f".{i}" for i in range(8))):
+            enabled = mod.is_enabled if isinstance(mod, TensorQuantizer) else any(q.is_enabled for q in mod)
+            if enabled:
+                leaf = name.rsplit(".", 1)[-1]
+                role = "kv" if leaf.endswith("bmm_quantizer") else leaf.removesuffix("_quantizer")
+                out[role] += 1
+    return dict(out)
+
+
+def amax_state(model: Any) -> dict[str, Any]:
+    """Every quantizer's amax and pre_quant_scale tensors (CPU copies) by name, for bitwise comparison."""
+    import torch
+
+    out: dict[str, Any] = {}
+    for name, buf in model.named_buffers():
+        if name.endswith(("_amax", "_pre_quant_scale", "_global_amax")):
+            out[name] = buf.detach().to("cpu", copy=True)
+    for name, p in model.named_parameters():
+        if "quantizer" in name:
+            out[name] = p.detach().to("cpu", copy=True)
+    return dict(sorted(out.items(), key=lambda kv: kv[0])) if out else {"<none>": torch.zeros(0)}
+
+
+# --------------------------------------------------------------------------- auto-quantize
+def auto_quantize_inputs(stage: AutoQuantize) -> dict[str, Any]:
+    """``mtq.auto_quantize`` keyword arguments from the stage (or its ModelOpt recipe), as Megatron-LM maps them."""
+    import modelopt.torch.quantization as mtq
+
+    disabled = [p for p in mn.generic_exclusions() if p != "*"]
+    if stage.recipe is not None:
+        from modelopt.recipe import ModelOptAutoQuantizeRecipe, load_recipe
+
+        recipe = load_recipe(stage.recipe)
+        if not isinstance(recipe, ModelOptAutoQuantizeRecipe):
+            raise SpecError(f"{stage.recipe!r} is not an auto-quantize recipe", path="recipe")
+        aq = recipe.auto_quantize
+        constraints = aq.constraints.model_dump(exclude_none=True)
+        if aq.cost_excluded_layers:
+            constraints.setdefault("cost", {})["excluded_module_name_patterns"] = list(aq.cost_excluded_layers)
+        return dict(constraints=constraints, quantization_formats=[c.model_dump() for c in aq.candidate_formats],
+                    disabled_layers=sorted({*disabled, *aq.disabled_layers, *stage.exclude}),
+                    method=aq.auto_quantize_method, score_size=aq.score_size)
+    from ...spec.techniques import resolve_format
+
+    formats = []
+    for name in stage.formats:
+        fmt = resolve_format(name)
+        formats.append(copy.deepcopy(getattr(mtq, fmt.preset if fmt is not None else name)))
+    return dict(constraints={"effective_bits": stage.effective_bits}, quantization_formats=formats,
+                disabled_layers=sorted({*disabled, *stage.exclude}), method=stage.method, score_size=stage.score_size)
+
+
+def auto_quantize(model: Any, stage: AutoQuantize, batches: Sequence[Any], *, progress: bool = True) -> dict[str, Any]:
+    """``mtq.auto_quantize`` with the loss (gradient) or the logits (kl_div) of ``megatron_prefill``-style
+    forwards; returns the search state's best (``effective_bits`` achieved, per-layer recipe)."""
+    import modelopt.torch.quantization as mtq
+    import torch
+    from megatron.core import parallel_state
+    from modelopt.torch.utils.plugins.megatron_generate import megatron_prefill
+
+    if parallel_state.get_pipeline_model_parallel_world_size() != 1:
+        raise CompatibilityError("auto-quantize needs PP=1", path="layout.pipeline_parallel")
+    inputs = auto_quantize_inputs(stage)
+    device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
+    batch_size = batches[0].shape[0] if batches else 1
+    loader = [b.to(device) for b in batches]
+
+    def _call(m: Any, ids: Any, labels: Any | None) -> Any:
+        s = ids.shape[1]
+        pos = torch.arange(s, device=ids.device).unsqueeze(0).expand(ids.shape[0], -1)
+        mask = torch.triu(torch.ones((1, 1, s, s), device=ids.device), diagonal=1).bool()
+        return m(ids, pos, mask, labels=labels, runtime_gather_output=True)
+
+    def forward_backward_step(m: Any, ids: Any) -> None:
+        loss = _call(m, ids[:, :-1], ids[:, 1:].contiguous())
+        loss.float().mean().backward()
+
+    def forward_step(m: Any, ids: Any) -> Any:
+        return megatron_prefill(m, ids)
+
+    kwargs: dict[str, Any] = dict(
+        constraints=inputs["constraints"], quantization_formats=inputs["quantization_formats"],
+        data_loader=loader, disabled_layers=inputs["disabled_layers"], num_calib_steps=len(loader),
+        num_score_steps=min(len(loader), max(inputs["score_size"] // batch_size, 1)), method=inputs["method"],
+        verbose=False,
+    )
+    if inputs["method"] == "gradient":
+        kwargs["forward_backward_step"] = forward_backward_step
+    else:
+        kwargs["forward_step"] = forward_step
+    model, state = mtq.auto_quantize(model, **kwargs)
+    model.eval()
+    best = state.get("best", {}) if isinstance(state, dict) else {}
+    return {"effective_bits": (best.get("constraints") or {}).get("effective_bits"),
+            "is_satisfied": best.get("is_satisfied"), "score": best.get("score")}
+
+
+# --------------------------------------------------------------------------- prune
+def prune_constraints(stage: Prune) -> dict[str, Any]:
+    """Minitron's constraints: ``export_config`` alone, or a params / active-params target."""
+    if stage.is_search:
+        return {"params": stage.params} if stage.params is not None else {"active_params": stage.active_params}
+    return {"export_config": dict(stage.export_config)}
+
+
+def minitron_available() -> bool:
+    import modelopt.torch.prune as mtp
+
+    return hasattr(mtp, "mcore_minitron")
+
+
+def prune(model: Any, stage: Prune, arch: ModelArch, batches: Sequence[Any], *, progress: bool = True,
+          score_func: Callable[[Any], float] | None = None) -> tuple[Any, ModelArch]:
+    """``mtp.prune(mode="mcore_minitron")`` in place; returns the model and the architecture it now has."""
+    import modelopt.torch.opt as mto
+    import modelopt.torch.prune as mtp
+
+    if not minitron_available():
+        raise CompatibilityError(
+            "ModelOpt's mcore_minitron mode is not registered: it needs Transformer Engine, CUDA and "
+            "megatron-core >= 0.18", path="stages.prune", hint="install transformer-engine[pytorch]")
+    config: dict[str, Any] = {"forward_loop": forward_loop(batches, label="scoring", progress=progress)}
+    if stage.is_search:
+        if score_func is None:
+            raise SpecError("a params target needs a score function (held-out perplexity)", path="evaluation")
+        config["score_func"] = score_func
+    model, _state = mtp.prune(model, mode="mcore_minitron", constraints=prune_constraints(stage),
+                              dummy_input=None, config=config)
+    if mto.ModeloptStateManager.has_state_for_mode_type("prune", model=model):
+        mto.ModeloptStateManager.remove_state(model)
+    return model, arch_after_prune(arch, stage, model.config)
+
+
+def arch_after_prune(arch: ModelArch, stage: Prune, config: Any) -> ModelArch:
+    """The pruned architecture, read back from the model's TransformerConfig and checked against the stage."""
+    import attrs
+
+    expected = stage.pruned(arch)
+    got: dict[str, Any] = {
+        "num_layers": config.num_layers,
+        "hidden_size": config.hidden_size,
+        "ffn_hidden_size": config.ffn_hidden_size,
+    }
+    changes: dict[str, Any] = dict(got)
+    att = expected.attention
+    if hasattr(att, "num_query_groups"):
+        changes["attention"] = attrs.evolve(att, num_heads=config.num_attention_heads, kv_channels=config.kv_channels)
+    if expected.moe is not None and config.num_moe_experts:
+        changes["moe"] = attrs.evolve(expected.moe, num_experts=config.num_moe_experts,
+                                      ffn_hidden_size=config.moe_ffn_hidden_size,
+                                      shared_expert_ffn_size=config.moe_shared_expert_intermediate_size)
+    pruned = attrs.evolve(expected, **changes)
+    if not stage.is_search:
+        for k, v in stage.export_config.items():
+            have = {
+                "hidden_size": pruned.hidden_size, "ffn_hidden_size": pruned.ffn_hidden_size,
+                "num_layers": pruned.num_layers, "num_attention_heads": pruned.attention.num_heads,
+                "num_moe_experts": pruned.moe.num_experts if pruned.moe else None,
+                "moe_ffn_hidden_size": pruned.moe.ffn_hidden_size if pruned.moe else None,
+            }.get(k, v)
+            if have != v:
+                raise CompatibilityError(f"Minitron left {k}={have}, the stage asked for {v}", path=f"stages.prune.{k}")
+    return pruned
+
+
+# --------------------------------------------------------------------------- export
+def export_hf(model: Any, hf_reference: str, export_dir: str, *, dtype: str = "bf16", vllm_fakequant: bool = False,
+              moe_router_dtype: str | None = None) -> None:
+    """ModelOpt's unified HF export (or its vLLM fake-quant variant); ``export_dir`` must be a str."""
+    import modelopt.torch.export as mte
+
+    from .build import torch_dtype
+
+    fn = mte.export_mcore_gpt_to_hf_vllm_fq if vllm_fakequant else mte.export_mcore_gpt_to_hf
+    kwargs: dict[str, Any] = dict(dtype=torch_dtype(dtype), export_dir=str(export_dir))
+    if moe_router_dtype is not None:
+        kwargs["moe_router_dtype"] = moe_router_dtype
+    fn(model, str(hf_reference), **kwargs)
