@@ -156,7 +156,7 @@ class ParallelLayout:
                     f"pipeline_parallel={pp} does not divide num_layers={num_layers}",
                     path="pipeline_parallel",
                     hint="use " + _join([d for d in _divisors(num_layers) if d <= max(pp, 8)])
-                    + " or an uneven split (first_stage_layers/last_stage_layers)",
+                    + ", or an uneven split (first_stage_layers/last_stage_layers)",
                 )
             return (num_layers // pp,) * pp
         middle_stages = pp - (first is not None) - (last is not None)

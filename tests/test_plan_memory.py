@@ -1,0 +1,89 @@
+"""Memory plan: per-rank terms scale the way the layout says, the GPU table, and ResourceError naming
+the smallest layout that fits. (Accuracy against H100 measurements: benchmarks/memory_plan.md.)"""
+
+from __future__ import annotations
+
+import pytest
+
+from modelopt_typed_recipes.catalog import get_arch
+from modelopt_typed_recipes.errors import ResourceError, UnknownNameError
+from modelopt_typed_recipes.plan import gpus as gpu_table
+from modelopt_typed_recipes.plan import memory
+from modelopt_typed_recipes.spec.layout import ParallelLayout
+
+H100 = gpu_table.get_gpu("h100-80gb")
+
+
+def test_gpu_table_and_aliases():
+    assert gpu_table.get_gpu("H100").name == "h100-80gb"
+    assert gpu_table.get_gpu("h200").memory_bytes > gpu_table.get_gpu("a100-80gb").memory_bytes
+    assert {g for g in gpu_table.GPUS} == {"a100-80gb", "h100-80gb", "h200-141gb", "b200-192gb", "gb200"}
+    with pytest.raises(UnknownNameError) as exc:
+        gpu_table.get_gpu("h10")
+    assert "h100-80gb" in exc.value.hint
+    assert gpu_table.usable_bytes(H100) < H100.memory_bytes
+
+
+def test_detect_is_optional(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # library missing
+    assert gpu_table.detect() is None
+
+
+def test_weights_match_the_architecture_at_tp1_pp1():
+    llama = get_arch("llama-3.1-8b-instruct")
+    plan = memory.estimate(llama, ParallelLayout(), H100, stage="quantize")
+    # the padded vocabulary makes Megatron's model a little larger than the HF parameter count
+    assert plan.terms["weights"] == pytest.approx(llama.weight_bytes("bf16"), rel=0.01)
+    assert plan.weights_quantized_bytes == pytest.approx(llama.weight_bytes("fp8"), rel=0.01)
+
+
+@pytest.mark.parametrize("name", ["llama-3.1-8b-instruct", "qwen3-30b-a3b", "nemotron-h-8b-base-8k", "deepseek-v2-lite"])
+def test_tensor_and_pipeline_parallelism_split_the_weights(name):
+    arch = get_arch(name)
+    one = memory.estimate(arch, ParallelLayout(), H100).terms["weights"]
+    tp2 = memory.estimate(arch, ParallelLayout(tensor_parallel=2), H100).terms["weights"]
+    assert 0.45 * one < tp2 < 0.62 * one  # norms and the router stay replicated
+    pp = next((d for d in range(2, arch.num_layers + 1) if arch.num_layers % d == 0), 1)
+    pp2 = memory.estimate(arch, ParallelLayout(pipeline_parallel=pp), H100).terms["weights"]
+    assert pp2 < one or pp == 1
+
+
+def test_expert_parallelism_splits_only_the_experts():
+    moe = get_arch("qwen3-30b-a3b")
+    one = memory.estimate(moe, ParallelLayout(), H100).terms["weights"]
+    ep8 = memory.estimate(moe, ParallelLayout(expert_parallel=8, data_parallel=8), H100).terms["weights"]
+    assert ep8 < one / 4
+
+
+def test_activations_grow_with_batch_and_sequence_and_shrink_with_cp():
+    llama = get_arch("llama-3.1-8b-instruct")
+    a = memory.estimate(llama, ParallelLayout(), H100, batch=1, seq_length=2048).terms["activations"]
+    b = memory.estimate(llama, ParallelLayout(), H100, batch=4, seq_length=2048).terms["activations"]
+    c = memory.estimate(llama, ParallelLayout(context_parallel=2), H100, batch=4, seq_length=2048).terms["activations"]
+    assert b == pytest.approx(4 * a, rel=0.05) and c < b
+
+
+def test_stage_terms():
+    llama = get_arch("llama-3.1-8b-instruct")
+    q = memory.estimate(llama, ParallelLayout(), H100, stage="quantize", quant_format="int4_awq")
+    assert q.terms["quantizer_state"] > 0 and q.terms["fake_quant"] > 0
+    e = memory.estimate(llama, ParallelLayout(pipeline_parallel=4), H100, stage="export", quant_format="nvfp4")
+    assert e.terms["export_reshard"] > 0 and e.terms["activations"] == 0
+    d = memory.estimate(llama, ParallelLayout(data_parallel=8), H100, stage="distill")
+    assert d.terms["optimizer"] > 0 and d.terms["teacher"] == d.terms["weights"]
+    g = memory.estimate(llama, ParallelLayout(), H100, generate_tokens=4096)
+    assert g.terms["kv_cache"] == llama.kv_cache_bytes_per_token() * 4096
+
+
+def test_require_fit_names_the_smallest_fitting_layout():
+    big = get_arch("llama-3.1-405b-instruct")
+    mem = memory.estimate(big, ParallelLayout(tensor_parallel=8), H100)
+    assert not mem.fits
+    with pytest.raises(ResourceError) as exc:
+        memory.require_fit(mem, big, H100, 16)
+    smallest = memory.smallest_fitting(big, H100, 16)
+    assert smallest is not None and smallest.short() in exc.value.hint
+    assert memory.estimate(big, smallest, H100).fits
+    assert memory.smallest_fitting(big, H100, 4) is None
