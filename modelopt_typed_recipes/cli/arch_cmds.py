@@ -80,7 +80,7 @@ def _table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]]) ->
         table.add_column(col, overflow="fold")
     for row in rows:
         table.add_row(*row)
-    Console().print(table)
+    Console(highlight=False).print(table)
 
 
 def _details(arch: ModelArch) -> dict[str, Any]:
