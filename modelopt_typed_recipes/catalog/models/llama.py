@@ -99,7 +99,7 @@ MODELS: list[ModelArch] = [
                 load_balancing_type="seq_aux_loss",
             ),
             position=RoPE(
-                base=500000, interleaved=True,
+                base=500000, interleaved=True, no_rope_freq=4,
                 scaling=Llama3Scaling(factor=16.0, low_freq_factor=1.0, high_freq_factor=1.0),
             ),
             vocab=Vocab(size=202048, padded_size=202048, divisible_by=128),
@@ -108,13 +108,13 @@ MODELS: list[ModelArch] = [
             notes=(
                 "high_freq_factor=1.0 (HF) cannot be passed to Megatron, which hard-codes 4",
                 "HF attention_chunk_size 8192 (chunked attention) is not modelled; seq_length 4096 stays below it",
-                "NoPE layers: Maverick's seed sets --no-rope-freq 4, Scout's does not; the trimmed HF config copy "
-                "cannot settle it, so this entry keeps the seed",
                 "params exclude the vision encoder (about 0.9B of the published 109B)",
             ),
         ),
         "meta-llama/Llama-4-Scout-17B-16E-Instruct",
         dev("--rope-scaling-factor", "8.0", "16.0", "HF rope_scaling.factor is 16"),
+        dev("--no-rope-freq", None, "4", "Llama-4 text models put a NoPE layer every 4th layer (iRoPE), as "
+            "transformers' Llama4 config and Maverick's seed file do; Scout's seed file leaves it out"),
     ),
     # meta-llama/Llama-4-Maverick-17B-128E-Instruct (text model): like Scout but 128 experts on every
     # other layer (interleave_moe_layer_step 2), no QK norm, rope_scaling null, NoPE every 4th layer.
