@@ -1,0 +1,140 @@
+"""``run RECIPE.yaml [RECIPE.yaml ...] [--json] [--set KEY=VALUE ...]``: post-train, then print a table.
+
+Several recipes run one after another in one process (the model's baseline perplexity is measured once)
+and share one table. ``--json`` prints the result (a list for several recipes) on stdout; progress bars
+and ModelOpt's own messages go to stderr. A recipe whose layout needs more processes than this one
+prints the ``torchrun`` command to start it (``--launch`` starts it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import warnings
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("run", help="run post-training recipes (quantize, auto-quantize, prune, export) and "
+                                   "print perplexity before/after with wall times")
+    p.add_argument("recipes", nargs="+", metavar="RECIPE", help="recipe YAML/JSON files")
+    p.add_argument("--json", action="store_true", help="print the result(s) as JSON on stdout")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field, dotted keys allowed (e.g. --set calibration.num_samples=16)")
+    p.add_argument("--output-dir", help="override output_dir (with several recipes: a parent folder)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--launch", action="store_true", help="start the torchrun command a multi-GPU recipe needs")
+    p.set_defaults(handler=_run)
+
+
+def _quiet_libraries() -> None:
+    """Library chatter (import-time UserWarnings, tokenizer length notes) hides the table; keep errors."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    for module in ("megatron", "modelopt", "transformers", "torch"):
+        warnings.filterwarnings("ignore", category=UserWarning, module=module)
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
+        warnings.filterwarnings("ignore", category=FutureWarning, module=module)
+
+
+def _launch_command(recipe: Any, path: str) -> list[str] | None:
+    """``torchrun`` argv when the recipe's layout needs more processes than this one has."""
+    layout = getattr(recipe, "layout", None)
+    need = layout.world_size if layout is not None else 1
+    have = int(os.environ.get("WORLD_SIZE", "1"))
+    if need <= have or recipe.backend == "hf":
+        return None
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={need}",
+            "-m", "modelopt_typed_recipes", "run", path]
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..runtime.api import load_recipe
+
+    overrides: dict[str, Any] = {}
+    from ..spec.serde import _parse_value
+
+    for item in args.overrides:
+        if "=" not in item:
+            from ..errors import SpecError
+
+            raise SpecError(f"--set {item!r} is not KEY=VALUE", hint="e.g. --set calibration.num_samples=16")
+        key, _, raw = item.partition("=")
+        overrides[key.strip()] = _parse_value(raw)
+    recipes = []
+    for path in args.recipes:
+        extra = dict(overrides)
+        if args.output_dir:
+            extra["output_dir"] = args.output_dir if len(args.recipes) == 1 else str(
+                Path(args.output_dir) / Path(path).stem)
+        recipes.append((path, load_recipe(path, extra)))  # all recipes validated before the first runs
+
+    for path, recipe in recipes:
+        argv = _launch_command(recipe, path)
+        if argv is not None:
+            env = "NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1"
+            if not args.launch:
+                print(f"{path} needs {argv[4].split('=')[1]} processes; start it with:\n  {env} {' '.join(argv)}")
+                return 0
+            os.environ.update(NCCL_NVLS_ENABLE="0", TORCH_SYMM_MEM_DISABLE_MULTICAST="1")
+            os.execv(argv[0], argv)
+
+    _quiet_libraries()
+    from ..runtime.api import run_post_training
+
+    results = []
+    for _path, recipe in recipes:
+        with contextlib.redirect_stdout(sys.stderr):  # ModelOpt prints progress notes on stdout
+            results.append(run_post_training(recipe, progress=not args.no_progress))
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    if args.json:
+        payload: Any = results[0].to_dict() if len(results) == 1 else [r.to_dict() for r in results]
+        print(json.dumps(payload, indent=2))
+    else:
+        _print_table(results)
+    return 0
+
+
+def _fmt(value: float | None, spec: str = ".2f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _print_table(results: list[Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=max(console.width, 112))
+    table = Table(title="Held-out perplexity before and after (lower is better), wall times in seconds")
+    for col in ("recipe", "ppl before", "ppl after", "change", "ppl export", "bits/weight", "quantize s",
+                "export s", "total s"):
+        table.add_column(col, justify="left" if col == "recipe" else "right")
+    for r in results:
+        m = r.metrics
+        change = m.get("perplexity_change_pct")
+        quant = [s for s in r.stages if s.technique in ("quantize", "auto_quantize")]
+        export = [s for s in r.stages if s.technique == "export"]
+        bits = next((s.effective_bits for s in quant if s.effective_bits is not None), None)
+        table.add_row(
+            r.recipe_name,
+            _fmt(m.get("perplexity_before")),
+            _fmt(m.get("perplexity_after")),
+            "-" if change is None else f"{change:+.2f} %",
+            _fmt(m.get("perplexity_export")),
+            _fmt(bits),
+            _fmt(sum(s.seconds for s in quant) if quant else None, ".1f"),
+            _fmt(sum(s.seconds for s in export) if export else None, ".1f"),
+            f"{r.seconds:.1f}",
+        )
+    console.print(table)
+    console.print("ppl after: the fake-quantized model in memory; ppl export: the exported checkpoint re-loaded "
+                  "from disk (weights decoded from their stored low-precision values and scales).")
+    for r in results:
+        steps = ", ".join(f"{k} {v:.1f}s" for k, v in r.timings.items())
+        console.print(f"[bold]{r.recipe_name}[/] -> {r.output_dir}  ({steps})")

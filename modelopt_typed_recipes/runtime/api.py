@@ -1,0 +1,226 @@
+"""``run_post_training``: one call from a recipe to finished, manifest-bearing outputs.
+
+Order of work, so that mistakes cost nothing:
+
+1. read the recipe (object, YAML path or dict) and apply overrides;
+2. checks that need no heavy import: architecture and stage sizes, CUDA for CUDA-only formats, the
+   checkpoint directory, calibration/evaluation text present and non-empty, the planner's full check
+   (ModelOpt names, versions, layouts, pattern coverage);
+3. only then the backend (Megatron-Core or Hugging Face) is imported and run, writing into a staging
+   folder beside the output folder; manifests are added and the folder is renamed into place. On any
+   failure the staging folder is removed: no partial output is ever left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from ..errors import CompatibilityError, RecipeError, SpecError
+from ..spec.recipe import Builtin, HFCheckpoint, MegatronCheckpoint, Recipe
+from ..spec.serde import apply_overrides, from_dict
+from .backend import BackendName, RunPlan, load_backend
+from .data import check_text
+from .manifest import MANIFEST_NAME, build_manifest, write_manifest
+from .result import PostTrainingResult
+
+
+def load_recipe(recipe: Recipe | str | Path | Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> Recipe:
+    """A validated :class:`Recipe` from an object, a YAML/JSON file or a dict, with dotted overrides."""
+    if isinstance(recipe, Recipe):
+        out = recipe
+    elif isinstance(recipe, str | Path):
+        out = Recipe.load(recipe)
+    elif isinstance(recipe, Mapping):
+        out = from_dict(dict(recipe), Recipe)
+    else:
+        raise SpecError(f"expected a Recipe, a YAML path or a dict, got {type(recipe).__name__}")
+    if overrides:
+        out = apply_overrides(out, dict(overrides))
+    return out
+
+
+# --------------------------------------------------------------------------- planning (no heavy imports)
+def _env() -> Any:
+    from ..plan.check import Environment
+
+    return Environment.detect()
+
+
+def resolve_device(recipe: Recipe, env: Any) -> str:
+    if recipe.device == "cuda":
+        if not env.cuda:
+            raise CompatibilityError("device: cuda, but this machine has no CUDA GPU", path="device",
+                                     hint="use device: cpu (Hugging Face backend) or auto")
+        return "cuda"
+    if recipe.device == "cpu":
+        return "cpu"
+    return "cuda" if env.cuda else "cpu"
+
+
+def resolve_backend(recipe: Recipe, env: Any, device: str) -> BackendName:
+    """``auto``: Megatron-Core when there is a CUDA device and megatron-core, else Hugging Face."""
+    if recipe.backend == "hf":
+        return "hf"
+    if recipe.backend == "megatron":
+        if env.megatron_core is None:
+            raise CompatibilityError("backend: megatron, but megatron-core is not installed", path="backend",
+                                     hint="pip install megatron-core, or backend: hf")
+        if device != "cuda":
+            raise CompatibilityError("the Megatron-Core backend needs a CUDA GPU (its forward pass needs CUDA)",
+                                     path="backend", hint="backend: hf runs on the CPU")
+        return "megatron"
+    return "megatron" if device == "cuda" and env.megatron_core else "hf"
+
+
+def _check_source(recipe: Recipe) -> None:
+    src = recipe.source
+    if isinstance(src, HFCheckpoint | MegatronCheckpoint):
+        p = Path(src.path).expanduser()
+        if not p.exists():
+            raise SpecError(f"checkpoint directory {src.path!r} does not exist", path="source.path",
+                            hint="check the path, or use source: {type: builtin} for the reference model")
+        if not p.is_dir():
+            raise SpecError(f"{src.path!r} is a file, not a checkpoint directory", path="source.path")
+        if isinstance(src, HFCheckpoint) and not (p / "config.json").is_file():
+            raise SpecError(f"{src.path!r} has no config.json: not a Hugging Face checkpoint", path="source.path")
+    if isinstance(src, Builtin):
+        from ..catalog.models.reference import BUILTIN_WEIGHTS, builtin_weights_dir
+
+        arch = recipe.resolved_arch()
+        folder = builtin_weights_dir(arch.name)
+        if folder is None:
+            raise SpecError(f"{arch.name} ships no weights with this package", path="source",
+                            hint=f"built-in weights exist for: {', '.join(BUILTIN_WEIGHTS)}")
+        if not (folder / "model.safetensors").is_file():
+            raise SpecError(f"the built-in weights of {arch.name} are missing ({folder})", path="source",
+                            hint="reinstall modelopt-typed-recipes")
+
+
+def _staging_for(output: Path) -> Path:
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID") or f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    return output.parent / f".{output.name}.partial-{run_id}"
+
+
+def _check_output(output: Path) -> None:
+    if output.exists() and not output.is_dir():
+        raise SpecError(f"output_dir {str(output)!r} is a file", path="output_dir")
+    if output.is_dir() and any(output.iterdir()) and not (output / MANIFEST_NAME).is_file():
+        raise SpecError(
+            f"output_dir {str(output)!r} exists and was not written by modelopt-typed-recipes",
+            path="output_dir",
+            hint="choose an empty or new folder (a folder with our manifest.json is replaced when a run succeeds)",
+        )
+
+
+def plan_run(recipe: Recipe, *, progress: bool = True) -> RunPlan:
+    """Every check that needs no model, then the plan; raises the first problem as a typed error."""
+    archs = recipe.archs_per_stage()  # unknown names, impossible prune sizes
+    env = _env()
+    device = resolve_device(recipe, env)
+    for i, stage in enumerate(recipe.stages):
+        if device == "cpu" and getattr(stage, "needs_cuda", False):
+            what = getattr(stage, "format", None) or getattr(stage, "recipe", None)
+            field = "format" if getattr(stage, "format", None) else "recipe"
+            if getattr(stage, "kv_cache", None) and what and "fp4" not in str(what).lower():
+                field, what = "kv_cache", f"KV-cache format {stage.kv_cache}"
+            raise CompatibilityError(
+                f"{what} needs CUDA: its fake-quant kernels (NVFP4 / MX block scaling) exist only for GPUs, "
+                "and this run is on the CPU",
+                path=f"stages[{i}].{field}",
+                hint="on the CPU use fp8, int8_sq, int4_awq or w4a8_awq; run NVFP4/MX on a GPU (device: cuda)",
+            )
+    backend = resolve_backend(recipe, env, device)
+    _check_source(recipe)
+    check_text(recipe.calibration, path="calibration")
+    if recipe.evaluation is not None:
+        check_text(recipe.evaluation, path="evaluation")
+    output = Path(recipe.output_dir).expanduser().resolve()
+    _check_output(output)
+
+    from ..plan.check import check_recipe
+
+    report = check_recipe(recipe, env=attrs.evolve(env, cuda=device == "cuda"), backend=backend)
+    report.raise_first()
+
+    dtype = recipe.dtype if recipe.dtype != "auto" else ("fp32" if device == "cpu" else "bf16")
+    return RunPlan(
+        backend=backend,
+        device=device,  # type: ignore[arg-type]
+        dtype=dtype,  # type: ignore[arg-type]
+        arch=archs[0],
+        stage_archs=archs,
+        output_dir=output,
+        staging_dir=_staging_for(output),
+        progress=progress,
+        world_size=int(os.environ.get("WORLD_SIZE", "1")),
+        rank=int(os.environ.get("RANK", "0")),
+    )
+
+
+# --------------------------------------------------------------------------- the run
+def run_post_training(recipe: Recipe | str | Path | Mapping[str, Any], *, progress: bool = True,
+                      **overrides: Any) -> PostTrainingResult:
+    """Run a recipe end to end and return what happened.
+
+    ``recipe``: a :class:`Recipe`, a YAML/JSON file or a dict. ``overrides``: field replacements, dotted
+    keys allowed through a dict (``run_post_training("r.yaml", output_dir="out", **{"calibration.num_samples": 16})``).
+    Raises a :class:`~modelopt_typed_recipes.errors.RecipeError` subclass for any bad input, before the
+    model is built; leaves no output folder behind when anything fails.
+    """
+    t0 = time.perf_counter()
+    rec = load_recipe(recipe, overrides)
+    plan = plan_run(rec, progress=progress)
+    backend = load_backend(plan.backend)
+    check = getattr(backend, "check", None)
+    if check is not None:
+        check(rec, plan)
+
+    staging, output = plan.staging_dir, plan.output_dir
+    created = [p for p in (output.parent, *output.parent.parents) if not p.exists()]
+    main = plan.rank == 0
+    try:
+        if main:
+            staging.mkdir(parents=True, exist_ok=True)
+        result = backend.run(rec, plan)
+        result = attrs.evolve(result, output_dir=str(output), seconds=time.perf_counter() - t0)
+        if main:
+            for stage in result.stages:
+                for rel in stage.outputs:
+                    target = staging / rel
+                    if target.is_dir():
+                        write_manifest(target, build_manifest(rec, plan, result, stage))
+            result = attrs.evolve(result, manifest=MANIFEST_NAME)
+            write_manifest(staging, build_manifest(rec, plan, result))
+            _replace(staging, output)
+    except BaseException:
+        if main:
+            shutil.rmtree(staging, ignore_errors=True)
+            for p in sorted(created, key=lambda q: len(q.parts), reverse=True):
+                try:
+                    p.rmdir()
+                except OSError:
+                    pass
+        raise
+    return result
+
+
+def _replace(staging: Path, output: Path) -> None:
+    """Move the finished staging folder to ``output``; an earlier run's output there is replaced."""
+    if output.exists():
+        old = output.parent / f".{output.name}.old-{uuid.uuid4().hex[:8]}"
+        output.rename(old)
+        staging.rename(output)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(output)
+
+
+__all__ = ["RecipeError", "load_recipe", "plan_run", "run_post_training"]
