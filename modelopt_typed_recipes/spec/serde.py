@@ -185,6 +185,25 @@ converter.register_structure_hook_factory(
 )
 
 
+def _structure_literal(tp: Any) -> Callable[[Any, Any], Any]:
+    """``Literal["a", "b"]``: the value itself, or "'c' is not one of 'a', 'b'" with a suggestion."""
+    allowed = typing.get_args(tp)
+
+    def hook(value: Any, _t: Any) -> Any:
+        for a in allowed:
+            if value == a and type(value) is type(a):
+                return value
+        raise SpecError(
+            f"{value!r} is not one of {', '.join(map(repr, allowed))}",
+            hint=did_you_mean(str(value), [str(a) for a in allowed]),
+        )
+
+    return hook
+
+
+converter.register_structure_hook_factory(lambda t: typing.get_origin(t) is typing.Literal, _structure_literal)
+
+
 # --------------------------------------------------------------------------- errors with paths
 def _flatten(exc: BaseException, path: str) -> list[RecipeError]:
     if isinstance(exc, IterableValidationError):

@@ -265,9 +265,9 @@ class Prune:
     moe_shared_expert_intermediate_size: int | None = attrs.field(default=None, validator=positive_int)
     mamba_num_heads: int | None = attrs.field(default=None, validator=positive_int)
     mamba_head_dim: int | None = attrs.field(default=None, validator=positive_int)
-    params: int | None = attrs.field(default=None, converter=parse_count, validator=positive_int)
+    params: int | str | None = attrs.field(default=None, converter=parse_count, validator=positive_int)
     """Total-parameter target (``6B``); ModelOpt searches the sizes."""
-    active_params: int | None = attrs.field(default=None, converter=parse_count, validator=positive_int)
+    active_params: int | str | None = attrs.field(default=None, converter=parse_count, validator=positive_int)
     """Active-parameter target for MoE models."""
     calibration_samples: int | None = attrs.field(default=None, validator=positive_int)
     """Samples used to score importance (overrides ``recipe.calibration.num_samples``)."""

@@ -33,6 +33,22 @@ def check(recipe: Recipe, plan: RunPlan) -> None:
         if isinstance(stage, Prune):
             raise CompatibilityError("Minitron pruning runs on the Megatron-Core backend only", path=f"stages[{i}]",
                                      hint="backend: megatron on a GPU with Transformer Engine")
+    exp = recipe.export
+    if exp is not None and exp.format == "hf" and any(a.moe is not None for a in plan.stage_archs):
+        from ...plan.check import quantize_config
+
+        for i, stage in enumerate(recipe.stages):
+            if not isinstance(stage, Quantize):
+                continue
+            algo = quantize_config(stage, path=f"stages[{i}]")[0].config.get("algorithm")
+            method = algo.get("method") if isinstance(algo, dict) else algo
+            if str(method).startswith("awq"):
+                raise CompatibilityError(
+                    f"ModelOpt 0.47's HF export fails on AWQ-calibrated mixture-of-experts layers of transformers 5 "
+                    f"(TypeError in its expert re-smoothing); {plan.arch.name} has MoE layers",
+                    path=f"stages[{i}].{'format' if stage.format else 'recipe'}",
+                    hint="export fp8 or int8_sq, or drop the export stage (the ModelOpt state is saved instead)",
+                )
     if isinstance(recipe.source, RandomInit):
         from .model import hf_config_for
 

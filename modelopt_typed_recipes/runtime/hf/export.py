@@ -36,14 +36,23 @@ def export(model: Any, tokenizer: Any, directory: Path, *, fmt: str, dtype: str,
 
         try:
             export_hf_checkpoint(model, dtype=torch_dtype, export_dir=str(directory))
-        except (ValueError, NotImplementedError, AssertionError) as exc:
-            raise CompatibilityError(f"ModelOpt's HF export cannot write this model: {exc}", path=path) from None
+        except (ValueError, NotImplementedError, AssertionError, TypeError, AttributeError, KeyError) as exc:
+            raise CompatibilityError(
+                f"ModelOpt {_modelopt_version()}'s HF export failed for this model: {type(exc).__name__}: {exc}",
+                path=path, hint="drop the export stage (the quantized model is kept with its ModelOpt state)",
+            ) from exc
     else:
         from modelopt.torch.export.plugins.vllm_fakequant_hf import export_hf_vllm_fq_checkpoint
 
         export_hf_vllm_fq_checkpoint(model, export_dir=str(directory))
     tokenizer.save_pretrained(str(directory))
     return sorted(p.name for p in directory.iterdir())
+
+
+def _modelopt_version() -> str:
+    import importlib.metadata
+
+    return importlib.metadata.version("nvidia-modelopt")
 
 
 # --------------------------------------------------------------------------- decoding the checkpoint
@@ -94,22 +103,23 @@ def decode_weight(t: dict[str, Any]) -> tuple[Any, str]:
 
 
 def load_export(directory: Path, *, device: str = "cpu") -> tuple[Any, dict[str, int]]:
-    """A transformers model (fp32) that computes what the exported checkpoint says; and layer counts by format."""
-    import torch
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForCausalLM
+    """A transformers model (fp32) that computes what the exported checkpoint says; and layer counts by format.
 
-    cfg = json.loads((directory / "config.json").read_text())
-    cfg.pop("quantization_config", None)
-    model_type = cfg.pop("model_type")
-    config = AutoConfig.for_model(model_type, **{k: v for k, v in cfg.items() if k not in ("architectures",)})
-    config.architectures = cfg.get("architectures")
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    The decoded weights are written to a temporary plain checkpoint and loaded with
+    ``AutoModelForCausalLM.from_pretrained``, so transformers' own key mapping applies (per-expert MoE
+    weights are fused the way it fuses Hub checkpoints). Inputs of the quantized layers that exist as
+    modules get their stored ``pre_quant_scale``/``input_scale``; fused expert weights are decoded but
+    their per-expert activation scales cannot be hooked (counted as ``...-experts`` layers).
+    """
+    import tempfile
+
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
     state: dict[str, Any] = {}
     for f in sorted(directory.glob("*.safetensors")):
         state.update(load_file(str(f)))
-
-    # group quantized tensors by layer
     layers: dict[str, dict[str, Any]] = {}
     suffixes = ("weight_scale_2", "weight_scale", "input_scale", "pre_quant_scale", "k_scale", "v_scale")
     plain: dict[str, Any] = {}
@@ -120,33 +130,41 @@ def load_export(directory: Path, *, device: str = "cpu") -> tuple[Any, dict[str,
                 break
         else:
             plain[key] = value
-    counts: dict[str, int] = {}
+    decoded: dict[str, str] = {}
     hooks: dict[str, tuple[Any, Any, str]] = {}
     for name, extra in layers.items():
         wkey = f"{name}.weight"
         if wkey not in plain or "weight_scale" not in extra:
             continue
-        dense, kind = decode_weight({"weight": plain[wkey], **extra})
-        plain[wkey] = dense
-        counts[kind] = counts.get(kind, 0) + 1
-        act = None
-        if "input_scale" in extra:
-            act = "int8" if kind == "int8" else "fp8"
-        hooks[name] = (extra.get("pre_quant_scale"), extra.get("input_scale"), act or "")
-    result = model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in plain.items()},
-                                   strict=False)
-    missing = [k for k in result.missing_keys if not (k == "lm_head.weight" and config.tie_word_embeddings)]
-    if missing or result.unexpected_keys:
+        plain[wkey], kind = decode_weight({"weight": plain[wkey], **extra})
+        decoded[name] = kind
+        act = ("int8" if kind == "int8" else "fp8") if "input_scale" in extra else ""
+        hooks[name] = (extra.get("pre_quant_scale"), extra.get("input_scale"), act)
+
+    cfg = json.loads((directory / "config.json").read_text())
+    cfg.pop("quantization_config", None)
+    cfg["dtype"] = cfg["torch_dtype"] = "float32"
+    with tempfile.TemporaryDirectory(prefix="mtr-reload-") as tmp:
+        (Path(tmp) / "config.json").write_text(json.dumps(cfg))
+        save_file({k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in plain.items()},
+                  str(Path(tmp) / "model.safetensors"), metadata={"format": "pt"})
+        model, info = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32, output_loading_info=True)
+    missing = [k for k in info.get("missing_keys", []) if "lm_head" not in k or not cfg.get("tie_word_embeddings")]
+    if missing or info.get("unexpected_keys"):
         raise CompatibilityError(
-            f"the export in {directory} does not match its config: missing {missing[:5]}, "
-            f"unexpected {result.unexpected_keys[:5]}", path="stages")
-    if config.tie_word_embeddings:
-        model.tie_weights()
-    for name, (pqs, in_scale, act) in hooks.items():
-        module = model.get_submodule(name)
-        module.register_forward_pre_hook(_input_hook(pqs, in_scale, act))
+            f"the export in {directory} does not match its config: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(info.get('unexpected_keys', []))[:5]}", path="stages")
+    counts: dict[str, int] = {}
+    modules = dict(model.named_modules())
+    for name, kind in decoded.items():
+        module = modules.get(name)
+        if module is None:  # fused into a transformers experts module: weights decoded, inputs not hooked
+            kind += "-experts"
+        else:
+            module.register_forward_pre_hook(_input_hook(*hooks[name]))
+        counts[kind] = counts.get(kind, 0) + 1
     model.to(device).eval()
-    return model, counts
+    return model, dict(sorted(counts.items()))
 
 
 def _input_hook(pqs: Any, in_scale: Any, act: str) -> Any:

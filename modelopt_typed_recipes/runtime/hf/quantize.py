@@ -147,10 +147,10 @@ def auto_quantize(model: Any, stage: AutoQuantize, batches: list[Any], *, path: 
 
 # --------------------------------------------------------------------------- summaries
 def _kind(name: str) -> str:
-    part = next((p for p in reversed(name.split(".")) if p.endswith("_quantizer")), name)
-    if part.endswith("bmm_quantizer"):
-        return "kv"
-    return part.removesuffix("_quantizer")
+    """``...q_proj.weight_quantizer`` -> weight; ``experts.gate_up_proj_input_quantizer`` -> input; bmm -> kv."""
+    part = next((p for p in reversed(name.split(".")) if "_quantizer" in p), name)
+    kind = part.split("_quantizer")[0].rsplit("_", 1)[-1]
+    return "kv" if kind == "bmm" else kind
 
 
 def quantizer_summary(model: Any) -> dict[str, int]:
