@@ -20,6 +20,7 @@ for part in $parts; do
   case $part in
     tp2) torchrun --nproc_per_node=2 --master_port=29533 benchmarks/megatron_gpu.py --part tp2 2>&1 | grep -v Warning ;;
     direct) python3 benchmarks/megatron_vs_direct.py 2>&1 | grep -v Warning ;;
+    auto) python3 benchmarks/megatron_gpu.py --part formats --cases auto-6.0bits,auto-5.0bits,fp8 2>&1 | grep -v Warning ;;
     *) python3 benchmarks/megatron_gpu.py --part "$part" 2>&1 | grep -v Warning ;;
   esac
   echo "=== $part took $(( $(date +%s) - start )) s"

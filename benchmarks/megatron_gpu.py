@@ -155,6 +155,17 @@ def check_export(export_dir: Path, hf_src: Path, fmt: str) -> dict:
                 if "norm" in k or "embed_tokens" in k:
                     exported[k] = sf.get_tensor(k)
     facts["norms_embed_equal"] = all(torch.equal(v.to(src[k].dtype), src[k]) for k, v in exported.items() if k in src)
+    if facts["quant_algo"] == "FP8":  # dequantize the FP8 weights and compare with the BF16 source
+        errs = []
+        for f in sorted(export_dir.glob("*.safetensors")):
+            with safe_open(str(f), "pt") as sf:
+                keys = set(sf.keys())
+                for k in keys:
+                    if k.endswith(".weight") and k.replace(".weight", ".weight_scale") in keys and k in src:
+                        w = sf.get_tensor(k).float() * sf.get_tensor(k.replace(".weight", ".weight_scale")).float()
+                        ref = src[k].float()
+                        errs.append(float((w - ref).norm() / ref.norm()))
+        facts["fp8_dequant_rel_err_max"] = round(max(errs), 4) if errs else None
     facts["missing_weights"] = sorted(k for k in src if k.endswith(".weight") and k not in names)[:5]
     try:
         m = AutoModelForCausalLM.from_pretrained(str(export_dir), torch_dtype=torch.bfloat16)
@@ -181,7 +192,7 @@ def part_prewarm() -> dict:
     return out
 
 
-def part_formats(models: list[str]) -> dict:
+def part_formats(models: list[str], only: list[str] | None = None) -> dict:
     from modelopt_typed_recipes.errors import RecipeError
 
     rows = []
@@ -191,6 +202,8 @@ def part_formats(models: list[str]) -> dict:
         cases = list(FORMATS) + [("auto-6.0bits", dict(effective_bits=6.0, formats=("int4_awq", "fp8")), False),
                                  ("auto-5.0bits", dict(effective_bits=5.0, formats=("int4_awq", "fp8")), False)]
         for tag, kw, export in cases:
+            if only and tag not in only:
+                continue
             out = WORK / f"out-{name}-{tag.replace(':', '_')}"
             row: dict = {"model": name, "case": tag, "export": export}
             t = time.perf_counter()
@@ -276,6 +289,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--part", required=True, choices=["prewarm", "formats", "tp2", "accuracy"])
     ap.add_argument("--models", default="tiny-dense,tiny-moe")
+    ap.add_argument("--cases", default="", help="comma-separated case tags (default: all)")
     args = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -283,14 +297,14 @@ def main() -> None:
     if args.part == "prewarm":
         res = part_prewarm()
     elif args.part == "formats":
-        res = part_formats(args.models.split(","))
+        res = part_formats(args.models.split(","), [c for c in args.cases.split(",") if c])
     elif args.part == "tp2":
         res = part_tp2()
     else:
         res = part_accuracy()
     res = {"part": args.part, "wall_s": round(time.perf_counter() - t, 1), **res}
     if int(os.environ.get("RANK", "0")) == 0:
-        (OUT / f"megatron_{args.part}.json").write_text(json.dumps(res, indent=2, default=str))
+        (OUT / f"megatron_{args.part}{'_' + args.cases.replace(',', '_') if args.cases else ''}.json").write_text(json.dumps(res, indent=2, default=str))
 
 
 if __name__ == "__main__":

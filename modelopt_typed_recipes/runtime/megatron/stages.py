@@ -163,8 +163,12 @@ def auto_quantize_inputs(stage: AutoQuantize) -> dict[str, Any]:
     for name in stage.formats:
         fmt = resolve_format(name)
         formats.append(copy.deepcopy(getattr(mtq, fmt.preset if fmt is not None else name)))
-    return dict(constraints={"effective_bits": stage.effective_bits}, quantization_formats=formats,
-                disabled_layers=sorted({*disabled, *stage.exclude}), method=stage.method, score_size=stage.score_size)
+    layers = sorted({*disabled, *stage.exclude})
+    # the budget is over the searchable decoder linears: layers never quantized (output layer, router,
+    # exclusions) stay out of the effective-bits denominator, as the format table's weight_bits are
+    constraints = {"effective_bits": stage.effective_bits, "cost": {"excluded_module_name_patterns": layers}}
+    return dict(constraints=constraints, quantization_formats=formats, disabled_layers=layers, method=stage.method,
+                score_size=stage.score_size)
 
 
 def auto_quantize(model: Any, stage: AutoQuantize, batches: Sequence[Any], *, progress: bool = True) -> dict[str, Any]:
@@ -173,8 +177,6 @@ def auto_quantize(model: Any, stage: AutoQuantize, batches: Sequence[Any], *, pr
     import modelopt.torch.quantization as mtq
     import torch
     from megatron.core import parallel_state
-    from modelopt.torch.utils.plugins.megatron_generate import megatron_prefill
-
     if parallel_state.get_pipeline_model_parallel_world_size() != 1:
         raise CompatibilityError("auto-quantize needs PP=1", path="layout.pipeline_parallel")
     inputs = auto_quantize_inputs(stage)
@@ -186,14 +188,16 @@ def auto_quantize(model: Any, stage: AutoQuantize, batches: Sequence[Any], *, pr
         s = ids.shape[1]
         pos = torch.arange(s, device=ids.device).unsqueeze(0).expand(ids.shape[0], -1)
         mask = torch.triu(torch.ones((1, 1, s, s), device=ids.device), diagonal=1).bool()
-        return m(ids, pos, mask, labels=labels, runtime_gather_output=True)
+        if labels is not None:  # per-token loss from Megatron's vocab-parallel cross-entropy (TP-aware)
+            return m(ids, pos, mask, labels=labels)
+        return m(ids, pos, mask, runtime_gather_output=True)
 
     def forward_backward_step(m: Any, ids: Any) -> None:
         loss = _call(m, ids[:, :-1], ids[:, 1:].contiguous())
         loss.float().mean().backward()
 
-    def forward_step(m: Any, ids: Any) -> Any:
-        return megatron_prefill(m, ids)
+    def forward_step(m: Any, ids: Any) -> Any:  # logits, with autograd (megatron_prefill runs under no_grad)
+        return _call(m, ids, None)
 
     kwargs: dict[str, Any] = dict(
         constraints=inputs["constraints"], quantization_formats=inputs["quantization_formats"],
@@ -201,10 +205,9 @@ def auto_quantize(model: Any, stage: AutoQuantize, batches: Sequence[Any], *, pr
         num_score_steps=min(len(loader), max(inputs["score_size"] // batch_size, 1)), method=inputs["method"],
         verbose=False,
     )
+    kwargs["forward_step"] = forward_step  # ModelOpt 0.47 asserts it for both methods
     if inputs["method"] == "gradient":
         kwargs["forward_backward_step"] = forward_backward_step
-    else:
-        kwargs["forward_step"] = forward_step
     model, state = mtq.auto_quantize(model, **kwargs)
     model.eval()
     best = state.get("best", {}) if isinstance(state, dict) else {}
