@@ -131,11 +131,17 @@ def auto_quantize(model: Any, stage: AutoQuantize, batches: list[Any], *, path: 
     else:
         kwargs = {"forward_step": lambda m, b: m(input_ids=b, labels=b), "loss_func": lambda out, _b: out.loss}
     steps = len(loader)
-    model, search = mtq.auto_quantize(
-        model, constraints=constraints, quantization_formats=formats, data_loader=loader,
-        disabled_layers=disabled, num_calib_steps=steps, num_score_steps=min(steps, max(score_size // batch_size, 1)),
-        method=method, verbose=False, **kwargs,
-    )
+    try:
+        model, search = mtq.auto_quantize(
+            model, constraints=constraints, quantization_formats=formats, data_loader=loader,
+            disabled_layers=disabled, num_calib_steps=steps,
+            num_score_steps=min(steps, max(score_size // batch_size, 1)), method=method, verbose=False, **kwargs,
+        )
+    except ValueError as exc:
+        if "infeasible" not in str(exc):
+            raise
+        raise SpecError(str(exc), path=f"{path}.{'recipe' if stage.recipe else 'effective_bits'}",
+                        hint="raise effective_bits or add a smaller candidate format") from None
     if kv_entries:
         mtq.set_quantizer_by_cfg(model, kv_entries)
         mtq.calibrate(model, "max", forward_loop(batches, device=device, label="calibrate kv cache", progress=progress))
@@ -158,10 +164,16 @@ def quantizer_summary(model: Any) -> dict[str, int]:
     from modelopt.torch.quantization.nn import SequentialQuantizer, TensorQuantizer
 
     counts: dict[str, int] = {}
+    sequential: set[str] = set()
     for name, module in model.named_modules():
-        if isinstance(module, SequentialQuantizer):
+        if isinstance(module, SequentialQuantizer):  # W4A8: one weight quantizer made of two steps
+            sequential.add(name)
+            enabled = any(q.is_enabled for q in module)
+        elif isinstance(module, TensorQuantizer) and name.rsplit(".", 1)[0] not in sequential:
+            enabled = module.is_enabled
+        else:
             continue
-        if isinstance(module, TensorQuantizer) and module.is_enabled:
+        if enabled:
             counts[_kind(name)] = counts.get(_kind(name), 0) + 1
     return dict(sorted(counts.items()))
 

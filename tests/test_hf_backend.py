@@ -1,0 +1,230 @@
+"""The Hugging Face backend on the CPU: every CPU format on tiny models of each kind transformers builds,
+export and re-load, and bad recipes refused with typed errors before any work, leaving nothing behind."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from modelopt_typed_recipes.errors import CompatibilityError, DataError, RecipeError, SpecError
+from modelopt_typed_recipes.runtime import api
+from modelopt_typed_recipes.spec.formats import get_format
+
+ROOT = Path(__file__).resolve().parent.parent
+CPU_FORMATS = ("fp8", "int8_sq", "int4_awq", "w4a8_awq")
+
+
+def tiny_recipe(tmp: Path, model: str, stages: list[dict], **changes: object) -> dict:
+    return {
+        "model": model,
+        "source": {"type": "random", "seed": 0},
+        "stages": stages,
+        "calibration": {"dataset": "reference-train", "num_samples": 8, "seq_length": 64, "batch_size": 4},
+        "evaluation": {"dataset": "reference-heldout", "num_samples": 8, "seq_length": 64, "batch_size": 4},
+        "output_dir": str(tmp / "out"),
+        "backend": "hf",
+        "device": "cpu",
+        **changes,
+    }
+
+
+def assert_nothing_left(tmp: Path) -> None:
+    leftovers = [p.name for p in tmp.iterdir()] if tmp.exists() else []
+    assert leftovers == [] or all(not p.startswith((".out", "out")) for p in leftovers), leftovers
+
+
+# --------------------------------------------------------------------------- every CPU format
+@pytest.mark.parametrize("fmt", CPU_FORMATS)
+def test_dense_every_cpu_format_exports_and_reloads(tmp_path: Path, fmt: str) -> None:
+    doc = tiny_recipe(tmp_path, "tiny-dense", [{"technique": "quantize", "format": fmt}, {"technique": "export"}])
+    result = api.run_post_training(doc, progress=False)
+    m = result.metrics
+    for key in ("perplexity_before", "perplexity_after", "perplexity_export"):
+        assert math.isfinite(m[key]) and m[key] > 1, (key, m)
+    # the file on disk computes what the fake-quantized model computed (decoding matches ModelOpt's packing)
+    assert abs(m["perplexity_export"] / m["perplexity_after"] - 1) < 0.02, m
+    quant, export = result.stages
+    assert quant.status == export.status == "ok"
+    assert quant.quantizer_summary["weight"] == 14  # 2 layers x (q, k, v, o, gate, up, down)
+    assert quant.effective_bits == pytest.approx(get_format(fmt).weight_bits, abs=0.01)
+    out = Path(result.output_dir)
+    assert out == (tmp_path / "out").resolve() and (out / "manifest.json").is_file()
+    quant_cfg = json.loads((out / "export" / "hf_quant_config.json").read_text())["quantization"]
+    assert quant_cfg["quant_algo"] == {"fp8": "FP8", "int8_sq": "W8A8_SQ_PER_CHANNEL", "int4_awq": "W4A16_AWQ",
+                                       "w4a8_awq": "W4A8_AWQ"}[fmt]
+    assert sum(export.details["reloaded_layers"].values()) == 14
+    assert (out / "export" / "manifest.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # the staging folder was renamed, not copied
+
+
+@pytest.mark.parametrize("fmt", CPU_FORMATS)
+def test_moe_every_cpu_format(tmp_path: Path, fmt: str) -> None:
+    """MoE (Qwen3-MoE, transformers' fused experts): FP8/INT8-SQ export; AWQ formats keep the ModelOpt state."""
+    awq = fmt.endswith("awq")
+    stages: list[dict] = [{"technique": "quantize", "format": fmt}]
+    if not awq:
+        stages.append({"technique": "export"})
+    result = api.run_post_training(tiny_recipe(tmp_path, "tiny-moe", stages), progress=False)
+    m = result.metrics
+    assert math.isfinite(m["perplexity_after"]) and abs(m["perplexity_change_pct"]) < 5, m
+    summary = result.stages[0].quantizer_summary
+    assert summary["weight"] > 8, summary  # attention + every expert's weights
+    out = Path(result.output_dir)
+    if awq:
+        saved = out / "01-quantize-" / "modelopt_model.pth"
+        saved = next(out.glob("01-quantize-*/modelopt_model.pth"))
+        assert saved.stat().st_size > 0
+    else:
+        assert abs(m["perplexity_export"] / m["perplexity_after"] - 1) < 0.02, m
+        assert any(k.endswith("-experts") for k in result.stages[-1].details["reloaded_layers"])
+
+
+def test_moe_awq_export_is_refused_before_work(tmp_path: Path) -> None:
+    doc = tiny_recipe(tmp_path, "tiny-moe", [{"technique": "quantize", "format": "int4_awq"}, {"technique": "export"}])
+    with pytest.raises(CompatibilityError) as info:
+        api.run_post_training(doc, progress=False)
+    assert info.value.path == "stages[0].format"
+    assert_nothing_left(tmp_path)
+
+
+def test_modelopt_recipe_and_kv_cache_and_exclude(tmp_path: Path) -> None:
+    doc = tiny_recipe(tmp_path, "tiny-dense", [
+        {"technique": "quantize", "recipe": "general/ptq/fp8_default-kv_fp8", "exclude": ["*layers.1.mlp*"]},
+        {"technique": "export"},
+    ])
+    result = api.run_post_training(doc, progress=False)
+    summary = result.stages[0].quantizer_summary
+    assert summary["weight"] == 11  # layer 1's gate, up, down excluded
+    assert summary.get("kv", 0) > 0
+    cfg = json.loads((Path(result.output_dir) / "export" / "hf_quant_config.json").read_text())["quantization"]
+    assert cfg["kv_cache_quant_algo"] == "FP8"
+
+
+def test_auto_quantize_meets_the_budget(tmp_path: Path) -> None:
+    doc = tiny_recipe(tmp_path, "tiny-dense", [
+        {"technique": "auto_quantize", "effective_bits": 7.8, "formats": ["int4_awq", "fp8"], "score_size": 8},
+    ])
+    result = api.run_post_training(doc, progress=False)
+    stage = result.stages[0]
+    assert stage.details["satisfied"] is True
+    assert stage.details["achieved_effective_bits"] <= 7.8 + 1e-6
+    assert stage.effective_bits is not None and stage.effective_bits < 8.0  # some layers went to 4 bits
+    # an impossible budget is a typed error naming the field
+    doc = tiny_recipe(tmp_path, "tiny-dense", [
+        {"technique": "auto_quantize", "effective_bits": 4.2, "formats": ["int4_awq", "fp8"], "score_size": 8},
+    ], output_dir=str(tmp_path / "other"))
+    with pytest.raises(SpecError) as info:
+        api.run_post_training(doc, progress=False)
+    assert info.value.path == "stages[0].effective_bits"
+    assert not (tmp_path / "other").exists()
+
+
+# --------------------------------------------------------------------------- bad input, nothing left behind
+def test_unknown_format_fails_at_load(tmp_path: Path) -> None:
+    doc = tiny_recipe(tmp_path, "tiny-dense", [{"technique": "quantize", "format": "fp4"}])
+    with pytest.raises(SpecError) as info:
+        api.run_post_training(doc, progress=False)
+    assert info.value.path == "stages[0].format" and "did you mean" in str(info.value)
+    assert_nothing_left(tmp_path)
+
+
+@pytest.mark.parametrize("fmt", ["nvfp4", "mxfp8", "NVFP4_AWQ_LITE_CFG"])
+def test_cuda_only_format_on_cpu(tmp_path: Path, fmt: str) -> None:
+    doc = tiny_recipe(tmp_path, "tiny-dense", [{"technique": "quantize", "format": fmt}, {"technique": "export"}])
+    with pytest.raises(CompatibilityError) as info:
+        api.run_post_training(doc, progress=False)
+    assert info.value.path == "stages[0].format" and "CUDA" in str(info.value)
+    assert_nothing_left(tmp_path)
+
+
+def test_missing_checkpoint_directory(tmp_path: Path) -> None:
+    doc = tiny_recipe(tmp_path, "tiny-dense", [{"technique": "quantize", "format": "fp8"}],
+                      source={"type": "hf", "path": str(tmp_path / "nowhere")})
+    with pytest.raises(SpecError) as info:
+        api.run_post_training(doc, progress=False)
+    assert info.value.path == "source.path" and "does not exist" in str(info.value)
+    assert_nothing_left(tmp_path)
+
+
+@pytest.mark.parametrize(("name", "content", "path"), [
+    ("empty.txt", "", "calibration.files"),
+    ("blank.txt", "  \n\n ", "calibration.files"),
+    ("rows.jsonl", '{"body": "text"}\n', "calibration.files[0]"),
+    ("missing.txt", None, "calibration.files[0]"),
+])
+def test_bad_calibration_text(tmp_path: Path, name: str, content: str | None, path: str) -> None:
+    f = tmp_path / "data" / name
+    f.parent.mkdir()
+    if content is not None:
+        f.write_text(content)
+    doc = tiny_recipe(tmp_path, "tiny-dense", [{"technique": "quantize", "format": "fp8"}],
+                      calibration={"files": [str(f)]}, output_dir=str(tmp_path / "out" / "nested"))
+    with pytest.raises(DataError) as info:
+        api.run_post_training(doc, progress=False)
+    assert info.value.path == path, str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_failure_mid_run_leaves_no_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from modelopt_typed_recipes.runtime.hf import export
+
+    def broken(*_a: object, **_k: object) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(export, "export", broken)
+    doc = tiny_recipe(tmp_path, "tiny-dense", [{"technique": "quantize", "format": "fp8"}, {"technique": "export"}],
+                      output_dir=str(tmp_path / "runs" / "a"))
+    with pytest.raises(RuntimeError, match="disk full"):
+        api.run_post_training(doc, progress=False)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_output_folder_rules(tmp_path: Path) -> None:
+    foreign = tmp_path / "out"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    doc = tiny_recipe(tmp_path, "tiny-dense", [{"technique": "quantize", "format": "int8_sq"}])
+    with pytest.raises(SpecError) as info:
+        api.run_post_training(doc, progress=False)
+    assert info.value.path == "output_dir"
+    assert (foreign / "notes.txt").read_text() == "mine"
+    (foreign / "notes.txt").unlink()
+    first = api.run_post_training(doc, progress=False)
+    second = api.run_post_training(doc, progress=False)  # our own earlier output is replaced
+    assert first.output_dir == second.output_dir
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_prune_and_megatron_sources_are_refused_on_hf(tmp_path: Path) -> None:
+    doc = tiny_recipe(tmp_path, "tiny-dense", [{"technique": "prune", "num_layers": 1}])
+    with pytest.raises(CompatibilityError) as info:
+        api.run_post_training(doc, progress=False)
+    assert info.value.path == "stages[0]"
+    ckpt = tmp_path / "mcore"
+    ckpt.mkdir()
+    doc = tiny_recipe(tmp_path, "tiny-dense", [{"technique": "quantize", "format": "fp8"}],
+                      source={"type": "megatron", "path": str(ckpt)})
+    with pytest.raises(RecipeError):
+        api.run_post_training(doc, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_refusal_happens_before_heavy_imports(tmp_path: Path) -> None:
+    """A CUDA-only format on the CPU is refused without importing torch, ModelOpt or transformers."""
+    code = (
+        "import sys\n"
+        "from modelopt_typed_recipes.runtime.api import run_post_training\n"
+        "from modelopt_typed_recipes.errors import CompatibilityError\n"
+        f"doc = {tiny_recipe(tmp_path, 'reference-llama', [{'technique': 'quantize', 'format': 'nvfp4'}])!r}\n"
+        "doc['source'] = {'type': 'builtin'}\n"
+        "try:\n    run_post_training(doc)\nexcept CompatibilityError as e:\n    print('refused', e.path)\n"
+        "print(sorted(m for m in ('torch', 'modelopt', 'transformers', 'megatron') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["refused stages[0].format", "[]"], out.stdout
