@@ -258,6 +258,29 @@ def train(out: Path, *, steps: int, seq: int, batch: int, lr: float, eval_every:
     print(json.dumps({k: v for k, v in report.items() if k != "curve"}, indent=2))
 
 
+def plot(report_path: Path, out: Path) -> None:
+    """The loss curve of a training report (training.json) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    report = json.loads(report_path.read_text())
+    steps = [c["step"] for c in report["curve"]]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, [c["train_loss"] for c in report["curve"]], label="train loss (batch)")
+    ax.plot(steps, [c["valid_loss"] for c in report["curve"]], label="validation loss")
+    ax.axhline(report["untrained"]["valid_loss"], color="grey", linestyle=":", label="untrained (validation)")
+    ax.axvline(report["best_step"], color="red", linestyle="--", label=f"kept: step {report['best_step']}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("next-token loss (nats)")
+    ax.set_title(f"reference-llama on {report['device']}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -271,8 +294,13 @@ def main() -> None:
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--eval-every", type=int, default=100)
     t.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("plot")
+    p.add_argument("--report", type=Path, default=DATA / "training.json")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "reference_training.png")
     args = parser.parse_args()
-    if args.cmd == "corpus":
+    if args.cmd == "plot":
+        plot(args.report, args.out)
+    elif args.cmd == "corpus":
         build_corpus()
     elif args.cmd == "tokenizer":
         build_tokenizer()
