@@ -148,14 +148,12 @@ def replay(quant_cfg: Sequence[dict[str, Any]], modules: Sequence[QuantModule], 
         if on:
             enabled_roles[_role(canon)] += count
         kind, _name = group_kind[key]
-        if canon.endswith(".weight_quantizer") or _role(canon) == "kv":
+        if canon.endswith((".weight_quantizer", ".k_bmm_quantizer")):  # one per module
             weight_on[key] = on
     # module counts: a module is quantized when its weight (or, for attention, kv) quantizer is on
     for key, on in weight_on.items():
         kind, _ = group_kind[key]
         n = groups[key]
-        if _role(key[0]) == "kv":
-            n = n // 3  # q, k and v quantizers of one core_attention
         per_kind[kind]["total"] += n
         if on:
             per_kind[kind]["quantized"] += n

@@ -1,0 +1,167 @@
+"""check_recipe and the `check` CLI: typed errors with paths, gates, coverage, speed, no torch import."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import attrs
+import pytest
+
+from modelopt_typed_recipes.plan.check import Environment, check_recipe
+from modelopt_typed_recipes.spec.recipe import HFCheckpoint, RandomInit, Recipe
+from modelopt_typed_recipes.spec.techniques import AutoQuantize, Export, Prune, Quantize
+
+GPU_OLD = Environment(megatron_core="0.16.1", modelopt="0.47.0", cuda=True, gpu_count=1)
+GPU_NEW = attrs.evolve(GPU_OLD, megatron_core="0.19.2")
+GPU_TE = attrs.evolve(GPU_NEW, transformer_engine=True)
+CPU = Environment(megatron_core="0.16.1", modelopt="0.47.0")
+
+
+def recipe(*stages, model="tiny-dense", backend="megatron", **kw):
+    return Recipe(model=model, source=RandomInit(), stages=tuple(stages), output_dir="/tmp/x", backend=backend, **kw)
+
+
+def paths(report):
+    return [(type(e).__name__, e.path) for e in report.errors]
+
+
+def test_good_recipe_is_ok_with_coverage():
+    rep = check_recipe(recipe(Quantize(format="fp8"), Export()), env=GPU_NEW)
+    assert rep.ok, rep.errors
+    cov = rep.stages[0].coverage
+    assert cov.modules["attention_qkv"] == {"quantized": 2, "total": 2}
+    assert cov.modules["output_layer"] == {"quantized": 0, "total": 1}
+    assert cov.quantizers == {"weight": 8, "input": 8}
+    assert rep.stages[1].layout["tensor_parallel"] == 1
+
+
+def test_every_problem_reported_with_paths():
+    st = Quantize(format="nvfp4", exclude=("*layers.9.*", "*self_attn*"), kv_cache="fp8")
+    rep = check_recipe(recipe(st, Export()), env=CPU)
+    got = paths(rep)
+    assert ("CompatibilityError", "backend") in got  # no CUDA
+    assert ("CompatibilityError", "stages[0].format") in got  # NVFP4 needs CUDA
+    assert ("CompatibilityError", "stages[0].kv_cache") in got  # KV needs TE attention
+    assert ("SpecError", "stages[0].exclude[0]") in got
+    assert ("SpecError", "stages[0].exclude[1]") in got
+    assert ("CompatibilityError", "stages[1]") in got  # export needs core >= 0.18
+    hints = {e.path: e.hint for e in rep.errors}
+    assert "0..1" in hints["stages[0].exclude[0]"]
+    assert "self_attention" in hints["stages[0].exclude[1]"]
+
+
+def test_export_of_awq_and_smoothquant_refused():
+    for fmt in ("int4_awq", "int8_sq", "w4a8_awq", "mxfp8"):
+        rep = check_recipe(recipe(Quantize(format=fmt), Export()), env=GPU_NEW)
+        assert ("CompatibilityError", "stages[0].format") in paths(rep), fmt
+        assert check_recipe(recipe(Quantize(format=fmt)), env=GPU_NEW).ok
+
+
+def test_prune_gates():
+    rep = check_recipe(recipe(Prune(num_layers=1)), env=GPU_OLD)
+    msgs = " ".join(e.message for e in rep.errors)
+    assert "megatron-core >= 0.18" in msgs and "Transformer Engine" in msgs
+    assert check_recipe(recipe(Prune(num_layers=1)), env=GPU_TE).ok
+    rep = check_recipe(recipe(Prune(num_layers=1), backend="hf"), env=GPU_TE)
+    assert ("CompatibilityError", "stages[0]") in paths(rep)
+
+
+def test_kv_cache_ok_with_te_and_counts_kv_quantizers():
+    rep = check_recipe(recipe(Quantize(format="fp8", kv_cache="fp8")), env=GPU_TE)
+    assert rep.ok, rep.errors
+    assert rep.stages[0].coverage.quantizers["kv"] == 4  # k and v on 2 layers
+    assert rep.stages[0].coverage.modules["kv_cache"]["quantized"] == 2
+
+
+def test_experts_only_on_dense_model_quantizes_nothing():
+    rep = check_recipe(recipe(Quantize(format="NVFP4_EXPERTS_ONLY_CFG")), env=GPU_NEW)
+    assert ("SpecError", "stages[0].format") in paths(rep)
+    assert check_recipe(recipe(Quantize(format="NVFP4_EXPERTS_ONLY_CFG"), model="tiny-moe"), env=GPU_NEW).ok
+
+
+def test_unknown_preset_and_kv_only_preset():
+    rep = check_recipe(recipe(Quantize(format="FP8_DEFAUL_CFG")), env=GPU_NEW)
+    assert paths(rep) == [("UnknownNameError", "stages[0].format")]
+    assert "FP8_DEFAULT_CFG" in rep.errors[0].hint
+    rep = check_recipe(recipe(Quantize(format="FP8_KV_CFG")), env=GPU_NEW)
+    assert "kv_cache" in rep.errors[0].hint
+
+
+def test_recipes_checked_by_type_and_user_file_patterns(tmp_path):
+    rep = check_recipe(recipe(Quantize(recipe="general/auto_quantize/nvfp4_fp8_at_5p4bits")), env=GPU_NEW)
+    assert paths(rep) == [("SpecError", "stages[0].recipe")]
+    rep = check_recipe(recipe(Quantize(recipe="general/ptq/nvfp4_mlp_weight_only")), env=GPU_NEW)
+    assert rep.ok, rep.errors
+    f = tmp_path / "mine.yaml"
+    f.write_text("metadata: {recipe_type: ptq}\nquantize:\n  algorithm: max\n  quant_cfg:\n"
+                 "    - {quantizer_name: '*', enable: false}\n"
+                 "    - {quantizer_name: '*q_proj*weight_quantizer', cfg: {num_bits: [4, 3], axis: null}}\n")
+    rep = check_recipe(recipe(Quantize(recipe=str(f))), env=GPU_NEW)
+    got = paths(rep)
+    assert got.count(("SpecError", "stages[0].recipe")) == 2  # the unmatched pattern, and nothing quantized
+    rep = check_recipe(recipe(Quantize(recipe="general/ptq/no_such_recipe")), env=GPU_NEW)
+    assert paths(rep) == [("UnknownNameError", "stages[0].recipe")]
+
+
+def test_layouts_checked_and_export_replanned():
+    from modelopt_typed_recipes.spec.layout import ParallelLayout
+
+    rep = check_recipe(recipe(Quantize(format="fp8"), Export()), env=GPU_NEW, layout=ParallelLayout(tensor_parallel=2))
+    assert rep.ok, rep.errors
+    assert rep.stages[0].layout["tensor_parallel"] == 2
+    assert rep.stages[1].layout["tensor_parallel"] == 1 and rep.stages[1].layout["pipeline_parallel"] == 2
+    rep = check_recipe(recipe(Quantize(format="fp8")), env=GPU_NEW, layout=ParallelLayout(tensor_parallel=8))
+    assert any(e.path.startswith("layout") for e in rep.errors)
+    rep = check_recipe(recipe(AutoQuantize(effective_bits=6.0, formats=("int4_awq", "fp8"))), env=GPU_NEW,
+                       layout=ParallelLayout(pipeline_parallel=2))
+    assert rep.ok and rep.stages[0].layout["pipeline_parallel"] == 1  # re-planned for auto-quantize
+
+
+def test_missing_checkpoint_directory():
+    r = Recipe(model="tiny-dense", source=HFCheckpoint(path="/nonexistent/dir"), stages=(Quantize(format="fp8"),),
+               output_dir="/tmp/x", backend="megatron")
+    assert ("SpecError", "source.path") in paths(check_recipe(r, env=GPU_NEW))
+
+
+def test_hf_backend_uses_hf_names():
+    r = recipe(Quantize(format="fp8", exclude=("*q_proj*",)), backend="hf")
+    rep = check_recipe(r, env=CPU)
+    assert rep.ok, rep.errors
+    assert rep.stages[0].coverage.naming == "hf"
+    assert rep.stages[0].coverage.modules["attention_qkv"] == {"quantized": 4, "total": 6}
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "modelopt_typed_recipes", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=60)
+
+
+def test_cli_check_json_fast_and_without_torch(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("model: tiny-dense\nsource: {type: random}\nstages:\n"
+                 "  - {technique: quantize, format: fp8, exclude: ['*layers.7.*']}\noutput_dir: /tmp/o\nbackend: megatron\n")
+    t = time.perf_counter()
+    p = _cli("check", str(f), "--json", "--assume-gpu")
+    assert time.perf_counter() - t < 5  # interpreter start included; the check itself is well under a second
+    assert p.returncode == 2
+    out = json.loads(p.stdout)
+    assert out["ok"] is False
+    assert {"path": "stages[0].exclude[0]"}.items() <= out["errors"][0].items()
+    assert out["coverage"]["stages[0]"]["modules"]["mlp_fc1"]["quantized"] == 2
+    code = ("import sys, time; t=time.perf_counter(); from modelopt_typed_recipes.cli import main; "
+            f"rc=main(['check', {str(f)!r}, '--json']); "
+            "assert not any(m.split('.')[0] in ('torch','megatron','modelopt','transformers') for m in sys.modules), "
+            "[m for m in sys.modules if m.startswith(('torch','megatron','modelopt'))][:5]; "
+            "print(time.perf_counter()-t, file=sys.stderr)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert float(p.stderr.strip().splitlines()[-1]) < 1.0
+
+
+def test_cli_check_named_recipe_text():
+    p = _cli("check", "qwen3-8b:fp8", "--assume-gpu", "--backend", "megatron")
+    assert "attention_qkv" in p.stdout and "36" in p.stdout
