@@ -1,0 +1,226 @@
+"""The Megatron-Core runtime on the CPU: real Megatron-Core models and real ModelOpt calls.
+
+Megatron-Core 0.16.1's forward needs CUDA; the TEST-ONLY shim in ``megatron_cpu_shim.py`` patches the
+few CUDA calls (modelopt-api.md §8) for the duration of each test. Export and pruning are gated on this
+machine's megatron-core (< 0.18); their call paths are tested up to the ModelOpt call.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import types
+from pathlib import Path
+
+import attrs
+import pytest
+
+from megatron_cpu_shim import megatron_on_cpu
+from modelopt_typed_recipes.catalog import get_arch
+from modelopt_typed_recipes.errors import CompatibilityError
+from modelopt_typed_recipes.spec.arch import Vocab
+from modelopt_typed_recipes.spec.layout import ParallelLayout
+from modelopt_typed_recipes.spec.recipe import HFCheckpoint, Recipe, TextData
+from modelopt_typed_recipes.spec.techniques import AutoQuantize, Export, Prune, Quantize
+
+check_mod = importlib.import_module("modelopt_typed_recipes.plan.check")
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def dist_cpu():
+    from modelopt_typed_recipes.runtime import distributed
+
+    distributed.init_process_group(device="cpu")
+    distributed.set_layout(ParallelLayout(), device="cpu")
+    with megatron_on_cpu():
+        yield
+
+
+def arch_4k(name="tiny-dense"):
+    return attrs.evolve(get_arch(name), vocab=Vocab(size=4096, divisible_by=128))
+
+
+@pytest.fixture(scope="module")
+def hf_dense(tmp_path_factory):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from modelopt_typed_recipes.bridges.hf_config import to_hf_config
+    from modelopt_typed_recipes.runtime.megatron.data import load_tokenizer
+
+    d = tmp_path_factory.mktemp("hf") / "tiny-dense"
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**to_hf_config(arch_4k())), dtype=torch.float32)
+    model.save_pretrained(str(d))
+    load_tokenizer(None).save_pretrained(str(d))
+    return d
+
+
+@pytest.fixture
+def gpu_env(monkeypatch):
+    env = check_mod.Environment(megatron_core="0.16.1", modelopt="0.47.0", cuda=True, gpu_count=1)
+    monkeypatch.setattr(check_mod.Environment, "detect", classmethod(lambda cls: env))
+    return env
+
+
+CALIB = TextData(dataset="reference-train", num_samples=8, seq_length=64, batch_size=4)
+EVAL = TextData(dataset="reference-heldout", num_samples=4, seq_length=64, batch_size=4)
+
+
+def _batches(hf_dir, data=CALIB):
+    from modelopt_typed_recipes.runtime.megatron import data as D
+
+    return D.batches(D.token_windows(data, D.load_tokenizer(str(hf_dir))), data.batch_size)
+
+
+def _model(hf_dir, arch=None):
+    from modelopt_typed_recipes.runtime.megatron import build
+
+    m = build.build_model(arch or arch_4k(), ParallelLayout(), dtype="fp32", device="cpu", te=False)
+    build.import_hf(m, str(hf_dir), dtype="fp32")
+    return m
+
+
+def test_config_mapping_counts_parameters(dist_cpu):
+    from modelopt_typed_recipes.runtime.megatron import build
+
+    for name in ("tiny-dense", "tiny-moe"):
+        arch = get_arch(name)
+        m = build.build_model(arch, ParallelLayout(), dtype="fp32", device="cpu", te=False)
+        assert sum(p.numel() for p in m.parameters()) == arch.params_total
+
+
+def test_hf_import_matches_transformers_logits(dist_cpu, hf_dense):
+    from modelopt.torch.utils.plugins.megatron_generate import megatron_prefill
+    from transformers import AutoModelForCausalLM
+
+    ids = _batches(hf_dense)[0][:2]
+    mc = _model(hf_dense)
+    with torch.no_grad():
+        ours = megatron_prefill(mc, ids)[..., :4096]
+        ref = AutoModelForCausalLM.from_pretrained(str(hf_dense), dtype=torch.float32).eval()(ids).logits
+    assert (ours - ref).abs().max() < 1e-3
+
+
+@pytest.mark.parametrize("fmt", ["fp8", "int8_sq", "int4_awq"])
+def test_wrapper_equals_direct_modelopt(dist_cpu, hf_dense, fmt):
+    import copy
+
+    import modelopt.torch.quantization as mtq
+    from modelopt.torch.utils.plugins.megatron_generate import megatron_prefill
+
+    from modelopt_typed_recipes.runtime.megatron import stages
+
+    batches = _batches(hf_dense)
+    preset = Quantize(format=fmt).preset
+    direct = _model(hf_dense)
+
+    def loop(m):
+        with torch.no_grad():
+            for b in batches:
+                megatron_prefill(m, b, skip_return_logits=True)
+
+    mtq.quantize(direct, copy.deepcopy(getattr(mtq, preset)), loop)
+    ours = _model(hf_dense)
+    stages.quantize(ours, Quantize(format=fmt), batches, progress=False)
+    a, b = stages.amax_state(direct), stages.amax_state(ours)
+    assert a.keys() == b.keys() and len(a) > 4
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoint_round_trip_keeps_quantizers(dist_cpu, hf_dense, tmp_path):
+    from modelopt_typed_recipes.runtime.megatron import build, stages
+
+    batches = _batches(hf_dense)
+    m = _model(hf_dense)
+    stages.quantize(m, Quantize(format="fp8"), batches, progress=False)
+    ckpt = build.save_checkpoint(m, tmp_path / "ckpt", arch=arch_4k())
+    assert (ckpt / "metadata.json").is_file() and (ckpt / "modelopt_state").is_dir()
+    assert not (tmp_path / "ckpt.partial").exists()
+    fresh = build.build_model(arch_4k(), ParallelLayout(), dtype="fp32", device="cpu", te=False)
+    fresh = build.load_checkpoint(fresh, ckpt)
+    a, b = stages.amax_state(m), stages.amax_state(fresh)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert stages.quantizer_summary(fresh) == {"weight": 8, "input": 8}
+
+
+def _run(recipe, tmp_path):
+    from modelopt_typed_recipes.runtime.backend import RunPlan
+    from modelopt_typed_recipes.runtime.megatron import backend
+
+    archs = recipe.archs_per_stage()
+    plan = RunPlan(backend="megatron", device="cpu", dtype="fp32", arch=archs[0], stage_archs=archs,
+                   output_dir=tmp_path / "out", staging_dir=tmp_path / "staging", progress=True)
+    return backend.run(recipe, plan)
+
+
+def test_backend_run_int4_awq_and_auto_quantize(dist_cpu, hf_dense, tmp_path, gpu_env):
+    r = Recipe(name="t", model=arch_4k(), source=HFCheckpoint(path=str(hf_dense)),
+               stages=(Quantize(format="int4_awq"),), calibration=CALIB, evaluation=EVAL, output_dir=str(tmp_path / "o"),
+               backend="megatron", device="cuda")
+    res = _run(r, tmp_path)
+    st = res.stages[0]
+    assert st.name == "quantize-int4_awq" and st.quantizer_summary == {"weight": 8}
+    assert st.details["algorithm"]["method"] == "awq_lite"
+    assert (tmp_path / "staging" / st.outputs[0] / "model_arch.yaml").is_file()
+    before, after = res.metrics["perplexity_before"], res.metrics["perplexity_after"]
+    assert math.isfinite(before) and abs(after / before - 1) < 0.05
+    r2 = attrs.evolve(r, stages=(AutoQuantize(effective_bits=6.0, formats=("int4_awq", "fp8")),))
+    res2 = _run(r2, tmp_path / "auto")
+    assert res2.stages[0].effective_bits <= 6.0 and res2.stages[0].details["is_satisfied"]
+
+
+def test_backend_refuses_export_and_bad_patterns_before_building(hf_dense, tmp_path, gpu_env):
+    from modelopt_typed_recipes.runtime.megatron import backend
+
+    r = Recipe(model=arch_4k(), source=HFCheckpoint(path=str(hf_dense)), stages=(Quantize(format="fp8"), Export()),
+               output_dir=str(tmp_path / "o"), backend="megatron")
+    with pytest.raises(CompatibilityError, match="megatron-core >= 0.18"):
+        backend.check(r)
+    r = attrs.evolve(r, stages=(Quantize(format="fp8", exclude=("*layers.5.*",)),))
+    with pytest.raises(Exception, match="matches no quantizer"):
+        backend.check(r)
+    assert not (tmp_path / "o").exists()
+
+
+def test_prune_call_path_up_to_modelopt(dist_cpu, hf_dense):
+    from modelopt_typed_recipes.runtime.megatron import stages
+
+    stage = Prune(num_layers=1, ffn_hidden_size=128)
+    assert stages.prune_constraints(stage) == {"export_config": {"ffn_hidden_size": 128, "num_layers": 1}}
+    assert stages.prune_constraints(Prune(params="400K")) == {"params": 400_000}
+    assert not stages.minitron_available()  # no Transformer Engine / megatron-core < 0.18 here
+    with pytest.raises(CompatibilityError, match="mcore_minitron"):
+        stages.prune(_model(hf_dense), stage, arch_4k(), _batches(hf_dense), progress=False)
+    # the hand-off: the pruned model's TransformerConfig becomes the architecture later stages use
+    cfg = types.SimpleNamespace(num_layers=1, hidden_size=128, ffn_hidden_size=128, num_attention_heads=4,
+                                kv_channels=32, num_moe_experts=None)
+    new = stages.arch_after_prune(arch_4k(), stage, cfg)
+    assert (new.num_layers, new.ffn_hidden_size, new.hidden_size) == (1, 128, 128)
+    assert new.params_total < arch_4k().params_total
+    bad = types.SimpleNamespace(**{**vars(cfg), "num_layers": 2})
+    with pytest.raises(CompatibilityError, match="num_layers"):
+        stages.arch_after_prune(arch_4k(), stage, bad)
+
+
+def test_calibration_data_errors(tmp_path):
+    from modelopt_typed_recipes.errors import DataError
+    from modelopt_typed_recipes.runtime.megatron import data as D
+
+    empty = tmp_path / "empty.txt"
+    empty.write_text("   \n")
+    with pytest.raises(DataError, match="empty"):
+        D.token_windows(TextData(files=(str(empty),)), D.load_tokenizer(None))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"body": "x"}) + "\n")
+    with pytest.raises(DataError) as exc:
+        D.token_windows(TextData(files=(str(bad),)), D.load_tokenizer(None))
+    assert exc.value.path == "calibration.files[0]"
+    with pytest.raises(DataError):
+        D.token_windows(TextData(files=(str(tmp_path / "missing.txt"),)), D.load_tokenizer(None))
+    short = tmp_path / "short.txt"
+    short.write_text("a few words")
+    with pytest.raises(DataError, match="fewer than one window"):
+        D.token_windows(TextData(files=(str(short),), seq_length=256), D.load_tokenizer(None))
+    assert Path(D.REFERENCE_DIR / "train.txt").is_file()
