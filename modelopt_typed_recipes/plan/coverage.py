@@ -6,7 +6,7 @@ architecture produces (:mod:`..bridges.modelopt_names`), so a pattern that match
 layer index past the end, HF naming in a Megatron run) is reported before any model is built, with
 the counts of quantized modules per kind.
 
-Large MoE models have ~10^5 quantizers; patterns without digits, ``?`` or ``[`` cannot tell layer or
+Large MoE models have ~10^5 quantizers; patterns without digits, ``?`` or ``[!`` cannot tell layer or
 expert indices apart, so names are grouped by their index-free form and each group is replayed once.
 """
 
@@ -22,11 +22,15 @@ import attrs
 
 from ..bridges.modelopt_names import QuantModule, generic_exclusions, matches
 
+_INDEX_DIGIT = re.compile(r"(?<![A-Za-z_0-9])\d")
 _DIGITS = re.compile(r"(?<=\.)\d+(?=\.|$)")  # layer / expert indices, not the 1 of fc1
 
 
 def _simple(pattern: str) -> bool:
-    return not any(c.isdigit() or c in "?[" for c in pattern)
+    """True when the pattern cannot tell one layer/expert index from another: no digit that could start
+    an index, no ``?``, no negated class (only ``*`` can then cover an index, so any index matches like ``0``)."""
+    # a digit right after a letter ("conv1d", "fc1") cannot land in a pure-digit ".12." index segment
+    return _INDEX_DIGIT.search(pattern) is None and "?" not in pattern and "[!" not in pattern
 
 
 def _role(quantizer: str) -> str:
@@ -112,13 +116,23 @@ def replay(quant_cfg: Sequence[dict[str, Any]], modules: Sequence[QuantModule], 
     # group quantizers: (canonical name, parent class, complex-match signature) -> count and kind
     groups: dict[tuple[str, str, tuple[bool, ...]], int] = Counter()
     group_kind: dict[tuple[str, str, tuple[bool, ...]], tuple[str, str]] = {}
+    per_module: Counter[tuple[str, str, str, tuple[str, ...]]] = Counter()
     for mod in modules:
-        for q in mod.quantizer_names():
-            canon = _DIGITS.sub("0", q)
-            sig = tuple(matches(str(entries[i]["quantizer_name"]), q) for i in complex_idx)
-            key = (canon, mod.parent_class, sig)
+        canon_mod = _DIGITS.sub("0", mod.name)
+        if not complex_idx:  # the common case: one group per module template, no per-name matching
+            per_module[(canon_mod, mod.parent_class, mod.kind, mod.quantizers)] += 1
+            continue
+        for q in mod.quantizers:
+            full = f"{mod.name}.{q}" if mod.name else q
+            sig = tuple(matches(str(entries[i]["quantizer_name"]), full) for i in complex_idx)
+            key = (f"{canon_mod}.{q}" if canon_mod else q, mod.parent_class, sig)
             groups[key] += 1
             group_kind[key] = (mod.kind, mod.name)
+    for (canon_mod, parent, kind, quantizers), count in per_module.items():
+        for q in quantizers:
+            key = (f"{canon_mod}.{q}" if canon_mod else q, parent, ())
+            groups[key] += count
+            group_kind[key] = (kind, canon_mod)
 
     matched = [0] * len(entries)
     enabled_roles: Counter[str] = Counter()
