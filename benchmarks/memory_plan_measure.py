@@ -99,7 +99,7 @@ def worker(args: argparse.Namespace) -> int:
             num_attention_heads=s["num_heads"], num_query_groups=s["query_groups"], normalization="RMSNorm",
             gated_linear_unit=True, activation_func=F.silu, add_bias_linear=False, bf16=True,
             params_dtype=torch.bfloat16, pipeline_dtype=torch.bfloat16, tensor_model_parallel_size=tp,
-            sequence_parallel=tp > 1, hidden_dropout=0.0, attention_dropout=0.0,
+            sequence_parallel=False, hidden_dropout=0.0, attention_dropout=0.0,
         )
         gc.collect()
         torch.cuda.empty_cache()
@@ -161,10 +161,10 @@ def driver(args: argparse.Namespace) -> int:
 
     Path(args.out).mkdir(parents=True, exist_ok=True)
     rc_all = 0
-    for tp in (1, 2):
+    for tp in (int(t) for t in args.tps.split(",")):
         program = [str(Path(__file__).relative_to(ROOT)), "--worker", "--out", args.out, "--sizes", args.sizes,
                    "--fp8-kernel", args.fp8_kernel]
-        lp = plan(arch_for("0.5b"), tp, tensor_parallel=tp, environ={}, program=program, seq_length=SEQ, batch=BATCH)
+        lp = plan(arch_for("0.5b"), tp, tensor_parallel=tp, sequence_parallel=False, environ={}, program=program, seq_length=SEQ, batch=BATCH)
         argv = list(lp.argv)
         if shutil.which(argv[0]) is None:
             argv = [sys.executable, "-m", "torch.distributed.run", *argv[1:]]
@@ -181,6 +181,7 @@ def main() -> int:
     p.add_argument("--worker", action="store_true")
     p.add_argument("--out", default="benchmarks/memory_plan_out")
     p.add_argument("--sizes", default="0.5b,1.4b")
+    p.add_argument("--tps", default="1,2", help="tensor-parallel sizes to measure, in turn")
     p.add_argument("--fp8-kernel", default="eager", choices=["eager", "cuda"])
     args = p.parse_args()
     return worker(args) if args.worker else driver(args)

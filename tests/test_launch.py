@@ -28,7 +28,7 @@ def test_single_node_torchrun_argv_and_env():
     assert env["CUDA_DEVICE_MAX_CONNECTIONS"] == "1" and env["TOKENIZERS_PARALLELISM"] == "false"
     assert env["NCCL_IB_SL"] == "1" and env["NCCL_IB_TIMEOUT"] == "22" and env["OMP_NUM_THREADS"] == "1"
     assert env["NCCL_NVLS_ENABLE"] == "0" and env["TORCH_SYMM_MEM_DISABLE_MULTICAST"] == "1"
-    assert lp.layout.data_parallel == 4 and lp.layout.sequence_parallel
+    assert lp.layout.data_parallel == 4 and not lp.layout.sequence_parallel  # Megatron's default
     assert (lp.nnodes, lp.nproc_per_node, lp.world_size) == (1, 8, 8)
 
 
@@ -66,7 +66,8 @@ def _fake_tools(bin_dir: Path) -> None:
     srun = bin_dir / "srun"
     srun.write_text('#!/bin/bash\nfor a in "$@"; do printf "%s\\n" "$a"; done > "$ARGV_OUT"\n')
     scontrol = bin_dir / "scontrol"
-    scontrol.write_text('#!/bin/bash\nprintf "nodeA\\nnodeB\\n"\n')
+    # many hosts, so a reader that stops after the first line would SIGPIPE it
+    scontrol.write_text('#!/bin/bash\nprintf "nodeA\\nnodeB\\n"\nseq 1 100000 | sed "s/^/node/"\n')
     for f in (srun, scontrol):
         f.chmod(f.stat().st_mode | stat.S_IEXEC)
 
@@ -103,7 +104,7 @@ def test_seed_env_carries_the_true_process_count_and_safe_extra_args():
     assert seed["TP"] == "4" and seed["ETP"] == "1" and seed["EP"] == "1" and seed["DP"] == "1"
     assert seed["LAUNCH_SCRIPT"] == "torchrun --nproc_per_node=4"  # the seed's formula gives 1
     assert seed["MLM_SKIP_INSTALL"] == "1" and seed["MLM_MODEL_SAVE"] == "/out/q"
-    assert shlex.split(seed["MLM_EXTRA_ARGS"]) == ["--sequence-parallel", "--hybrid-layer-pattern", "M-M*-",
+    assert shlex.split(seed["MLM_EXTRA_ARGS"]) == ["--hybrid-layer-pattern", "M-M*-",
                                                    "--export-force-local-attention"]
     assert seed["MLM_MODEL_CFG"] == "meta-llama/Llama-3.1-8B-Instruct"
 

@@ -35,7 +35,7 @@ def register(sub: Any) -> None:
                              ("--etp", "expert_tensor_parallel", "expert tensor"), ("--dp", "data_parallel", "data")):
         p.add_argument(flag, dest=dest, type=int, help=f"{what} parallel size")
     p.add_argument("--sp", dest="sequence_parallel", action=argparse.BooleanOptionalAction, default=None,
-                   help="sequence parallelism (default: on when TP > 1, except prune/export)")
+                   help="sequence parallelism (default: off, as in Megatron; needs TP > 1 and the TE layer spec)")
     p.add_argument("--first-stage-layers", type=int, help="uneven pipeline: layers of the first stage")
     p.add_argument("--last-stage-layers", type=int, help="uneven pipeline: layers of the last stage")
     p.add_argument("--profile", help="a launch profile (see `profiles`) whose layout acts as the recipe's")

@@ -8,7 +8,7 @@ Terms, for the most loaded rank (the pipeline stage holding the most bytes):
 * ``quantizer_state``: ModelOpt's per-tensor/per-channel/per-block amax buffers and AWQ/SmoothQuant
   scales, as bytes per quantized weight (``MemoryModel.quantizer_bytes_per_param``).
 * ``fake_quant``: the fake-quantized copy of the largest linear weight plus the quantized copy of its
-  input, which live during each quantized GEMM of the calibration forward.
+  input, which live during each quantized GEMM; counted by how far they lift the forward's peak.
 * ``activations``: the calibration (or training) forward for ``batch x seq_length`` tokens: live
   hidden-state copies, plus the largest of the attention scores (local, unfused attention: bf16
   scores, their fp32 softmax copies), the MLP/Mamba intermediates and the logits.
@@ -45,16 +45,20 @@ class MemoryModel:
 
     hidden_copies: float = 4.0
     """bf16 ``[tokens, hidden]`` tensors alive between sub-layers (residual, norm output, attention output...)."""
-    attention_bytes_per_score: float = 10.0
-    """Local (unfused) attention: bf16 scores (2) + fp32 softmax input and output (4 + 4) per score element."""
+    attention_bytes_per_score: float = 14.5
+    """Local (unfused) attention, bytes per ``[batch, heads/TP, seq, seq]`` score element at its peak: Megatron's
+    persistent bf16 score buffer (2), the fp32 softmax input and output (4 + 4), the masked copy and the bf16
+    probabilities. Calibrated on H100: 14.8 measured for the 0.5B model at TP=1 (benchmarks/memory_plan.md)."""
     mlp_copies: float = 2.0
     """bf16 copies of the first MLP projection's output alive at once (fc1 output and activation)."""
     logits_copies: float = 2.0
     """bf16 logits and the contiguous transposed copy ``GPTModel`` returns."""
     fake_quant_weight_copies: float = 1.0
-    """Fake-quantized copies of the largest linear weight alive during its GEMM."""
+    """bf16-sized copies of the largest linear weight alive while it is fake-quantized (1 with ModelOpt's CUDA
+    kernel; its eager fallback holds fp32 temporaries, about 5). Only raises the peak when the linears, not
+    attention or the logits, hold it: not observable in the H100 runs, where attention dominated."""
     fake_quant_input_copies: float = 1.0
-    """Fake-quantized copies of the largest linear input alive during its GEMM."""
+    """bf16-sized copies of the largest linear input alive while it is fake-quantized (same caveat)."""
     quantizer_bytes_per_param: dict[str, float] = attrs.field(factory=lambda: {
         "fp8": 0.0, "nvfp4": 0.0, "nvfp4_awq": 4 / 16, "int4_awq": 4 / 128 + 2 / 128, "w4a8_awq": 4 / 128 + 2 / 128,
         "int8_sq": 0.01, "int8": 0.0, "fp8_blockwise": 4 / (128 * 128), "mxfp8": 0.0, "mxfp4": 0.0, "bf16": 0.0,
@@ -267,7 +271,9 @@ def forward_activation_bytes(arch: ModelArch, layout: ParallelLayout, params: Ra
         peaks["mamba"] = 2 * tokens * (2 * inner + 2 * groups * state + heads) / tp * BF16
     if last_stage:
         peaks["logits"] = model.logits_copies * tokens * arch.vocab.padded(tp) / tp * BF16
-    return {"resident": int(resident), "peak": int(max(peaks.values())), "tokens": tokens}
+    linear_peak = max(peaks.get("mlp", 0.0), peaks.get("moe", 0.0), peaks.get("mamba", 0.0))
+    return {"resident": int(resident), "peak": int(max(peaks.values())), "linear_peak": int(linear_peak),
+            "tokens": tokens}
 
 
 def training_activation_bytes(arch: ModelArch, layout: ParallelLayout, params: RankParams, *, batch: int,
@@ -305,8 +311,11 @@ def estimate(arch: ModelArch, layout: ParallelLayout, gpu: GpuSpec, *, stage: st
             terms["activations"] = training_activation_bytes(arch, layout, p, batch=batch, seq_length=seq) \
                 + act["peak"]
         if quantizing and fmt.name != "bf16":
-            terms["fake_quant"] = int(model.fake_quant_weight_copies * p.largest_linear * BF16
-                                      + model.fake_quant_input_copies * act["tokens"] * p.largest_linear_in * BF16)
+            # temporaries of a quantized GEMM; they coexist with the linear layers' activations, not with the
+            # attention scores or the logits, so they count only by how far they lift the peak
+            temps = (model.fake_quant_weight_copies * p.largest_linear * BF16
+                     + model.fake_quant_input_copies * act["tokens"] * p.largest_linear_in * BF16)
+            terms["fake_quant"] = int(max(0, act["linear_peak"] + temps - act["peak"]))
         else:
             terms["fake_quant"] = 0
         if stage == "auto-quantize":  # gradients of the weights scored, bf16

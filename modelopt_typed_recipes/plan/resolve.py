@@ -9,7 +9,8 @@ Precedence, highest first:
    MLM_MODEL_SAVE EXPORT_DIR MLM_WORK_DIR``;
 4. torchrun's ``WORLD_SIZE RANK LOCAL_RANK LOCAL_WORLD_SIZE MASTER_ADDR MASTER_PORT``;
 5. Slurm's ``SLURM_NNODES SLURM_NTASKS SLURM_GPUS_ON_NODE SLURM_JOB_NODELIST SLURM_PROCID``;
-6. defaults (the seed's: TP=1, ETP=TP, EP=PP=CP=DP=1, work dir ``/tmp/megatron_workspace``).
+6. defaults (the seed's: TP=1, ETP=TP, EP=PP=CP=DP=1, work dir ``/tmp/megatron_workspace``; sequence
+   parallelism off, as in Megatron).
 
 Unlike ``conf/arguments.sh`` this never installs anything, never prints a warning per default (the
 ``env`` command shows one table with each value's source), never word-splits or globs
@@ -323,7 +324,9 @@ def resolve(args: Mapping[str, Any] | None = None, recipe: ParallelLayout | Mapp
                 f"({launch['world_size'].source})",
                 path="data_parallel", hint=f"unset DP (it is derived) or start {tp * pp * cp * dp} processes",
             )
-    values.setdefault("sequence_parallel", Resolved(values["tensor_parallel"].value > 1, "default (TP > 1)"))
+    # Megatron's default; Megatron-Core's local (non-TE) layer spec cannot run it (H100: "sequence parallel not
+    # supported by torch LayerNorm"), so it is only on when asked for
+    values.setdefault("sequence_parallel", Resolved(False, "default"))
     for field in ("virtual_pipeline", "first_stage_layers", "last_stage_layers"):
         values.setdefault(field, Resolved(None, "default"))
 

@@ -308,7 +308,7 @@ def fill_data_parallel(layout: ParallelLayout, gpus: int) -> ParallelLayout | No
 
 
 def candidate_layouts(arch: ModelArch, stage: str, gpus: int, *, seq_length: int | None = None,
-                      sequence_parallel: bool = True) -> Iterator[ParallelLayout]:
+                      sequence_parallel: bool = False) -> Iterator[ParallelLayout]:
     """Valid layouts for ``stage`` with DP=1, one model replica on at most ``gpus`` GPUs, smallest first.
 
     CP stays 1 (context parallelism only pays off for long sequences; ask for it explicitly). TP and
@@ -386,7 +386,7 @@ def replan(arch: ModelArch, layout: ParallelLayout | None, stage: str, gpus: int
     if proposal is not None:
         return proposal
     for candidate in candidate_layouts(arch, stage, gpus, seq_length=seq_length,
-                                       sequence_parallel=start.sequence_parallel or start.tensor_parallel > 1):
+                                       sequence_parallel=start.sequence_parallel):
         filled = fill_data_parallel(candidate, gpus)
         if filled is not None and not problems(arch, filled, stage, seq_length=seq_length):
             return filled
