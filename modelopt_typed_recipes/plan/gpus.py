@@ -1,8 +1,9 @@
 """GPU models the planner knows: memory, compute capability, GPUs per node.
 
 Capacities are the totals ``nvidia-smi`` reports (MiB), not the marketing gigabytes: an "80 GB"
-H100 shows 81559 MiB, of which the CUDA context and NCCL take their share before PyTorch allocates
-anything (see :data:`RESERVED_BYTES`). When a GPU is present, :func:`detect` reads the real numbers
+H100 shows 81559 MiB (confirmed on the GPU machine), of which the driver keeps 480 MiB
+(``torch.cuda.get_device_properties().total_memory`` = 85017493504 bytes there) and the CUDA context and
+NCCL take their share before PyTorch allocates anything (see :data:`RESERVED_BYTES`). When a GPU is present, :func:`detect` reads the real numbers
 through nvidia-ml-py (imported lazily; it is optional).
 """
 
