@@ -110,11 +110,11 @@ def _print_table(results: list[Any]) -> None:
 
     console = Console()
     if not console.is_terminal:
-        console = Console(width=max(console.width, 112))
+        console = Console(width=max(console.width, 120))
     table = Table(title="Held-out perplexity before and after (lower is better), wall times in seconds")
     for col in ("recipe", "ppl before", "ppl after", "change", "ppl export", "bits/weight", "quantize s",
                 "export s", "total s"):
-        table.add_column(col, justify="left" if col == "recipe" else "right")
+        table.add_column(col, justify="left" if col == "recipe" else "right", no_wrap=col == "recipe")
     for r in results:
         m = r.metrics
         change = m.get("perplexity_change_pct")
