@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 PRESETS = [("fp8", "FP8_DEFAULT_CFG"), ("int4_awq", "INT4_AWQ_CFG"), ("nvfp4", "NVFP4_DEFAULT_CFG")]
-REPS = int(os.environ.get("MTR_REPS", "3"))
+REPS = int(os.environ.get("MTR_REPS", "7"))
 
 
 def main() -> None:
@@ -66,7 +66,7 @@ def main() -> None:
     layout = ParallelLayout()
     distributed.set_layout(layout, device="cuda")
     tok = data.load_tokenizer(str(hf))
-    windows = data.token_windows(TextData(dataset="reference-train", num_samples=64, seq_length=512), tok)
+    windows = data.token_windows(TextData(dataset="reference-train", num_samples=int(os.environ.get("MTR_SAMPLES", "128")), seq_length=512), tok)
     batches = data.batches(windows, 8)
     dev = torch.cuda.current_device()
 
