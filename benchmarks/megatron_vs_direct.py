@@ -66,7 +66,8 @@ def main() -> None:
     layout = ParallelLayout()
     distributed.set_layout(layout, device="cuda")
     tok = data.load_tokenizer(str(hf))
-    windows = data.token_windows(TextData(dataset="reference-train", num_samples=int(os.environ.get("MTR_SAMPLES", "128")), seq_length=512), tok)
+    samples = int(os.environ.get("MTR_SAMPLES", "128"))
+    windows = data.token_windows(TextData(dataset="reference-train", num_samples=samples, seq_length=512), tok)
     batches = data.batches(windows, 8)
     dev = torch.cuda.current_device()
 

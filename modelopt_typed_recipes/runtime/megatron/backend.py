@@ -216,4 +216,10 @@ def _relayout(model: Any, arch: Any, old: Any, new: Any, tmp: Path, *, dtype: st
         torch.cuda.empty_cache()
     distributed.set_layout(new, seed=seed, device=device)
     fresh = build.build_model(arch, new, dtype=dtype, device=device, te=te)
-    return build.load_checkpoint(fresh, tmp)
+    fresh = build.load_checkpoint(fresh, tmp)
+    distributed.barrier()
+    if distributed.is_main():
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)  # a hand-over between layouts, not an output
+    return fresh
