@@ -228,3 +228,53 @@ def test_refusal_happens_before_heavy_imports(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[:2] == ["refused stages[0].format", "[]"], out.stdout
+
+
+# --------------------------------------------------------------------------- a local HF checkpoint
+@pytest.fixture(scope="module")
+def hf_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped reference model copied to a plain folder, read as ``source: {type: hf, path: ...}``."""
+    import shutil
+
+    from modelopt_typed_recipes.catalog.models.reference import builtin_weights_dir
+
+    folder = builtin_weights_dir("reference-llama")
+    assert folder is not None
+    dest = tmp_path_factory.mktemp("ckpt") / "reference"
+    shutil.copytree(folder, dest, ignore=shutil.ignore_patterns("*.txt"))
+    return dest
+
+
+def reference_recipe(tmp: Path, ckpt: Path, stages: list[dict], name: str) -> dict:
+    return {
+        "model": "reference-llama", "source": {"type": "hf", "path": str(ckpt)}, "stages": stages,
+        "calibration": {"dataset": "reference-train", "num_samples": 8, "seq_length": 128, "batch_size": 4},
+        "evaluation": {"dataset": "reference-heldout", "num_samples": 8, "seq_length": 128, "batch_size": 4},
+        "output_dir": str(tmp / name), "backend": "hf", "device": "cpu",
+    }
+
+
+def test_hf_checkpoint_with_kv_cache_and_vllm_fakequant(tmp_path: Path, hf_checkpoint: Path) -> None:
+    doc = reference_recipe(tmp_path, hf_checkpoint, [
+        {"technique": "quantize", "format": "fp8", "kv_cache": "fp8_cast"},
+        {"technique": "export", "format": "vllm_fakequant", "subdir": "vllm"},
+    ], "vllm")
+    result = api.run_post_training(doc, progress=False)
+    assert result.stages[0].quantizer_summary == {"input": 42, "kv": 12, "weight": 42}
+    files = set(result.stages[1].details["files"])
+    assert {"vllm_fq_modelopt_state.pth", "model.safetensors", "tokenizer.json"} <= files
+    assert (Path(result.output_dir) / "vllm" / "manifest.json").is_file()
+    assert abs(result.metrics["perplexity_change_pct"]) < 1.0
+
+
+def test_hf_checkpoint_compressed_fp8_exports(tmp_path: Path, hf_checkpoint: Path) -> None:
+    """``compress: true``: real FP8 weights in memory (ModelOpt's QTensor), exported and re-loaded."""
+    doc = reference_recipe(tmp_path, hf_checkpoint, [
+        {"technique": "quantize", "format": "fp8", "compress": True}, {"technique": "export"},
+    ], "compressed")
+    result = api.run_post_training(doc, progress=False)
+    assert result.stages[0].details["compressed"] is True
+    assert result.stages[0].effective_bits == 8.0
+    m = result.metrics
+    assert abs(m["perplexity_export"] / m["perplexity_after"] - 1) < 0.01, m
+    assert abs(m["perplexity_change_pct"]) < 1.0, m
