@@ -227,7 +227,7 @@ def _flatten(exc: BaseException, path: str) -> list[RecipeError]:
     if isinstance(exc, ForbiddenExtraKeysError):
         known = [a.name for a in attrs.fields(exc.cl)] if attrs.has(exc.cl) else []
         errs = []
-        for key in sorted(exc.extra_fields):
+        for key in sorted(map(str, exc.extra_fields)):
             p = f"{path}.{key}" if path else key
             errs.append(SpecError("unknown key", path=p, hint=did_you_mean(key, known) or f"known keys: {', '.join(known)}"))
         return errs
