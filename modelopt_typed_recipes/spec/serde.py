@@ -348,8 +348,21 @@ def from_json(text: str, cls: type[T]) -> T:
     return from_dict(data, cls)
 
 
+class _Dumper(yaml.SafeDumper):
+    """Safe YAML, with strings holding Unicode line breaks double-quoted so they read back unchanged."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    if any(c in value for c in "\x85\u2028\u2029"):
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style='"')
+    return dumper.represent_str(value)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
 def to_yaml(obj: Any) -> str:
-    return yaml.safe_dump(to_dict(obj), sort_keys=False, allow_unicode=True)
+    return yaml.dump(to_dict(obj), Dumper=_Dumper, sort_keys=False, allow_unicode=True)
 
 
 def from_yaml(text: str, cls: type[T]) -> T:
