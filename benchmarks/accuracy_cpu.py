@@ -170,11 +170,9 @@ point here: the wrapper's perplexity equals the direct ModelOpt call's to every 
         "",
         "## GPU: Megatron-Core backend (H100)",
         "",
-        "<!-- GPU columns: the Megatron-Core engineer adds FP8, NVFP4, INT4-AWQ, INT8-SmoothQuant, W4A8, MXFP8 and",
-        "     one auto-quantize target here, with the same weights imported into Megatron-Core, the same",
-        "     held-out windows (runtime/data.py token_windows of reference-heldout, 256 tokens) and the command. -->",
-        "",
-        "_Not measured yet._",
+        "FP8, NVFP4, INT4-AWQ, INT8-SmoothQuant, W4A8, MXFP8 and an auto-quantize target through the",
+        "Megatron-Core backend on an H100, same weights: see [accuracy_gpu.md](accuracy_gpu.md) (table, plot,",
+        "command and raw output).",
         "",
     ]
     Path(args.out).write_text("\n".join(lines) + "\n")
