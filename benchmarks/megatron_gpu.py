@@ -53,7 +53,7 @@ def write_hf_checkpoint(name: str, directory: Path, *, seed: int = 0) -> Path:
 
     from modelopt_typed_recipes.bridges.hf_config import to_hf_config
     from modelopt_typed_recipes.catalog import get_arch
-    from modelopt_typed_recipes.runtime.megatron.data import REFERENCE_DIR, load_tokenizer
+    from modelopt_typed_recipes.runtime.data import REFERENCE_DIR, load_tokenizer
     from modelopt_typed_recipes.spec.arch import Vocab
 
     arch = attrs.evolve(get_arch(name), vocab=Vocab(size=4096, divisible_by=128))  # the reference tokenizer's
@@ -261,7 +261,7 @@ def part_tp2() -> dict:
 
 def part_accuracy() -> dict:
     from modelopt_typed_recipes.catalog import get_arch
-    from modelopt_typed_recipes.runtime.megatron.data import REFERENCE_DIR
+    from modelopt_typed_recipes.runtime.data import REFERENCE_DIR
 
     if not (REFERENCE_DIR / "config.json").is_file():
         log("accuracy: reference-llama weights are not in the package yet; skipped")

@@ -39,7 +39,8 @@ def main() -> None:
     import megatron_gpu as G
     from modelopt_typed_recipes.catalog import get_arch
     from modelopt_typed_recipes.runtime import distributed
-    from modelopt_typed_recipes.runtime.megatron import build, data, stages
+    from modelopt_typed_recipes.runtime import data
+    from modelopt_typed_recipes.runtime.megatron import build, stages
     from modelopt_typed_recipes.spec.arch import Attention, Vocab
     from modelopt_typed_recipes.spec.layout import ParallelLayout
     from modelopt_typed_recipes.spec.recipe import TextData

@@ -47,7 +47,7 @@ def hf_dense(tmp_path_factory):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from modelopt_typed_recipes.bridges.hf_config import to_hf_config
-    from modelopt_typed_recipes.runtime.megatron.data import load_tokenizer
+    from modelopt_typed_recipes.runtime.data import load_tokenizer
 
     d = tmp_path_factory.mktemp("hf") / "tiny-dense"
     torch.manual_seed(0)
@@ -69,7 +69,7 @@ EVAL = TextData(dataset="reference-heldout", num_samples=4, seq_length=64, batch
 
 
 def _batches(hf_dir, data=CALIB):
-    from modelopt_typed_recipes.runtime.megatron import data as D
+    from modelopt_typed_recipes.runtime import data as D
 
     return D.batches(D.token_windows(data, D.load_tokenizer(str(hf_dir))), data.batch_size)
 
@@ -206,7 +206,7 @@ def test_prune_call_path_up_to_modelopt(dist_cpu, hf_dense):
 
 def test_calibration_data_errors(tmp_path):
     from modelopt_typed_recipes.errors import DataError
-    from modelopt_typed_recipes.runtime.megatron import data as D
+    from modelopt_typed_recipes.runtime import data as D
 
     empty = tmp_path / "empty.txt"
     empty.write_text("   \n")

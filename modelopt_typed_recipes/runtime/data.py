@@ -7,6 +7,10 @@ the end-of-text token as the reference model was trained, and cut into consecuti
 ``seq_length`` tokens. The same text gives the same windows on every machine and rank, and the hash of
 the token ids goes into the manifest.
 
+Both backends (Hugging Face and Megatron-Core) use this one module, so a recipe gives the same
+calibration and evaluation windows, the same data hash and comparable perplexities on either. Every rank
+builds the same windows (the tokenizer is deterministic), so the data need not be broadcast.
+
 ``read_documents``/``check_text`` need no torch, so ``run_post_training`` can refuse empty or missing
 text before it imports anything heavy.
 """
@@ -76,14 +80,16 @@ def check_text(data: TextData, *, path: str = "calibration") -> int:
     return chars
 
 
-def load_tokenizer(directory: str | Path) -> Any:
-    """The tokenizer saved in a Hugging Face checkpoint directory."""
+def load_tokenizer(directory: str | Path | None, *, path: str = "source.path") -> Any:
+    """The tokenizer saved in a Hugging Face checkpoint directory; ``None``: the reference tokenizer
+    shipped with the package (a run from random or Megatron weights with no Hugging Face directory)."""
     from transformers import AutoTokenizer
 
+    where = REFERENCE_DIR if directory is None else directory
     try:
-        return AutoTokenizer.from_pretrained(str(directory))
+        return AutoTokenizer.from_pretrained(str(where))
     except (OSError, ValueError) as exc:
-        raise DataError(f"no usable tokenizer in {str(directory)!r}: {exc}", path="source.path") from None
+        raise DataError(f"no usable tokenizer in {str(where)!r}: {exc}", path=path) from None
 
 
 def token_windows(data: TextData, tokenizer: Any, *, path: str = "calibration", num_samples: int | None = None,

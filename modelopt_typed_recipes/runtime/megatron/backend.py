@@ -41,7 +41,7 @@ def _hf_reference(recipe: Recipe) -> str | None:
     if isinstance(src, MegatronCheckpoint):
         return src.hf_reference
     if isinstance(src, Builtin):
-        from .data import REFERENCE_DIR
+        from ..data import REFERENCE_DIR
 
         return str(REFERENCE_DIR) if (REFERENCE_DIR / "config.json").is_file() else None
     return None
@@ -59,8 +59,8 @@ def run(recipe: Recipe, plan: Any, *, layout: Any = None) -> PostTrainingResult:
     import torch
 
     from ...plan.check import _stage_layout, recipe_layout
-    from .. import distributed
-    from . import build, data, stages
+    from .. import data, distributed
+    from . import build, stages
 
     t_start = time.perf_counter()
     report = check(recipe, plan, layout=layout)
@@ -95,7 +95,8 @@ def run(recipe: Recipe, plan: Any, *, layout: Any = None) -> PostTrainingResult:
         assert isinstance(src, RandomInit)
     timings["load"] = time.perf_counter() - t
 
-    tokenizer = data.load_tokenizer(hf_ref)
+    tokenizer = data.load_tokenizer(
+        hf_ref, path="source.hf_reference" if isinstance(src, MegatronCheckpoint) else "source.path")
     calib = data.token_windows(recipe.calibration, tokenizer)
     calib_batches = data.batches(calib, recipe.calibration.batch_size)
     eval_batches = None
