@@ -69,13 +69,7 @@ def worker(args: argparse.Namespace) -> int:
         dist.init_process_group("nccl", device_id=torch.device("cuda", local))
     else:  # a CPU dry run of this script (gloo); the GPU machine uses NCCL
         dist.init_process_group("gloo")
-    ps.initialize_model_parallel(
-        tensor_model_parallel_size=lay.tensor_parallel,
-        pipeline_model_parallel_size=lay.pipeline_parallel,
-        context_parallel_size=lay.context_parallel,
-        expert_model_parallel_size=lay.expert_parallel,
-        expert_tensor_parallel_size=lay.expert_tensor_parallel,
-    )
+    ps.initialize_model_parallel(**lay.parallel_state_kwargs())  # as the runtime's distributed.set_layout
     got = {
         "tensor": ps.get_tensor_model_parallel_rank(),
         "pipeline": ps.get_pipeline_model_parallel_rank(),
@@ -96,9 +90,7 @@ def worker(args: argparse.Namespace) -> int:
     }
     mine = lp.rank_map[rank].to_dict()
     expect = {k: mine[k] for k in got}
-    want_sizes = {"tensor": lay.tensor_parallel, "pipeline": lay.pipeline_parallel, "context": lay.context_parallel,
-                  "data": lay.data_parallel, "expert": lay.expert_parallel,
-                  "expert_tensor": lay.expert_tensor_parallel, "expert_data": lay.expert_data_parallel}
+    want_sizes = {k: lay.summary()[k] for k in sizes}
     # real traffic over the TP group: the sum of TP ranks
     t = torch.tensor([float(got["tensor"])], device="cuda" if args.backend == "nccl" else "cpu")
     dist.all_reduce(t, group=ps.get_tensor_model_parallel_group())

@@ -20,11 +20,11 @@ import attrs
 
 from ..errors import LayoutError
 from ..spec.arch import ModelArch
-from ..spec.layout import ParallelLayout
+from ..spec.layout import LAYOUT_FIELDS, ParallelLayout, expert_side_tiles
 from . import memory as mem
 from . import rules
 from .gpus import GpuSpec, get_gpu
-from .resolve import LAYOUT_FIELDS, RunEnvironment, resolve
+from .resolve import RunEnvironment, resolve
 
 DEFAULT_PROGRAM = ("-m", "modelopt_typed_recipes", "run", "RECIPE.yaml")
 MASTER_ADDR_PLACEHOLDER = "${MASTER_ADDR}"
@@ -197,12 +197,8 @@ def plan(
         raise LayoutError(f"world size {world} does not spread evenly over {nnodes} nodes of {per_node_cap} GPUs",
                           path="data_parallel", hint=f"use a world size that is a multiple of {nnodes}")
     nproc = world // nnodes
-    rank_map = tuple(
-        RankInfo(rank=c.rank, node=c.rank // nproc, local_rank=c.rank % nproc, tensor=c.tensor,
-                 pipeline=c.pipeline, context=c.context, data=c.data, expert=c.expert,
-                 expert_tensor=c.expert_tensor, expert_data=c.expert_data)
-        for c in layout.rank_map()
-    )
+    rank_map = tuple(RankInfo(node=c.rank // nproc, local_rank=c.rank % nproc, **attrs.asdict(c))
+                     for c in layout.rank_map())
 
     port = int(master_port or renv.value("master_port"))
     addr = master_addr or renv.value("master_addr") or MASTER_ADDR_PLACEHOLDER
@@ -247,7 +243,8 @@ def _resolved_layout(arch: ModelArch, renv: RunEnvironment, stage: str, gpus: in
 
 def _tiles(values: dict[str, Any], dp: int) -> bool:
     world = values["tensor_parallel"] * values["pipeline_parallel"] * values["context_parallel"] * dp
-    return world % (values["expert_tensor_parallel"] * values["expert_parallel"] * values["pipeline_parallel"]) == 0
+    return expert_side_tiles(world_size=world, expert_tensor_parallel=values["expert_tensor_parallel"],
+                             expert_parallel=values["expert_parallel"], pipeline_parallel=values["pipeline_parallel"])
 
 
 def _proposal(arch: ModelArch, renv: RunEnvironment, stage: str, gpus: int, seq_length: int | None) -> str:
@@ -272,16 +269,7 @@ def _planned_layout(arch: ModelArch, stage: str, gpus: int, gpu: GpuSpec, mem_kw
 # --------------------------------------------------------------------------- commands
 def _seed_env(arch: ModelArch, layout: ParallelLayout, renv: RunEnvironment, nproc: int) -> tuple[tuple[str, str], ...]:
     """The seed's variables, so Megatron-LM's own scripts run this layout with the right process count."""
-    extra: list[str] = []
-    if layout.sequence_parallel:
-        extra.append("--sequence-parallel")
-    if layout.virtual_pipeline is not None:
-        extra += ["--virtual-pipeline-model-parallel-size", str(layout.virtual_pipeline)]
-    if layout.first_stage_layers is not None:
-        extra += ["--decoder-first-pipeline-num-layers", str(layout.first_stage_layers)]
-    if layout.last_stage_layers is not None:
-        extra += ["--decoder-last-pipeline-num-layers", str(layout.last_stage_layers)]
-    extra += list(renv.extra_args)
+    extra = [*layout.megatron_args(sizes=False), *renv.extra_args]
     out: list[tuple[str, str]] = [
         ("TP", str(layout.tensor_parallel)),
         ("ETP", str(layout.expert_tensor_parallel)),

@@ -29,20 +29,8 @@ from typing import Any
 import attrs
 
 from ..errors import LayoutError, SpecError
-from ..spec.layout import ParallelLayout
+from ..spec.layout import LAYOUT_FIELDS, MEGATRON_FLAGS, ParallelLayout
 
-LAYOUT_FIELDS = (
-    "tensor_parallel",
-    "pipeline_parallel",
-    "context_parallel",
-    "expert_parallel",
-    "expert_tensor_parallel",
-    "data_parallel",
-    "sequence_parallel",
-    "virtual_pipeline",
-    "first_stage_layers",
-    "last_stage_layers",
-)
 PATH_FIELDS = ("model_cfg", "hf_model_ckpt", "mlm_model_ckpt", "mlm_model_save", "export_dir", "work_dir")
 LAUNCH_FIELDS = (
     "world_size", "rank", "local_rank", "local_world_size", "nnodes", "gpus_per_node", "master_addr", "master_port",
@@ -65,16 +53,8 @@ SEED_PATH_VARS = {
     "EXPORT_DIR": "export_dir",
     "MLM_WORK_DIR": "work_dir",
 }
-MEGATRON_LAYOUT_FLAGS = {
-    "--tensor-model-parallel-size": "tensor_parallel",
-    "--pipeline-model-parallel-size": "pipeline_parallel",
-    "--context-parallel-size": "context_parallel",
-    "--expert-model-parallel-size": "expert_parallel",
-    "--expert-tensor-parallel-size": "expert_tensor_parallel",
-    "--virtual-pipeline-model-parallel-size": "virtual_pipeline",
-    "--decoder-first-pipeline-num-layers": "first_stage_layers",
-    "--decoder-last-pipeline-num-layers": "last_stage_layers",
-}
+MEGATRON_LAYOUT_FLAGS = {flag: field for field, flag in MEGATRON_FLAGS.items() if field != "sequence_parallel"}
+"""Megatron-LM's flags that take a value, to the layout field they set (``--sequence-parallel`` is a switch)."""
 DEFAULT_WORK_DIR = "/tmp/megatron_workspace"
 DEFAULT_MASTER_PORT = 29500
 
@@ -179,7 +159,7 @@ def extract_layout_flags(args: list[str], *, name: str = "MLM_EXTRA_ARGS") -> tu
     while i < len(args):
         arg = args[i]
         flag, eq, inline = arg.partition("=")
-        if flag == "--sequence-parallel" and not eq:
+        if flag == MEGATRON_FLAGS["sequence_parallel"] and not eq:
             found["sequence_parallel"] = True
         elif flag in MEGATRON_LAYOUT_FLAGS:
             if eq:

@@ -21,7 +21,7 @@ import attrs
 
 from ..errors import LayoutError
 from ..spec.arch import Attention, ModelArch
-from ..spec.layout import ParallelLayout, propose_split
+from ..spec.layout import ParallelLayout, expert_side_tiles, propose_split
 
 Stage = Literal["quantize", "auto-quantize", "prune", "export", "distill"]
 STAGES: tuple[str, ...] = ("quantize", "auto-quantize", "prune", "export", "distill")
@@ -341,7 +341,8 @@ def candidate_layouts(arch: ModelArch, stage: str, gpus: int, *, seq_length: int
                         continue
                     # the dense part must tile the expert part: DP absorbs the difference
                     dp = 1
-                    while (tp * dp) % (etp * ep) and tp * pp * dp <= gpus:
+                    while not expert_side_tiles(world_size=tp * pp * dp, expert_tensor_parallel=etp,
+                                                expert_parallel=ep, pipeline_parallel=pp) and tp * pp * dp <= gpus:
                         dp += 1
                     if tp * pp * dp > gpus:
                         continue

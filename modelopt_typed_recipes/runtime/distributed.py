@@ -59,20 +59,13 @@ def set_layout(layout: Any, *, seed: int = 1234, device: str = "cuda") -> None:
     from megatron.core import parallel_state, tensor_parallel
 
     size = dist.get_world_size()
-    mp = layout.tensor_parallel * layout.pipeline_parallel * layout.context_parallel
+    mp = layout.model_parallel_size
     if size % mp:
         raise LayoutError(f"the layout needs a multiple of TP*PP*CP = {mp} processes, the run has {size}",
                           path="layout", hint="start the run with the plan's torchrun command")
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
-    kwargs: dict[str, Any] = dict(
-        tensor_model_parallel_size=layout.tensor_parallel,
-        pipeline_model_parallel_size=layout.pipeline_parallel,
-        context_parallel_size=layout.context_parallel,
-        expert_model_parallel_size=layout.expert_parallel,
-        expert_tensor_parallel_size=layout.expert_tensor_parallel,
-    )
-    parallel_state.initialize_model_parallel(**kwargs)
+    parallel_state.initialize_model_parallel(**layout.parallel_state_kwargs())
     if device == "cuda":
         tensor_parallel.model_parallel_cuda_manual_seed(seed)
 

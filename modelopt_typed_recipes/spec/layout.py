@@ -29,6 +29,30 @@ SIZE_FIELDS = (
     "expert_tensor_parallel",
     "data_parallel",
 )
+LAYOUT_FIELDS = (*SIZE_FIELDS, "sequence_parallel", "virtual_pipeline", "first_stage_layers", "last_stage_layers")
+"""Every field of :class:`ParallelLayout`, in the order the resolver shows them."""
+
+MEGATRON_FLAGS = {
+    "tensor_parallel": "--tensor-model-parallel-size",
+    "pipeline_parallel": "--pipeline-model-parallel-size",
+    "context_parallel": "--context-parallel-size",
+    "expert_parallel": "--expert-model-parallel-size",
+    "expert_tensor_parallel": "--expert-tensor-parallel-size",
+    "sequence_parallel": "--sequence-parallel",
+    "virtual_pipeline": "--virtual-pipeline-model-parallel-size",
+    "first_stage_layers": "--decoder-first-pipeline-num-layers",
+    "last_stage_layers": "--decoder-last-pipeline-num-layers",
+}
+"""Megatron-LM's flag for each layout field (``sequence_parallel`` is a switch; DP has no flag: it is derived).
+The one table behind :meth:`ParallelLayout.megatron_args` and the resolver's reading of ``MLM_EXTRA_ARGS``."""
+_SIZE_FLAGS = SIZE_FIELDS[:-1]  # the sizes Megatron-LM takes as flags (all but data_parallel)
+
+
+def expert_side_tiles(*, world_size: int, expert_tensor_parallel: int, expert_parallel: int,
+                      pipeline_parallel: int) -> bool:
+    """Whether the expert side ``ETP*EP*PP`` divides the world: Megatron-Core lays its expert groups over
+    the same ranks as the dense ``TP*PP*CP*DP``, so one must tile the other."""
+    return world_size % (expert_tensor_parallel * expert_parallel * pipeline_parallel) == 0
 
 
 def _size(_inst: Any, attr: attrs.Attribute, value: Any) -> None:
@@ -84,7 +108,8 @@ class ParallelLayout:
 
     def __attrs_post_init__(self) -> None:
         expert_side = self.expert_tensor_parallel * self.expert_parallel * self.pipeline_parallel
-        if self.world_size % expert_side:
+        if not expert_side_tiles(world_size=self.world_size, expert_tensor_parallel=self.expert_tensor_parallel,
+                                 expert_parallel=self.expert_parallel, pipeline_parallel=self.pipeline_parallel):
             raise LayoutError(
                 f"the expert side ETP*EP*PP = {self.expert_tensor_parallel}*{self.expert_parallel}*"
                 f"{self.pipeline_parallel} = {expert_side} does not divide the world size "
@@ -95,7 +120,8 @@ class ParallelLayout:
                     [
                         e
                         for e in _divisors(self.world_size // self.pipeline_parallel)
-                        if (self.world_size // self.pipeline_parallel) % (e * self.expert_tensor_parallel) == 0
+                        if expert_side_tiles(world_size=self.world_size, expert_tensor_parallel=self.expert_tensor_parallel,
+                                             expert_parallel=e, pipeline_parallel=self.pipeline_parallel)
                     ]
                     or [1]
                 ),
@@ -141,6 +167,27 @@ class ParallelLayout:
     def expert_data_parallel(self) -> int:
         """Replicas of each expert: world / (ETP*EP*PP)."""
         return self.world_size // (self.expert_tensor_parallel * self.expert_parallel * self.pipeline_parallel)
+
+    def parallel_state_kwargs(self) -> dict[str, int]:
+        """Keyword arguments of Megatron-Core's ``parallel_state.initialize_model_parallel`` for this layout
+        (DP is what is left of the world; the interleaved schedule is not passed: models are unwrapped)."""
+        return {
+            "tensor_model_parallel_size": self.tensor_parallel,
+            "pipeline_model_parallel_size": self.pipeline_parallel,
+            "context_parallel_size": self.context_parallel,
+            "expert_model_parallel_size": self.expert_parallel,
+            "expert_tensor_parallel_size": self.expert_tensor_parallel,
+        }
+
+    def transformer_config_kwargs(self) -> dict[str, Any]:
+        """The layout's part of Megatron-Core's ``TransformerConfig``: the group sizes, sequence
+        parallelism and an uneven first/last pipeline split."""
+        out: dict[str, Any] = {**self.parallel_state_kwargs(), "sequence_parallel": self.sequence_parallel}
+        if self.first_stage_layers is not None:
+            out["num_layers_in_first_pipeline_stage"] = self.first_stage_layers
+        if self.last_stage_layers is not None:
+            out["num_layers_in_last_pipeline_stage"] = self.last_stage_layers
+        return out
 
     @property
     def uneven(self) -> bool:
@@ -204,23 +251,20 @@ class ParallelLayout:
         return tuple(self.coords(r) for r in range(self.world_size))
 
     # ------------------------------------------------------------------ Megatron
-    def megatron_args(self) -> list[str]:
-        """The Megatron-LM flags for this layout (DP stays implicit, as in Megatron)."""
-        out = [
-            "--tensor-model-parallel-size", str(self.tensor_parallel),
-            "--pipeline-model-parallel-size", str(self.pipeline_parallel),
-            "--context-parallel-size", str(self.context_parallel),
-            "--expert-model-parallel-size", str(self.expert_parallel),
-            "--expert-tensor-parallel-size", str(self.expert_tensor_parallel),
-        ]  # fmt: skip
+    def megatron_args(self, *, sizes: bool = True) -> list[str]:
+        """The Megatron-LM flags for this layout (DP stays implicit, as in Megatron); ``sizes=False``: only
+        the sequence-parallel, virtual-pipeline and uneven-split flags (what the seed's ``MLM_EXTRA_ARGS``
+        carries beside its TP/PP/CP/EP/ETP variables)."""
+        out: list[str] = []
+        if sizes:
+            for field in _SIZE_FLAGS:
+                out += [MEGATRON_FLAGS[field], str(getattr(self, field))]
         if self.sequence_parallel:
-            out.append("--sequence-parallel")
-        if self.virtual_pipeline is not None:
-            out += ["--virtual-pipeline-model-parallel-size", str(self.virtual_pipeline)]
-        if self.first_stage_layers is not None:
-            out += ["--decoder-first-pipeline-num-layers", str(self.first_stage_layers)]
-        if self.last_stage_layers is not None:
-            out += ["--decoder-last-pipeline-num-layers", str(self.last_stage_layers)]
+            out.append(MEGATRON_FLAGS["sequence_parallel"])
+        for field in ("virtual_pipeline", "first_stage_layers", "last_stage_layers"):
+            value = getattr(self, field)
+            if value is not None:
+                out += [MEGATRON_FLAGS[field], str(value)]
         return out
 
     def short(self) -> str:

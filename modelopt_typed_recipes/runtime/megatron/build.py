@@ -75,12 +75,7 @@ def transformer_config(arch: ModelArch, layout: Any, *, dtype: str = "bf16", cpu
         add_bias_linear=arch.add_bias_linear,
         hidden_dropout=0.0,
         attention_dropout=0.0,
-        tensor_model_parallel_size=layout.tensor_parallel,
-        pipeline_model_parallel_size=layout.pipeline_parallel,
-        context_parallel_size=layout.context_parallel,
-        expert_model_parallel_size=layout.expert_parallel,
-        expert_tensor_parallel_size=layout.expert_tensor_parallel,
-        sequence_parallel=layout.sequence_parallel,
+        **layout.transformer_config_kwargs(),
         params_dtype=tdtype,
         pipeline_dtype=tdtype,
         bf16=dtype == "bf16",
@@ -95,10 +90,6 @@ def transformer_config(arch: ModelArch, layout: Any, *, dtype: str = "bf16", cpu
         bias_dropout_fusion=False,
         apply_rope_fusion=False,
     )
-    if layout.first_stage_layers is not None:
-        kw["num_layers_in_first_pipeline_stage"] = layout.first_stage_layers
-    if layout.last_stage_layers is not None:
-        kw["num_layers_in_last_pipeline_stage"] = layout.last_stage_layers
     if isinstance(att, MLAttention):
         from megatron.core.transformer.transformer_config import MLATransformerConfig
 
