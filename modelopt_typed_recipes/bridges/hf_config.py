@@ -43,6 +43,7 @@ import attrs
 
 from ..errors import SpecError, did_you_mean
 from ..spec.arch import (
+    DTYPE_NAMES,
     Activation,
     Attention,
     Llama3Scaling,
@@ -55,7 +56,6 @@ from ..spec.arch import (
     RoPE,
     Vocab,
     YarnScaling,
-    parse_layer_freq,
 )
 from ..spec.serde import to_dict
 
@@ -98,8 +98,8 @@ _PLAIN_ACT = {
     "gelu_fast": "gelu",
     "gelu_pytorch_tanh": "gelu",
 }
-_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
-_HF_DTYPES = {v: k for k, v in _DTYPES.items()}
+_HF_DTYPES = DTYPE_NAMES
+_DTYPES = {v: k for k, v in DTYPE_NAMES.items()}
 # nemotron_h layers_block_type names (legacy and transformers 5) -> hybrid pattern symbol
 _BLOCK_SYMBOL = {
     "mamba": "M",
@@ -819,7 +819,7 @@ def _canonical(arch: ModelArch) -> dict[str, Any]:
         if arch.mamba is not None:
             moe["layer_freq"] = None
         else:
-            moe["layer_freq"] = [int(b) for b in parse_layer_freq(arch.moe.layer_freq, arch.num_layers)]  # type: ignore[union-attr]
+            moe["layer_freq"] = [int(b) for b in arch.moe_layers]
         if moe["router_topk_scaling_factor"] is None:
             moe["router_topk_scaling_factor"] = 1.0
         if moe["router_score_function"] == "sigmoid":
@@ -952,7 +952,7 @@ def _act_name(arch: ModelArch, gated: bool) -> str:
 
 def _moe_flags(arch: ModelArch) -> list[bool]:
     assert arch.moe is not None
-    return list(parse_layer_freq(arch.moe.layer_freq, arch.num_layers))
+    return list(arch.moe_layers)
 
 
 def to_hf_config(arch: ModelArch) -> dict[str, Any]:

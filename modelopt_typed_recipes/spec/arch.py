@@ -21,6 +21,11 @@ from ._validate import fail, fraction, non_negative, one_of, positive, positive_
 from .formats import get_format
 
 SCHEMA_VERSION = 1
+DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+"""Our short dtype names -> torch's (and config.json's ``dtype``): the one table the bridges and runtimes share."""
+
+MAX_LAYERS = 10_000
+"""More decoder layers than any model has: a larger num_layers is a typo (and per-layer tables would not fit)."""
 
 Kind = Literal["dense", "moe", "mla", "hybrid"]
 KINDS: tuple[str, ...] = ("dense", "moe", "mla", "hybrid")
@@ -86,6 +91,11 @@ class MLAttention:
 
 # --------------------------------------------------------------------------- MoE
 _FREQ_TERM = re.compile(r"\[\s*([01](?:\s*,\s*[01])*)\s*\]\s*(?:\*\s*(\d+))?")
+
+
+def _at_most_max_layers(_inst: object, attr: attrs.Attribute, value: int) -> None:
+    if value > MAX_LAYERS:
+        raise fail(attr.name, f"{attr.name}={value} is more than any model has (at most {MAX_LAYERS})")
 
 
 def parse_layer_freq(expr: str | int, num_layers: int) -> tuple[bool, ...]:
@@ -357,7 +367,7 @@ class ModelArch:
     aliases: tuple[str, ...] = ()
     trust_remote_code: bool = False
 
-    num_layers: int = attrs.field(validator=positive_int)
+    num_layers: int = attrs.field(validator=[positive_int, _at_most_max_layers])
     hidden_size: int = attrs.field(validator=positive_int)
     ffn_hidden_size: int = attrs.field(validator=positive_int)
     attention: Attention | MLAttention
@@ -453,11 +463,17 @@ class ModelArch:
                     "E": (False, "moe"),
                 }.get(sym, (False, "none"))
             return
-        moe_layers = (
-            parse_layer_freq(self.moe.layer_freq, self.num_layers) if self.moe else (False,) * self.num_layers
-        )
-        for is_moe in moe_layers:
+        for is_moe in self.moe_layers:
             yield True, "moe" if is_moe else "dense"
+
+    @property
+    def moe_layers(self) -> tuple[bool, ...]:
+        """Per decoder layer: whether its MLP is MoE (``moe.layer_freq`` expanded; a hybrid's ``E`` symbols)."""
+        if self.mamba is not None:
+            return tuple(sym == "E" for sym in self.mamba.layers)
+        if self.moe is None:
+            return (False,) * self.num_layers
+        return parse_layer_freq(self.moe.layer_freq, self.num_layers)
 
     @property
     def layer_counts(self) -> LayerCounts:

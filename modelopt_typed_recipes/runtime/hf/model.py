@@ -8,14 +8,8 @@ from typing import Any
 from ...errors import CompatibilityError, SpecError
 from ...spec.arch import ModelArch
 from ...spec.recipe import Builtin, HFCheckpoint, MegatronCheckpoint, RandomInit, Recipe
+from ..dtypes import torch_dtype
 
-TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-
-
-def torch_dtype(name: str) -> Any:
-    import torch
-
-    return getattr(torch, TORCH_DTYPES[name])
 
 
 class ByteTokenizer:

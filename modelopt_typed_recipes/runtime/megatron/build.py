@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import CompatibilityError, SpecError
-from ...spec.arch import MLAttention, ModelArch, parse_layer_freq
-
-_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+from ...spec.arch import MLAttention, ModelArch
+from ..dtypes import torch_dtype
 
 
 def has_transformer_engine() -> bool:
@@ -30,12 +29,6 @@ def has_transformer_engine() -> bool:
     except Exception:  # TE installed but broken for this torch: treat as absent
         return False
     return True
-
-
-def torch_dtype(name: str) -> Any:
-    import torch
-
-    return getattr(torch, _DTYPES[name])
 
 
 def transformer_config(arch: ModelArch, layout: Any, *, dtype: str = "bf16", cpu_init: bool = False) -> Any:
@@ -117,7 +110,7 @@ def transformer_config(arch: ModelArch, layout: Any, *, dtype: str = "bf16", cpu
             moe_grouped_gemm=False,  # ModelOpt's builder: SequentialMLP, per-expert quantizers
             moe_token_dispatcher_type="allgather" if cpu_init else "alltoall",  # alltoall makes CUDA streams
             moe_router_dtype=moe.router_dtype,
-            moe_layer_freq=list(int(x) for x in parse_layer_freq(moe.layer_freq, arch.num_layers)),
+            moe_layer_freq=[int(x) for x in arch.moe_layers],
         )
         if moe.router_num_groups:
             kw.update(moe_router_num_groups=moe.router_num_groups, moe_router_group_topk=moe.router_group_topk)
@@ -129,7 +122,7 @@ def transformer_config(arch: ModelArch, layout: Any, *, dtype: str = "bf16", cpu
 def layer_spec(arch: ModelArch, config: Any, *, te: bool) -> Any:
     """ModelOpt's spec with Transformer Engine, else the local spec (per-layer when MoE is not everywhere)."""
     moe = arch.moe
-    every_layer_moe = moe is not None and all(parse_layer_freq(moe.layer_freq, arch.num_layers))
+    every_layer_moe = moe is not None and all(arch.moe_layers)
     if te:
         from megatron.core.post_training.modelopt.gpt.model_specs import get_gpt_modelopt_spec
 

@@ -289,7 +289,7 @@ def export_hf(model: Any, hf_reference: str, export_dir: str, *, dtype: str = "b
     """ModelOpt's unified HF export (or its vLLM fake-quant variant); ``export_dir`` must be a str."""
     import modelopt.torch.export as mte
 
-    from .build import torch_dtype
+    from ..dtypes import torch_dtype
 
     fn = mte.export_mcore_gpt_to_hf_vllm_fq if vllm_fakequant else mte.export_mcore_gpt_to_hf
     kwargs: dict[str, Any] = dict(dtype=torch_dtype(dtype), export_dir=str(export_dir))
