@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from _dist import init_gloo_world
 from modelopt_typed_recipes.bridges import modelopt_names as mn
 from modelopt_typed_recipes.catalog import get_arch
 from modelopt_typed_recipes.plan.coverage import replay
@@ -16,13 +17,9 @@ from modelopt_typed_recipes.plan.coverage import replay
 
 @pytest.fixture(scope="module")
 def gloo():
-    import torch.distributed as dist
     from megatron.core import parallel_state
 
-    if not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29621")
-        dist.init_process_group("gloo", rank=0, world_size=1)
+    init_gloo_world()
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(1, 1)
     yield

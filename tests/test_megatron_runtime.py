@@ -16,6 +16,7 @@ from pathlib import Path
 import attrs
 import pytest
 
+from _dist import init_gloo_world
 from megatron_cpu_shim import megatron_on_cpu
 from modelopt_typed_recipes.catalog import get_arch
 from modelopt_typed_recipes.errors import CompatibilityError
@@ -32,7 +33,7 @@ torch = pytest.importorskip("torch")
 def dist_cpu():
     from modelopt_typed_recipes.runtime import distributed
 
-    distributed.init_process_group(device="cpu")
+    init_gloo_world()
     distributed.set_layout(ParallelLayout(), device="cpu")
     with megatron_on_cpu():
         yield

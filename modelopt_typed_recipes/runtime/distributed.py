@@ -15,7 +15,8 @@ from typing import Any
 from ..errors import LayoutError
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port nobody listens on now (bound to port 0, then released), for a world of one."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -44,7 +45,7 @@ def init_process_group(*, device: str) -> tuple[int, int]:
         if size > 1:
             raise LayoutError("a multi-process run needs MASTER_PORT (start it with the plan's torchrun command)",
                               path="layout")
-        os.environ["MASTER_PORT"] = str(_free_port())
+        os.environ["MASTER_PORT"] = str(free_port())
     dist.init_process_group("nccl" if device == "cuda" else "gloo", rank=rank, world_size=size)
     return rank, size
 
