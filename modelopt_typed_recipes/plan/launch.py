@@ -20,7 +20,7 @@ import attrs
 
 from ..errors import LayoutError
 from ..spec.arch import ModelArch
-from ..spec.layout import LAYOUT_FIELDS, ParallelLayout, expert_side_tiles
+from ..spec.layout import LAYOUT_FIELDS, ParallelLayout, RankCoords, expert_side_tiles
 from . import memory as mem
 from . import rules
 from .gpus import GpuSpec, get_gpu
@@ -41,22 +41,15 @@ BASE_ENV = (
 
 
 @attrs.frozen(kw_only=True)
-class RankInfo:
-    """One process: where it runs and its rank in every parallel group."""
+class RankInfo(RankCoords):
+    """One process: where it runs (node, local rank) and its rank in every parallel group (RankCoords)."""
 
-    rank: int
     node: int
     local_rank: int
-    tensor: int
-    pipeline: int
-    context: int
-    data: int
-    expert: int
-    expert_tensor: int
-    expert_data: int
 
     def to_dict(self) -> dict[str, int]:
-        return attrs.asdict(self)
+        d = attrs.asdict(self)
+        return {"rank": d.pop("rank"), "node": d.pop("node"), "local_rank": d.pop("local_rank"), **d}
 
 
 @attrs.frozen(kw_only=True)
