@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 from collections.abc import Sequence
 
@@ -55,7 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except RecipeError as err:
         if getattr(args, "json", False):
-            print(json.dumps({"ok": False, "errors": [err.to_dict()]}, indent=2))
+            from .output import print_json
+
+            print_json({"ok": False, "errors": [err.to_dict()]})
         sys.stderr.write(f"error: {err}\n")
         return 2
     except KeyboardInterrupt:

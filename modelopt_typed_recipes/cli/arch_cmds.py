@@ -7,13 +7,12 @@ Megatron-Core and ModelOpt are never imported here, and rich only when a table i
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
-from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..spec.arch import KINDS, ModelArch
+from .output import print_json, table
 
 
 def register(sub: Any) -> None:
@@ -59,30 +58,6 @@ def _billions(n: int) -> str:
     return f"{n / 1e6:.1f}M"
 
 
-def _print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
-
-
-def _table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
-    """A rich table on a terminal; aligned plain text when piped (greppable, and no 40 ms rich import)."""
-    rows = [list(r) for r in rows]
-    if not sys.stdout.isatty():
-        widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(columns)]
-        out = [title, "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
-        out += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-        sys.stdout.write("\n".join(out) + "\n")
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title, title_justify="left")
-    for col in columns:
-        table.add_column(col, overflow="fold")
-    for row in rows:
-        table.add_row(*row)
-    Console(highlight=False).print(table)
-
-
 def _details(arch: ModelArch) -> dict[str, Any]:
     """``summary()`` plus the derived facts people look at."""
     out = dict(arch.summary())
@@ -111,12 +86,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     archs = list_archs(kind=args.kind, family=args.family)
     if args.json:
-        _print_json([a.summary() for a in archs])
+        print_json([a.summary() for a in archs])
         return 0
     if not archs:
         sys.stdout.write("no architectures match\n")
         return 0
-    _table(
+    table(
         f"{len(archs)} architectures",
         ["name", "kind", "family", "params", "active", "layers", "hidden", "hf_id"],
         (
@@ -137,7 +112,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     limits = unexpressible(arch)
     if args.json:
         info["megatron_unexpressible"] = limits
-        _print_json(info)
+        print_json(info)
         return 0
     rows = [
         ("name", arch.name), ("hf_id", arch.hf_id or ""), ("tokenizer", arch.tokenizer or ""),
@@ -158,7 +133,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         *(("note", n) for n in arch.notes),
         *(("megatron cannot express", n) for n in limits),
     ]
-    _table(arch.name, ["field", "value"], rows)
+    table(arch.name, ["field", "value"], rows)
     return 0
 
 
@@ -168,7 +143,7 @@ def cmd_flags(args: argparse.Namespace) -> int:
 
     arch = get_arch(args.name)
     if args.json:
-        _print_json(to_megatron_args(arch))
+        print_json(to_megatron_args(arch))
         return 0
     lines = [shlex.quote(f) + ("" if v is None else " " + shlex.quote(v)) for f, v in megatron_flag_pairs(arch)]
     sys.stdout.write("\n".join(lines) + "\n")
@@ -191,7 +166,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     arch = load_file(args.file, ModelArch)
     if args.json:
-        _print_json({"ok": True, **arch.summary()})
+        print_json({"ok": True, **arch.summary()})
         return 0
     sys.stdout.write(
         f"ok: {arch.name} ({arch.kind}, family {arch.family}, {arch.num_layers} layers, "
@@ -205,9 +180,9 @@ def cmd_profiles(args: argparse.Namespace) -> int:
 
     profiles = list_profiles()
     if args.json:
-        _print_json([p.summary() for p in profiles])
+        print_json([p.summary() for p in profiles])
         return 0
-    _table(
+    table(
         f"{len(profiles)} launch profiles",
         ["name", "arch", "TP", "ETP", "EP", "PP", "first/last PP layers", "description"],
         (

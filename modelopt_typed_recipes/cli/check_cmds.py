@@ -6,9 +6,10 @@ Both stay in plain Python (no torch, no ModelOpt import) so they answer in well 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
+
+from .output import console, print_json, table
 
 
 def register(sub: Any) -> None:
@@ -56,17 +57,16 @@ def _check(args: argparse.Namespace) -> int:
         env = attrs.evolve(env, cuda=True, gpu_count=max(env.gpu_count, 1))
     report = check_recipe(recipe, env=env, backend=args.backend, layout=layout)
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
-        return 0 if report.ok else 2
-    _print_report(report)
+        print_json(report.to_dict())
+    else:
+        _print_report(report)
     return 0 if report.ok else 2
 
 
 def _print_report(report: Any) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    out = Console()
+    out = console()
     status = "[green]ok[/green]" if report.ok else f"[red]{len(report.errors)} error(s)[/red]"
     out.print(f"[bold]{report.recipe}[/bold] on backend {report.backend}: {status}")
     for err in report.errors:
@@ -92,17 +92,10 @@ def _recipes(args: argparse.Namespace) -> int:
     from ..catalog.recipes import list_recipes
 
     found = list_recipes(model=args.model, technique=args.technique)
+    summaries = [r.summary() for r in found]
     if args.json:
-        print(json.dumps([r.summary() for r in found], indent=2))
+        print_json(summaries)
         return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=f"{len(found)} named recipe(s)")
-    for col in ("name", "stages", "layout", "export layout"):
-        t.add_column(col)
-    for r in found:
-        s = r.summary()
-        t.add_row(s["name"], " + ".join(s["stages"]), s["layout"], s["export_layout"] or "re-planned")
-    Console().print(t)
+    table(f"{len(found)} named recipe(s)", ["name", "stages", "layout", "export layout"],
+          ((s["name"], " + ".join(s["stages"]), s["layout"], s["export_layout"] or "re-planned") for s in summaries))
     return 0

@@ -8,9 +8,10 @@ second. Bad layouts exit 2 with the typed message (the dispatcher in ``cli/__ini
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 from typing import Any
+
+from .output import console, print_json
 
 STAGE_CHOICES = ("quantize", "auto-quantize", "prune", "export", "distill")
 
@@ -86,7 +87,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         quant_format=args.quant_format, check_memory=args.check_memory,
     )  # fmt: skip
     if args.json:
-        print(json.dumps(lp.summary(), indent=2))
+        print_json(lp.summary())
         return 0
     if args.sbatch:
         print(lp.sbatch_script, end="")
@@ -100,10 +101,9 @@ def _gib(n: int) -> str:
 
 
 def _print_plan(lp: Any) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    out = console()
     lay = lp.layout
     head = Table(title=f"{lp.arch}: {lp.stage} on {lp.gpus} x {lp.gpu}", show_header=False)
     head.add_column(style="bold")
@@ -123,7 +123,7 @@ def _print_plan(lp: Any) -> None:
         head.add_row("srun", shlex.join(lp.srun_argv))
     head.add_row("env", " ".join(f"{k}={shlex.quote(v)}" for k, v in lp.env))
     head.add_row("seed env", " ".join(f"{k}={shlex.quote(v)}" for k, v in lp.seed_env))
-    console.print(head)
+    out.print(head)
 
     ranks = Table(title="rank map (Megatron-Core order tp-cp-ep-dp-pp)")
     for col in ("rank", "node", "local", "tp", "pp", "cp", "dp", "ep", "etp", "edp"):
@@ -134,7 +134,7 @@ def _print_plan(lp: Any) -> None:
                                          r.expert, r.expert_tensor, r.expert_data)))
     if len(lp.rank_map) > len(shown):
         ranks.caption = f"first {len(shown)} of {len(lp.rank_map)} ranks (--json prints all)"
-    console.print(ranks)
+    out.print(ranks)
 
 
 def cmd_env(args: argparse.Namespace) -> int:
@@ -142,9 +142,8 @@ def cmd_env(args: argparse.Namespace) -> int:
 
     renv = resolve()
     if args.json:
-        print(json.dumps(renv.to_dict(), indent=2))
+        print_json(renv.to_dict())
         return 0
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title="run environment (highest precedence first: argument, recipe, env, torchrun, slurm, default)")
@@ -155,5 +154,5 @@ def cmd_env(args: argparse.Namespace) -> int:
         value = shlex.join(r.value) if isinstance(r.value, tuple) else ("-" if r.value is None else str(r.value))
         style = "dim" if r.is_default else ""
         table.add_row(name, value, r.source, style=style)
-    Console().print(table)
+    console().print(table)
     return 0

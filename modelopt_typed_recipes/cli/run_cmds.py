@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 import warnings
 from typing import Any
+
+from .output import console, print_json
 
 
 def register(sub: Any) -> None:
@@ -93,8 +94,7 @@ def _run(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     if args.json:
-        payload: Any = results[0].to_dict() if len(results) == 1 else [r.to_dict() for r in results]
-        print(json.dumps(payload, indent=2))
+        print_json(results[0].to_dict() if len(results) == 1 else [r.to_dict() for r in results])
     else:
         _print_table(results)
     return 0
@@ -105,12 +105,9 @@ def _fmt(value: float | None, spec: str = ".2f") -> str:
 
 
 def _print_table(results: list[Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=max(console.width, 120))
+    out = console()
     table = Table(title="Held-out perplexity before and after (lower is better), wall times in seconds")
     for col in ("recipe", "ppl before", "ppl after", "change", "ppl export", "bits/weight", "quantize s",
                 "export s", "total s"):
@@ -132,9 +129,9 @@ def _print_table(results: list[Any]) -> None:
             _fmt(sum(s.seconds for s in export) if export else None, ".1f"),
             f"{r.seconds:.1f}",
         )
-    console.print(table)
-    console.print("ppl after: the fake-quantized model in memory; ppl export: the exported checkpoint re-loaded "
+    out.print(table)
+    out.print("ppl after: the fake-quantized model in memory; ppl export: the exported checkpoint re-loaded "
                   "from disk (weights decoded from their stored low-precision values and scales).")
     for r in results:
         steps = ", ".join(f"{k} {v:.1f}s" for k, v in r.timings.items())
-        console.print(f"[bold]{r.recipe_name}[/] -> {r.output_dir}  ({steps})")
+        out.print(f"[bold]{r.recipe_name}[/] -> {r.output_dir}  ({steps})")
