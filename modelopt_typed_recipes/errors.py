@@ -49,8 +49,9 @@ class UnknownNameError(SpecError, LookupError):
     """A name that is not in a registry."""
 
 
-class LayoutError(RecipeError, ValueError):
-    """A parallel layout that does not fit the model, the stage or the GPUs."""
+class LayoutError(SpecError):
+    """A parallel layout that does not fit the model, the stage or the GPUs (a spec rule about sizes, so a
+    :class:`SpecError` too: one split rule serves layouts and launch profiles alike)."""
 
 
 class CompatibilityError(RecipeError):
