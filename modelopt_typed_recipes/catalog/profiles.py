@@ -10,6 +10,7 @@ from __future__ import annotations
 import attrs
 
 from ..spec._validate import fail, positive_int
+from ..spec.layout import stage_layers
 from .registry import Registry
 
 
@@ -48,24 +49,10 @@ class LaunchProfile:
         return self.tensor_parallel * self.pipeline_parallel * self.context_parallel
 
     def pipeline_layers(self, num_layers: int) -> tuple[int, ...]:
-        """Layers per pipeline stage for a model of ``num_layers`` (the middle stages split the rest evenly)."""
-        pp = self.pipeline_parallel
-        first, last = self.first_pipeline_num_layers, self.last_pipeline_num_layers
-        ends = (first or 0) + (last or 0)
-        middle = pp - (first is not None) - (last is not None)
-        rest = num_layers - ends
-        if rest < 0 or (middle == 0 and rest) or (middle and rest % middle):
-            raise fail(
-                "pipeline_parallel",
-                f"{num_layers} layers do not split into first={first}, last={last} and {middle} equal middle stages",
-            )
-        each = rest // middle if middle else 0
-        stages = [each] * middle
-        if first is not None:
-            stages.insert(0, first)
-        if last is not None:
-            stages.append(last)
-        return tuple(stages)
+        """Layers per pipeline stage for a model of ``num_layers`` (the middle stages split the rest evenly);
+        a :class:`LayoutError` (a :class:`SpecError`) when they do not split so."""
+        return stage_layers(num_layers, self.pipeline_parallel, self.first_pipeline_num_layers,
+                            self.last_pipeline_num_layers)
 
     def summary(self) -> dict[str, object]:
         return {

@@ -195,29 +195,7 @@ class ParallelLayout:
 
     def stage_layers(self, num_layers: int) -> tuple[int, ...]:
         """Decoder layers on each pipeline stage, following Megatron's even / first-last rules."""
-        pp = self.pipeline_parallel
-        first, last = self.first_stage_layers, self.last_stage_layers
-        if first is None and last is None:
-            if num_layers % pp:
-                raise LayoutError(
-                    f"pipeline_parallel={pp} does not divide num_layers={num_layers}",
-                    path="pipeline_parallel",
-                    hint="use " + _join([d for d in _divisors(num_layers) if d <= max(pp, 8)])
-                    + ", or an uneven split (first_stage_layers/last_stage_layers)",
-                )
-            return (num_layers // pp,) * pp
-        middle_stages = pp - (first is not None) - (last is not None)
-        rest = num_layers - (first or 0) - (last or 0)
-        if rest < 0 or (middle_stages == 0 and rest != 0) or (middle_stages > 0 and (rest <= 0 or rest % middle_stages)):
-            raise LayoutError(
-                f"first_stage_layers={first}, last_stage_layers={last} leave {rest} layers for "
-                f"{middle_stages} middle stage(s) of num_layers={num_layers}, which is not an even, non-empty split",
-                path="first_stage_layers" if first is not None else "last_stage_layers",
-                hint=_split_hint(num_layers, pp),
-            )
-        per = rest // middle_stages if middle_stages else 0
-        out = ([first] if first is not None else []) + [per] * middle_stages + ([last] if last is not None else [])
-        return tuple(out)
+        return stage_layers(num_layers, self.pipeline_parallel, self.first_stage_layers, self.last_stage_layers)
 
     # ------------------------------------------------------------------ ranks
     def coords(self, rank: int) -> RankCoords:
@@ -301,6 +279,35 @@ class ParallelLayout:
             "last_stage_layers": self.last_stage_layers,
             "world_size": self.world_size,
         }
+
+
+def stage_layers(num_layers: int, pipeline_parallel: int, first_stage_layers: int | None = None,
+                 last_stage_layers: int | None = None) -> tuple[int, ...]:
+    """Decoder layers on each of ``pipeline_parallel`` stages: an even split, or the given first/last stage
+    sizes with the middle stages splitting the rest evenly (each non-empty), as Megatron requires.
+    The one split rule behind :meth:`ParallelLayout.stage_layers` and the launch profiles."""
+    pp, first, last = pipeline_parallel, first_stage_layers, last_stage_layers
+    if first is None and last is None:
+        if num_layers % pp:
+            raise LayoutError(
+                f"pipeline_parallel={pp} does not divide num_layers={num_layers}",
+                path="pipeline_parallel",
+                hint="use " + _join([d for d in _divisors(num_layers) if d <= max(pp, 8)])
+                + ", or an uneven split (first_stage_layers/last_stage_layers)",
+            )
+        return (num_layers // pp,) * pp
+    middle_stages = pp - (first is not None) - (last is not None)
+    rest = num_layers - (first or 0) - (last or 0)
+    if (rest < 0 or middle_stages < 0 or (middle_stages == 0 and rest != 0)
+            or (middle_stages > 0 and (rest <= 0 or rest % middle_stages))):
+        raise LayoutError(
+            f"first_stage_layers={first}, last_stage_layers={last} leave {rest} layers for "
+            f"{max(middle_stages, 0)} middle stage(s) of num_layers={num_layers}, which is not an even, non-empty split",
+            path="first_stage_layers" if first is not None else "last_stage_layers",
+            hint=_split_hint(num_layers, pp),
+        )
+    per = rest // middle_stages if middle_stages else 0
+    return (*([first] if first is not None else []), *([per] * middle_stages), *([last] if last is not None else []))
 
 
 def split_options(num_layers: int, pipeline_parallel: int) -> list[tuple[int | None, int | None, tuple[int, ...]]]:
