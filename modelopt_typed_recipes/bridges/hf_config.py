@@ -98,7 +98,6 @@ _PLAIN_ACT = {
     "gelu_fast": "gelu",
     "gelu_pytorch_tanh": "gelu",
 }
-_HF_DTYPES = DTYPE_NAMES
 _DTYPES = {v: k for k, v in DTYPE_NAMES.items()}
 # nemotron_h layers_block_type names (legacy and transformers 5) -> hybrid pattern symbol
 _BLOCK_SYMBOL = {
@@ -391,13 +390,10 @@ def _gqa(r: _Reader, hidden: int, *, head_dim_keys: tuple[str, ...] = ("head_dim
         raise _fail(r, "num_attention_heads", f"must be a positive integer, got {heads}")
     if head_dim is not None and head_dim == hidden // heads and hidden % heads == 0:
         head_dim = None
-    try:
-        return Attention(num_heads=heads, num_query_groups=None if kv == heads else kv, kv_channels=head_dim)
-    except SpecError as err:
-        key = {"num_query_groups": "num_key_value_heads", "kv_channels": head_dim_keys[0]}.get(
-            err.path, "num_attention_heads"
-        )
-        raise SpecError(err.message, path=r.path(key), hint=err.hint) from None
+    keys = {"num_heads": "num_attention_heads", "num_query_groups": "num_key_value_heads",
+            "kv_channels": head_dim_keys[0]}
+    return _build(r, Attention, keys, num_heads=heads, num_query_groups=None if kv == heads else kv,
+                  kv_channels=head_dim)
 
 
 # --------------------------------------------------------------------------- per model type
@@ -950,11 +946,6 @@ def _act_name(arch: ModelArch, gated: bool) -> str:
     return names[t]
 
 
-def _moe_flags(arch: ModelArch) -> list[bool]:
-    assert arch.moe is not None
-    return list(arch.moe_layers)
-
-
 def to_hf_config(arch: ModelArch) -> dict[str, Any]:
     """A ``config.json`` dict for ``arch`` that transformers builds (``AutoConfig.for_model(**cfg)``).
 
@@ -975,8 +966,8 @@ def to_hf_config(arch: ModelArch) -> dict[str, Any]:
         "num_attention_heads": att.num_heads,
         "max_position_embeddings": arch.max_position_embeddings,
         "tie_word_embeddings": arch.tie_embeddings,
-        "dtype": _HF_DTYPES[arch.params_dtype],
-        "torch_dtype": _HF_DTYPES[arch.params_dtype],
+        "dtype": DTYPE_NAMES[arch.params_dtype],
+        "torch_dtype": DTYPE_NAMES[arch.params_dtype],
     }
     if isinstance(att, Attention):
         cfg["num_key_value_heads"] = att.query_groups
@@ -1002,7 +993,7 @@ def to_hf_config(arch: ModelArch) -> dict[str, Any]:
                 num_experts_per_tok=moe.router_topk,
                 moe_intermediate_size=moe.ffn_hidden_size,
                 decoder_sparse_step=1,
-                mlp_only_layers=[i for i, m in enumerate(_moe_flags(arch)) if not m],
+                mlp_only_layers=[i for i, m in enumerate(arch.moe_layers) if not m],
                 norm_topk_prob=not moe.router_pre_softmax,
             )
         if mt == "llama4_text" and moe is not None:
@@ -1012,7 +1003,7 @@ def to_hf_config(arch: ModelArch) -> dict[str, Any]:
                 intermediate_size_mlp=arch.ffn_hidden_size,
                 num_local_experts=moe.num_experts,
                 num_experts_per_tok=moe.router_topk,
-                moe_layers=[i for i, m in enumerate(_moe_flags(arch)) if m],
+                moe_layers=[i for i, m in enumerate(arch.moe_layers) if m],
                 use_qk_norm=att.qk_layernorm,
                 attention_bias=False,
             )
@@ -1034,8 +1025,7 @@ def to_hf_config(arch: ModelArch) -> dict[str, Any]:
         if moe is None:
             cfg.update(first_k_dense_replace=arch.num_layers, n_routed_experts=None)
         else:
-            flags = _moe_flags(arch)
-            first = flags.index(True)
+            first = arch.moe_layers.index(True)
             shared = (moe.shared_expert_ffn_size or 0) // moe.ffn_hidden_size
             cfg.update(
                 first_k_dense_replace=first,
