@@ -29,21 +29,19 @@ def register(sub: Any) -> None:
     r.set_defaults(handler=_recipes)
 
 
-def _load(ref: str) -> tuple[Any, Any]:
+def _load(ref: str) -> Any:
+    """A recipe file, or a named recipe (it carries its layout) checked as written against a placeholder source."""
     from pathlib import Path
 
-    from ..spec.recipe import Recipe
+    from ..spec.recipe import RandomInit, Recipe
 
     if Path(ref).suffix in (".yaml", ".yml", ".json") or Path(ref).is_file():
-        return Recipe.load(ref), None
+        return Recipe.load(ref)
     from ..catalog.recipes import get_recipe
 
     named = get_recipe(ref)
-    # a named recipe has no weights yet: check it as written, against a placeholder source
-    from ..spec.recipe import RandomInit
-
     out = f"outputs/{named.name.replace('/', '_').replace(':', '-')}"
-    return named.to_recipe(source=RandomInit(), output_dir=out), named.layout
+    return named.to_recipe(source=RandomInit(), output_dir=out)
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -51,11 +49,11 @@ def _check(args: argparse.Namespace) -> int:
 
     from ..plan.check import Environment, check_recipe
 
-    recipe, layout = _load(args.recipe)
+    recipe = _load(args.recipe)
     env = Environment.detect()
     if args.assume_gpu:
         env = attrs.evolve(env, cuda=True, gpu_count=max(env.gpu_count, 1))
-    report = check_recipe(recipe, env=env, backend=args.backend, layout=layout)
+    report = check_recipe(recipe, env=env, backend=args.backend)
     if args.json:
         print_json(report.to_dict())
     else:

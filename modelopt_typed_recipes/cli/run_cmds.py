@@ -42,8 +42,7 @@ def _quiet_libraries() -> None:
 
 def _launch_command(recipe: Any, path: str) -> list[str] | None:
     """``torchrun`` argv when the recipe's layout needs more processes than this one has."""
-    layout = getattr(recipe, "layout", None)
-    need = layout.world_size if layout is not None else 1
+    need = recipe.layout.world_size if recipe.layout is not None else 1
     have = int(os.environ.get("WORLD_SIZE", "1"))
     if need <= have or recipe.backend == "hf":
         return None

@@ -26,6 +26,7 @@ from ..bridges import modelopt_names as mn
 from ..errors import CompatibilityError, LayoutError, RecipeError, SpecError
 from ..spec.arch import ModelArch
 from ..spec.formats import FORMAT_BY_PRESET
+from ..spec.layout import ParallelLayout
 from ..spec.recipe import HFCheckpoint, MegatronCheckpoint, Recipe
 from ..spec.techniques import AutoQuantize, Export, Prune, Quantize
 from .coverage import Coverage, module_patterns_unmatched, replay, suggest
@@ -218,12 +219,9 @@ def resolve_backend(recipe: Recipe, env: Environment) -> str:
     return "megatron" if env.cuda and env.megatron_core else "hf"
 
 
-def recipe_layout(recipe: Recipe) -> Any:
-    """The recipe's layout (``recipe.layout`` when the Recipe type has one), or a single GPU."""
-    from ..spec.layout import ParallelLayout
-
-    layout = getattr(recipe, "layout", None)
-    return layout if layout is not None else ParallelLayout()
+def recipe_layout(recipe: Recipe) -> ParallelLayout:
+    """The recipe's layout, or a single GPU."""
+    return recipe.layout if recipe.layout is not None else ParallelLayout()
 
 
 # --------------------------------------------------------------------------- the check
