@@ -14,10 +14,10 @@ from typing import Literal
 
 import attrs
 
-from ..errors import SpecError, UnknownNameError, did_you_mean
+from ..errors import SpecError, UnknownNameError
 from ._validate import fail, one_of, positive_int
 from .arch import Attention, MLAttention, ModelArch, MoE
-from .formats import FORMAT_BY_PRESET, FORMATS, QuantFormat
+from .formats import QuantFormat, get_format
 
 # ModelOpt 0.47 KV-cache presets (modelopt_recipes/configs/ptq/presets/kv); "none" keeps the KV cache as is.
 KV_CACHE_FORMATS: tuple[str, ...] = (
@@ -31,8 +31,6 @@ ALGORITHMS: tuple[str, ...] = (
     "max", "mse", "local_hessian", "smoothquant", "awq_lite", "awq_clip", "awq_full", "svdquant", "gptq",
     "nvfp4_act_headroom",
 )
-# auto_quantize rejects these inside candidate formats (ValueError in ModelOpt 0.47).
-_AUTO_QUANTIZE_BAD_ALGORITHMS = frozenset({"gptq", "svdquant", "lsq", "nvfp4_act_headroom"})
 
 _PRESET_NAME = re.compile(r"^[A-Z][A-Z0-9_]*_(CFG|CONFIG)$")
 
@@ -40,22 +38,26 @@ _PRESET_NAME = re.compile(r"^[A-Z][A-Z0-9_]*_(CFG|CONFIG)$")
 def resolve_format(name: str, *, field: str = "format") -> QuantFormat | None:
     """Our format for a short name or known preset; ``None`` for another ModelOpt ``*_CFG`` name.
 
-    Unknown short names fail here with a suggestion; other upper-case preset names are left to the
-    runtime check against the installed ModelOpt (``mtq.config.choices``).
+    Unknown short names fail here with a suggestion (:func:`~.formats.get_format`'s error, at ``field``);
+    other upper-case preset names are left to the runtime check against the installed ModelOpt
+    (``mtq.config.choices``).
     """
-    if name in FORMATS:
-        return FORMATS[name]
-    if name in FORMAT_BY_PRESET:
-        return FORMAT_BY_PRESET[name]
-    if name.lower() in FORMATS:
-        return FORMATS[name.lower()]
-    if _PRESET_NAME.match(name):
-        return None
-    raise UnknownNameError(
-        f"unknown quantization format {name!r}",
-        path=field,
-        hint=did_you_mean(name, [*FORMATS, *FORMAT_BY_PRESET]) or f"known: {', '.join(FORMATS)}",
-    )
+    try:
+        return get_format(name)
+    except UnknownNameError as err:
+        if _PRESET_NAME.match(name):
+            return None
+        raise err.under(field) from None
+
+
+def format_needs_cuda(name: str) -> bool:
+    """Whether fake-quantizing with format/preset/recipe ``name`` needs CUDA: the format table says so for
+    the formats it lists; other ModelOpt names are judged by the NVFP4/MX kinds in their name."""
+    try:
+        return get_format(name).needs_cuda
+    except UnknownNameError:
+        lowered = name.lower()
+        return any(k in lowered for k in ("nvfp4", "mxfp", "mxint", "fp4"))
 
 
 def _format_name(_inst: object, attr: attrs.Attribute, value: str | None) -> None:
@@ -135,13 +137,7 @@ class Quantize:
     @property
     def needs_cuda(self) -> bool:
         """Whether a fake-quant forward of this stage needs CUDA (unknown presets: judged by name)."""
-        fmt = self.quant_format
-        if fmt is not None:
-            cuda = fmt.needs_cuda
-        else:
-            name = (self.format or self.recipe or "").lower()
-            cuda = any(k in name for k in ("nvfp4", "mxfp", "mxint", "fp4"))
-        return cuda or (self.kv_cache in KV_CACHE_NEEDS_CUDA)
+        return format_needs_cuda(self.format or self.recipe or "") or self.kv_cache in KV_CACHE_NEEDS_CUDA
 
     @property
     def label(self) -> str:
@@ -184,10 +180,7 @@ class AutoQuantize:
             for i, name in enumerate(self.formats):
                 if not isinstance(name, str):
                     raise fail(f"formats[{i}]", f"expected a format name, got {name!r}")
-                try:
-                    fmt = resolve_format(name, field=f"formats[{i}]")
-                except SpecError:
-                    raise
+                fmt = resolve_format(name, field=f"formats[{i}]")
                 if fmt is not None and fmt.name == "bf16":
                     raise fail(f"formats[{i}]", "'bf16' is implicit (no quantization is always a candidate)")
             lowest = min(self._candidate_bits(), default=None)
@@ -203,10 +196,8 @@ class AutoQuantize:
 
     @property
     def needs_cuda(self) -> bool:
-        if self.recipe is not None:
-            return any(k in self.recipe.lower() for k in ("nvfp4", "mxfp", "fp4"))
-        fmts = [resolve_format(n) for n in self.formats]
-        return any(f is None or f.needs_cuda for f in fmts) or self.kv_cache in KV_CACHE_NEEDS_CUDA
+        names = [self.recipe] if self.recipe is not None else list(self.formats)
+        return any(map(format_needs_cuda, names)) or self.kv_cache in KV_CACHE_NEEDS_CUDA
 
     @property
     def label(self) -> str:
