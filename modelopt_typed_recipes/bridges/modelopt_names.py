@@ -31,6 +31,7 @@ import yaml
 
 from ..errors import SpecError, UnknownNameError, did_you_mean
 from ..spec.arch import MLAttention, ModelArch
+from ..spec.techniques import KV_CACHE_FORMATS as SPEC_KV_CACHE_FORMATS
 
 MODELOPT_VERSION = "0.47.0"
 
@@ -82,9 +83,8 @@ PRESETS: tuple[str, ...] = tuple(PRESET_FILES)
 KV_ONLY_PRESETS: frozenset[str] = frozenset(k for k, v in PRESET_FILES.items() if v.startswith("kv/"))
 MODEL_PRESETS: tuple[str, ...] = tuple(k for k in PRESETS if k not in KV_ONLY_PRESETS)
 
-#: ``modelopt.recipe.presets.KV_QUANT_CFG_CHOICES`` keys plus ``"none"``.
-KV_CACHE_FORMATS: tuple[str, ...] = ("none", "fp8", "fp8_cast", "fp8_affine", "nvfp4", "nvfp4_cast",
-                                     "nvfp4_affine", "nvfp4_rotate")
+#: ``modelopt.recipe.presets.KV_QUANT_CFG_CHOICES`` keys (the spec's list) plus ``"none"``.
+KV_CACHE_FORMATS: tuple[str, ...] = ("none", *SPEC_KV_CACHE_FORMATS)
 
 #: Built-in full recipes (``load_recipe`` names) shipped in the 0.47 wheel.
 BUILTIN_PTQ_RECIPES: tuple[str, ...] = (
@@ -456,11 +456,9 @@ def generic_exclusions() -> frozenset[str]:
     for unit in ("default_disabled_quantizers", "mamba_moe_disabled_quantizers", "base_disable_all"):
         try:
             data = _load(f"configs/ptq/units/{unit}")
-        except RecipeErrorTypes:
+        except SpecError:
             continue
         for e in data if isinstance(data, list) else [data]:
             out.add(e.get("quantizer_name", ""))
     return frozenset(out)
 
-
-RecipeErrorTypes = (SpecError, UnknownNameError)
