@@ -27,6 +27,7 @@ from ..errors import CompatibilityError, LayoutError, RecipeError, SpecError
 from ..spec.arch import ModelArch
 from ..spec.formats import FORMAT_BY_PRESET
 from ..spec.layout import ParallelLayout
+from ..spec.serde import to_dict
 from ..spec.recipe import HFCheckpoint, MegatronCheckpoint, Recipe
 from ..spec.techniques import AutoQuantize, Export, Prune, Quantize
 from .coverage import Coverage, module_patterns_unmatched, replay, suggest
@@ -94,9 +95,6 @@ class Environment:
         v = _version_tuple(self.megatron_core)
         return v is not None and v[:2] >= version
 
-    def to_dict(self) -> dict[str, Any]:
-        return attrs.asdict(self)
-
 
 @attrs.frozen(kw_only=True)
 class StageCheck:
@@ -153,7 +151,7 @@ class CheckReport:
             "warnings": list(self.warnings),
             "coverage": self.coverage,
             "stages": [s.to_dict() for s in self.stages],
-            "environment": self.environment.to_dict(),
+            "environment": to_dict(self.environment),
         }
 
 
@@ -292,20 +290,10 @@ def check_recipe(recipe: Recipe, *, env: Environment | None = None, layout: Any 
                     hint="pip install 'megatron-core>=0.18' (Python >= 3.12)"))
         stages_out.append(StageCheck(
             index=i, label=stage.label, technique=stage.technique, coverage=cov, config_source=source,
-            layout=_layout_dict(stage_layout) if stage_layout is not None else None,
+            layout=to_dict(stage_layout) if stage_layout is not None else None,
         ))
     return CheckReport(recipe=recipe.label, backend=backend, errors=tuple(errors), warnings=tuple(warnings),
                        stages=tuple(stages_out), environment=env)
-
-
-def _layout_dict(layout: Any) -> dict[str, Any]:
-    from ..spec.layout import SIZE_FIELDS
-
-    out: dict[str, Any] = {f: getattr(layout, f) for f in SIZE_FIELDS}
-    out["sequence_parallel"] = layout.sequence_parallel
-    out["first_stage_layers"] = layout.first_stage_layers
-    out["last_stage_layers"] = layout.last_stage_layers
-    return out
 
 
 def _stage_layout(arch: ModelArch, layout: Any, stage: str, path: str, recipe: Recipe) -> tuple[Any, list[RecipeError]]:

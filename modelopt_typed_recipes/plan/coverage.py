@@ -21,6 +21,7 @@ from typing import Any
 import attrs
 
 from ..bridges.modelopt_names import QuantModule, generic_exclusions, matches
+from ..spec.serde import to_dict
 
 _INDEX_DIGIT = re.compile(r"(?<![A-Za-z_0-9])\d")
 _DIGITS = re.compile(r"(?<=\.)\d+(?=\.|$)")  # layer / expert indices, not the 1 of fc1
@@ -50,9 +51,6 @@ class PatternUse:
     """``quantize`` (has cfg), ``enable`` or ``disable``."""
     source: str
     matched: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return attrs.asdict(self)
 
 
 @attrs.frozen(kw_only=True)
@@ -84,14 +82,8 @@ class Coverage:
         ]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "naming": self.naming,
-            "quantized_modules": self.quantized_modules,
-            "total_modules": self.total_modules,
-            "modules": {k: dict(v) for k, v in self.modules.items()},
-            "quantizers": dict(self.quantizers),
-            "patterns": [p.to_dict() for p in self.patterns],
-        }
+        """The fields (through the package's converter) plus the derived module counts."""
+        return {**to_dict(self), "quantized_modules": self.quantized_modules, "total_modules": self.total_modules}
 
 
 def _action(entry: dict[str, Any]) -> str:
