@@ -55,6 +55,23 @@ def one_of(choices: Iterable[str]) -> Callable[[Any, Any, Any], None]:
     return check
 
 
+def non_empty_str(_inst: Any, attr: Any, value: Any) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise fail(attr.name, f"must be a non-empty string, got {value!r}")
+
+
+def non_empty_strs(_inst: Any, attr: Any, value: Any) -> None:
+    """Every item of a tuple of names, paths or patterns: a non-empty string (the path names the item)."""
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not item.strip():
+            raise fail(f"{attr.name}[{i}]", f"must be a non-empty string, got {item!r}")
+
+
+def divisors(n: int) -> list[int]:
+    """Divisors of ``n``, ascending: the sizes a "use one of ..." hint offers."""
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
 def to_float(value: Any) -> Any:
     """Converter: accept ints for float fields (YAML writes ``1e6`` as a string, ``10000`` as int)."""
     if isinstance(value, bool):

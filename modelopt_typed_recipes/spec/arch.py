@@ -17,7 +17,7 @@ from typing import Literal
 import attrs
 
 from ..errors import SpecError
-from ._validate import fail, fraction, non_negative, one_of, positive, positive_int, to_float
+from ._validate import divisors, fail, fraction, non_empty_str, non_negative, one_of, positive, positive_int, to_float
 from .formats import get_format
 
 SCHEMA_VERSION = 1
@@ -61,7 +61,7 @@ class Attention:
             raise fail(
                 "num_query_groups",
                 f"num_query_groups={value} does not divide num_heads={self.num_heads}",
-                "use one of " + ", ".join(str(d) for d in _divisors(self.num_heads)),
+                "use one of " + ", ".join(str(d) for d in divisors(self.num_heads)),
             )
 
     @property
@@ -339,10 +339,6 @@ class Quirks:
 
 
 # --------------------------------------------------------------------------- the model
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
-
-
 @attrs.frozen(kw_only=True)
 class LayerCounts:
     """How many layers of each kind; the hybrid pattern or the MoE frequency decides."""
@@ -363,7 +359,7 @@ class ModelArch:
     """Hugging Face checkpoint id (``Qwen/Qwen3-8B``)."""
     tokenizer_id: str | None = None
     """Tokenizer repo when it differs from ``hf_id``; ``None`` means the checkpoint's own."""
-    family: str = attrs.field(validator=lambda _i, a, v: _nonempty(a.name, v))
+    family: str = attrs.field(validator=non_empty_str)
     aliases: tuple[str, ...] = ()
     trust_remote_code: bool = False
 
@@ -390,7 +386,7 @@ class ModelArch:
 
     @name.validator
     def _check_name(self, attr: attrs.Attribute, value: str) -> None:
-        _nonempty(attr.name, value)
+        non_empty_str(self, attr, value)
         if any(c.isspace() for c in value) or ":" in value:
             raise fail("name", f"{value!r} must not contain spaces or ':' (':' separates a recipe name)")
 
@@ -643,8 +639,3 @@ class ModelArch:
             "params_total": self.params_total,
             "params_active": self.params_active,
         }
-
-
-def _nonempty(field: str, value: object) -> None:
-    if not isinstance(value, str) or not value.strip():
-        raise fail(field, f"must be a non-empty string, got {value!r}")

@@ -20,6 +20,7 @@ from typing import Any
 import attrs
 
 from ..errors import LayoutError
+from ._validate import divisors
 
 SIZE_FIELDS = (
     "tensor_parallel",
@@ -119,7 +120,7 @@ class ParallelLayout:
                 + _join(
                     [
                         e
-                        for e in _divisors(self.world_size // self.pipeline_parallel)
+                        for e in divisors(self.world_size // self.pipeline_parallel)
                         if expert_side_tiles(world_size=self.world_size, expert_tensor_parallel=self.expert_tensor_parallel,
                                              expert_parallel=e, pipeline_parallel=self.pipeline_parallel)
                     ]
@@ -292,7 +293,7 @@ def stage_layers(num_layers: int, pipeline_parallel: int, first_stage_layers: in
             raise LayoutError(
                 f"pipeline_parallel={pp} does not divide num_layers={num_layers}",
                 path="pipeline_parallel",
-                hint="use " + _join([d for d in _divisors(num_layers) if d <= max(pp, 8)])
+                hint="use " + _join([d for d in divisors(num_layers) if d <= max(pp, 8)])
                 + ", or an uneven split (first_stage_layers/last_stage_layers)",
             )
         return (num_layers // pp,) * pp
@@ -361,10 +362,6 @@ def _split_hint(num_layers: int, pp: int) -> str:
     if first is None:
         return f"num_layers={num_layers} divides evenly over {pp} stages: unset first/last_stage_layers"
     return f"e.g. first_stage_layers={first}, last_stage_layers={last}"
-
-
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
 
 
 def _join(values: list[int]) -> str:

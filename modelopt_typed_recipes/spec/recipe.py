@@ -13,7 +13,7 @@ from typing import Literal
 
 import attrs
 
-from ._validate import fail, one_of, positive_int
+from ._validate import fail, non_empty_str, non_empty_strs, one_of, positive_int
 from .arch import ModelArch
 from .layout import ParallelLayout
 from .techniques import AutoQuantize, Export, Prune, Quantize, Stage
@@ -24,18 +24,13 @@ SCHEMA_VERSION = 1
 BUILTIN_DATASETS: tuple[str, ...] = ("reference-train", "reference-heldout")
 
 
-def _nonempty_str(_inst: object, attr: attrs.Attribute, value: str) -> None:
-    if not isinstance(value, str) or not value.strip():
-        raise fail(attr.name, f"must be a non-empty string, got {value!r}")
-
-
 # --------------------------------------------------------------------------- where the weights come from
 @attrs.frozen(kw_only=True)
 class HFCheckpoint:
     """A local Hugging Face checkpoint directory (``config.json`` + safetensors + tokenizer)."""
 
     type: Literal["hf"] = attrs.field(default="hf", validator=one_of(["hf"]))
-    path: str = attrs.field(validator=_nonempty_str)
+    path: str = attrs.field(validator=non_empty_str)
 
 
 @attrs.frozen(kw_only=True)
@@ -43,7 +38,7 @@ class MegatronCheckpoint:
     """A Megatron-Core distributed checkpoint directory (optionally with ModelOpt state)."""
 
     type: Literal["megatron"] = attrs.field(default="megatron", validator=one_of(["megatron"]))
-    path: str = attrs.field(validator=_nonempty_str)
+    path: str = attrs.field(validator=non_empty_str)
     hf_reference: str | None = None
     """HF directory or id holding the config and tokenizer that export and calibration need."""
 
@@ -76,9 +71,9 @@ class TextData:
     """
 
     dataset: str | None = attrs.field(default=None, validator=one_of(BUILTIN_DATASETS))
-    files: tuple[str, ...] = ()
+    files: tuple[str, ...] = attrs.field(default=(), validator=non_empty_strs)
     """``.txt`` (one document per file) or ``.jsonl`` (one document per line, under ``text_field``)."""
-    text_field: str = attrs.field(default="text", validator=_nonempty_str)
+    text_field: str = attrs.field(default="text", validator=non_empty_str)
     num_samples: int = attrs.field(default=128, validator=positive_int)
     seq_length: int = attrs.field(default=256, validator=positive_int)
     batch_size: int = attrs.field(default=8, validator=positive_int)
@@ -90,9 +85,6 @@ class TextData:
                 "give exactly one of dataset (a built-in corpus) and files (local text)",
                 f"built-in: {', '.join(BUILTIN_DATASETS)}",
             )
-        for i, f in enumerate(self.files):
-            if not isinstance(f, str) or not f.strip():
-                raise fail(f"files[{i}]", f"must be a file path, got {f!r}")
 
 
 # --------------------------------------------------------------------------- the recipe
@@ -111,7 +103,7 @@ class Recipe:
     """Held-out text for perplexity before and after; None skips the measurement."""
     layout: ParallelLayout | None = None
     """Parallel layout of the Megatron-Core backend (None: one GPU); export re-plans its own."""
-    output_dir: str = attrs.field(validator=_nonempty_str)
+    output_dir: str = attrs.field(validator=non_empty_str)
     backend: Literal["auto", "megatron", "hf"] = attrs.field(
         default="auto", validator=one_of(["auto", "megatron", "hf"])
     )
@@ -127,7 +119,7 @@ class Recipe:
     @model.validator
     def _check_model(self, attr: attrs.Attribute, value: str | ModelArch) -> None:
         if isinstance(value, str):
-            _nonempty_str(self, attr, value)
+            non_empty_str(self, attr, value)
         elif not isinstance(value, ModelArch):
             raise fail(attr.name, f"expected a registry name or an architecture, got {value!r}")
 

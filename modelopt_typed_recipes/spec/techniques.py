@@ -15,7 +15,7 @@ from typing import Literal
 import attrs
 
 from ..errors import SpecError, UnknownNameError
-from ._validate import fail, one_of, positive_int
+from ._validate import fail, non_empty_strs, one_of, positive_int
 from .arch import Attention, MLAttention, ModelArch, MoE
 from .formats import QuantFormat, get_format
 
@@ -70,12 +70,6 @@ def _format_name(_inst: object, attr: attrs.Attribute, value: str | None) -> Non
     resolve_format(value, field=attr.name)
 
 
-def _patterns(_inst: object, attr: attrs.Attribute, value: tuple[str, ...]) -> None:
-    for i, pat in enumerate(value):
-        if not isinstance(pat, str) or not pat.strip():
-            raise fail(f"{attr.name}[{i}]", f"must be a non-empty pattern, got {pat!r}")
-
-
 def _recipe_path(_inst: object, attr: attrs.Attribute, value: str | None) -> None:
     if value is not None and (not isinstance(value, str) or not value.strip()):
         raise fail(attr.name, "must be a ModelOpt recipe path such as 'general/ptq/fp8_default-kv_fp8' or a file")
@@ -100,7 +94,7 @@ class Quantize:
     """A ModelOpt PTQ recipe: built-in path (``general/ptq/nvfp4_default-kv_fp8_cast``) or a YAML file."""
     kv_cache: str | None = attrs.field(default=None, validator=one_of(KV_CACHE_FORMATS))
     """KV-cache preset added on top of ``format`` (``fp8``, ``fp8_cast``, ``nvfp4``...); None: leave it."""
-    exclude: tuple[str, ...] = attrs.field(default=(), validator=_patterns)
+    exclude: tuple[str, ...] = attrs.field(default=(), validator=non_empty_strs)
     """Module-name wildcards left unquantized, added after the preset's own exclusions."""
     algorithm: str | None = attrs.field(default=None, validator=one_of(ALGORITHMS))
     """Calibration algorithm; None keeps the preset's (``max`` for FP8, ``awq_lite`` for INT4-AWQ...)."""
@@ -165,7 +159,7 @@ class AutoQuantize:
     recipe: str | None = attrs.field(default=None, validator=_recipe_path)
     """A ModelOpt auto-quantize recipe (``general/auto_quantize/nvfp4_fp8_at_5p4bits``) instead of the fields."""
     kv_cache: str | None = attrs.field(default=None, validator=one_of(KV_CACHE_FORMATS))
-    exclude: tuple[str, ...] = attrs.field(default=(), validator=_patterns)
+    exclude: tuple[str, ...] = attrs.field(default=(), validator=non_empty_strs)
     """Layers never quantized (ModelOpt's ``disabled_layers``)."""
     calibration_samples: int | None = attrs.field(default=None, validator=positive_int)
 
