@@ -20,7 +20,7 @@ import attrs
 
 from ..errors import LayoutError
 from ..spec.arch import ModelArch
-from ..spec.layout import LAYOUT_FIELDS, ParallelLayout, RankCoords, expert_side_tiles
+from ..spec.layout import ParallelLayout, RankCoords, expert_side_tiles
 from . import memory as mem
 from . import rules
 from .gpus import GpuSpec, get_gpu
@@ -219,25 +219,27 @@ def plan(
 def _resolved_layout(arch: ModelArch, renv: RunEnvironment, stage: str, gpus: int,
                      seq_length: int | None) -> ParallelLayout:
     fill: dict[str, Any] = {}
-    values = {f: renv.value(f) for f in LAYOUT_FIELDS}
     if not renv.is_set("data_parallel"):
-        mp = values["tensor_parallel"] * values["pipeline_parallel"] * values["context_parallel"]
+        split = renv.model_split
+        mp = split.model_parallel_size
         if mp > gpus:
             raise LayoutError(
                 f"TP*PP*CP = {mp} needs more than the {gpus} GPU(s) given", path="tensor_parallel",
                 hint=_proposal(arch, renv, stage, gpus, seq_length),
             )
-        fill["data_parallel"] = next((d for d in range(gpus // mp, 0, -1) if _tiles(values, d)), 1)
+        fill["data_parallel"] = next((d for d in range(gpus // mp, 0, -1) if _tiles(renv, split, d)), 1)
     if not renv.is_set("sequence_parallel") and stage in rules.PIPELINE_ONLY_STAGES:
         fill["sequence_parallel"] = False
     layout = renv.layout(**fill)
     return rules.check(arch, layout, stage, seq_length=seq_length, gpus=gpus)
 
 
-def _tiles(values: dict[str, Any], dp: int) -> bool:
-    world = values["tensor_parallel"] * values["pipeline_parallel"] * values["context_parallel"] * dp
-    return expert_side_tiles(world_size=world, expert_tensor_parallel=values["expert_tensor_parallel"],
-                             expert_parallel=values["expert_parallel"], pipeline_parallel=values["pipeline_parallel"])
+def _tiles(renv: RunEnvironment, split: ParallelLayout, dp: int) -> bool:
+    """Whether the resolved expert side tiles the world of ``split`` with ``dp`` replicas."""
+    return expert_side_tiles(world_size=attrs.evolve(split, data_parallel=dp).world_size,
+                             expert_tensor_parallel=renv.value("expert_tensor_parallel"),
+                             expert_parallel=renv.value("expert_parallel"),
+                             pipeline_parallel=split.pipeline_parallel)
 
 
 def _proposal(arch: ModelArch, renv: RunEnvironment, stage: str, gpus: int, seq_length: int | None) -> str:

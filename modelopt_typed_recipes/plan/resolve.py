@@ -94,6 +94,11 @@ class RunEnvironment:
         return any(self.is_set(f) for f in LAYOUT_FIELDS if f != "expert_tensor_parallel")
 
     @property
+    def model_split(self) -> ParallelLayout:
+        """The resolved TP, PP and CP as a :class:`ParallelLayout` (see :func:`model_split`)."""
+        return model_split(*(self.value(f) for f in MODEL_SPLIT_FIELDS))
+
+    @property
     def extra_args(self) -> tuple[str, ...]:
         return tuple(self.values["extra_args"].value)
 
@@ -114,6 +119,17 @@ class RunEnvironment:
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {k: {"value": list(v.value) if isinstance(v.value, tuple) else v.value, "source": v.source}
                 for k, v in self.values.items()}
+
+
+MODEL_SPLIT_FIELDS = ("tensor_parallel", "pipeline_parallel", "context_parallel")
+
+
+def model_split(tensor_parallel: int, pipeline_parallel: int, context_parallel: int) -> ParallelLayout:
+    """One model replica's dense split (TP, PP, CP; no experts, DP=1): :class:`ParallelLayout` does the
+    arithmetic (``model_parallel_size``; with ``data_parallel`` evolved in, ``world_size``). It always
+    builds: the expert side TP*PP divides TP*PP*CP."""
+    return ParallelLayout(tensor_parallel=tensor_parallel, pipeline_parallel=pipeline_parallel,
+                          context_parallel=context_parallel)
 
 
 # --------------------------------------------------------------------------- parsing
@@ -281,28 +297,27 @@ def resolve(args: Mapping[str, Any] | None = None, recipe: ParallelLayout | Mapp
         values.setdefault(field, Resolved(1, "default"))
     if "expert_tensor_parallel" not in values:
         values["expert_tensor_parallel"] = Resolved(values["tensor_parallel"].value, "default (= tensor_parallel)")
+    split = model_split(*(values[f].value for f in MODEL_SPLIT_FIELDS))
+    mp = split.model_parallel_size
     if "data_parallel" not in values:
-        tp, pp, cp = (values[f].value for f in ("tensor_parallel", "pipeline_parallel", "context_parallel"))
         if "world_size" in launch:
             ws = launch["world_size"].value
-            if ws % (tp * pp * cp):
+            if ws % mp:
                 raise LayoutError(
-                    f"the world size {ws} ({launch['world_size'].source}) is not a multiple of TP*PP*CP = {tp * pp * cp}",
+                    f"the world size {ws} ({launch['world_size'].source}) is not a multiple of TP*PP*CP = {mp}",
                     path="data_parallel", hint="set TP, PP and CP so that their product divides the world size",
                 )
-            values["data_parallel"] = Resolved(ws // (tp * pp * cp),
-                                               f"derived {launch['world_size'].source.split()[-1]} / (TP*PP*CP)")
+            var = launch["world_size"].source.split()[-1]
+            values["data_parallel"] = Resolved(ws // mp, f"derived {var} / (TP*PP*CP)")
         else:
             values["data_parallel"] = Resolved(1, "default")
     elif "world_size" in launch:
-        tp, pp, cp, dp = (values[f].value for f in
-                          ("tensor_parallel", "pipeline_parallel", "context_parallel", "data_parallel"))
+        world = attrs.evolve(split, data_parallel=values["data_parallel"].value).world_size
         ws = launch["world_size"].value
-        if tp * pp * cp * dp != ws:
+        if world != ws:
             raise LayoutError(
-                f"TP*PP*CP*DP = {tp * pp * cp * dp} but the launcher started {ws} processes "
-                f"({launch['world_size'].source})",
-                path="data_parallel", hint=f"unset DP (it is derived) or start {tp * pp * cp * dp} processes",
+                f"TP*PP*CP*DP = {world} but the launcher started {ws} processes ({launch['world_size'].source})",
+                path="data_parallel", hint=f"unset DP (it is derived) or start {world} processes",
             )
     # Megatron's default; Megatron-Core's local (non-TE) layer spec cannot run it (H100: "sequence parallel not
     # supported by torch LayerNorm"), so it is only on when asked for
