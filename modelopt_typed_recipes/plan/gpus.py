@@ -1,10 +1,12 @@
 """GPU models the planner knows: memory, compute capability, GPUs per node.
 
 Capacities are the totals ``nvidia-smi`` reports (MiB), not the marketing gigabytes: an "80 GB"
-H100 shows 81559 MiB (confirmed on the GPU machine), of which the driver keeps 480 MiB
-(``torch.cuda.get_device_properties().total_memory`` = 85017493504 bytes there) and the CUDA context and
-NCCL take their share before PyTorch allocates anything (see :data:`RESERVED_BYTES`). When a GPU is present, :func:`detect` reads the real numbers
-through nvidia-ml-py (imported lazily; it is optional).
+H100 shows 81559 MiB (``benchmarks/multigpu_nvidia_smi.csv``), of which the driver keeps 480 MiB
+(``torch.cuda.get_device_properties().total_memory`` = 85017493504 bytes there,
+``benchmarks/memory_plan_measure_tp2.log``) and the CUDA context and NCCL take their share before PyTorch
+allocates anything (see :data:`RESERVED_BYTES`). Only the H100 row was measured here.
+When a GPU is present, :func:`detect` reads the real numbers through nvidia-ml-py (imported lazily; it is
+optional).
 """
 
 from __future__ import annotations
@@ -47,9 +49,11 @@ _TABLE = (
 GPUS: dict[str, GpuSpec] = {g.name: g for g in _TABLE}
 
 RESERVED_BYTES = 2 * GIB
-"""Not available to tensors: CUDA context (~0.5 GiB), NCCL buffers and the allocator's slack."""
+"""Not available to tensors: CUDA context, NCCL buffers and the allocator's slack. An allowance, not a
+measurement (``benchmarks/memory_plan.md`` measured tensor peaks only)."""
 USABLE_FRACTION = 0.95
-"""Share of the rest the plan may fill (fragmentation of PyTorch's caching allocator)."""
+"""Share of the rest the plan may fill (fragmentation of PyTorch's caching allocator); an allowance, not
+measured."""
 
 
 def get_gpu(name: str) -> GpuSpec:

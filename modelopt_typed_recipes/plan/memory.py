@@ -41,10 +41,13 @@ BF16 = 2
 
 @attrs.frozen(kw_only=True)
 class MemoryModel:
-    """Coefficients of the estimate; the defaults are calibrated on H100 (``benchmarks/memory_plan.md``)."""
+    """Coefficients of the estimate. Only ``attention_bytes_per_score`` was fitted to a measurement (H100,
+    ``benchmarks/memory_plan.md``: local attention held every measured peak); the others are estimates from
+    the tensors each step keeps alive, not separately observable in those runs (its "Not measured" list)."""
 
     hidden_copies: float = 4.0
-    """bf16 ``[tokens, hidden]`` tensors alive between sub-layers (residual, norm output, attention output...)."""
+    """bf16 ``[tokens, hidden]`` tensors alive between sub-layers (residual, norm output, attention output...);
+    counted, not fitted."""
     attention_bytes_per_score: float = 14.5
     """Local (unfused) attention, bytes per ``[batch, heads/TP, seq, seq]`` score element at its peak: Megatron's
     persistent bf16 score buffer (2), the fp32 softmax input and output (4 + 4), the masked copy and the bf16
@@ -63,7 +66,9 @@ class MemoryModel:
         "fp8": 0.0, "nvfp4": 0.0, "nvfp4_awq": 4 / 16, "int4_awq": 4 / 128 + 2 / 128, "w4a8_awq": 4 / 128 + 2 / 128,
         "int8_sq": 0.01, "int8": 0.0, "fp8_blockwise": 4 / (128 * 128), "mxfp8": 0.0, "mxfp4": 0.0, "bf16": 0.0,
     })
-    """Stored quantizer buffers per quantized weight (per-tensor amax is negligible; AWQ keeps block amax)."""
+    """Stored quantizer buffers per quantized weight (per-tensor amax is negligible; AWQ keeps block amax): sizes
+    from the formats' block shapes, not measured (NVFP4/INT4 quantizer state is on ``memory_plan.md``'s
+    "Not measured" list)."""
 
 
 DEFAULT_MODEL = MemoryModel()
