@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from ..errors import CompatibilityError
 from ..spec.arch import Llama3Scaling, MLAttention, ModelArch, YarnScaling, parse_layer_freq
@@ -83,6 +84,9 @@ _DEFAULTS: dict[str, str] = {
 }
 
 
+_ACTIVATION_FLAGS = {"swiglu": "--swiglu", "squared_relu": "--squared-relu", "quick_geglu": "--quick-geglu"}
+
+
 # --------------------------------------------------------------------------- formatting
 def _num(value: float | int) -> str:
     """Integral values without a fraction (``--rotary-base`` is ``type=int`` in Megatron), others as repr."""
@@ -101,17 +105,23 @@ def megatron_flag_pairs(arch: ModelArch) -> list[Pair]:
     """The architecture as ``(flag, value)`` pairs (``None`` value: a switch)."""
     out: list[Pair] = []
     add = out.append
-    if arch.trust_remote_code:
-        add(("--trust-remote-code", None))
-    if arch.params_dtype != "fp32":  # fp32 is Megatron's default: no flag
-        add(("--" + arch.params_dtype, None))
-    if not arch.add_bias_linear:
-        add(("--disable-bias-linear", None))
+
+    def switch(flag: str, on: object) -> None:
+        """A flag without a value, emitted when ``on``."""
+        if on:
+            add((flag, None))
+
+    def opt(flag: str, value: object, fmt: Callable[[Any], str] = str) -> None:
+        """A flag with a value, emitted when the value is set (``None``: Megatron's default applies)."""
+        if value is not None:
+            add((flag, fmt(value)))
+
     att = arch.attention
-    if not isinstance(att, MLAttention) and att.qkv_bias and not arch.add_bias_linear:
-        add(("--add-qkv-bias", None))
-    if not arch.tie_embeddings:
-        add(("--untie-embeddings-and-output-weights", None))
+    switch("--trust-remote-code", arch.trust_remote_code)
+    switch("--" + arch.params_dtype, arch.params_dtype != "fp32")  # fp32 is Megatron's default: no flag
+    switch("--disable-bias-linear", not arch.add_bias_linear)
+    switch("--add-qkv-bias", not isinstance(att, MLAttention) and att.qkv_bias and not arch.add_bias_linear)
+    switch("--untie-embeddings-and-output-weights", not arch.tie_embeddings)
 
     # position embedding
     pos = arch.position
@@ -130,138 +140,98 @@ def megatron_flag_pairs(arch: ModelArch) -> list[Pair]:
 
     # norm and activation
     add(("--normalization", "RMSNorm" if arch.norm.type == "rmsnorm" else "LayerNorm"))
-    if arch.norm.type == "layernorm1p":
-        add(("--apply-layernorm-1p", None))
-    if arch.norm.epsilon != 1e-5:
-        add(("--norm-epsilon", _num(arch.norm.epsilon)))
+    switch("--apply-layernorm-1p", arch.norm.type == "layernorm1p")
+    opt("--norm-epsilon", arch.norm.epsilon if arch.norm.epsilon != 1e-5 else None, _num)
     act = arch.activation
-    if act.type == "swiglu":
-        add(("--swiglu", None))
-    elif act.type == "squared_relu":
-        add(("--squared-relu", None))
-    elif act.type == "quick_geglu":
-        add(("--quick-geglu", None))
-    elif act.type == "geglu":
+    if act.type == "geglu":
         raise CompatibilityError("Megatron-LM has no flag for plain GeGLU", path="activation.type")
-    # gelu: Megatron's default activation, no flag
+    if act.type in _ACTIVATION_FLAGS:  # gelu: Megatron's default activation, no flag
+        add((_ACTIVATION_FLAGS[act.type], None))
 
     # sizes
-    if arch.mamba is None:
-        add(("--num-layers", str(arch.num_layers)))
-    add(("--hidden-size", str(arch.hidden_size)))
-    add(("--ffn-hidden-size", str(arch.ffn_hidden_size)))
-    add(("--num-attention-heads", str(att.num_heads)))
+    opt("--num-layers", arch.num_layers if arch.mamba is None else None)
+    opt("--hidden-size", arch.hidden_size)
+    opt("--ffn-hidden-size", arch.ffn_hidden_size)
+    opt("--num-attention-heads", att.num_heads)
     if isinstance(att, MLAttention):
-        add(("--multi-latent-attention", None))
-        add(("--kv-lora-rank", str(att.kv_lora_rank)))
-        add(("--v-head-dim", str(att.v_head_dim)))
-        if att.q_lora_rank is not None:
-            add(("--q-lora-rank", str(att.q_lora_rank)))
-        add(("--qk-head-dim", str(att.qk_head_dim)))
-        if att.qk_layernorm:
-            add(("--qk-layernorm", None))
-        add(("--qk-pos-emb-head-dim", str(att.qk_pos_emb_head_dim)))
+        switch("--multi-latent-attention", True)
+        opt("--kv-lora-rank", att.kv_lora_rank)
+        opt("--v-head-dim", att.v_head_dim)
+        opt("--q-lora-rank", att.q_lora_rank)
+        opt("--qk-head-dim", att.qk_head_dim)
+        switch("--qk-layernorm", att.qk_layernorm)
+        opt("--qk-pos-emb-head-dim", att.qk_pos_emb_head_dim)
     else:
-        if att.num_query_groups is not None and att.num_query_groups != att.num_heads:
-            add(("--group-query-attention", None))
-            add(("--num-query-groups", str(att.num_query_groups)))
-        if att.kv_channels is not None:
-            add(("--kv-channels", str(att.kv_channels)))
-        if att.qk_layernorm:
-            add(("--qk-layernorm", None))
-        if att.softmax_type != "vanilla":
-            add(("--softmax-type", att.softmax_type))
-        if att.window_attn_skip_freq is not None:
-            add(("--window-attn-skip-freq", str(att.window_attn_skip_freq)))
-        if att.window_size is not None:
-            add(("--window-size", f"{att.window_size[0]},{att.window_size[1]}"))
-    if att.softmax_in_fp32:
-        add(("--attention-softmax-in-fp32", None))
+        gqa = att.num_query_groups is not None and att.num_query_groups != att.num_heads
+        switch("--group-query-attention", gqa)
+        opt("--num-query-groups", att.num_query_groups if gqa else None)
+        opt("--kv-channels", att.kv_channels)
+        switch("--qk-layernorm", att.qk_layernorm)
+        opt("--softmax-type", att.softmax_type if att.softmax_type != "vanilla" else None)
+        opt("--window-attn-skip-freq", att.window_attn_skip_freq)
+        opt("--window-size", att.window_size, lambda w: f"{w[0]},{w[1]}")
+    switch("--attention-softmax-in-fp32", att.softmax_in_fp32)
 
     # mixture of experts
     moe = arch.moe
     if moe is not None:
-        add(("--num-experts", str(moe.num_experts)))
-        if moe.layer_freq != 1:
-            add(("--moe-layer-freq", str(moe.layer_freq)))
-        add(("--moe-ffn-hidden-size", str(moe.ffn_hidden_size)))
-        if moe.grouped_gemm:
-            add(("--moe-grouped-gemm", None))
-        if moe.router_dtype is not None:
-            add(("--moe-router-dtype", moe.router_dtype))
-        add(("--moe-router-score-function", moe.router_score_function))
-        if moe.router_enable_expert_bias:
-            add(("--moe-router-enable-expert-bias", None))
-        add(("--moe-router-topk", str(moe.router_topk)))
-        if moe.router_num_groups is not None:
-            add(("--moe-router-num-groups", str(moe.router_num_groups)))
-            add(("--moe-router-group-topk", str(moe.router_group_topk)))
-        if moe.router_pre_softmax:
-            add(("--moe-router-pre-softmax", None))
-        if moe.router_topk_scaling_factor is not None:
-            add(("--moe-router-topk-scaling-factor", _num(moe.router_topk_scaling_factor)))
-        if moe.shared_expert_ffn_size is not None:
-            add(("--moe-shared-expert-intermediate-size", str(moe.shared_expert_ffn_size)))
-        add(("--moe-router-load-balancing-type", moe.load_balancing_type))
-        if moe.latent_size is not None:
-            add(("--moe-latent-size", str(moe.latent_size)))
+        opt("--num-experts", moe.num_experts)
+        opt("--moe-layer-freq", moe.layer_freq if moe.layer_freq != 1 else None)
+        opt("--moe-ffn-hidden-size", moe.ffn_hidden_size)
+        switch("--moe-grouped-gemm", moe.grouped_gemm)
+        opt("--moe-router-dtype", moe.router_dtype)
+        opt("--moe-router-score-function", moe.router_score_function)
+        switch("--moe-router-enable-expert-bias", moe.router_enable_expert_bias)
+        opt("--moe-router-topk", moe.router_topk)
+        opt("--moe-router-num-groups", moe.router_num_groups)
+        opt("--moe-router-group-topk", moe.router_group_topk)  # set together with the groups (MoE checks)
+        switch("--moe-router-pre-softmax", moe.router_pre_softmax)
+        opt("--moe-router-topk-scaling-factor", moe.router_topk_scaling_factor, _num)
+        opt("--moe-shared-expert-intermediate-size", moe.shared_expert_ffn_size)
+        opt("--moe-router-load-balancing-type", moe.load_balancing_type)
+        opt("--moe-latent-size", moe.latent_size)
 
     # hybrid Mamba
     mamba = arch.mamba
     if mamba is not None:
-        add(("--is-hybrid-model", None))
-        if mamba.num_heads is not None:
-            add(("--mamba-num-heads", str(mamba.num_heads)))
-        if mamba.head_dim is not None:
-            add(("--mamba-head-dim", str(mamba.head_dim)))
-        add(("--hybrid-layer-pattern", mamba.pattern))
-        if mamba.num_groups is not None:
-            add(("--mamba-num-groups", str(mamba.num_groups)))
-        if mamba.state_dim is not None:
-            add(("--mamba-state-dim", str(mamba.state_dim)))
+        switch("--is-hybrid-model", True)
+        opt("--mamba-num-heads", mamba.num_heads)
+        opt("--mamba-head-dim", mamba.head_dim)
+        opt("--hybrid-layer-pattern", mamba.pattern)
+        opt("--mamba-num-groups", mamba.num_groups)
+        opt("--mamba-state-dim", mamba.state_dim)
 
     # lengths, tokenizer, vocabulary
-    add(("--seq-length", str(arch.seq_length)))
-    add(("--max-position-embeddings", str(arch.max_position_embeddings)))
-    add(("--tokenizer-type", "HuggingFaceTokenizer"))
-    if arch.vocab.padded_size is not None:
-        add(("--padded-vocab-size", str(arch.vocab.padded_size)))
-    if arch.vocab.divisible_by is not None:
-        add(("--make-vocab-size-divisible-by", str(arch.vocab.divisible_by)))
-    add(("--use-mcore-models", None))
+    opt("--seq-length", arch.seq_length)
+    opt("--max-position-embeddings", arch.max_position_embeddings)
+    opt("--tokenizer-type", "HuggingFaceTokenizer")
+    opt("--padded-vocab-size", arch.vocab.padded_size)
+    opt("--make-vocab-size-divisible-by", arch.vocab.divisible_by)
+    switch("--use-mcore-models", True)
 
     # rotary details
     if pos is not None:
-        add(("--rotary-percent", _num(pos.percent) if pos.percent != 1.0 else "1.0"))
-        add(("--rotary-base", _num(pos.base)))
-        if pos.interleaved:
-            add(("--rotary-interleaved", None))
+        opt("--rotary-percent", _num(pos.percent) if pos.percent != 1.0 else "1.0")
+        opt("--rotary-base", pos.base, _num)
+        switch("--rotary-interleaved", pos.interleaved)
         if isinstance(pos.scaling, Llama3Scaling):
-            add(("--use-rope-scaling", None))
-            add(("--rope-scaling-factor", _flt(pos.scaling.factor)))
+            switch("--use-rope-scaling", True)
+            opt("--rope-scaling-factor", pos.scaling.factor, _flt)
         elif isinstance(pos.scaling, YarnScaling) and isinstance(att, MLAttention):
-            add(("--rotary-scaling-factor", _num(pos.scaling.factor)))
-            add(("--mscale", _num(pos.scaling.mscale if pos.scaling.mscale is not None else 1.0)))
-            add(("--mscale-all-dim", _num(pos.scaling.mscale_all_dim or 0.0)))
-        if pos.no_rope_freq is not None:
-            add(("--no-rope-freq", str(pos.no_rope_freq)))
+            opt("--rotary-scaling-factor", pos.scaling.factor, _num)
+            opt("--mscale", pos.scaling.mscale if pos.scaling.mscale is not None else 1.0, _num)
+            opt("--mscale-all-dim", pos.scaling.mscale_all_dim or 0.0, _num)
+        opt("--no-rope-freq", pos.no_rope_freq)
 
     # per-model workaround switches
     q = arch.quirks
-    if q.export_force_local_attention:
-        add(("--export-force-local-attention", None))
-    if q.export_qk_l2_norm:
-        add(("--export-qk-l2-norm", None))
-    if q.export_moe_apply_probs_on_input:
-        add(("--export-moe-apply-probs-on-input", None))
-    if q.gpt_oss:
-        add(("--enable-gpt-oss", None))
-    if act.glu_linear_offset is not None:
-        add(("--glu-linear-offset", _flt(act.glu_linear_offset)))
-    if act.clamp_value is not None:
-        add(("--activation-func-clamp-value", _flt(act.clamp_value)))
-    if mamba is not None:
-        add(("--export-model-type", "HybridModel"))
+    switch("--export-force-local-attention", q.export_force_local_attention)
+    switch("--export-qk-l2-norm", q.export_qk_l2_norm)
+    switch("--export-moe-apply-probs-on-input", q.export_moe_apply_probs_on_input)
+    switch("--enable-gpt-oss", q.gpt_oss)
+    opt("--glu-linear-offset", act.glu_linear_offset, _flt)
+    opt("--activation-func-clamp-value", act.clamp_value, _flt)
+    opt("--export-model-type", "HybridModel" if mamba is not None else None)
     return out
 
 
