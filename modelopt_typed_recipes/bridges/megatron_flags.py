@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ..errors import CompatibilityError
-from ..spec.arch import Llama3Scaling, MLAttention, ModelArch, YarnScaling, parse_layer_freq
+from ..spec.arch import MAMBA_DEFAULTS, Llama3Scaling, Mamba, MLAttention, ModelArch, YarnScaling, parse_layer_freq
 
 Pair = tuple[str, str | None]
 """One flag and its value (``None`` for a switch)."""
@@ -78,9 +78,9 @@ _DEFAULTS: dict[str, str] = {
     "--moe-router-load-balancing-type": "aux_loss",
     "--moe-layer-freq": "1",
     "--norm-epsilon": "1e-5",
-    "--mamba-num-groups": "8",
-    "--mamba-state-dim": "128",
-    "--mamba-head-dim": "64",
+    "--mamba-num-groups": str(MAMBA_DEFAULTS["num_groups"]),
+    "--mamba-state-dim": str(MAMBA_DEFAULTS["state_dim"]),
+    "--mamba-head-dim": str(MAMBA_DEFAULTS["head_dim"]),
 }
 
 
@@ -314,7 +314,6 @@ def canonical_flags(pairs: Iterable[Pair]) -> Counter[tuple[str, str]]:
     """Fold Megatron's flag dialects and defaults: the multiset two equivalent flag lists share."""
     items = [(f, v) for f, v in pairs if f not in RUN_CONTROL_FLAGS]
     flags = {f for f, _ in items}
-    values = {f: v for f, v in items}
 
     # one spelling per concept
     items = [("--hybrid-layer-pattern", v) if f == "--hybrid-override-pattern" else (f, v) for f, v in items]
@@ -347,8 +346,8 @@ def canonical_flags(pairs: Iterable[Pair]) -> Counter[tuple[str, str]]:
         if flag == "--moe-ffn-hidden-size" and value == values.get("--ffn-hidden-size"):
             return True
         if flag == "--mamba-num-heads" and hidden:
-            head_dim = _int(values.get("--mamba-head-dim")) or 64
-            if _int(value) == 2 * hidden // head_dim:
+            head_dim = _int(values.get("--mamba-head-dim")) or MAMBA_DEFAULTS["head_dim"]
+            if _int(value) == Mamba.default_num_heads(hidden, head_dim):
                 return True
         return False
 

@@ -185,6 +185,8 @@ HYBRID_SYMBOLS = {
     "+": "mlp_plus",
 }
 _PATTERN_SEPARATORS = "|/"
+MAMBA_DEFAULTS: dict[str, int] = {"head_dim": 64, "num_groups": 8, "state_dim": 128}
+"""Megatron's Mamba-2 mixer sizes when unset (``num_heads``: :meth:`Mamba.default_num_heads`)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -227,11 +229,17 @@ class Mamba:
     def counts(self) -> dict[str, int]:
         return {name: self.layers.count(sym) for sym, name in HYBRID_SYMBOLS.items() if sym in self.layers}
 
+    @staticmethod
+    def default_num_heads(hidden_size: int, head_dim: int) -> int:
+        """Megatron's Mamba head count when unset: an inner width of twice the hidden size."""
+        return (2 * hidden_size) // head_dim
+
     def resolved(self, hidden_size: int) -> tuple[int, int, int, int]:
         """(heads, head_dim, groups, state) with Megatron's defaults filled in."""
-        head_dim = self.head_dim or 64
-        heads = self.num_heads or (2 * hidden_size) // head_dim
-        return heads, head_dim, self.num_groups or 8, self.state_dim or 128
+        head_dim = self.head_dim or MAMBA_DEFAULTS["head_dim"]
+        heads = self.num_heads or self.default_num_heads(hidden_size, head_dim)
+        groups = self.num_groups or MAMBA_DEFAULTS["num_groups"]
+        return heads, head_dim, groups, self.state_dim or MAMBA_DEFAULTS["state_dim"]
 
 
 # --------------------------------------------------------------------------- position
