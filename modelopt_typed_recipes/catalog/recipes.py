@@ -16,10 +16,12 @@ from typing import Any
 
 import attrs
 
-from ..errors import SpecError
+from ..errors import SpecError, UnknownNameError
+from ..spec.arch import ModelArch
 from ..spec.layout import ParallelLayout
 from ..spec.recipe import HFCheckpoint, Recipe, Source, TextData
 from ..spec.techniques import AutoQuantize, Export, Prune, Quantize, Stage
+from . import get_arch
 from .registry import Registry
 
 
@@ -63,7 +65,7 @@ class NamedRecipe:
                                       output_dir=output_dir, **fields)
         if calibration is not None:
             kwargs["calibration"] = calibration
-        if self.layout is not None and "layout" in attrs.fields_dict(Recipe) and "layout" not in fields:
+        if self.layout is not None and "layout" not in fields:
             kwargs["layout"] = self.layout
         return Recipe(**kwargs)
 
@@ -153,11 +155,8 @@ def _builtin() -> list[NamedRecipe]:
 def _keys(r: NamedRecipe) -> list[str]:
     keys = [r.name]
     # also reachable by the registry short name of the model (qwen3-8b:fp8)
-    try:
-        from . import get_arch
-
-        arch = get_arch(r.model)
-    except Exception:  # an entry for an architecture another package registers later
+    arch = _arch_or_none(r.model)
+    if arch is None:
         return keys
     for alias in {arch.name, *(arch.aliases or ())}:
         key = f"{alias}:{r.technique}"
@@ -187,13 +186,9 @@ def list_recipes(*, model: str | None = None, technique: str | None = None) -> l
     out = list(RECIPES)
     if model is not None:
         wanted = {model.lower()}
-        try:
-            from . import get_arch
-
-            arch = get_arch(model)
+        arch = _arch_or_none(model)
+        if arch is not None:
             wanted |= {arch.name.lower(), (arch.hf_id or "").lower()}
-        except Exception:
-            pass
         out = [r for r in out if r.model.lower() in wanted or _arch_name(r.model) in wanted]
     if technique is not None:
         t = technique.lower().replace("_", "-")
@@ -201,10 +196,14 @@ def list_recipes(*, model: str | None = None, technique: str | None = None) -> l
     return out
 
 
-def _arch_name(model: str) -> str:
+def _arch_or_none(model: str) -> ModelArch | None:
+    """The registry architecture of ``model``; None for one that another package registers later."""
     try:
-        from . import get_arch
+        return get_arch(model)
+    except UnknownNameError:
+        return None
 
-        return get_arch(model).name.lower()
-    except Exception:
-        return model.lower()
+
+def _arch_name(model: str) -> str:
+    arch = _arch_or_none(model)
+    return arch.name.lower() if arch is not None else model.lower()
