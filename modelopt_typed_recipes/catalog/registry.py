@@ -55,7 +55,9 @@ class Registry(Generic[T]):
     def _load_entry_points(self) -> None:
         """Each entry point names a callable returning specs, or a spec, or an iterable of specs."""
         if not _group_declared(self._group or ""):
-            return  # importlib.metadata costs ~25 ms to import; skip it when no installed package uses the group
+            # importing importlib.metadata took 41-69 ms here (python -X importtime, 3 runs, 2-core dev machine):
+            # skip it when no installed package declares the group
+            return
         from importlib import metadata
 
         for ep in metadata.entry_points(group=self._group or ""):
