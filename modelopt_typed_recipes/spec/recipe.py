@@ -13,6 +13,7 @@ from typing import Literal
 
 import attrs
 
+from ..errors import RecipeError
 from ._validate import fail, non_empty_str, non_empty_strs, one_of, positive_int
 from .arch import ModelArch
 from .layout import ParallelLayout
@@ -175,7 +176,6 @@ class Recipe:
         if isinstance(self.model, ModelArch):
             return self.model
         from ..catalog import get_arch  # the registry is plain data; imported lazily to keep spec/ at the bottom
-        from ..errors import RecipeError
 
         try:
             return get_arch(self.model)
@@ -189,8 +189,6 @@ class Recipe:
         for i, stage in enumerate(self.stages):
             out.append(arch)
             if isinstance(stage, Prune):
-                from ..errors import RecipeError
-
                 try:
                     arch = stage.pruned(arch)
                 except RecipeError as err:
