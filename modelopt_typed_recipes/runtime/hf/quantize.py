@@ -1,17 +1,16 @@
-"""ModelOpt quantization of a transformers model: the config, the calibration loop, the summaries.
+"""ModelOpt quantization of a transformers model: the calibration loop, the ModelOpt calls, the summaries.
 
-The config is built the same way the planner's check builds it (``bridges.modelopt_names``), from the
-live ``mtq`` constant or a ModelOpt YAML recipe, deep-copied so ModelOpt's shared dicts are never touched.
+The configs come from ``runtime.modelopt_config``, shared with the Megatron-Core backend.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from typing import Any
 
-from ...errors import SpecError, UnknownNameError, did_you_mean
-from ...spec.techniques import AutoQuantize, Quantize, resolve_format
+from ...errors import SpecError
+from ...spec.techniques import AutoQuantize, Quantize
+from ..modelopt_config import auto_quantize_inputs, quantize_config
 from .progress import track
 
 # ModelOpt's own default exclusions reach auto_quantize only as disabled_layers (modelopt-api.md §1.5)
@@ -22,45 +21,6 @@ def _mtq() -> Any:
     import modelopt.torch.quantization as mtq
 
     return mtq
-
-
-def preset_dict(name: str, *, path: str) -> dict[str, Any]:
-    """A deep copy of ``mtq.<name>``; UnknownNameError with suggestions when ModelOpt has no such preset."""
-    mtq = _mtq()
-    choices = [c for c in dir(mtq) if c.endswith(("_CFG", "_CONFIG")) and isinstance(getattr(mtq, c), dict)]
-    if name not in choices:
-        raise UnknownNameError(f"ModelOpt {getattr(mtq, '__version__', '')} has no preset {name!r}".replace("  ", " "),
-                               path=path, hint=did_you_mean(name, choices) or "see mtq.config.choices")
-    return copy.deepcopy(getattr(mtq, name))
-
-
-def quantize_config(stage: Quantize, *, path: str) -> tuple[dict[str, Any], str]:
-    """(config for ``mtq.quantize``, where it came from)."""
-    from ...bridges import modelopt_names as mn
-
-    if stage.recipe is not None:
-        from modelopt.recipe import load_recipe
-
-        try:
-            recipe = load_recipe(stage.recipe)
-        except (FileNotFoundError, ValueError, OSError) as exc:
-            raise SpecError(f"ModelOpt cannot load recipe {stage.recipe!r}: {exc}", path=f"{path}.recipe") from None
-        if str(getattr(recipe.recipe_type, "value", recipe.recipe_type)) != "ptq":
-            raise SpecError(f"{stage.recipe!r} is not a PTQ recipe", path=f"{path}.recipe",
-                            hint="use technique: auto_quantize for auto-quantize recipes")
-        base = recipe.quantize.model_dump(exclude_unset=True)
-        composed = mn.compose_quant_config(base, base_source="recipe", exclude=stage.exclude, algorithm=stage.algorithm)
-        return composed.config, stage.recipe
-    preset = stage.preset
-    assert preset is not None
-    base = preset_dict(preset, path=f"{path}.format")
-    kv = None
-    if stage.kv_cache is not None:
-        from modelopt.recipe.presets import KV_QUANT_CFG_CHOICES
-
-        kv = copy.deepcopy(KV_QUANT_CFG_CHOICES[stage.kv_cache]["quant_cfg"])
-    composed = mn.compose_quant_config(base, kv_entries=kv, exclude=stage.exclude, algorithm=stage.algorithm)
-    return composed.config, preset
 
 
 def forward_loop(batches: list[Any], *, device: str, label: str, progress: bool) -> Callable[[Any], None]:
@@ -95,35 +55,8 @@ def auto_quantize(model: Any, stage: AutoQuantize, batches: list[Any], *, path: 
                   batch_size: int, progress: bool) -> dict[str, Any]:
     """Per-layer format search (``mtq.auto_quantize``) under the stage's effective-bits budget."""
     mtq = _mtq()
-    disabled = [*_AUTO_QUANTIZE_DISABLED, *stage.exclude]
-    kv_entries = None
-    if stage.recipe is not None:
-        from modelopt.recipe import load_recipe
-
-        recipe = load_recipe(stage.recipe)
-        aq = getattr(recipe, "auto_quantize", None)
-        if aq is None:
-            raise SpecError(f"{stage.recipe!r} is not an auto-quantize recipe", path=f"{path}.recipe",
-                            hint="use technique: quantize for PTQ recipes")
-        constraints = aq.constraints.model_dump(exclude_none=True)
-        if aq.cost_excluded_layers:
-            constraints.setdefault("cost", {})["excluded_module_name_patterns"] = list(aq.cost_excluded_layers)
-        formats = [c.model_dump(exclude_unset=True) for c in aq.candidate_formats]
-        method, score_size = aq.auto_quantize_method, aq.score_size
-        disabled += list(aq.disabled_layers or [])
-        if aq.kv_cache is not None:
-            kv_entries = aq.kv_cache.model_dump(exclude_unset=True).get("quant_cfg")
-    else:
-        constraints = {"effective_bits": stage.effective_bits}
-        formats = []
-        for i, name in enumerate(stage.formats):
-            fmt = resolve_format(name, field=f"{path}.formats[{i}]")
-            formats.append(preset_dict(fmt.preset if fmt is not None else name, path=f"{path}.formats[{i}]"))
-        method, score_size = stage.method, stage.score_size
-        if stage.kv_cache is not None:
-            from modelopt.recipe.presets import KV_QUANT_CFG_CHOICES
-
-            kv_entries = copy.deepcopy(KV_QUANT_CFG_CHOICES[stage.kv_cache]["quant_cfg"])
+    inputs = auto_quantize_inputs(stage, path=path, disabled=_AUTO_QUANTIZE_DISABLED)
+    method, score_size, kv_entries = inputs.method, inputs.score_size, inputs.kv_entries
 
     loader = [b.to(device) for b in batches]
     if method == "kl_div":
@@ -133,8 +66,8 @@ def auto_quantize(model: Any, stage: AutoQuantize, batches: list[Any], *, path: 
     steps = len(loader)
     try:
         model, search = mtq.auto_quantize(
-            model, constraints=constraints, quantization_formats=formats, data_loader=loader,
-            disabled_layers=disabled, num_calib_steps=steps,
+            model, constraints=inputs.constraints, quantization_formats=inputs.formats, data_loader=loader,
+            disabled_layers=inputs.disabled_layers, num_calib_steps=steps,
             num_score_steps=min(steps, max(score_size // batch_size, 1)), method=method, verbose=False, **kwargs,
         )
     except ValueError as exc:

@@ -129,13 +129,13 @@ def run(recipe: Recipe, plan: Any, *, layout: Any = None) -> PostTrainingResult:
         bits = None
         if isinstance(stage, Quantize):
             cfg = stages.quantize(model, stage, [b[: recipe.calibration.batch_size] for b in calib_batches],
-                                  progress=plan.progress)
+                                  progress=plan.progress, path=f"stages[{i}]")
             details["algorithm"] = cfg.get("algorithm")
             fmt = stage.quant_format
             bits = fmt.weight_bits if fmt is not None else None
             quantized = True
         elif isinstance(stage, AutoQuantize):
-            best = stages.auto_quantize(model, stage, calib_batches, progress=plan.progress)
+            best = stages.auto_quantize(model, stage, calib_batches, progress=plan.progress, path=f"stages[{i}]")
             details.update(best)
             bits = best.get("effective_bits")
             quantized = True

@@ -1,14 +1,14 @@
 """The ModelOpt calls of each stage on a Megatron-Core model: quantize, auto-quantize, prune, export.
 
 Each function takes the built model and plain inputs and calls ModelOpt the way its Megatron-LM
-examples do; configs are deep copies of ModelOpt's own dicts (never mutated). The forward pass is
+examples do; configs come from ``runtime.modelopt_config`` (shared with the Hugging Face backend,
+never mutating ModelOpt's own dicts). The forward pass is
 ModelOpt's ``megatron_prefill`` (TP/PP/EP aware), run under ``torch.no_grad`` with a rich progress bar
 on rank 0.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -18,6 +18,8 @@ from ...bridges import modelopt_names as mn
 from ...errors import CompatibilityError, SpecError
 from ...spec.arch import ModelArch
 from ...spec.techniques import AutoQuantize, Prune, Quantize
+from ..modelopt_config import AutoQuantizeInputs, quantize_config
+from ..modelopt_config import auto_quantize_inputs as shared_auto_quantize_inputs
 
 
 # --------------------------------------------------------------------------- forward passes
@@ -69,39 +71,14 @@ def perplexity(model: Any, batches: Sequence[Any], *, progress: bool = True, lab
 
 
 # --------------------------------------------------------------------------- quantize
-def quantize_config(stage: Quantize) -> dict[str, Any]:
-    """The config for ``mtq.quantize``: a deep copy of the live ModelOpt preset or recipe, KV-cache
-    entries and exclusions appended (the same composition ``check`` replayed for coverage)."""
-    import modelopt.torch.quantization as mtq
-
-    if stage.recipe is not None:
-        from modelopt.recipe import ModelOptPTQRecipe, load_recipe
-
-        recipe = load_recipe(stage.recipe)
-        if not isinstance(recipe, ModelOptPTQRecipe):
-            raise SpecError(f"{stage.recipe!r} is not a PTQ recipe", path="recipe")
-        base = recipe.quantize.model_dump()
-        return mn.compose_quant_config(base, base_source="recipe", exclude=stage.exclude,
-                                       algorithm=stage.algorithm).config
-    preset = stage.preset
-    assert preset is not None
-    mn.check_preset(preset, path="format")
-    base = getattr(mtq, preset)
-    kv = None
-    if stage.kv_cache:
-        from modelopt.recipe.presets import KV_QUANT_CFG_CHOICES
-
-        kv = KV_QUANT_CFG_CHOICES[stage.kv_cache]["quant_cfg"]
-    return mn.compose_quant_config(base, kv_entries=kv, exclude=stage.exclude, algorithm=stage.algorithm).config
-
-
 def quantize(model: Any, stage: Quantize, batches: Sequence[Any], *, progress: bool = True,
-             config: dict[str, Any] | None = None) -> dict[str, Any]:
+             config: dict[str, Any] | None = None, path: str = "") -> dict[str, Any]:
     """``mtq.quantize`` in place (calibrating on ``batches`` when the config needs data), then
-    ``mtq.compress`` if asked. Returns the config used."""
+    ``mtq.compress`` if asked. Returns the config used (``runtime.modelopt_config``, shared with the
+    Hugging Face backend)."""
     import modelopt.torch.quantization as mtq
 
-    cfg = config if config is not None else quantize_config(stage)
+    cfg = config if config is not None else quantize_config(stage, path=path)[0]
     loop = forward_loop(batches, progress=progress) if mtq.need_calibration(cfg) else None
     mtq.quantize(model, cfg, loop)
     if stage.compress:
@@ -139,39 +116,16 @@ def amax_state(model: Any) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- auto-quantize
-def auto_quantize_inputs(stage: AutoQuantize) -> dict[str, Any]:
-    """``mtq.auto_quantize`` keyword arguments from the stage (or its ModelOpt recipe), as Megatron-LM maps them."""
-    import modelopt.torch.quantization as mtq
-
-    disabled = [p for p in mn.generic_exclusions() if p != "*"]
-    if stage.recipe is not None:
-        from modelopt.recipe import ModelOptAutoQuantizeRecipe, load_recipe
-
-        recipe = load_recipe(stage.recipe)
-        if not isinstance(recipe, ModelOptAutoQuantizeRecipe):
-            raise SpecError(f"{stage.recipe!r} is not an auto-quantize recipe", path="recipe")
-        aq = recipe.auto_quantize
-        constraints = aq.constraints.model_dump(exclude_none=True)
-        if aq.cost_excluded_layers:
-            constraints.setdefault("cost", {})["excluded_module_name_patterns"] = list(aq.cost_excluded_layers)
-        return dict(constraints=constraints, quantization_formats=[c.model_dump() for c in aq.candidate_formats],
-                    disabled_layers=sorted({*disabled, *aq.disabled_layers, *stage.exclude}),
-                    method=aq.auto_quantize_method, score_size=aq.score_size)
-    from ...spec.techniques import resolve_format
-
-    formats = []
-    for name in stage.formats:
-        fmt = resolve_format(name)
-        formats.append(copy.deepcopy(getattr(mtq, fmt.preset if fmt is not None else name)))
-    layers = sorted({*disabled, *stage.exclude})
-    # the budget is over the searchable decoder linears: layers never quantized (output layer, router,
-    # exclusions) stay out of the effective-bits denominator, as the format table's weight_bits are
-    constraints = {"effective_bits": stage.effective_bits, "cost": {"excluded_module_name_patterns": layers}}
-    return dict(constraints=constraints, quantization_formats=formats, disabled_layers=layers, method=stage.method,
-                score_size=stage.score_size)
+def auto_quantize_inputs(stage: AutoQuantize, *, path: str = "") -> AutoQuantizeInputs:
+    """``mtq.auto_quantize`` inputs as Megatron-LM maps them: every generic ModelOpt exclusion disabled and,
+    without a recipe, left out of the effective-bits budget (the budget is over the searchable decoder
+    linears, as the format table's weight_bits are)."""
+    return shared_auto_quantize_inputs(stage, path=path, disabled=[p for p in mn.generic_exclusions() if p != "*"],
+                                       budget_excludes_disabled=True)
 
 
-def auto_quantize(model: Any, stage: AutoQuantize, batches: Sequence[Any], *, progress: bool = True) -> dict[str, Any]:
+def auto_quantize(model: Any, stage: AutoQuantize, batches: Sequence[Any], *, progress: bool = True,
+                  path: str = "") -> dict[str, Any]:
     """``mtq.auto_quantize`` with the loss (gradient) or the logits (kl_div) of ``megatron_prefill``-style
     forwards; returns the search state's best (``effective_bits`` achieved, per-layer recipe)."""
     import modelopt.torch.quantization as mtq
@@ -179,7 +133,7 @@ def auto_quantize(model: Any, stage: AutoQuantize, batches: Sequence[Any], *, pr
     from megatron.core import parallel_state
     if parallel_state.get_pipeline_model_parallel_world_size() != 1:
         raise CompatibilityError("auto-quantize needs PP=1", path="layout.pipeline_parallel")
-    inputs = auto_quantize_inputs(stage)
+    inputs = auto_quantize_inputs(stage, path=path)
     device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
     batch_size = batches[0].shape[0] if batches else 1
     loader = [b.to(device) for b in batches]
@@ -200,13 +154,13 @@ def auto_quantize(model: Any, stage: AutoQuantize, batches: Sequence[Any], *, pr
         return _call(m, ids, None)
 
     kwargs: dict[str, Any] = dict(
-        constraints=inputs["constraints"], quantization_formats=inputs["quantization_formats"],
-        data_loader=loader, disabled_layers=inputs["disabled_layers"], num_calib_steps=len(loader),
-        num_score_steps=min(len(loader), max(inputs["score_size"] // batch_size, 1)), method=inputs["method"],
+        constraints=inputs.constraints, quantization_formats=inputs.formats,
+        data_loader=loader, disabled_layers=inputs.disabled_layers, num_calib_steps=len(loader),
+        num_score_steps=min(len(loader), max(inputs.score_size // batch_size, 1)), method=inputs.method,
         verbose=False,
     )
     kwargs["forward_step"] = forward_step  # ModelOpt 0.47 asserts it for both methods
-    if inputs["method"] == "gradient":
+    if inputs.method == "gradient":
         kwargs["forward_backward_step"] = forward_backward_step
     model, state = mtq.auto_quantize(model, **kwargs)
     model.eval()
