@@ -11,7 +11,7 @@ from typing import Any
 from ...errors import SpecError
 from ...spec.techniques import AutoQuantize, Quantize
 from ..modelopt_config import auto_quantize_inputs, quantize_config
-from .progress import track
+from ..progress import track
 
 # ModelOpt's own default exclusions reach auto_quantize only as disabled_layers (modelopt-api.md §1.5)
 _AUTO_QUANTIZE_DISABLED = ("*lm_head*", "*output_layer*", "*router*", "*mlp.gate.*", "*block_sparse_moe.gate*")

@@ -3,13 +3,12 @@
 Each function takes the built model and plain inputs and calls ModelOpt the way its Megatron-LM
 examples do; configs come from ``runtime.modelopt_config`` (shared with the Hugging Face backend,
 never mutating ModelOpt's own dicts). The forward pass is
-ModelOpt's ``megatron_prefill`` (TP/PP/EP aware), run under ``torch.no_grad`` with a rich progress bar
-on rank 0.
+ModelOpt's ``megatron_prefill`` (TP/PP/EP aware), run under ``torch.no_grad`` with the shared progress
+bar (stderr) on rank 0.
 """
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -19,17 +18,22 @@ from ...errors import CompatibilityError, SpecError
 from ...spec.arch import ModelArch
 from ...spec.techniques import AutoQuantize, Prune, Quantize
 from ..modelopt_config import AutoQuantizeInputs, quantize_config
+from ..progress import track
 from ..modelopt_config import auto_quantize_inputs as shared_auto_quantize_inputs
 
 
 # --------------------------------------------------------------------------- forward passes
-def _progress(total: int, label: str, enabled: bool) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+def _bars(progress: bool) -> bool:
+    """Progress bars on rank 0 only (every rank runs the same loop)."""
     from ..distributed import is_main
 
-    return Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    disable=not (enabled and is_main()), transient=False)
+    return progress and is_main()
+
+
+def _device() -> Any:
+    import torch
+
+    return torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
 
 
 def forward_loop(batches: Sequence[Any], *, label: str = "calibrating", progress: bool = True) -> Callable[[Any], None]:
@@ -38,36 +42,23 @@ def forward_loop(batches: Sequence[Any], *, label: str = "calibrating", progress
     from modelopt.torch.utils.plugins.megatron_generate import megatron_prefill
 
     def loop(model: Any) -> None:
-        device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
-        with _progress(len(batches), label, progress) as bar, torch.no_grad():
-            task = bar.add_task(label, total=len(batches))
-            for ids in batches:
+        device = _device()
+        with torch.no_grad():
+            for ids in track(batches, label, enabled=_bars(progress)):
                 megatron_prefill(model, ids.to(device), skip_return_logits=True)
-                bar.advance(task)
 
     return loop
 
 
 def perplexity(model: Any, batches: Sequence[Any], *, progress: bool = True, label: str = "evaluating") -> float:
     """exp(mean next-token cross-entropy) over every token of ``batches`` (same on every rank)."""
-    import torch
-    import torch.nn.functional as F
     from modelopt.torch.utils.plugins.megatron_generate import megatron_prefill
 
-    device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
-    total, count = 0.0, 0
+    from .. import evaluate
+
     model.eval()
-    with _progress(len(batches), label, progress) as bar, torch.no_grad():
-        task = bar.add_task(label, total=len(batches))
-        for ids in batches:
-            ids = ids.to(device)
-            logits = megatron_prefill(model, ids).float()
-            vocab = logits.shape[-1]
-            loss = F.cross_entropy(logits[:, :-1].reshape(-1, vocab), ids[:, 1:].reshape(-1), reduction="sum")
-            total += float(loss)
-            count += ids[:, 1:].numel()
-            bar.advance(task)
-    return math.exp(total / count)
+    return evaluate.perplexity(batches, lambda ids: megatron_prefill(model, ids), device=_device(), label=label,
+                               progress=_bars(progress))
 
 
 # --------------------------------------------------------------------------- quantize
@@ -134,7 +125,7 @@ def auto_quantize(model: Any, stage: AutoQuantize, batches: Sequence[Any], *, pr
     if parallel_state.get_pipeline_model_parallel_world_size() != 1:
         raise CompatibilityError("auto-quantize needs PP=1", path="layout.pipeline_parallel")
     inputs = auto_quantize_inputs(stage, path=path)
-    device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
+    device = _device()
     batch_size = batches[0].shape[0] if batches else 1
     loader = [b.to(device) for b in batches]
 

@@ -1,4 +1,4 @@
-"""Progress bars on stderr (rich), so ``--json`` output on stdout stays machine-readable."""
+"""Progress bars on stderr (rich), so ``--json`` output on stdout stays machine-readable; both backends."""
 
 from __future__ import annotations
 
