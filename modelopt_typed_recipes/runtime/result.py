@@ -111,6 +111,25 @@ class PostTrainingResult:
         return json.dumps(self.to_dict(), indent=indent)
 
 
+def reset_peak_memory(device: str) -> None:
+    """Start a stage's peak-memory measurement (CUDA's allocator counter; the CPU's cannot be reset)."""
+    if device == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory(device: str) -> int:
+    """``StageResult.peak_memory_bytes``: CUDA's peak allocation, or on the CPU the process's peak resident set."""
+    if device == "cuda":
+        import torch
+
+        return int(torch.cuda.max_memory_allocated())
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux: KiB
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}

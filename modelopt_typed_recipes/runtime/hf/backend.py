@@ -16,7 +16,7 @@ from ...errors import CompatibilityError
 from ...spec.recipe import MegatronCheckpoint, RandomInit, Recipe
 from ...spec.techniques import AutoQuantize, Export, Prune, Quantize
 from ..backend import RunPlan
-from ..result import PostTrainingResult, StageResult
+from ..result import PostTrainingResult, StageResult, peak_memory, reset_peak_memory
 
 # perplexity of an unmodified model on the same windows, kept for the process (several recipes, one model)
 _BASELINES: dict[tuple[str, ...], float] = {}
@@ -53,23 +53,6 @@ def check(recipe: Recipe, plan: RunPlan) -> None:
         from .model import hf_config_for
 
         hf_config_for(plan.arch)  # CompatibilityError when transformers has no class for this architecture
-
-
-def _peak_memory(device: str) -> int | None:
-    if device == "cuda":
-        import torch
-
-        return int(torch.cuda.max_memory_allocated())
-    import resource
-
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux: KiB
-
-
-def _reset_peak(device: str) -> None:
-    if device == "cuda":
-        import torch
-
-        torch.cuda.reset_peak_memory_stats()
 
 
 def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
@@ -112,7 +95,7 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
     quantized = False
     for i, stage in enumerate(recipe.stages):
         path = f"stages[{i}]"
-        _reset_peak(device)
+        reset_peak_memory(device)
         t = time.perf_counter()
         before = count_params(model)
         outputs: list[str] = []
@@ -156,7 +139,7 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
             raise CompatibilityError("Minitron pruning runs on the Megatron-Core backend only", path=path)
         seconds = time.perf_counter() - t
         stages.append(StageResult(
-            name=stage.label, technique=stage.technique, seconds=seconds, peak_memory_bytes=_peak_memory(device),
+            name=stage.label, technique=stage.technique, seconds=seconds, peak_memory_bytes=peak_memory(device),
             params_before=before, params_after=count_params(model), effective_bits=bits,
             quantizer_summary=summary, outputs=tuple(outputs), details=details,
         ))

@@ -19,7 +19,7 @@ import attrs
 from ...errors import CompatibilityError, SpecError
 from ...spec.recipe import Builtin, HFCheckpoint, MegatronCheckpoint, RandomInit, Recipe
 from ...spec.techniques import AutoQuantize, Export, Prune, Quantize
-from ..result import PostTrainingResult, StageResult
+from ..result import PostTrainingResult, StageResult, peak_memory, reset_peak_memory
 
 
 def check(recipe: Recipe, plan: Any = None, *, layout: Any = None) -> Any:
@@ -47,17 +47,7 @@ def _hf_reference(recipe: Recipe) -> str | None:
     return None
 
 
-def _peak() -> int | None:
-    import torch
-
-    if torch.cuda.is_available():
-        return int(torch.cuda.max_memory_allocated())
-    return None
-
-
 def run(recipe: Recipe, plan: Any, *, layout: Any = None) -> PostTrainingResult:
-    import torch
-
     from ...plan.check import _stage_layout, recipe_layout
     from .. import data, distributed
     from . import build, stages
@@ -120,8 +110,7 @@ def run(recipe: Recipe, plan: Any, *, layout: Any = None) -> PostTrainingResult:
                                   device=device, te=te, seed=recipe.seed)
                 current = want_layout
         out_dir = plan.stage_dir(i, stage.label)
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
+        reset_peak_memory(device)
         t = time.perf_counter()
         details: dict[str, Any] = {"layout": current.short() if hasattr(current, "short") else str(current)}
         outputs: list[str] = []
@@ -172,7 +161,7 @@ def run(recipe: Recipe, plan: Any, *, layout: Any = None) -> PostTrainingResult:
         seconds = time.perf_counter() - t
         summary = stages.quantizer_summary(model) if quantized else {}
         results.append(StageResult(
-            name=stage.label, technique=stage.technique, seconds=seconds, peak_memory_bytes=_peak(),
+            name=stage.label, technique=stage.technique, seconds=seconds, peak_memory_bytes=peak_memory(device),
             params_before=stage_arch.params_total, params_after=params_after, effective_bits=bits,
             quantizer_summary=summary, outputs=tuple(outputs), details=details,
         ))
