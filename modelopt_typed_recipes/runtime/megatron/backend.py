@@ -117,8 +117,7 @@ def run(recipe: Recipe, plan: Any, *, layout: Any = None) -> PostTrainingResult:
         params_after = stage_arch.params_total
         bits = None
         if isinstance(stage, Quantize):
-            cfg = stages.quantize(model, stage, [b[: recipe.calibration.batch_size] for b in calib_batches],
-                                  progress=plan.progress, path=f"stages[{i}]")
+            cfg = stages.quantize(model, stage, calib_batches, progress=plan.progress, path=f"stages[{i}]")
             details["algorithm"] = cfg.get("algorithm")
             fmt = stage.quant_format
             bits = fmt.weight_bits if fmt is not None else None
