@@ -225,3 +225,17 @@ def test_calibration_data_errors(tmp_path):
     with pytest.raises(DataError, match="fewer than one window"):
         D.token_windows(TextData(files=(str(short),), seq_length=256), D.load_tokenizer(None))
     assert Path(D.REFERENCE_DIR / "train.txt").is_file()
+
+
+def test_auto_quantize_searches_attention_layers():
+    """Regression: the search once disabled attention for every model (ModelOpt's Mamba-MoE unit leaked in)."""
+    import fnmatch
+
+    from modelopt_typed_recipes.runtime.megatron.stages import auto_quantize_inputs
+    from modelopt_typed_recipes.spec.techniques import AutoQuantize
+
+    inputs = auto_quantize_inputs(AutoQuantize(effective_bits=6.0, formats=("int4_awq", "fp8")))
+    for name in ("decoder.layers.0.self_attention.linear_qkv", "decoder.layers.0.self_attention.linear_proj",
+                 "decoder.layers.0.mlp.linear_fc1"):
+        assert not any(fnmatch.fnmatch(name, p) for p in inputs.disabled_layers), name
+    assert any(fnmatch.fnmatch("output_layer", p) for p in inputs.disabled_layers)

@@ -446,6 +446,17 @@ def compose_quant_config(base: dict[str, Any], *, base_source: str = "preset",
 
 
 @functools.cache
+def default_disabled_patterns() -> tuple[str, ...]:
+    """Module patterns ModelOpt's own presets never quantize (``default_disabled_quantizers``: output layer,
+    routers and gates, Mamba convolutions, vision towers...), for a backend's auto-quantize search.
+
+    Only this unit: the Mamba-MoE unit also disables attention, which is right for those hybrids only.
+    """
+    data = _load("configs/ptq/units/default_disabled_quantizers")
+    names = (e.get("quantizer_name", "") for e in (data if isinstance(data, list) else [data]))
+    return tuple(dict.fromkeys(n for n in names if n and n != "*"))
+
+
 def generic_exclusions() -> frozenset[str]:
     """Patterns of ModelOpt's shared exclusion units (``*lm_head*``, ``*router*``, vision towers...).
 

@@ -10,11 +10,11 @@ from typing import Any
 
 from ...errors import SpecError
 from ...spec.techniques import AutoQuantize, Quantize
+from ...bridges.modelopt_names import default_disabled_patterns
 from ..modelopt_config import auto_quantize_inputs, quantize_config
 from ..progress import track
 
 # ModelOpt's own default exclusions reach auto_quantize only as disabled_layers (modelopt-api.md §1.5)
-_AUTO_QUANTIZE_DISABLED = ("*lm_head*", "*output_layer*", "*router*", "*mlp.gate.*", "*block_sparse_moe.gate*")
 
 
 def _mtq() -> Any:
@@ -55,7 +55,7 @@ def auto_quantize(model: Any, stage: AutoQuantize, batches: list[Any], *, path: 
                   batch_size: int, progress: bool) -> dict[str, Any]:
     """Per-layer format search (``mtq.auto_quantize``) under the stage's effective-bits budget."""
     mtq = _mtq()
-    inputs = auto_quantize_inputs(stage, path=path, disabled=_AUTO_QUANTIZE_DISABLED)
+    inputs = auto_quantize_inputs(stage, path=path, disabled=default_disabled_patterns())
     method, score_size, kv_entries = inputs.method, inputs.score_size, inputs.kv_entries
 
     loader = [b.to(device) for b in batches]

@@ -108,10 +108,10 @@ def amax_state(model: Any) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- auto-quantize
 def auto_quantize_inputs(stage: AutoQuantize, *, path: str = "") -> AutoQuantizeInputs:
-    """``mtq.auto_quantize`` inputs as Megatron-LM maps them: every generic ModelOpt exclusion disabled and,
-    without a recipe, left out of the effective-bits budget (the budget is over the searchable decoder
+    """``mtq.auto_quantize`` inputs: ModelOpt's default-disabled modules (output layer, routers...) not searched
+    and, without a recipe, left out of the effective-bits budget (the budget is over the searchable decoder
     linears, as the format table's weight_bits are)."""
-    return shared_auto_quantize_inputs(stage, path=path, disabled=[p for p in mn.generic_exclusions() if p != "*"],
+    return shared_auto_quantize_inputs(stage, path=path, disabled=mn.default_disabled_patterns(),
                                        budget_excludes_disabled=True)
 
 
