@@ -122,6 +122,16 @@ def batches(windows: Any, batch_size: int) -> list[Any]:
     return [windows[i : i + batch_size] for i in range(0, windows.shape[0], batch_size)]
 
 
+def stage_batches(stage: Any, calibration: TextData, tokenizer: Any, windows: Any) -> list[Any]:
+    """Calibration batches for one stage: the recipe's ``windows`` unless the stage asks for its own
+    ``calibration_samples`` / ``calibration_seq_length`` (then those are cut from the same text)."""
+    n = getattr(stage, "calibration_samples", None) or calibration.num_samples
+    seq = getattr(stage, "calibration_seq_length", None) or calibration.seq_length
+    if (n, seq) != (calibration.num_samples, calibration.seq_length):
+        windows = token_windows(calibration, tokenizer, path="calibration", num_samples=n, seq_length=seq)
+    return batches(windows, calibration.batch_size)
+
+
 def data_hash(windows: Any) -> str:
     """sha256 of the token ids (first 16 hex digits): equal hashes mean equal calibration data."""
     return hashlib.sha256(windows.cpu().numpy().astype("int64").tobytes()).hexdigest()[:16]

@@ -58,7 +58,7 @@ def check(recipe: Recipe, plan: RunPlan) -> None:
 def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
     import torch
 
-    from ..data import batches, data_hash, token_windows
+    from ..data import batches, data_hash, stage_batches, token_windows
     from . import evaluate, export, quantize
     from .model import count_params, load_model
 
@@ -103,17 +103,13 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
         summary: dict[str, int] = {}
         bits = None
         if isinstance(stage, Quantize | AutoQuantize):
-            n = stage.calibration_samples or cal.num_samples
-            seq = getattr(stage, "calibration_seq_length", None) or cal.seq_length
-            w = windows if (n, seq) == (cal.num_samples, cal.seq_length) else token_windows(
-                cal, tokenizer, path="calibration", num_samples=n, seq_length=seq)
-            cal_batches = batches(w, cal.batch_size)
+            cal_batches = stage_batches(stage, cal, tokenizer, windows)
             if isinstance(stage, Quantize):
                 details = quantize.quantize(model, stage, cal_batches, path=path, device=device, progress=progress)
             else:
                 details = quantize.auto_quantize(model, stage, cal_batches, path=path, device=device,
                                                  batch_size=cal.batch_size, progress=progress)
-            details["calibration_windows"] = int(w.shape[0])
+            details["calibration_windows"] = sum(int(b.shape[0]) for b in cal_batches)
             summary = quantize.quantizer_summary(model)
             bits = quantize.effective_bits(model)
             quantized = True

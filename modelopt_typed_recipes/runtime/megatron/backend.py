@@ -117,13 +117,15 @@ def run(recipe: Recipe, plan: Any, *, layout: Any = None) -> PostTrainingResult:
         params_after = stage_arch.params_total
         bits = None
         if isinstance(stage, Quantize):
-            cfg = stages.quantize(model, stage, calib_batches, progress=plan.progress, path=f"stages[{i}]")
+            cfg = stages.quantize(model, stage, data.stage_batches(stage, recipe.calibration, tokenizer, calib),
+                                  progress=plan.progress, path=f"stages[{i}]")
             details["algorithm"] = cfg.get("algorithm")
             fmt = stage.quant_format
             bits = fmt.weight_bits if fmt is not None else None
             quantized = True
         elif isinstance(stage, AutoQuantize):
-            best = stages.auto_quantize(model, stage, calib_batches, progress=plan.progress, path=f"stages[{i}]")
+            best = stages.auto_quantize(model, stage, data.stage_batches(stage, recipe.calibration, tokenizer, calib),
+                                        progress=plan.progress, path=f"stages[{i}]")
             details.update(best)
             bits = best.get("effective_bits")
             quantized = True
