@@ -162,6 +162,7 @@ def plan_run(recipe: Recipe, *, progress: bool = True) -> RunPlan:
         progress=progress,
         world_size=int(os.environ.get("WORLD_SIZE", "1")),
         rank=int(os.environ.get("RANK", "0")),
+        report=report,
     )
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import attrs
 
@@ -47,6 +47,8 @@ class RunPlan:
     """Show progress bars (rich) while calibrating and evaluating."""
     world_size: int = 1
     rank: int = 0
+    report: Any = None
+    """The ``plan.check.CheckReport`` that ``plan_run`` made for this backend (reused, not recomputed)."""
 
     def stage_dir(self, index: int, label: str) -> Path:
         """A stage's own output folder inside the staging folder (``01-quantize-fp8``)."""

@@ -23,7 +23,12 @@ from ..result import PostTrainingResult, StageResult, peak_memory, reset_peak_me
 
 
 def check(recipe: Recipe, plan: Any = None, *, layout: Any = None) -> Any:
-    """Raise the first problem :func:`plan.check.check_recipe` finds for this backend; return the report."""
+    """Raise the first problem :func:`plan.check.check_recipe` finds for this backend; return the report.
+
+    ``run_post_training`` already checked the recipe for this backend: its report rides on the plan.
+    """
+    if layout is None and getattr(plan, "report", None) is not None and plan.report.backend == "megatron":
+        return plan.report
     from ...plan.check import Environment, check_recipe
 
     env = Environment.detect()
