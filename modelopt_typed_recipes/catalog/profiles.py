@@ -54,6 +54,18 @@ class LaunchProfile:
         return stage_layers(num_layers, self.pipeline_parallel, self.first_pipeline_num_layers,
                             self.last_pipeline_num_layers)
 
+    def layout_fields(self) -> dict[str, int | None]:
+        """The profile's sizes under ``ParallelLayout``'s field names (what a recipe's layout sets)."""
+        return {
+            "tensor_parallel": self.tensor_parallel,
+            "expert_parallel": self.expert_parallel,
+            "expert_tensor_parallel": self.expert_tensor_parallel,
+            "pipeline_parallel": self.pipeline_parallel,
+            "context_parallel": self.context_parallel,
+            "first_stage_layers": self.first_pipeline_num_layers,
+            "last_stage_layers": self.last_pipeline_num_layers,
+        }
+
     def summary(self) -> dict[str, object]:
         return {
             "name": self.name,

@@ -186,10 +186,10 @@ def cmd_profiles(args: argparse.Namespace) -> int:
         f"{len(profiles)} launch profiles",
         ["name", "arch", "TP", "ETP", "EP", "PP", "first/last PP layers", "description"],
         (
-            (p.name, p.arch, str(p.tensor_parallel), str(p.expert_tensor_parallel or p.tensor_parallel),
-             str(p.expert_parallel), str(p.pipeline_parallel),
-             f"{p.first_pipeline_num_layers or '-'}/{p.last_pipeline_num_layers or '-'}", p.description)
-            for p in profiles
+            (s["name"], s["arch"], str(s["tensor_parallel"]), str(s["expert_tensor_parallel"]),
+             str(s["expert_parallel"]), str(s["pipeline_parallel"]),
+             f"{s['first_pipeline_num_layers'] or '-'}/{s['last_pipeline_num_layers'] or '-'}", s["description"])
+            for s in (p.summary() for p in profiles)
         ),
     )
     return 0

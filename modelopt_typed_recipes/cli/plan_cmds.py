@@ -70,13 +70,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.profile:
         from ..catalog.profiles import get_profile
 
-        prof = get_profile(args.profile)
-        recipe = {
-            "tensor_parallel": prof.tensor_parallel, "expert_parallel": prof.expert_parallel,
-            "expert_tensor_parallel": prof.expert_tensor_parallel, "pipeline_parallel": prof.pipeline_parallel,
-            "context_parallel": prof.context_parallel, "first_stage_layers": prof.first_pipeline_num_layers,
-            "last_stage_layers": prof.last_pipeline_num_layers,
-        }  # fmt: skip
+        recipe = get_profile(args.profile).layout_fields()
     lp = plan(
         args.name, args.gpus, stage=args.stage, gpu=gpu, nodes=args.nodes,
         tensor_parallel=args.tensor_parallel, pipeline_parallel=args.pipeline_parallel,
