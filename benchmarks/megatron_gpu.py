@@ -7,6 +7,9 @@ Parts (``--part``):
             can, and the export re-loaded with transformers (config and tensors checked)
   tp2       under torchrun with 2 processes: TP=2 quantize, then the library re-plans export to PP=2
   accuracy  held-out perplexity of reference-llama per format (same weights, Megatron-Core backend)
+  prune     Minitron depth / width / head / expert pruning (needs Transformer Engine): reference-llama's
+            trained weights and tiny-moe, each pruned, exported, re-loaded with transformers (config and
+            held-out perplexity compared with the Megatron-Core model's)
 
 Calibration and evaluation text: the package's reference corpus (real English text), tokenised with the
 reference tokenizer. Results are printed and written as JSON to $OUT.
@@ -285,9 +288,109 @@ def part_accuracy() -> dict:
     return {"rows": rows}
 
 
+PRUNE_CASES = [
+    ("reference-llama", "depth-6to4", [dict(num_layers=4)]),
+    ("reference-llama", "ffn-768to512", [dict(ffn_hidden_size=512)]),
+    ("reference-llama", "hidden-256to192", [dict(hidden_size=192)]),
+    ("reference-llama", "heads-4to2", [dict(num_attention_heads=2)]),
+    ("reference-llama", "depth-6to4+fp8", [dict(num_layers=4), dict(format="fp8")]),
+    ("tiny-moe", "experts-8to4+moe-ffn-64to32", [dict(num_moe_experts=4, moe_ffn_hidden_size=32)]),
+]
+
+
+def hf_perplexity(export_dir: Path, *, seq: int = 256) -> float:
+    """Held-out perplexity of the exported checkpoint through transformers (same windows as the run)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from modelopt_typed_recipes.runtime import data
+    from modelopt_typed_recipes.runtime.hf.evaluate import perplexity
+    from modelopt_typed_recipes.spec.recipe import TextData
+
+    tok = data.load_tokenizer(None)
+    ev = data.token_windows(TextData(dataset="reference-heldout", num_samples=32, seq_length=seq, batch_size=8), tok,
+                            path="evaluation")
+    m = AutoModelForCausalLM.from_pretrained(str(export_dir), torch_dtype=torch.bfloat16).cuda().eval()
+    try:
+        return perplexity(m, data.batches(ev, 8), device="cuda", progress=False)
+    finally:
+        del m
+        torch.cuda.empty_cache()
+
+
+def part_prune(only: list[str] | None = None) -> dict:
+    from transformers import AutoConfig
+
+    from modelopt_typed_recipes.catalog import get_arch
+    from modelopt_typed_recipes.errors import RecipeError
+    from modelopt_typed_recipes.runtime.data import REFERENCE_DIR
+    from modelopt_typed_recipes.runtime.megatron import stages as mstages
+    from modelopt_typed_recipes.spec.recipe import HFCheckpoint, Recipe, TextData
+    from modelopt_typed_recipes.spec.techniques import Export, Prune, Quantize
+
+    rows = []
+    log(f"minitron available: {mstages.minitron_available()}")
+    for name, tag, stage_kws in PRUNE_CASES:
+        if only and tag not in only:
+            continue
+        if name == "reference-llama":
+            arch, hf = get_arch(name), REFERENCE_DIR
+        else:
+            hf, arch = write_hf_checkpoint(name, WORK / f"hf-{name}"), arch_for(name)
+        out = WORK / f"prune-{name}-{tag.replace('+', '_')}"
+        row: dict = {"model": name, "case": tag}
+        t = time.perf_counter()
+        try:
+            stage_list = [Quantize(**kw) if "format" in kw else Prune(**kw) for kw in stage_kws] + [Export()]
+            recipe = Recipe(
+                name=f"{name}:{tag}", model=arch, source=HFCheckpoint(path=str(hf)), stages=tuple(stage_list),
+                calibration=TextData(dataset="reference-train", num_samples=64, seq_length=256, batch_size=8),
+                evaluation=TextData(dataset="reference-heldout", num_samples=32, seq_length=256, batch_size=8),
+                output_dir=str(out), backend="megatron", device="cuda", dtype="bf16")
+            res = run_recipe(recipe)
+            pr = res.stages[0]
+            row.update(status="ok", seconds=round(time.perf_counter() - t, 2),
+                       params_before=pr.params_before, params_after=pr.params_after,
+                       prune_seconds=round(pr.seconds, 2), details={k: v for k, v in pr.details.items()},
+                       ppl_before=res.metrics.get("perplexity_before"), ppl_after=res.metrics.get("perplexity_after"),
+                       stages=[s.name for s in res.stages])
+            edir = next(p for p in out.iterdir() if p.name.endswith("export-hf"))
+            cfg = AutoConfig.from_pretrained(str(edir))
+            want = recipe.archs_per_stage()[-1]
+            got = {"num_hidden_layers": cfg.num_hidden_layers, "hidden_size": cfg.hidden_size,
+                   "num_attention_heads": cfg.num_attention_heads,
+                   "intermediate_size": getattr(cfg, "intermediate_size", None)}
+            row["export_config"] = got
+            row["export_matches_arch"] = (got["num_hidden_layers"], got["hidden_size"],
+                                          got["num_attention_heads"]) == (want.num_layers, want.hidden_size,
+                                                                          want.attention.num_heads)
+            if want.moe is not None:
+                row["export_moe"] = {"num_experts": getattr(cfg, "num_experts", None),
+                                     "moe_intermediate_size": getattr(cfg, "moe_intermediate_size", None)}
+                row["export_matches_arch"] &= (row["export_moe"]["num_experts"], row["export_moe"][
+                    "moe_intermediate_size"]) == (want.moe.num_experts, want.moe.ffn_hidden_size)
+            row["transformers_params"] = None
+            try:
+                row["hf_ppl"] = hf_perplexity(edir)
+                from transformers import AutoModelForCausalLM
+
+                m = AutoModelForCausalLM.from_pretrained(str(edir))
+                row["transformers_params"] = sum(p.numel() for p in m.parameters())
+                del m
+            except Exception as exc:  # a quantized export may need a deployment runtime to load; record why
+                row["hf_reload"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+        except RecipeError as err:
+            row.update(status="refused", error=err.to_dict())
+        except Exception as exc:
+            row.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:400], trace=traceback.format_exc()[-2500:])
+        log(json.dumps(row, default=str))
+        rows.append(row)
+    return {"rows": rows}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--part", required=True, choices=["prewarm", "formats", "tp2", "accuracy"])
+    ap.add_argument("--part", required=True, choices=["prewarm", "formats", "tp2", "accuracy", "prune"])
     ap.add_argument("--models", default="tiny-dense,tiny-moe")
     ap.add_argument("--cases", default="", help="comma-separated case tags (default: all)")
     args = ap.parse_args()
@@ -300,6 +403,8 @@ def main() -> None:
         res = part_formats(args.models.split(","), [c for c in args.cases.split(",") if c])
     elif args.part == "tp2":
         res = part_tp2()
+    elif args.part == "prune":
+        res = part_prune([c for c in args.cases.split(",") if c])
     else:
         res = part_accuracy()
     res = {"part": args.part, "wall_s": round(time.perf_counter() - t, 1), **res}

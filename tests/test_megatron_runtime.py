@@ -205,6 +205,28 @@ def test_prune_call_path_up_to_modelopt(dist_cpu, hf_dense):
         stages.arch_after_prune(arch_4k(), stage, bad)
 
 
+def test_minitron_divisors_make_each_target_a_choice():
+    from modelopt_typed_recipes.runtime.megatron import stages
+
+    d = stages.minitron_divisors(Prune(hidden_size=192, ffn_hidden_size=640, num_layers=3))
+    assert d == {"num_layers_divisor": 1, "hidden_size_divisor": 192, "ffn_hidden_size_divisor": 640}
+    d = stages.minitron_divisors(Prune(ffn_hidden_size=96, moe_ffn_hidden_size=64, num_moe_experts=4))
+    assert d["ffn_hidden_size_divisor"] == 32 and d["num_moe_experts_divisor"] == 4
+    assert stages.minitron_divisors(Prune(params="400K")) == {}  # a search keeps ModelOpt's grid
+
+
+def test_layer_spec_choice(dist_cpu):
+    from modelopt_typed_recipes.runtime.megatron import build
+
+    assert build.choose_spec(te_available=False, prune=True) == "local"
+    assert build.choose_spec(te_available=True, prune=False) == "modelopt"
+    assert build.choose_spec(te_available=True, prune=True) == "te"  # Megatron-LM's prune.sh builds this
+    m = build.build_model(arch_4k(), ParallelLayout(), dtype="fp32", device="cpu", spec="local")
+    assert type(m.decoder.layers[0].self_attention.linear_qkv).__name__ == "ColumnParallelLinear"
+    with pytest.raises(ValueError, match="unknown layer spec"):
+        build.build_model(arch_4k(), ParallelLayout(), dtype="fp32", device="cpu", spec="fast")
+
+
 def test_calibration_data_errors(tmp_path):
     from modelopt_typed_recipes.errors import DataError
     from modelopt_typed_recipes.runtime import data as D
@@ -239,3 +261,17 @@ def test_auto_quantize_searches_attention_layers():
                  "decoder.layers.0.mlp.linear_fc1"):
         assert not any(fnmatch.fnmatch(name, p) for p in inputs.disabled_layers), name
     assert any(fnmatch.fnmatch("output_layer", p) for p in inputs.disabled_layers)
+
+
+def test_exported_config_follows_pruned_moe_arch(tmp_path):
+    from modelopt_typed_recipes.bridges.hf_config import to_hf_config
+    from modelopt_typed_recipes.runtime.megatron import stages
+
+    arch = get_arch("tiny-moe")
+    (tmp_path / "config.json").write_text(json.dumps(to_hf_config(arch)))
+    pruned = Prune(num_moe_experts=4, moe_ffn_hidden_size=32, num_layers=1).pruned(arch)
+    changed = stages.sync_exported_config(tmp_path, pruned)
+    assert changed == {"num_experts": (8, 4), "moe_intermediate_size": (64, 32), "num_hidden_layers": (2, 1)}
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert (cfg["num_experts"], cfg["moe_intermediate_size"], cfg["num_hidden_layers"]) == (4, 32, 1)
+    assert stages.sync_exported_config(tmp_path, pruned) == {}  # idempotent

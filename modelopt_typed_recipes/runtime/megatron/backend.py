@@ -62,7 +62,8 @@ def run(recipe: Recipe, plan: Any, *, layout: Any = None) -> PostTrainingResult:
     layout = layout if layout is not None else recipe_layout(recipe)
     dtype = plan.dtype
     device = plan.device
-    te = build.has_transformer_engine()
+    spec = build.choose_spec(te_available=build.has_transformer_engine(),
+                             prune=any(isinstance(s, Prune) for s in recipe.stages))
     distributed.init_process_group(device=device)
     timings: dict[str, float] = {}
     staging = Path(plan.staging_dir)
@@ -77,7 +78,7 @@ def run(recipe: Recipe, plan: Any, *, layout: Any = None) -> PostTrainingResult:
 
     # ---- model and weights
     t = time.perf_counter()
-    model = build.build_model(arch, current, dtype=dtype, device=device, te=te)
+    model = build.build_model(arch, current, dtype=dtype, device=device, spec=spec)
     src = recipe.source
     hf_ref = _hf_reference(recipe)
     if isinstance(src, HFCheckpoint) or (isinstance(src, Builtin) and hf_ref):
@@ -104,7 +105,7 @@ def run(recipe: Recipe, plan: Any, *, layout: Any = None) -> PostTrainingResult:
         timings["evaluate_before"] = time.perf_counter() - t
 
     results: list[StageResult] = []
-    quantized = False
+    quantized = changed = False
     for i, stage in enumerate(recipe.stages):
         stage_arch = archs[i]
         want = report.stages[i].layout
@@ -112,7 +113,7 @@ def run(recipe: Recipe, plan: Any, *, layout: Any = None) -> PostTrainingResult:
             want_layout = _layout_from(want, current)
             if want_layout != current:
                 model = _relayout(model, stage_arch, current, want_layout, staging / f".relayout-{i}", dtype=dtype,
-                                  device=device, te=te, seed=recipe.seed)
+                                  device=device, spec=spec, seed=recipe.seed)
                 current = want_layout
         out_dir = plan.stage_dir(i, stage.label)
         reset_peak_memory(device)
@@ -141,11 +142,18 @@ def run(recipe: Recipe, plan: Any, *, layout: Any = None) -> PostTrainingResult:
 
                 def score(m: Any) -> float:
                     return -stages.perplexity(m, eb, progress=False)
-            model, new_arch = stages.prune(model, stage, stage_arch, calib_batches, progress=plan.progress,
-                                           score_func=score)
+            model, new_arch = stages.prune(model, stage, stage_arch,
+                                           data.stage_batches(stage, recipe.calibration, tokenizer, calib),
+                                           progress=plan.progress, score_func=score)
             params_after = new_arch.params_total
+            changed = True
             details["pruned_arch"] = {"num_layers": new_arch.num_layers, "hidden_size": new_arch.hidden_size,
-                                      "ffn_hidden_size": new_arch.ffn_hidden_size}
+                                      "ffn_hidden_size": new_arch.ffn_hidden_size,
+                                      "num_attention_heads": new_arch.attention.num_heads}
+            if new_arch.moe is not None:
+                details["pruned_arch"].update(num_moe_experts=new_arch.moe.num_experts,
+                                              moe_ffn_hidden_size=new_arch.moe.ffn_hidden_size)
+            details["layer_spec"] = spec
             if i + 1 < len(archs):
                 archs = (*archs[: i + 1], *(new_arch for _ in archs[i + 1:]))
         elif isinstance(stage, Export):
@@ -158,6 +166,10 @@ def run(recipe: Recipe, plan: Any, *, layout: Any = None) -> PostTrainingResult:
             stages.export_hf(model, hf_ref, str(out_dir), dtype=stage.dtype,
                              vllm_fakequant=stage.format == "vllm_fakequant",
                              moe_router_dtype=stage_arch.moe.router_dtype if stage_arch.moe else None)
+            if changed and distributed.is_main():  # pruned: the exporter leaves MoE sizes at the source's
+                fixed = stages.sync_exported_config(out_dir, stage_arch)
+                if fixed:
+                    details["config_synced"] = {k: list(v) for k, v in fixed.items()}
             distributed.barrier()
             outputs.append(str(out_dir.relative_to(staging)))
         if isinstance(stage, Quantize | AutoQuantize | Prune):
@@ -172,7 +184,7 @@ def run(recipe: Recipe, plan: Any, *, layout: Any = None) -> PostTrainingResult:
             quantizer_summary=summary, outputs=tuple(outputs), details=details,
         ))
 
-    if eval_batches is not None and quantized:
+    if eval_batches is not None and (quantized or changed):
         t = time.perf_counter()
         metrics["perplexity_after"] = stages.perplexity(model, eval_batches, progress=plan.progress)
         timings["evaluate_after"] = time.perf_counter() - t
@@ -195,7 +207,7 @@ def _layout_from(d: dict[str, Any], like: Any) -> Any:
     return ParallelLayout(**{k: v for k, v in d.items() if k in attrs.fields_dict(ParallelLayout)})
 
 
-def _relayout(model: Any, arch: Any, old: Any, new: Any, tmp: Path, *, dtype: str, device: str, te: bool,
+def _relayout(model: Any, arch: Any, old: Any, new: Any, tmp: Path, *, dtype: str, device: str, spec: str,
               seed: int) -> Any:
     """Move the model to another layout: dist checkpoint (with ModelOpt state) out, groups rebuilt, back in."""
     import gc
@@ -211,7 +223,7 @@ def _relayout(model: Any, arch: Any, old: Any, new: Any, tmp: Path, *, dtype: st
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     distributed.set_layout(new, seed=seed, device=device)
-    fresh = build.build_model(arch, new, dtype=dtype, device=device, te=te)
+    fresh = build.build_model(arch, new, dtype=dtype, device=device, spec=spec)
     fresh = build.load_checkpoint(fresh, tmp)
     distributed.barrier()
     if distributed.is_main():

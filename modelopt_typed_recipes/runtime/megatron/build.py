@@ -1,8 +1,9 @@
 """Build a Megatron-Core model from a :class:`ModelArch`, load weights into it, save it.
 
 The TransformerConfig mapping is the typed twin of the seed's ``MODEL_ARGS``. The layer spec follows
-ModelOpt's Megatron-LM builder: ModelOpt's spec (TE norms and attention, local linears, SequentialMLP
-experts) when Transformer Engine imports, otherwise Megatron-Core's local spec. Weights come from a
+Megatron-LM's post-training builder: ModelOpt's spec (TE norms and attention, local linears, SequentialMLP
+experts) when Transformer Engine imports, the full TE spec for pruning (as ``prune.sh``), otherwise
+Megatron-Core's local spec. Weights come from a
 Hugging Face directory through ModelOpt's importer, from a Megatron distributed checkpoint (with the
 ModelOpt state restored first, so quantizers exist before their ``_extra_state`` loads), or stay random.
 """
@@ -119,38 +120,67 @@ def transformer_config(arch: ModelArch, layout: Any, *, dtype: str = "bf16", cpu
     return cls(**kw)
 
 
-def layer_spec(arch: ModelArch, config: Any, *, te: bool) -> Any:
-    """ModelOpt's spec with Transformer Engine, else the local spec (per-layer when MoE is not everywhere)."""
+SPECS = ("local", "modelopt", "te")
+"""Layer specs: Megatron-Core's local spec (no Transformer Engine); ModelOpt's spec (TE norms and attention,
+local linears: what ModelOpt's quantization examples build); the full TE spec (``TELayerNormColumnParallelLinear``
+and ``TEDotProductAttention``: what Megatron-LM's ``prune.sh`` builds with ``--export-default-te-spec``, and the
+only one whose attention heads Minitron can prune)."""
+
+
+def choose_spec(*, te_available: bool, prune: bool) -> str:
+    """The spec a run builds: the full TE spec when it prunes, ModelOpt's with TE, the local one without."""
+    if not te_available:
+        return "local"
+    return "te" if prune else "modelopt"
+
+
+def layer_spec(arch: ModelArch, config: Any, *, spec: str) -> Any:
+    """The layer (or, when MoE is not on every layer, decoder block) spec named by ``spec``."""
+    if spec not in SPECS:
+        raise ValueError(f"unknown layer spec {spec!r}; one of {SPECS}")
     moe = arch.moe
     every_layer_moe = moe is not None and all(arch.moe_layers)
-    if te:
+    if spec == "modelopt":
         from megatron.core.post_training.modelopt.gpt.model_specs import get_gpt_modelopt_spec
 
         return get_gpt_modelopt_spec(config, local_core_attention=False, remap_te_layernorm=False)
     if moe is not None and not every_layer_moe:
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec
 
-        return get_gpt_decoder_block_spec(config, use_transformer_engine=False)
+        return get_gpt_decoder_block_spec(config, use_transformer_engine=spec == "te")
+    qk_layernorm = bool(getattr(arch.attention, "qk_layernorm", False))
+    mla = isinstance(arch.attention, MLAttention)
+    experts = moe.num_experts if moe is not None else None
+    if spec == "te":
+        from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
+
+        return get_gpt_layer_with_transformer_engine_spec(
+            num_experts=experts, moe_grouped_gemm=False, qk_layernorm=qk_layernorm, multi_latent_attention=mla)
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
     return get_gpt_layer_local_spec(
-        num_experts=moe.num_experts if moe is not None else None,
+        num_experts=experts,
         moe_grouped_gemm=False,
-        qk_layernorm=bool(getattr(arch.attention, "qk_layernorm", False)),
-        multi_latent_attention=isinstance(arch.attention, MLAttention),
+        qk_layernorm=qk_layernorm,
+        multi_latent_attention=mla,
         normalization=config.normalization,
     )
 
 
 def build_model(arch: ModelArch, layout: Any, *, dtype: str = "bf16", device: str = "cuda",
-                te: bool | None = None) -> Any:
-    """An unwrapped ``GPTModel`` for this rank's pipeline stage, in eval mode, on ``device``."""
+                te: bool | None = None, spec: str | None = None) -> Any:
+    """An unwrapped ``GPTModel`` for this rank's pipeline stage, in eval mode, on ``device``.
+
+    ``spec`` names the layer spec (:data:`SPECS`); without it, ``te`` (default: whether Transformer Engine
+    imports) picks ModelOpt's spec or the local one."""
     from megatron.core import parallel_state
     from megatron.core.models.gpt import GPTModel
 
-    te = has_transformer_engine() if te is None else te
+    if spec is None:
+        te = has_transformer_engine() if te is None else te
+        spec = "modelopt" if te else "local"
     config = transformer_config(arch, layout, dtype=dtype, cpu_init=device == "cpu")
-    spec = layer_spec(arch, config, te=te)
+    layers = layer_spec(arch, config, spec=spec)
     pos = arch.position
     kw: dict[str, Any] = {}
     if pos is not None:
@@ -165,7 +195,7 @@ def build_model(arch: ModelArch, layout: Any, *, dtype: str = "bf16", device: st
         kw["position_embedding_type"] = "none"
     model = GPTModel(
         config=config,
-        transformer_layer_spec=spec,
+        transformer_layer_spec=layers,
         vocab_size=arch.vocab.padded(layout.tensor_parallel),
         max_sequence_length=arch.max_position_embeddings,
         pre_process=parallel_state.is_pipeline_first_stage(),

@@ -168,6 +168,31 @@ def prune_constraints(stage: Prune) -> dict[str, Any]:
     return {"export_config": dict(stage.export_config)}
 
 
+def minitron_divisors(stage: Prune) -> dict[str, int]:
+    """Search-space divisors that make each requested size one of Minitron's choices.
+
+    ModelOpt offers multiples of a divisor (defaults: hidden 256, FFN 512, layers 2), so a target such as
+    ``ffn_hidden_size: 640`` would not exist in its search space; a divisor equal to the target (the gcd
+    when FFN sizes share one divisor) keeps exactly the requested sizes reachable. Searches keep ModelOpt's
+    defaults."""
+    import math
+
+    if stage.is_search:
+        return {}
+    ec = stage.export_config
+    out: dict[str, int] = {"num_layers_divisor": 1}
+    if "hidden_size" in ec:
+        out["hidden_size_divisor"] = ec["hidden_size"]
+    ffn = [ec[k] for k in ("ffn_hidden_size", "moe_ffn_hidden_size", "moe_shared_expert_intermediate_size") if k in ec]
+    if ffn:
+        out["ffn_hidden_size_divisor"] = math.gcd(*ffn)
+    if "num_moe_experts" in ec:
+        out["num_moe_experts_divisor"] = ec["num_moe_experts"]
+    if "mamba_head_dim" in ec:
+        out["mamba_head_dim_divisor"] = ec["mamba_head_dim"]
+    return out
+
+
 def minitron_available() -> bool:
     import modelopt.torch.prune as mtp
 
@@ -189,8 +214,11 @@ def prune(model: Any, stage: Prune, arch: ModelArch, batches: Sequence[Any], *, 
         if score_func is None:
             raise SpecError("a params target needs a score function (held-out perplexity)", path="evaluation")
         config["score_func"] = score_func
-    model, _state = mtp.prune(model, mode="mcore_minitron", constraints=prune_constraints(stage),
-                              dummy_input=None, config=config)
+    divisors = minitron_divisors(stage)
+    mode: Any = ([("mcore_minitron", mtp.mcore_minitron.get_mcore_minitron_config(**divisors))]
+                 if divisors else "mcore_minitron")
+    model, _state = mtp.prune(model, mode=mode, constraints=prune_constraints(stage), dummy_input=None,
+                              config=config)
     if mto.ModeloptStateManager.has_state_for_mode_type("prune", model=model):
         mto.ModeloptStateManager.remove_state(model)
     return model, arch_after_prune(arch, stage, model.config)
@@ -241,3 +269,29 @@ def export_hf(model: Any, hf_reference: str, export_dir: str, *, dtype: str = "b
     if moe_router_dtype is not None:
         kwargs["moe_router_dtype"] = moe_router_dtype
     fn(model, str(hf_reference), **kwargs)
+
+
+# Sizes a pruned model's exported config.json must carry. ModelOpt's exporter rewrites only the dense ones
+# (layers, hidden, heads, head_dim, intermediate); MoE sizes are left at the source's values.
+_STRUCTURAL_HF_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                       "num_key_value_heads", "head_dim", "num_experts", "num_local_experts",
+                       "moe_intermediate_size", "shared_expert_intermediate_size", "n_routed_experts")
+
+
+def sync_exported_config(export_dir: str | Path, arch: ModelArch) -> dict[str, tuple[Any, Any]]:
+    """Make the exported ``config.json`` describe ``arch`` (the pruned architecture); returns what changed."""
+    import json
+    from pathlib import Path
+
+    from ...bridges.hf_config import to_hf_config
+
+    path = Path(export_dir) / "config.json"
+    cfg = json.loads(path.read_text())
+    want = to_hf_config(arch)
+    changed = {k: (cfg[k], want[k]) for k in _STRUCTURAL_HF_KEYS if k in cfg and k in want and cfg[k] != want[k]}
+    if changed:
+        cfg.update({k: v for k, (_, v) in changed.items()})
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        tmp.replace(path)
+    return changed
