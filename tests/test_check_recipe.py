@@ -70,6 +70,20 @@ def test_prune_gates():
     assert ("CompatibilityError", "stages[0]") in paths(rep)
 
 
+def test_moe_prune_from_hf_is_refused_before_the_gpu(tmp_path):
+    from modelopt_typed_recipes.spec.recipe import HFCheckpoint
+
+    (tmp_path / "config.json").write_text("{}")
+    moe = Recipe(model="tiny-moe", source=HFCheckpoint(path=str(tmp_path)), stages=(Prune(num_moe_experts=4),),
+                 output_dir="/tmp/x", backend="megatron")
+    rep = check_recipe(moe, env=GPU_TE)
+    assert any("mixture-of-experts" in e.message and e.path == "stages[0]" for e in rep.errors), rep.errors
+    assert check_recipe(recipe(Prune(num_moe_experts=4), model="tiny-moe"), env=GPU_TE).ok  # random init: no import
+    dense = Recipe(model="tiny-dense", source=HFCheckpoint(path=str(tmp_path)), stages=(Prune(num_layers=1),),
+                   output_dir="/tmp/x", backend="megatron")
+    assert not any("mixture" in e.message for e in check_recipe(dense, env=GPU_TE).errors)
+
+
 def test_kv_cache_ok_with_te_and_counts_kv_quantizers():
     rep = check_recipe(recipe(Quantize(format="fp8", kv_cache="fp8")), env=GPU_TE)
     assert rep.ok, rep.errors

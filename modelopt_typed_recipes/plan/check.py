@@ -279,6 +279,15 @@ def check_recipe(recipe: Recipe, *, env: Environment | None = None, layout: Any 
         elif isinstance(stage, Prune):
             if megatron or backend == "megatron":
                 errors += _prune_gates(env, path, cuda=cuda)
+                if arch.moe is not None and isinstance(recipe.source, HFCheckpoint):
+                    # measured on the H100/H200 machine (benchmarks/megatron_gpu.md, prune): ModelOpt 0.47's
+                    # HF importer leaves TE SequentialMLP experts without _extra_state, and its MoE mappings
+                    # have no rule for TEGroupedMLP experts, so the TE spec Minitron needs cannot be filled.
+                    errors.append(CompatibilityError(
+                        "pruning a mixture-of-experts model from a Hugging Face checkpoint is not possible with "
+                        "ModelOpt 0.47: its importer cannot load experts into the Transformer Engine layer spec "
+                        "that Minitron needs", path=f"{path}",
+                        hint="prune a dense model, or start from a Megatron checkpoint saved with the TE spec"))
             else:
                 errors.append(CompatibilityError("Minitron pruning runs on the Megatron-Core backend only",
                                                  path=path, hint="backend: megatron"))
