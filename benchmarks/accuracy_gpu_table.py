@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Render benchmarks/accuracy_gpu.md's table and accuracy_gpu.png from the raw JSON an H100 run wrote.
 
-The raw file comes from `bash benchmarks/gpu_megatron.sh prewarm accuracy` on the GPU machine
-($OUT/megatron_accuracy.json, copied to benchmarks/raw/megatron_accuracy_h100.json).
+The raw file comes from `bash benchmarks/gpu_megatron.sh prewarm-parallel accuracy` on the GPU machine
+($OUT/megatron_accuracy.json, copied to benchmarks/raw/). DEVICE labels the plot.
 
-    .venv/bin/python benchmarks/accuracy_gpu_table.py [RAW.json]
+    .venv/bin/python benchmarks/accuracy_gpu_table.py [RAW.json [DEVICE]]
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ TARGETS = {"fp8": 1.0, "int8_sq": 2.0, "nvfp4": 8.0, "int4_awq": 10.0}
 
 
 def main() -> None:
-    raw = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE / "raw" / "megatron_accuracy_h100.json"
+    raw = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE / "raw" / "megatron_accuracy_h200_shared_loader.json"
+    device = sys.argv[2] if len(sys.argv) > 2 else "H200"
     rows = json.loads(raw.read_text())["rows"]
     lines = ["| format | ppl before | ppl after | change | target | met | seconds |", "|---|---:|---:|---:|---:|:---:|---:|"]
     changes = []
@@ -50,7 +51,7 @@ def main() -> None:
         if n in TARGETS:
             ax.plot([i - 0.4, i + 0.4], [TARGETS[n]] * 2, color="k", lw=1, ls="--")
     ax.set_ylabel("held-out perplexity change (%)")
-    ax.set_title("reference-llama, Megatron-Core backend on H100 (dashed: target)")
+    ax.set_title(f"reference-llama, Megatron-Core backend on {device} (dashed: target)")
     ax.axhline(0, color="grey", lw=0.5)
     fig.tight_layout()
     fig.savefig(HERE / "accuracy_gpu.png", dpi=120)
