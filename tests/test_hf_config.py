@@ -487,6 +487,24 @@ def test_fuzzed_configs_give_a_spec_or_a_spec_error(hf_id: str, edits: list) -> 
 
 @needs_facts
 @pytest.mark.parametrize(
+    ("hf_id", "key"),
+    [("Qwen/Qwen3-235B-A22B", "decoder_sparse_step"), ("meta-llama/Llama-4-Scout-17B-16E-Instruct",
+                                                         "interleave_moe_layer_step"),
+     ("deepseek-ai/DeepSeek-V2-Lite", "moe_layer_freq")],
+)
+@pytest.mark.parametrize("value", [0, -1])
+def test_layer_periods_below_one_are_spec_errors(hf_id: str, key: str, value: int) -> None:
+    """Found by the fuzzer on a fresh clone: decoder_sparse_step 0 divided by zero."""
+    cfg = fact(hf_id)
+    target = cfg.get("text_config", cfg) if isinstance(cfg.get("text_config"), dict) else cfg
+    target[key] = value
+    with pytest.raises(SpecError, match=f"{key} must be at least 1") as err:
+        from_hf_config(cfg)
+    assert err.value.path.endswith(key)
+
+
+@needs_facts
+@pytest.mark.parametrize(
     ("hf_id", "key", "value"),
     [
         ("Qwen/Qwen3-30B-A3B", "mlp_only_layers", [{"a": 1}]),

@@ -146,6 +146,7 @@ class FieldDiff:
 
 
 # --------------------------------------------------------------------------- reading a config dict
+_MAX_INT = 2**53  # JSON numbers beyond this are not exact integers in any config writer
 _MISSING = object()
 
 
@@ -178,8 +179,8 @@ class _Reader:
             if isinstance(v, bool):
                 raise TypeError
             if isinstance(v, float) and v.is_integer():
-                return int(v)
-            if not isinstance(v, int):
+                v = int(v)
+            if not isinstance(v, int) or abs(v) > _MAX_INT:
                 raise TypeError
             return v
 
@@ -246,6 +247,14 @@ class _Reader:
 
 def _fail(r: _Reader, key: str, message: str, hint: str = "") -> SpecError:
     return SpecError(message, path=r.path(key), hint=hint)
+
+
+def _layer_step(r: _Reader, key: str) -> int:
+    """A "every k-th layer" period (default 1); zero or negative would divide by zero."""
+    step = r.int(key, 1)
+    if step < 1:
+        raise _fail(r, key, f"{key} must be at least 1, got {step}", "1 makes every layer a MoE layer")
+    return step
 
 
 def _build(r: _Reader, cls: type, keys: Mapping[str, str], **fields: Any) -> Any:
@@ -397,9 +406,15 @@ def _gqa(r: _Reader, hidden: int, *, head_dim_keys: tuple[str, ...] = ("head_dim
 
 
 # --------------------------------------------------------------------------- per model type
+_MAX_LAYERS = 10_000  # far above any real model; per-layer lists are built from this count
+
+
 def _common(r: _Reader, model_type: str, num_layers: int | None = None) -> dict[str, Any]:
+    n = r.int("num_hidden_layers", num_layers) if num_layers is not None else r.int("num_hidden_layers")
+    if n > _MAX_LAYERS:
+        raise _fail(r, "num_hidden_layers", f"num_hidden_layers={n} is not a real model's depth (at most {_MAX_LAYERS})")
     out: dict[str, Any] = {
-        "num_layers": r.int("num_hidden_layers", num_layers) if num_layers is not None else r.int("num_hidden_layers"),
+        "num_layers": n,
         "hidden_size": r.int("hidden_size"),
         "vocab": Vocab(size=r.int("vocab_size")),
         "tie_embeddings": r.bool("tie_word_embeddings", False),
@@ -440,7 +455,7 @@ def _llama_like(r: _Reader, model_type: str) -> dict[str, Any]:
         )
     elif model_type == "qwen3_moe":
         experts, n = r.int("num_experts"), out["num_layers"]
-        step = r.int("decoder_sparse_step", 1)
+        step = _layer_step(r, "decoder_sparse_step")
         only_mlp = set(r.list("mlp_only_layers", [], of=int))
         flags = [i not in only_mlp and (i + 1) % step == 0 for i in range(n)]
         if not any(flags):
@@ -490,7 +505,7 @@ def _llama4(r: _Reader, model_type: str) -> dict[str, Any]:
     if moe_layers is not None:
         flags = [i in set(moe_layers) for i in range(n)]
     else:
-        step = r.int("interleave_moe_layer_step", 1)
+        step = _layer_step(r, "interleave_moe_layer_step")
         flags = [(i + 1) % step == 0 for i in range(n)]
     out["moe"] = _build(
         r,
@@ -536,7 +551,7 @@ def _deepseek(r: _Reader, model_type: str) -> dict[str, Any]:
     out["norm"] = Norm(type="rmsnorm", epsilon=r.float("rms_norm_eps", 1e-6))
     out["activation"] = _activation(r, gated=True)
     first_dense = r.int("first_k_dense_replace", 0)
-    freq = r.int("moe_layer_freq", 1)
+    freq = _layer_step(r, "moe_layer_freq")
     experts = r.int("n_routed_experts", None)
     flags = [experts is not None and i >= first_dense and i % freq == 0 for i in range(n)]
     if any(flags):

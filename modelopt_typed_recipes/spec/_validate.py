@@ -69,7 +69,10 @@ def non_empty_strs(_inst: Any, attr: Any, value: Any) -> None:
 
 def divisors(n: int) -> list[int]:
     """Divisors of ``n``, ascending: the sizes a "use one of ..." hint offers."""
-    return [d for d in range(1, n + 1) if n % d == 0]
+    import math
+
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]  # O(sqrt n): n may come from a bad config
+    return small + [n // d for d in reversed(small) if d * d != n]
 
 
 def to_float(value: Any) -> Any:
