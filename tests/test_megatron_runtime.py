@@ -167,6 +167,7 @@ def test_backend_run_int4_awq_and_auto_quantize(dist_cpu, hf_dense, tmp_path, gp
     assert (tmp_path / "staging" / st.outputs[0] / "model_arch.yaml").is_file()
     before, after = res.metrics["perplexity_before"], res.metrics["perplexity_after"]
     assert math.isfinite(before) and abs(after / before - 1) < 0.05
+    assert res.metrics["perplexity_change_pct"] == pytest.approx(100 * (after / before - 1))  # as the HF backend
     r2 = attrs.evolve(r, stages=(AutoQuantize(effective_bits=6.0, formats=("int4_awq", "fp8")),))
     res2 = _run(r2, tmp_path / "auto")
     assert res2.stages[0].effective_bits <= 6.0 and res2.stages[0].details["is_satisfied"]

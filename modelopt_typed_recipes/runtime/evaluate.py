@@ -25,3 +25,11 @@ def perplexity(batches: Sequence[Any], logits_of: Callable[[Any], Any], *, devic
             total += float(nll)
             count += ids[:, 1:].numel()
     return math.exp(total / count) if count else float("nan")
+
+
+def add_change(metrics: dict[str, float | None]) -> dict[str, float | None]:
+    """Add ``perplexity_change_pct`` (after vs before, in percent) when both were measured; both backends use it."""
+    before, after = metrics.get("perplexity_before"), metrics.get("perplexity_after")
+    if before and after:
+        metrics["perplexity_change_pct"] = 100.0 * (after / before - 1)
+    return metrics

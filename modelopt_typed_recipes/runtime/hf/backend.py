@@ -16,6 +16,7 @@ from ...errors import CompatibilityError
 from ...spec.recipe import MegatronCheckpoint, RandomInit, Recipe
 from ...spec.techniques import AutoQuantize, Export, Prune, Quantize
 from ..backend import RunPlan
+from ..evaluate import add_change
 from ..result import PostTrainingResult, StageResult, peak_memory, reset_peak_memory
 
 # perplexity of an unmodified model on the same windows, kept for the process (several recipes, one model)
@@ -155,8 +156,7 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
                                                            label="evaluate re-loaded export", progress=progress)
         timings["evaluate_export"] = time.perf_counter() - t
         stages[-1].details["reloaded_layers"] = counts
-    if metrics.get("perplexity_before") and metrics.get("perplexity_after"):
-        metrics["perplexity_change_pct"] = 100.0 * (metrics["perplexity_after"] / metrics["perplexity_before"] - 1)
+    add_change(metrics)
 
     from ...spec.serde import content_hash
 

@@ -19,6 +19,7 @@ import attrs
 from ...errors import CompatibilityError, SpecError
 from ...spec.recipe import Builtin, HFCheckpoint, MegatronCheckpoint, RandomInit, Recipe
 from ...spec.techniques import AutoQuantize, Export, Prune, Quantize
+from ..evaluate import add_change
 from ..result import PostTrainingResult, StageResult, peak_memory, reset_peak_memory
 
 
@@ -188,6 +189,7 @@ def run(recipe: Recipe, plan: Any, *, layout: Any = None) -> PostTrainingResult:
         t = time.perf_counter()
         metrics["perplexity_after"] = stages.perplexity(model, eval_batches, progress=plan.progress)
         timings["evaluate_after"] = time.perf_counter() - t
+        add_change(metrics)
     distributed.barrier()
     return PostTrainingResult(
         recipe_name=recipe.label, recipe_hash=recipe.content_hash(), backend="megatron", device=device,
