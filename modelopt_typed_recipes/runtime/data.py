@@ -1,8 +1,9 @@
 """Calibration and evaluation text: read it, check it, tokenise it, cut it into windows.
 
 Documents come from a built-in corpus (the reference model's splits, shipped with the package, one
-document per form-feed-separated block) or from local files (``.txt``: one document per file; ``.jsonl``:
-one document per line under ``text_field``). They are tokenised with the model's tokenizer, joined with
+document per form-feed-separated block), from local files (``.txt``: one document per file; ``.jsonl``:
+one document per line under ``text_field``), or from a Hugging Face dataset on this machine (a
+``save_to_disk`` folder or a cached dataset name; one document per row of ``text_field``). They are tokenised with the model's tokenizer, joined with
 the end-of-text token as the reference model was trained, and cut into consecutive windows of
 ``seq_length`` tokens. The same text gives the same windows on every machine and rank, and the hash of
 the token ids goes into the manifest.
@@ -22,7 +23,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError
+from ..errors import DataError, did_you_mean
 from ..spec.recipe import TextData
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
@@ -66,7 +67,54 @@ def read_documents(data: TextData, *, path: str = "calibration") -> list[str]:
                     ) from None
         else:
             docs.append(text)
+    if data.hf_dataset is not None:
+        docs += _hf_dataset_documents(data, path=path)
     return [d for d in docs if d.strip()]
+
+
+# A window of n tokens rarely needs more than 16n characters; reading stops there so that a large dataset
+# (cnn_dailymail has 287k articles) is not read whole for 128 windows. Same rows every time: deterministic.
+_CHARS_PER_TOKEN_BOUND = 16
+
+
+def _hf_dataset_documents(data: TextData, *, path: str) -> list[str]:
+    """Rows of ``text_field`` from ``data.hf_dataset``, in order, until there is enough text for the windows."""
+    where = f"{path}.hf_dataset"
+    try:
+        import datasets
+    except ImportError:
+        raise DataError("reading a Hugging Face dataset needs the `datasets` package", path=where,
+                        hint="pip install datasets") from None
+    folder = Path(data.hf_dataset).expanduser()
+    try:
+        if folder.is_dir():
+            ds = datasets.load_from_disk(str(folder))
+        else:
+            ds = datasets.load_dataset(data.hf_dataset, split=data.split)
+    except Exception as exc:  # datasets raises many types (FileNotFoundError, ConnectionError, DatasetNotFoundError)
+        raise DataError(f"cannot load the dataset {data.hf_dataset!r}: {type(exc).__name__}: {exc}"[:400], path=where,
+                        hint="give a folder written by save_to_disk, or a dataset name in the local cache") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if data.split not in ds:
+            raise DataError(f"the dataset has no split {data.split!r}", path=f"{path}.split",
+                            hint=did_you_mean(data.split, list(ds)) or f"splits: {', '.join(ds)}")
+        ds = ds[data.split]
+    if data.text_field not in ds.column_names:
+        raise DataError(f"the dataset has no column {data.text_field!r}", path=f"{path}.text_field",
+                        hint=did_you_mean(data.text_field, ds.column_names) or f"columns: {', '.join(ds.column_names)}")
+    need = data.num_samples * data.seq_length * _CHARS_PER_TOKEN_BOUND
+    docs: list[str] = []
+    got = 0
+    for row in ds.select_columns([data.text_field]):
+        text = row[data.text_field]
+        if not isinstance(text, str):
+            raise DataError(f"column {data.text_field!r} holds {type(text).__name__}, not text",
+                            path=f"{path}.text_field")
+        docs.append(text)
+        got += len(text)
+        if got >= need:
+            break
+    return docs
 
 
 def check_text(data: TextData, *, path: str = "calibration") -> int:
@@ -74,7 +122,7 @@ def check_text(data: TextData, *, path: str = "calibration") -> int:
     docs = read_documents(data, path=path)
     chars = sum(len(d) for d in docs)
     if chars == 0:
-        where = f"{path}.files" if data.files else f"{path}.dataset"
+        where = f"{path}.files" if data.files else f"{path}.hf_dataset" if data.hf_dataset else f"{path}.dataset"
         raise DataError("the text is empty: nothing to calibrate or evaluate with", path=where,
                         hint="point files at .txt or .jsonl files with text in them")
     return chars

@@ -65,7 +65,8 @@ Source = HFCheckpoint | MegatronCheckpoint | RandomInit | Builtin
 # --------------------------------------------------------------------------- data
 @attrs.frozen(kw_only=True)
 class TextData:
-    """Text for calibration or evaluation: a built-in corpus or local ``.txt``/``.jsonl`` files.
+    """Text for calibration or evaluation: a built-in corpus, local ``.txt``/``.jsonl`` files, or a Hugging
+    Face dataset already on this machine.
 
     Documents are tokenised with the model's tokenizer, joined with end-of-text tokens and cut into
     ``num_samples`` windows of ``seq_length`` tokens (fewer when the text runs out).
@@ -74,16 +75,24 @@ class TextData:
     dataset: str | None = attrs.field(default=None, validator=one_of(BUILTIN_DATASETS))
     files: tuple[str, ...] = attrs.field(default=(), validator=non_empty_strs)
     """``.txt`` (one document per file) or ``.jsonl`` (one document per line, under ``text_field``)."""
+    hf_dataset: str | None = attrs.field(default=None, validator=attrs.validators.optional(non_empty_str))
+    """A folder written by ``datasets``' ``save_to_disk``, or a dataset name that ``datasets.load_dataset``
+    finds in the local cache (as the seed's ``--calib-dataset`` names do); needs the ``datasets`` package."""
+    split: str = attrs.field(default="train", validator=non_empty_str)
+    """The split of ``hf_dataset`` to read."""
     text_field: str = attrs.field(default="text", validator=non_empty_str)
+    """The key (``.jsonl``) or column (``hf_dataset``) that holds the text."""
     num_samples: int = attrs.field(default=128, validator=positive_int)
     seq_length: int = attrs.field(default=256, validator=positive_int)
     batch_size: int = attrs.field(default=8, validator=positive_int)
 
     def __attrs_post_init__(self) -> None:
-        if (self.dataset is None) == (not self.files):
+        given = [k for k, v in (("dataset", self.dataset), ("files", self.files), ("hf_dataset", self.hf_dataset)) if v]
+        if len(given) != 1:
             raise fail(
-                "dataset",
-                "give exactly one of dataset (a built-in corpus) and files (local text)",
+                given[0] if given else "dataset",
+                "give exactly one of dataset (a built-in corpus), files (local text) and hf_dataset "
+                f"(a Hugging Face dataset on this machine); got {', '.join(given) or 'none'}",
                 f"built-in: {', '.join(BUILTIN_DATASETS)}",
             )
 
