@@ -84,6 +84,28 @@ def test_moe_prune_from_hf_is_refused_before_the_gpu(tmp_path):
     assert not any("mixture" in e.message for e in check_recipe(dense, env=GPU_TE).errors)
 
 
+@pytest.mark.parametrize(
+    ("saved", "stage", "env", "message"),
+    [
+        ("te", Quantize(format="fp8"), GPU_NEW, "needs Transformer Engine"),
+        ("modelopt", Prune(num_layers=1), GPU_TE, "Minitron prunes the Transformer Engine layer spec"),
+        ("local", Prune(num_layers=1), GPU_TE, "saved with the 'local' spec"),
+    ],
+)
+def test_megatron_checkpoint_is_rebuilt_with_its_saved_spec(tmp_path, saved, stage, env, message):
+    import json
+
+    from modelopt_typed_recipes.spec.recipe import MegatronCheckpoint
+
+    (tmp_path / MegatronCheckpoint.INFO_FILE).write_text(json.dumps({"layer_spec": saved}))
+    rec = Recipe(model="tiny-dense", source=MegatronCheckpoint(path=str(tmp_path)), stages=(stage,),
+                 output_dir="/tmp/x", backend="megatron")
+    assert any(message in e.message for e in check_recipe(rec, env=env).errors)
+    ok = Recipe(model="tiny-dense", source=MegatronCheckpoint(path=str(tmp_path)), stages=(Quantize(format="fp8"),),
+                output_dir="/tmp/x", backend="megatron")
+    assert check_recipe(ok, env=GPU_TE).ok  # with TE every saved spec can be rebuilt
+
+
 def test_kv_cache_ok_with_te_and_counts_kv_quantizers():
     rep = check_recipe(recipe(Quantize(format="fp8", kv_cache="fp8")), env=GPU_TE)
     assert rep.ok, rep.errors

@@ -22,7 +22,7 @@ from modelopt_typed_recipes.catalog import get_arch
 from modelopt_typed_recipes.errors import CompatibilityError
 from modelopt_typed_recipes.spec.arch import Vocab
 from modelopt_typed_recipes.spec.layout import ParallelLayout
-from modelopt_typed_recipes.spec.recipe import HFCheckpoint, Recipe, TextData
+from modelopt_typed_recipes.spec.recipe import HFCheckpoint, MegatronCheckpoint, Recipe, TextData
 from modelopt_typed_recipes.spec.techniques import AutoQuantize, Export, Prune, Quantize
 
 check_mod = importlib.import_module("modelopt_typed_recipes.plan.check")
@@ -136,9 +136,17 @@ def test_checkpoint_round_trip_keeps_quantizers(dist_cpu, hf_dense, tmp_path):
     batches = _batches(hf_dense)
     m = _model(hf_dense)
     stages.quantize(m, Quantize(format="fp8"), batches, progress=False)
-    ckpt = build.save_checkpoint(m, tmp_path / "ckpt", arch=arch_4k())
+    ckpt = build.save_checkpoint(m, tmp_path / "ckpt", arch=arch_4k(), spec="local")
     assert (ckpt / "metadata.json").is_file() and (ckpt / "modelopt_state").is_dir()
     assert not (tmp_path / "ckpt.partial").exists()
+    # a later run from this checkpoint rebuilds the spec it was saved with, whatever TE offers now
+    src = MegatronCheckpoint(path=str(ckpt))
+    assert src.saved_layer_spec() == "local"
+    later = Recipe(model=arch_4k(), source=src, stages=(Quantize(format="fp8"),), output_dir=str(tmp_path / "o"),
+                   backend="megatron", device="cuda")
+    assert build.spec_for_run(later, te_available=True) == "local"
+    fresh_src = attrs.evolve(later, source=MegatronCheckpoint(path=str(tmp_path)))  # nothing recorded there
+    assert build.spec_for_run(fresh_src, te_available=True) == "modelopt"
     fresh = build.build_model(arch_4k(), ParallelLayout(), dtype="fp32", device="cpu", te=False)
     fresh = build.load_checkpoint(fresh, ckpt)
     a, b = stages.amax_state(m), stages.amax_state(fresh)

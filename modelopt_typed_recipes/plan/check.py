@@ -250,6 +250,8 @@ def check_recipe(recipe: Recipe, *, env: Environment | None = None, layout: Any 
         elif isinstance(src, HFCheckpoint) and not (p / "config.json").is_file():
             errors.append(SpecError(f"{str(p)!r} has no config.json: not a Hugging Face checkpoint",
                                     path="source.path"))
+        elif isinstance(src, MegatronCheckpoint) and megatron:
+            errors += _saved_spec_problems(src, recipe, env)
     if megatron and env.megatron_core is None:
         errors.append(CompatibilityError("backend megatron needs megatron-core, which is not installed",
                                          path="backend", hint="pip install 'megatron-core>=0.16' or use backend: hf"))
@@ -320,6 +322,23 @@ def _stage_layout(arch: ModelArch, layout: Any, stage: str, path: str, recipe: R
         except LayoutError as err:
             return None, [err.under(f"{path}.layout")]
     return None, [LayoutError(e.message, path=f"layout.{e.path}" if e.path else "layout", hint=e.hint) for e in found]
+
+
+def _saved_spec_problems(src: MegatronCheckpoint, recipe: Recipe, env: Environment) -> list[RecipeError]:
+    """A checkpoint this package saved must be rebuilt with its own layer spec (its shard names follow it)."""
+    saved = src.saved_layer_spec()
+    out: list[RecipeError] = []
+    if saved in ("te", "modelopt") and not env.transformer_engine:
+        out.append(CompatibilityError(
+            f"this checkpoint was saved with the {saved!r} layer spec, which needs Transformer Engine",
+            path="source.path", hint="install transformer-engine[pytorch] matching your CUDA"))
+    prune = next((i for i, s in enumerate(recipe.stages) if isinstance(s, Prune)), None)
+    if prune is not None and saved is not None and saved != "te":
+        out.append(CompatibilityError(
+            f"Minitron prunes the Transformer Engine layer spec; this checkpoint was saved with the {saved!r} spec",
+            path=f"stages[{prune}]", hint="start from the Hugging Face checkpoint, or a checkpoint saved by a "
+            "pruning run"))
+    return out
 
 
 def _prune_gates(env: Environment, path: str, *, cuda: bool) -> list[RecipeError]:

@@ -9,7 +9,7 @@ before any model is built; checks that need only the recipe run here, at constru
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import attrs
 
@@ -42,6 +42,19 @@ class MegatronCheckpoint:
     path: str = attrs.field(validator=non_empty_str)
     hf_reference: str | None = None
     """HF directory or id holding the config and tokenizer that export and calibration need."""
+
+    INFO_FILE: ClassVar[str] = "mtr_checkpoint.json"
+    """Written beside the shards by this package: the layer spec the weights were saved with."""
+
+    def saved_layer_spec(self) -> str | None:
+        """The layer spec (``local``, ``modelopt``, ``te``) this package saved the checkpoint with, if recorded:
+        a model must be rebuilt with the same spec, or the shards' names do not match."""
+        import json
+
+        try:
+            return json.loads((Path(self.path).expanduser() / self.INFO_FILE).read_text()).get("layer_spec")
+        except (OSError, ValueError, AttributeError):
+            return None
 
 
 @attrs.frozen(kw_only=True)

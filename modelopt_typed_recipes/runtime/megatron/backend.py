@@ -63,8 +63,7 @@ def run(recipe: Recipe, plan: Any, *, layout: Any = None) -> PostTrainingResult:
     layout = layout if layout is not None else recipe_layout(recipe)
     dtype = plan.dtype
     device = plan.device
-    spec = build.choose_spec(te_available=build.has_transformer_engine(),
-                             prune=any(isinstance(s, Prune) for s in recipe.stages))
+    spec = build.spec_for_run(recipe, te_available=build.has_transformer_engine())
     distributed.init_process_group(device=device)
     timings: dict[str, float] = {}
     staging = Path(plan.staging_dir)
@@ -175,7 +174,7 @@ def run(recipe: Recipe, plan: Any, *, layout: Any = None) -> PostTrainingResult:
             outputs.append(str(out_dir.relative_to(staging)))
         if isinstance(stage, Quantize | AutoQuantize | Prune):
             ckpt = build.save_checkpoint(model, out_dir / "checkpoint", arch=archs[min(i + 1, len(archs) - 1)]
-                                         if isinstance(stage, Prune) else stage_arch)
+                                         if isinstance(stage, Prune) else stage_arch, spec=spec)
             outputs.append(str(ckpt.relative_to(staging)))
         seconds = time.perf_counter() - t
         summary = stages.quantizer_summary(model) if quantized else {}

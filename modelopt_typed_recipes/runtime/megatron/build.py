@@ -134,6 +134,19 @@ def choose_spec(*, te_available: bool, prune: bool) -> str:
     return "te" if prune else "modelopt"
 
 
+def spec_for_run(recipe: Any, *, te_available: bool) -> str:
+    """The spec a run builds: a Megatron checkpoint's own (its shard names depend on it), else
+    :func:`choose_spec`'s."""
+    from ...spec.recipe import MegatronCheckpoint
+    from ...spec.techniques import Prune
+
+    if isinstance(recipe.source, MegatronCheckpoint):
+        saved = recipe.source.saved_layer_spec()
+        if saved in SPECS:
+            return saved
+    return choose_spec(te_available=te_available, prune=any(isinstance(s, Prune) for s in recipe.stages))
+
+
 def layer_spec(arch: ModelArch, config: Any, *, spec: str) -> Any:
     """The layer (or, when MoE is not on every layer, decoder block) spec named by ``spec``."""
     if spec not in SPECS:
@@ -220,7 +233,7 @@ def import_hf(model: Any, hf_dir: str, *, dtype: str, workspace: str | None = No
 
 
 # --------------------------------------------------------------------------- Megatron distributed checkpoints
-def save_checkpoint(model: Any, directory: Path, *, arch: ModelArch) -> Path:
+def save_checkpoint(model: Any, directory: Path, *, arch: ModelArch, spec: str | None = None) -> Path:
     """Weights + ModelOpt state as a Megatron distributed checkpoint, written to a temporary folder
     and renamed when complete (a crash leaves no half checkpoint under the final name)."""
     import torch.distributed as dist
@@ -240,6 +253,10 @@ def save_checkpoint(model: Any, directory: Path, *, arch: ModelArch) -> Path:
     dist.barrier()
     if dist.get_rank() == 0:
         (tmp / "model_arch.yaml").write_text(to_yaml(arch))
+        if spec is not None:
+            from ...spec.recipe import MegatronCheckpoint
+
+            (tmp / MegatronCheckpoint.INFO_FILE).write_text(json.dumps({"layer_spec": spec}) + "\n")
         if directory.exists():
             shutil.rmtree(directory)
         os.replace(tmp, directory)
