@@ -86,13 +86,21 @@ def arch_for(name: str):
 
 def make_recipe(arch, hf_dir: Path, stage_kwargs: dict, *, export: bool, out: Path, tag: str, layout=None,
                 samples: int = 32, seq: int = 256, evaluation: bool = True):
-    from modelopt_typed_recipes.spec.recipe import HFCheckpoint, Recipe, TextData
+    """One quantize (or auto-quantize, when ``effective_bits`` is given) stage, then optionally an export."""
     from modelopt_typed_recipes.spec.techniques import AutoQuantize, Export, Quantize
 
     stage = AutoQuantize(**stage_kwargs) if "effective_bits" in stage_kwargs else Quantize(**stage_kwargs)
-    stages = (stage, Export()) if export else (stage,)
+    return recipe_with(arch, hf_dir, (stage, Export()) if export else (stage,), out=out, tag=tag, samples=samples,
+                       seq=seq, evaluation=evaluation)
+
+
+def recipe_with(arch, hf_dir: Path, stages: tuple, *, out: Path, tag: str, samples: int = 32, seq: int = 256,
+                evaluation: bool = True):
+    """A Megatron-Core recipe over ``stages``: reference-text calibration, 32 held-out windows for perplexity."""
+    from modelopt_typed_recipes.spec.recipe import HFCheckpoint, Recipe, TextData
+
     return Recipe(
-        name=tag, model=arch, source=HFCheckpoint(path=str(hf_dir)), stages=stages,
+        name=tag, model=arch, source=HFCheckpoint(path=str(hf_dir)), stages=tuple(stages),
         calibration=TextData(dataset="reference-train", num_samples=samples, seq_length=seq, batch_size=8),
         evaluation=TextData(dataset="reference-heldout", num_samples=32, seq_length=seq, batch_size=8)
         if evaluation else None,
@@ -298,21 +306,19 @@ PRUNE_CASES = [
 ]
 
 
-def hf_perplexity(export_dir: Path, *, seq: int = 256) -> float:
-    """Held-out perplexity of the exported checkpoint through transformers (same windows as the run)."""
+def hf_perplexity(export_dir: Path, evaluation) -> float:
+    """Held-out perplexity of the exported checkpoint through transformers, on the run's own ``evaluation``
+    windows (``recipe.evaluation``), so it compares with the run's ``perplexity_after``."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from modelopt_typed_recipes.runtime import data
     from modelopt_typed_recipes.runtime.hf.evaluate import perplexity
-    from modelopt_typed_recipes.spec.recipe import TextData
 
-    tok = data.load_tokenizer(None)
-    ev = data.token_windows(TextData(dataset="reference-heldout", num_samples=32, seq_length=seq, batch_size=8), tok,
-                            path="evaluation")
+    ev = data.token_windows(evaluation, data.load_tokenizer(None), path="evaluation")
     m = AutoModelForCausalLM.from_pretrained(str(export_dir), torch_dtype=torch.bfloat16).cuda().eval()
     try:
-        return perplexity(m, data.batches(ev, 8), device="cuda", progress=False)
+        return perplexity(m, data.batches(ev, evaluation.batch_size), device="cuda", progress=False)
     finally:
         del m
         torch.cuda.empty_cache()
@@ -325,7 +331,6 @@ def part_prune(only: list[str] | None = None) -> dict:
     from modelopt_typed_recipes.errors import RecipeError
     from modelopt_typed_recipes.runtime.data import REFERENCE_DIR
     from modelopt_typed_recipes.runtime.megatron import stages as mstages
-    from modelopt_typed_recipes.spec.recipe import HFCheckpoint, Recipe, TextData
     from modelopt_typed_recipes.spec.techniques import Export, Prune, Quantize
 
     rows = []
@@ -342,11 +347,7 @@ def part_prune(only: list[str] | None = None) -> dict:
         t = time.perf_counter()
         try:
             stage_list = [Quantize(**kw) if "format" in kw else Prune(**kw) for kw in stage_kws] + [Export()]
-            recipe = Recipe(
-                name=f"{name}:{tag}", model=arch, source=HFCheckpoint(path=str(hf)), stages=tuple(stage_list),
-                calibration=TextData(dataset="reference-train", num_samples=64, seq_length=256, batch_size=8),
-                evaluation=TextData(dataset="reference-heldout", num_samples=32, seq_length=256, batch_size=8),
-                output_dir=str(out), backend="megatron", device="cuda", dtype="bf16")
+            recipe = recipe_with(arch, hf, tuple(stage_list), out=out, tag=f"{name}:{tag}", samples=64)
             res = run_recipe(recipe)
             pr = res.stages[0]
             row.update(status="ok", seconds=round(time.perf_counter() - t, 2),
@@ -371,7 +372,7 @@ def part_prune(only: list[str] | None = None) -> dict:
                     "moe_intermediate_size"]) == (want.moe.num_experts, want.moe.ffn_hidden_size)
             row["transformers_params"] = None
             try:
-                row["hf_ppl"] = hf_perplexity(edir)
+                row["hf_ppl"] = hf_perplexity(edir, recipe.evaluation)
                 from transformers import AutoModelForCausalLM
 
                 m = AutoModelForCausalLM.from_pretrained(str(edir))

@@ -75,7 +75,7 @@ def main() -> None:
     def fresh():
         gc.collect()
         torch.cuda.empty_cache()
-        model = build.build_model(arch, layout, dtype="bf16", device="cuda", te=False)
+        model = build.build_model(arch, layout, dtype="bf16", device="cuda", spec="local")
         build.import_hf(model, str(hf), dtype="bf16", workspace=str(work / ".import"))
         return model
 

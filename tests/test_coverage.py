@@ -32,7 +32,7 @@ def _real_quantizers(arch, preset, exclude=()):
     from modelopt_typed_recipes.runtime.megatron import build
     from modelopt_typed_recipes.spec.layout import ParallelLayout
 
-    model = build.build_model(arch, ParallelLayout(), dtype="fp32", device="cpu", te=False)
+    model = build.build_model(arch, ParallelLayout(), dtype="fp32", device="cpu", spec="local")
     cfg = mn.compose_quant_config(getattr(mtq, preset), exclude=exclude).config
     os.environ["MODELOPT_SKIP_WEIGHT_QUANT_CHECK"] = "1"
     mtq.quantize(model, cfg, None)

@@ -39,7 +39,6 @@ def test_minitron_depth_prune_exports_a_loadable_model(tmp_path):
     from modelopt_typed_recipes.catalog import get_arch
     from modelopt_typed_recipes.runtime.data import REFERENCE_DIR
     from modelopt_typed_recipes.runtime.megatron import stages
-    from modelopt_typed_recipes.spec.recipe import HFCheckpoint, Recipe, TextData
     from modelopt_typed_recipes.spec.techniques import Export, Prune
 
     if not stages.minitron_available():
@@ -48,16 +47,12 @@ def test_minitron_depth_prune_exports_a_loadable_model(tmp_path):
     import megatron_gpu as G
 
     out = tmp_path / "out"
-    recipe = Recipe(
-        name="gpu-prune", model=get_arch("reference-llama"), source=HFCheckpoint(path=str(REFERENCE_DIR)),
-        stages=(Prune(num_layers=4), Export()),
-        calibration=TextData(dataset="reference-train", num_samples=16, seq_length=256, batch_size=8),
-        evaluation=TextData(dataset="reference-heldout", num_samples=32, seq_length=256, batch_size=8),
-        output_dir=str(out), backend="megatron", device="cuda", dtype="bf16")
+    recipe = G.recipe_with(get_arch("reference-llama"), REFERENCE_DIR, (Prune(num_layers=4), Export()), out=out,
+                           tag="gpu-prune", samples=16)
     res = G.run_recipe(recipe)
     assert res.stages[0].details["pruned_arch"]["num_layers"] == 4
     assert res.stages[0].params_after < res.stages[0].params_before
     edir = next(p for p in out.iterdir() if p.name.endswith("export-hf"))
     assert json.loads((edir / "config.json").read_text())["num_hidden_layers"] == 4
-    hf_ppl = G.hf_perplexity(edir)
+    hf_ppl = G.hf_perplexity(edir, recipe.evaluation)
     assert abs(hf_ppl / res.metrics["perplexity_after"] - 1) < 0.02  # the export computes what Megatron computed

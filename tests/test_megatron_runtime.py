@@ -78,7 +78,7 @@ def _batches(hf_dir, data=CALIB):
 def _model(hf_dir, arch=None):
     from modelopt_typed_recipes.runtime.megatron import build
 
-    m = build.build_model(arch or arch_4k(), ParallelLayout(), dtype="fp32", device="cpu", te=False)
+    m = build.build_model(arch or arch_4k(), ParallelLayout(), dtype="fp32", device="cpu", spec="local")
     build.import_hf(m, str(hf_dir), dtype="fp32")
     return m
 
@@ -88,7 +88,7 @@ def test_config_mapping_counts_parameters(dist_cpu):
 
     for name in ("tiny-dense", "tiny-moe"):
         arch = get_arch(name)
-        m = build.build_model(arch, ParallelLayout(), dtype="fp32", device="cpu", te=False)
+        m = build.build_model(arch, ParallelLayout(), dtype="fp32", device="cpu", spec="local")
         assert sum(p.numel() for p in m.parameters()) == arch.params_total
 
 
@@ -147,7 +147,7 @@ def test_checkpoint_round_trip_keeps_quantizers(dist_cpu, hf_dense, tmp_path):
     assert build.spec_for_run(later, te_available=True) == "local"
     fresh_src = attrs.evolve(later, source=MegatronCheckpoint(path=str(tmp_path)))  # nothing recorded there
     assert build.spec_for_run(fresh_src, te_available=True) == "modelopt"
-    fresh = build.build_model(arch_4k(), ParallelLayout(), dtype="fp32", device="cpu", te=False)
+    fresh = build.build_model(arch_4k(), ParallelLayout(), dtype="fp32", device="cpu", spec="local")
     fresh = build.load_checkpoint(fresh, ckpt)
     a, b = stages.amax_state(m), stages.amax_state(fresh)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -282,7 +282,7 @@ def check_recipe(recipe: Recipe, *, env: Environment | None = None, layout: Any 
             if megatron or backend == "megatron":
                 errors += _prune_gates(env, path, cuda=cuda)
                 if arch.moe is not None and isinstance(recipe.source, HFCheckpoint):
-                    # measured on the H100/H200 machine (benchmarks/megatron_gpu.md, prune): ModelOpt 0.47's
+                    # measured on the GPU machine, 2x H200 (benchmarks/megatron_gpu.md, prune): ModelOpt 0.47's
                     # HF importer leaves TE SequentialMLP experts without _extra_state, and its MoE mappings
                     # have no rule for TEGroupedMLP experts, so the TE spec Minitron needs cannot be filled.
                     errors.append(CompatibilityError(

@@ -54,7 +54,7 @@ def _hf_reference(recipe: Recipe) -> str | None:
 
 
 def run(recipe: Recipe, plan: Any, *, layout: Any = None) -> PostTrainingResult:
-    from ...plan.check import _stage_layout, recipe_layout
+    from ...plan.check import recipe_layout
     from .. import data, distributed
     from . import build, stages
 
@@ -94,7 +94,6 @@ def run(recipe: Recipe, plan: Any, *, layout: Any = None) -> PostTrainingResult:
     tokenizer = data.load_tokenizer(
         hf_ref, path="source.hf_reference" if isinstance(src, MegatronCheckpoint) else "source.path")
     calib = data.token_windows(recipe.calibration, tokenizer)
-    calib_batches = data.batches(calib, recipe.calibration.batch_size)
     eval_batches = None
     metrics: dict[str, float | None] = {}
     if recipe.evaluation is not None:

@@ -181,17 +181,16 @@ def layer_spec(arch: ModelArch, config: Any, *, spec: str) -> Any:
 
 
 def build_model(arch: ModelArch, layout: Any, *, dtype: str = "bf16", device: str = "cuda",
-                te: bool | None = None, spec: str | None = None) -> Any:
+                spec: str | None = None) -> Any:
     """An unwrapped ``GPTModel`` for this rank's pipeline stage, in eval mode, on ``device``.
 
-    ``spec`` names the layer spec (:data:`SPECS`); without it, ``te`` (default: whether Transformer Engine
-    imports) picks ModelOpt's spec or the local one."""
+    ``spec`` names the layer spec (:data:`SPECS`); without it, ModelOpt's spec when Transformer Engine
+    imports, else the local one."""
     from megatron.core import parallel_state
     from megatron.core.models.gpt import GPTModel
 
     if spec is None:
-        te = has_transformer_engine() if te is None else te
-        spec = "modelopt" if te else "local"
+        spec = choose_spec(te_available=has_transformer_engine(), prune=False)
     config = transformer_config(arch, layout, dtype=dtype, cpu_init=device == "cpu")
     layers = layer_spec(arch, config, spec=spec)
     pos = arch.position

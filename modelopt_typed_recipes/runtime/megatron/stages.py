@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from ...bridges import modelopt_names as mn
@@ -281,7 +282,6 @@ _STRUCTURAL_HF_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", 
 def sync_exported_config(export_dir: str | Path, arch: ModelArch) -> dict[str, tuple[Any, Any]]:
     """Make the exported ``config.json`` describe ``arch`` (the pruned architecture); returns what changed."""
     import json
-    from pathlib import Path
 
     from ...bridges.hf_config import to_hf_config
 
