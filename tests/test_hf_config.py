@@ -194,7 +194,7 @@ def test_mapping_details() -> None:
     assert super_.moe is not None and super_.moe.latent_size == 1024
 
     neox = from_hf_config(fact("EleutherAI/gpt-neox-20b"))
-    assert (neox.norm.type, neox.activation.type, neox.add_bias_linear) == ("layernorm", "gelu", True)
+    assert (neox.norm.type, neox.activation.type, neox.add_bias_linear) == ("layernorm", "gelu_tanh", True)  # gelu_fast
     assert neox.position is not None and neox.position.percent == 0.25
 
     mini = from_hf_config(fact("nvidia/Nemotron-Mini-4B-Instruct"))

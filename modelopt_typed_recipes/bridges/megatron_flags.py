@@ -84,7 +84,12 @@ _DEFAULTS: dict[str, str] = {
 }
 
 
-_ACTIVATION_FLAGS = {"swiglu": "--swiglu", "squared_relu": "--squared-relu", "quick_geglu": "--quick-geglu"}
+_ACTIVATION_FLAGS = {
+    "swiglu": "--swiglu",
+    "squared_relu": "--squared-relu",
+    "quick_geglu": "--quick-geglu",
+    "gelu_tanh": "--openai-gelu",  # GELU's tanh approximation instead of Megatron's default exact GELU
+}
 
 
 # --------------------------------------------------------------------------- formatting
@@ -143,7 +148,7 @@ def megatron_flag_pairs(arch: ModelArch) -> list[Pair]:
     switch("--apply-layernorm-1p", arch.norm.type == "layernorm1p")
     opt("--norm-epsilon", arch.norm.epsilon if arch.norm.epsilon != 1e-5 else None, _num)
     act = arch.activation
-    if act.type == "geglu":
+    if act.type in ("geglu", "geglu_tanh"):
         raise CompatibilityError("Megatron-LM has no flag for plain GeGLU", path="activation.type")
     if act.type in _ACTIVATION_FLAGS:  # gelu: Megatron's default activation, no flag
         add((_ACTIVATION_FLAGS[act.type], None))

@@ -292,13 +292,17 @@ class Norm:
         return self.type != "rmsnorm"
 
 
-GATED_ACTIVATIONS = ("swiglu", "quick_geglu", "geglu")
+GATED_ACTIVATIONS = ("swiglu", "quick_geglu", "geglu", "geglu_tanh")
+ACTIVATION_TYPES = ("swiglu", "squared_relu", "quick_geglu", "gelu", "gelu_tanh", "geglu", "geglu_tanh")
 
 
 @attrs.frozen(kw_only=True)
 class Activation:
-    type: Literal["swiglu", "squared_relu", "quick_geglu", "gelu", "geglu"] = attrs.field(
-        default="swiglu", validator=one_of(["swiglu", "squared_relu", "quick_geglu", "gelu", "geglu"])
+    """The MLP's activation. ``gelu``/``geglu``: exact GELU (erf); ``gelu_tanh``/``geglu_tanh``: its tanh
+    approximation (Hugging Face ``gelu_new``, ``gelu_fast``, ``gelu_pytorch_tanh``; Megatron's ``--openai-gelu``)."""
+
+    type: Literal["swiglu", "squared_relu", "quick_geglu", "gelu", "gelu_tanh", "geglu", "geglu_tanh"] = attrs.field(
+        default="swiglu", validator=one_of(ACTIVATION_TYPES)
     )
     glu_linear_offset: float | None = attrs.field(default=None, converter=to_float)
     """gpt-oss: ``(x_linear + offset)`` in the gated unit."""
@@ -589,8 +593,18 @@ class ModelArch:
 
     @property
     def params_active(self) -> int:
-        """Parameters one token touches: routed experts counted ``router_topk`` times."""
+        """Parameters one token touches: routed experts counted ``router_topk`` times, and the whole input
+        embedding matrix (``vocab.size x hidden_size``) counted, as the Qwen, Mixtral, Llama-4 and NVIDIA
+        model cards count it. DeepSeek's and gpt-oss's cards do not: see :attr:`params_active_no_embedding`."""
         return sum(self._param_breakdown(active=True).values())
+
+    @property
+    def params_active_no_embedding(self) -> int:
+        """:attr:`params_active` without the input embedding, which a token only looks up a row of: the
+        convention of DeepSeek's and gpt-oss's model cards (DeepSeek-V2-Lite 2.4 B, gpt-oss-20b 3.61 B). The
+        output layer stays counted; with tied embeddings the shared matrix is that output layer, so it stays."""
+        parts = self._param_breakdown(active=True)
+        return sum(parts.values()) - (0 if self.tie_embeddings else parts["embedding"])
 
     def weight_bytes(self, fmt: str = "bf16") -> int:
         """Bytes of weights with the decoder's linear layers in ``fmt`` (embeddings, output, norms in bf16)."""

@@ -17,7 +17,7 @@ MODELS: list[ModelArch] = [
         attention=Attention(num_heads=64),
         position=RoPE(base=10000, percent=0.25),
         norm=Norm(type="layernorm", epsilon=1e-5),
-        activation=Activation(type="gelu"),
+        activation=Activation(type="gelu_tanh"),  # hidden_act gelu_fast: the tanh approximation
         add_bias_linear=True,
         vocab=Vocab(size=50432, divisible_by=1),
         seq_length=2048, max_position_embeddings=2048,

@@ -10,6 +10,7 @@ ModelOpt state restored first, so quantizers exist before their ``_extra_state``
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -45,10 +46,11 @@ def transformer_config(arch: ModelArch, layout: Any, *, dtype: str = "bf16", cpu
                                  path="model")
     att = arch.attention
     act = arch.activation.type
-    if act in ("swiglu", "geglu"):
-        gated, func = True, (F.silu if act == "swiglu" else F.gelu)
-    elif act == "gelu":
-        gated, func = False, F.gelu
+    tanh_gelu = functools.partial(F.gelu, approximate="tanh")  # Megatron-LM's --openai-gelu
+    if act in ("swiglu", "geglu", "geglu_tanh"):
+        gated, func = True, {"swiglu": F.silu, "geglu": F.gelu, "geglu_tanh": tanh_gelu}[act]
+    elif act in ("gelu", "gelu_tanh"):
+        gated, func = False, (F.gelu if act == "gelu" else tanh_gelu)
     elif act == "squared_relu":
         from megatron.core.activations import squared_relu
 
