@@ -36,6 +36,11 @@ def register(sub: Any) -> None:
     p.add_argument("config", help="path to config.json (or a checkpoint folder holding one)")
     p.add_argument("--name", help="registry name for the result (default: from the repo id)")
     p.add_argument("--hf-id", help="Hugging Face id to record (default: the config's _name_or_path)")
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="record trust_remote_code: true (loading the checkpoint may run code it ships; off by default)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of YAML")
     p.set_defaults(handler=cmd_from_hf)
 
@@ -63,6 +68,7 @@ def _details(arch: ModelArch) -> dict[str, Any]:
     out = dict(arch.summary())
     out.update(
         {
+            "params_active_no_embedding": arch.params_active_no_embedding,
             "weight_bytes_bf16": arch.weight_bytes("bf16"),
             "kv_cache_bytes_per_token": arch.kv_cache_bytes_per_token(),
             "layer_counts": {
@@ -110,6 +116,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     arch = get_arch(args.name)
     info = _details(arch)
     limits = unexpressible(arch)
+    active_no_emb = arch.params_active_no_embedding
     if args.json:
         info["megatron_unexpressible"] = limits
         print_json(info)
@@ -119,6 +126,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         ("kind", arch.kind), ("family", arch.family), ("aliases", ", ".join(arch.aliases)),
         ("params total", f"{_billions(arch.params_total)} ({arch.params_total:,})"),
         ("params active", f"{_billions(arch.params_active)} ({arch.params_active:,})"),
+        ("active w/o embedding", f"{_billions(active_no_emb)} ({active_no_emb:,})"),
         ("weights bf16", f"{arch.weight_bytes('bf16') / 2**30:.1f} GiB"),
         ("KV cache / token", f"{arch.kv_cache_bytes_per_token():,} bytes"),
         ("layers", f"{arch.num_layers} ({info['layer_counts']})"),
@@ -153,11 +161,17 @@ def cmd_flags(args: argparse.Namespace) -> int:
 
 
 def cmd_from_hf(args: argparse.Namespace) -> int:
-    from ..bridges.hf_config import load_hf_config  # written beside this module; imported only here
+    from ..bridges.hf_config import from_hf_config, read_config_json, remote_code
     from ..spec.serde import to_json, to_yaml
 
-    arch = load_hf_config(args.config, name=args.name, hf_id=args.hf_id)
+    config = read_config_json(args.config)
+    trust = bool(args.trust_remote_code)
+    arch = from_hf_config(config, name=args.name, hf_id=args.hf_id, trust_remote_code=trust)
     sys.stdout.write(to_json(arch) + "\n" if args.json else to_yaml(arch))
+    why = remote_code(config)
+    if why is not None:
+        action = "trust_remote_code: true as asked" if trust else "trust_remote_code left false (--trust-remote-code sets it)"
+        sys.stderr.write(f"# note: {why}; {action}\n")
     return 0
 
 

@@ -345,7 +345,7 @@ MODEL_TYPES: tuple[HFModelType, ...] = (
         write=writers.write_llama,
         architecture="Qwen2ForCausalLM",
         chosen_for=lambda a: isinstance(a.attention, Attention) and a.attention.qkv_bias,
-        defaults={k: v for k, v in _LLAMA.items() if k != "attention_bias"},
+        defaults={k: v for k, v in _LLAMA.items() if k not in ("attention_bias", "mlp_bias")},
         biases="qkv",
     ),
     HFModelType(
@@ -356,7 +356,7 @@ MODEL_TYPES: tuple[HFModelType, ...] = (
         write=writers.write_llama,
         architecture="Qwen3ForCausalLM",
         chosen_for=lambda a: a.attention.qk_layernorm,
-        defaults=_LLAMA,
+        defaults={k: v for k, v in _LLAMA.items() if k != "mlp_bias"},
         qk_norm=True,
     ),
     HFModelType(

@@ -68,3 +68,15 @@ def norm_eps(value: str) -> Deviation:
         "slightly from the checkpoint's",
     )
 
+
+
+def max_positions_note(ours: int, hf: int, why: str) -> str:
+    """Where ``max_position_embeddings`` differs from the model's ``config.json`` (one wording for all)."""
+    return f"max_position_embeddings {ours} is not config.json's {hf}: {why}"
+
+
+PRE_SCALING = (
+    "Megatron-LM's conf file gives the length before llama3 RoPE scaling (rope_scaling "
+    "original_max_position_embeddings); config.json gives the scaled context. Megatron only sizes its RoPE "
+    "cache with it; seq_length is what a run uses"
+)

@@ -4,7 +4,7 @@ shared/reference/hf-config-facts.json)."""
 from __future__ import annotations
 
 from ...spec.arch import Attention, Llama3Scaling, ModelArch, MoE, Quirks, RoPE, Vocab
-from ._seed import TOKENIZER_MODEL, Deviation, dev, seeded
+from ._seed import PRE_SCALING, TOKENIZER_MODEL, Deviation, dev, max_positions_note, seeded
 
 _TOKENIZER_PROXY = "nvidia/Llama-3.1-70B-Instruct-FP8"
 
@@ -30,6 +30,7 @@ MODELS: list[ModelArch] = [
             position=RoPE(base=500000, scaling=Llama3Scaling(factor=8.0)),
             vocab=Vocab(size=128256, divisible_by=1),
             seq_length=4096, max_position_embeddings=8192,
+            notes=(max_positions_note(8192, 131072, PRE_SCALING),),
         ),
         "meta-llama/Llama-3.1-8B-Instruct",
         _own_tokenizer("meta-llama/Llama-3.1-8B-Instruct"),
@@ -48,6 +49,7 @@ MODELS: list[ModelArch] = [
             tie_embeddings=True,
             vocab=Vocab(size=128256, divisible_by=1),
             seq_length=4096, max_position_embeddings=8192,
+            notes=(max_positions_note(8192, 131072, PRE_SCALING),),
         ),
         "meta-llama/Llama-3.2-1B-Instruct",
         _own_tokenizer("meta-llama/Llama-3.2-1B-Instruct"),
@@ -66,7 +68,10 @@ MODELS: list[ModelArch] = [
         position=RoPE(base=500000, scaling=Llama3Scaling(factor=8.0)),
         vocab=Vocab(size=128256, divisible_by=1),
         seq_length=4096, max_position_embeddings=8192,
-        notes=("no seed conf file; architecture from the Meta-Llama-3.1-405B config.json (same shape)",),
+        notes=(
+            "no seed conf file; architecture from the Meta-Llama-3.1-405B config.json (same shape)",
+            max_positions_note(8192, 131072, "as the other Llama-3.1 entries: " + PRE_SCALING),
+        ),
     ),
     # meta-llama/Meta-Llama-3-8B (family name `llama3` of the seed's early layout): the 3.1-8B shape with
     # an 8192-token context and no rope scaling.
@@ -109,6 +114,8 @@ MODELS: list[ModelArch] = [
                 "high_freq_factor=1.0 (HF) cannot be passed to Megatron, which hard-codes 4",
                 "HF attention_chunk_size 8192 (chunked attention) is not modelled; seq_length 4096 stays below it",
                 "params exclude the vision encoder (about 0.9B of the published 109B)",
+                max_positions_note(4096, 10485760, "Megatron-LM's conf file sets 4096 (it sizes Megatron's RoPE "
+                                   "cache; seq_length is what a run uses); config.json gives the 10M-token context"),
             ),
         ),
         "meta-llama/Llama-4-Scout-17B-16E-Instruct",
@@ -140,6 +147,8 @@ MODELS: list[ModelArch] = [
                 "the seed's --rope-scaling-factor 8.0 without --use-rope-scaling does nothing (HF rope_scaling "
                 "is null); it is Megatron's default, so leaving it out is the same model",
                 "params exclude the vision encoder",
+                max_positions_note(2048, 1048576, "Megatron-LM's conf file sets 2048 (it sizes Megatron's RoPE "
+                                   "cache; seq_length is what a run uses); config.json gives the 1M-token context"),
             ),
         ),
         "meta-llama/Llama-4-Maverick-17B-128E-Instruct",

@@ -10,9 +10,13 @@ from __future__ import annotations
 import attrs
 
 from ...spec.arch import Activation, Attention, Mamba, ModelArch, MoE, Norm, RoPE, Vocab
-from ._seed import HF_MODEL_CKPT, TOKENIZER_MODEL, Deviation, dev, seeded
+from ._seed import HF_MODEL_CKPT, TOKENIZER_MODEL, Deviation, dev, max_positions_note, seeded
 
 _RELU2 = Activation(type="squared_relu")
+_NEMOTRON3_POSITIONS = (
+    "Megatron-LM's conf file sets 8192, its sequence length; config.json gives the 256K-token context "
+    "(the hybrid's attention has no RoPE, so the value sizes nothing)"
+)
 _NEMOTRON_VOCAB = 131072
 
 
@@ -194,6 +198,7 @@ MODELS: list[ModelArch] = [
             position=None, activation=_RELU2,
             vocab=Vocab(size=_NEMOTRON_VOCAB),
             seq_length=8192, max_position_embeddings=8192,
+            notes=(max_positions_note(8192, 262144, _NEMOTRON3_POSITIONS),),
         ),
         "nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16",
     ),
@@ -222,6 +227,7 @@ MODELS: list[ModelArch] = [
             position=None, activation=_RELU2,
             vocab=Vocab(size=_NEMOTRON_VOCAB),
             seq_length=8192, max_position_embeddings=8192,
+            notes=(max_positions_note(8192, 262144, _NEMOTRON3_POSITIONS),),
         ),
         "nvidia/NVIDIA-Nemotron-3-Super-120B-A12B-BF16",
     ),
