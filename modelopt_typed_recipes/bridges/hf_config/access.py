@@ -7,6 +7,7 @@ config-class default); ``null`` counts as absent, except where a reader asks for
 
 from __future__ import annotations
 
+import builtins
 import math
 import reprlib
 from collections.abc import Callable, Mapping
@@ -15,6 +16,8 @@ from typing import Any, TypeVar
 from ...errors import SpecError
 
 T = TypeVar("T")
+Key = str
+"""A config key (an alias: the reader's methods named after types shadow ``str`` in the class body)."""
 
 MAX_INT = 2**53
 """JSON numbers beyond this are not exact integers in any config writer."""
@@ -50,20 +53,20 @@ class ConfigReader:
         self.prefix = prefix
         self.defaults: Mapping[str, Any] = defaults or {}
 
-    def nested(self, key: str, data: Mapping[str, Any]) -> ConfigReader:
+    def nested(self, key: Key, data: Mapping[str, Any]) -> ConfigReader:
         """A reader of the mapping under ``key`` (no defaults: the table's defaults are top-level keys)."""
         return ConfigReader(data, self.path(key) + ".")
 
-    def path(self, key: str) -> str:
+    def path(self, key: Key) -> str:
         return f"{self.prefix}{key}"
 
-    def has(self, key: str) -> bool:
+    def has(self, key: Key) -> bool:
         return self.data.get(key) is not None
 
-    def fail(self, key: str, message: str, hint: str = "") -> SpecError:
+    def fail(self, key: Key, message: str, hint: str = "") -> SpecError:
         return SpecError(message, path=self.path(key), hint=hint)
 
-    def _get(self, key: str, default: Any, kind: str, check: Callable[[Any], T]) -> Any:
+    def _get(self, key: Key, default: Any, kind: str, check: Callable[[Any], T]) -> Any:
         value = self.data.get(key)
         if value is None:
             if default is MISSING:
@@ -76,7 +79,7 @@ class ConfigReader:
         except (TypeError, ValueError, OverflowError):
             raise SpecError(f"expected {kind}, got {short_repr(value)}", path=self.path(key)) from None
 
-    def int(self, key: str, default: Any = MISSING) -> Any:
+    def int(self, key: Key, default: Any = MISSING) -> Any:
         def check(v: Any) -> int:
             if isinstance(v, bool):
                 raise TypeError
@@ -88,14 +91,14 @@ class ConfigReader:
 
         return self._get(key, default, "an integer", check)
 
-    def optional_int(self, key: str) -> int | None:
+    def optional_int(self, key: Key) -> builtins.int | None:
         """An integer where ``null`` in the file means "none" and an absent key takes the table's default."""
         if key in self.data and self.data[key] is None:
             return None
-        value: int | None = self.int(key, self.defaults.get(key))
+        value: builtins.int | None = self.int(key, self.defaults.get(key))
         return value
 
-    def float(self, key: str, default: Any = MISSING) -> Any:
+    def float(self, key: Key, default: Any = MISSING) -> Any:
         def check(v: Any) -> float:
             if isinstance(v, bool) or not isinstance(v, int | float):
                 raise TypeError
@@ -106,7 +109,7 @@ class ConfigReader:
 
         return self._get(key, default, "a finite number", check)
 
-    def bool(self, key: str, default: Any = MISSING) -> Any:
+    def bool(self, key: Key, default: Any = MISSING) -> Any:
         def check(v: Any) -> bool:
             if not isinstance(v, bool):
                 raise TypeError
@@ -114,38 +117,38 @@ class ConfigReader:
 
         return self._get(key, default, "true or false", check)
 
-    def str(self, key: str, default: Any = MISSING) -> Any:
-        def check(v: Any) -> str:
-            if not isinstance(v, str):
+    def str(self, key: Key, default: Any = MISSING) -> Any:
+        def check(v: Any) -> builtins.str:
+            if not isinstance(v, builtins.str):
                 raise TypeError
             return v
 
         return self._get(key, default, "a string", check)
 
-    def list(self, key: str, default: Any = MISSING, *, of: type = object) -> Any:
+    def list(self, key: Key, default: Any = MISSING, *, of: type = object) -> Any:
         """A list whose items are all ``of`` (``int``: integers, ``str``: strings)."""
-        item = {int: "integers", str: "strings"}.get(of, "values")
+        item = {builtins.int: "integers", builtins.str: "strings"}.get(of, "values")
 
-        def check(v: Any) -> list[Any]:
+        def check(v: Any) -> builtins.list[Any]:
             if not isinstance(v, list | tuple):
                 raise TypeError
-            if any(not isinstance(x, of) or (of is int and isinstance(x, bool)) for x in v):
+            if any(not isinstance(x, of) or (of is builtins.int and isinstance(x, builtins.bool)) for x in v):
                 raise TypeError
-            if of is int and any(abs(x) > MAX_INT for x in v):
+            if of is builtins.int and any(abs(x) > MAX_INT for x in v):
                 raise TypeError
             return list(v)
 
         return self._get(key, default, f"a list of {item}", check)
 
-    def dict(self, key: str, default: Any = MISSING) -> Any:
-        def check(v: Any) -> Mapping[str, Any]:
+    def dict(self, key: Key, default: Any = MISSING) -> Any:
+        def check(v: Any) -> Mapping[Key, Any]:
             if not isinstance(v, Mapping):
                 raise TypeError
             return v
 
         return self._get(key, default, "a mapping", check)
 
-    def first(self, kind: str, keys: tuple[str, ...], default: Any = MISSING) -> Any:
+    def first(self, kind: Key, keys: tuple[Key, ...], default: Any = MISSING) -> Any:
         """The first of several spellings of one fact (``rms_norm_eps`` / ``layer_norm_epsilon`` ...)."""
         for key in keys:
             if self.has(key):

@@ -68,7 +68,7 @@ class FieldDiff:
 
 def canonical(arch: ModelArch) -> dict[str, Any]:
     """The spec as a dict in which equal architectures are equal (see the module docstring)."""
-    d = to_dict(arch)
+    d: dict[str, Any] = to_dict(arch)
     if arch.layer_counts.dense_mlp == 0:
         d["ffn_hidden_size"] = None  # no dense MLP layer: the size is unused
     att = d["attention"]

@@ -146,7 +146,7 @@ def activation(r: ConfigReader, t: HFModelType) -> Activation:
         raise r.fail(
             t.act_keys[0], f"activation {short_repr(act)} is not supported here", close or f"one of {', '.join(usable)}"
         )
-    return Activation(type=mapped)
+    return build(r, Activation, {"type": t.act_keys[0]}, type=mapped)
 
 
 def norm(r: ConfigReader, t: HFModelType, kind: str = "rmsnorm") -> Norm:
