@@ -82,7 +82,7 @@ def test_kind(hf_id: str, kind: str) -> None:
 
 # Published parameter counts (model cards and papers), checked within 1 %.
 # "excl_input_embedding": the source counts active parameters without the input embedding lookup
-# (DeepSeek, Kimi and gpt-oss do); params_active counts it, so it is subtracted before comparing.
+# (DeepSeek, Kimi and gpt-oss do): ModelArch.params_active_no_embedding; params_active counts it.
 PUBLISHED = [
     # hf_id, total, active, active convention, source
     ("meta-llama/Llama-3.1-8B-Instruct", 8.03e9, None, None, "model card"),
@@ -106,7 +106,7 @@ PUBLISHED = [
 
 
 def _active(arch: ModelArch, convention: str) -> int:
-    return arch.params_active - (arch.vocab.size * arch.hidden_size if convention == "excl_input_embedding" else 0)
+    return arch.params_active_no_embedding if convention == "excl_input_embedding" else arch.params_active
 
 
 @needs_facts

@@ -280,7 +280,11 @@ def test_exported_config_follows_pruned_moe_arch(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(to_hf_config(arch)))
     pruned = Prune(num_moe_experts=4, moe_ffn_hidden_size=32, num_layers=1).pruned(arch)
     changed = stages.sync_exported_config(tmp_path, pruned)
-    assert changed == {"num_experts": (8, 4), "moe_intermediate_size": (64, 32), "num_hidden_layers": (2, 1)}
+    # to_hf_config writes Qwen3-MoE's expert count in both spellings (transformers 4: num_experts, 5:
+    # num_local_experts), so an export written by either version is synced
+    assert changed == {"num_experts": (8, 4), "num_local_experts": (8, 4), "moe_intermediate_size": (64, 32),
+                       "num_hidden_layers": (2, 1)}
     cfg = json.loads((tmp_path / "config.json").read_text())
     assert (cfg["num_experts"], cfg["moe_intermediate_size"], cfg["num_hidden_layers"]) == (4, 32, 1)
+    assert cfg["num_local_experts"] == 4
     assert stages.sync_exported_config(tmp_path, pruned) == {}  # idempotent
