@@ -36,7 +36,7 @@ def test_good_recipe_is_ok_with_coverage():
     assert cov.modules["attention_qkv"] == {"quantized": 2, "total": 2}
     assert cov.modules["output_layer"] == {"quantized": 0, "total": 1}
     assert cov.quantizers == {"weight": 8, "input": 8}
-    assert rep.stages[1].layout["tensor_parallel"] == 1
+    assert rep.stages[1].layout.tensor_parallel == 1
 
 
 def test_every_problem_reported_with_paths():
@@ -148,13 +148,13 @@ def test_layouts_checked_and_export_replanned():
 
     rep = check_recipe(recipe(Quantize(format="fp8"), Export()), env=GPU_NEW, layout=ParallelLayout(tensor_parallel=2))
     assert rep.ok, rep.errors
-    assert rep.stages[0].layout["tensor_parallel"] == 2
-    assert rep.stages[1].layout["tensor_parallel"] == 1 and rep.stages[1].layout["pipeline_parallel"] == 2
+    assert rep.stages[0].layout.tensor_parallel == 2
+    assert rep.stages[1].layout.tensor_parallel == 1 and rep.stages[1].layout.pipeline_parallel == 2
     rep = check_recipe(recipe(Quantize(format="fp8")), env=GPU_NEW, layout=ParallelLayout(tensor_parallel=8))
     assert any(e.path.startswith("layout") for e in rep.errors)
     rep = check_recipe(recipe(AutoQuantize(effective_bits=6.0, formats=("int4_awq", "fp8"))), env=GPU_NEW,
                        layout=ParallelLayout(pipeline_parallel=2))
-    assert rep.ok and rep.stages[0].layout["pipeline_parallel"] == 1  # re-planned for auto-quantize
+    assert rep.ok and rep.stages[0].layout.pipeline_parallel == 1  # re-planned for auto-quantize
 
 
 def test_missing_checkpoint_directory():

@@ -89,7 +89,7 @@ def attrs_evolve_pattern(arch: ModelArch, pattern: str) -> ModelArch:
 @pytest.mark.parametrize(
     ("stage", "layout", "path"),
     [
-        ("auto-quantize", ParallelLayout(pipeline_parallel=2), "pipeline_parallel"),
+        ("auto_quantize", ParallelLayout(pipeline_parallel=2), "pipeline_parallel"),
         ("prune", ParallelLayout(tensor_parallel=2), "tensor_parallel"),
         ("prune", ParallelLayout(context_parallel=2), "context_parallel"),
         ("prune", ParallelLayout(expert_parallel=2, data_parallel=2), "expert_parallel"),
@@ -123,7 +123,7 @@ def test_replan_examples():
     # auto-quantize keeps TP, drops PP, fills DP
     llama = get_arch("llama-3.1-8b-instruct")
     out = rules.replan(llama, ParallelLayout(tensor_parallel=2, pipeline_parallel=2, sequence_parallel=True),
-                       "auto-quantize", 8)
+                       "auto_quantize", 8)
     assert (out.tensor_parallel, out.pipeline_parallel, out.data_parallel) == (2, 1, 4)
     # quantize on fewer GPUs than the old layout needs: a smaller valid split
     out = rules.replan(llama, ParallelLayout(tensor_parallel=8), "quantize", 4)
@@ -147,7 +147,7 @@ def brute_force_accepts(arch: ModelArch, lay: dict, stage: str, seq: int) -> boo
     # stage limits
     if vpp is not None:
         return False
-    if stage == "auto-quantize" and pp != 1:
+    if stage == "auto_quantize" and pp != 1:
         return False
     if stage == "prune" and (tp, cp, ep, etp, sp) != (1, 1, 1, 1, False):
         return False
@@ -308,7 +308,7 @@ def test_replan_returns_a_valid_layout_for_its_stage(arch, gpus, lay, stage):
         out = rules.replan(arch, start, stage, gpus)
     except LayoutError:
         # the only impossible case: a '|'-split hybrid pattern needs more stages than GPUs (or PP=1 for auto-quantize)
-        assert segments is not None and (len(segments) > gpus or stage == "auto-quantize")
+        assert segments is not None and (len(segments) > gpus or stage == "auto_quantize")
         return
     assert out.world_size <= gpus
     as_dict = {"tp": out.tensor_parallel, "pp": out.pipeline_parallel, "cp": out.context_parallel,
@@ -334,7 +334,7 @@ def test_planner_agrees_with_brute_force_near_the_boundary(arch, data):
     lay = {"tp": tp, "pp": pp, "cp": data.draw(st.sampled_from([1, 1, 2])), "ep": ep,
            "etp": data.draw(st.sampled_from([tp, 1])), "dp": data.draw(st.sampled_from([1, 2, 4])),
            "sp": data.draw(st.booleans()) and tp > 1, "vpp": None, "first": None, "last": None}
-    stage = data.draw(st.sampled_from(["quantize", "quantize", "distill", "auto-quantize", "prune", "export"]))
+    stage = data.draw(st.sampled_from(["quantize", "quantize", "distill", "auto_quantize", "prune", "export"]))
     expected = brute_force_accepts(arch, lay, stage, arch.seq_length)
     world = tp * lay["pp"] * lay["cp"] * lay["dp"]
     try:

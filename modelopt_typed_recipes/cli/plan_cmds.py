@@ -13,7 +13,14 @@ from typing import Any
 
 from .output import console, print_json
 
-STAGE_CHOICES = ("quantize", "auto-quantize", "prune", "export", "distill")
+STAGE_CHOICES = ("quantize", "auto_quantize", "prune", "export", "distill")
+
+
+def _stage_name(text: str) -> str:
+    """``--stage``: one name per technique; the old spelling ``auto-quantize`` is still accepted."""
+    from ..plan.rules import STAGE_ALIASES
+
+    return STAGE_ALIASES.get(text, text)
 
 
 def register(sub: Any) -> None:
@@ -30,7 +37,7 @@ def register(sub: Any) -> None:
     p.add_argument("--gpu", default="h100-80gb", help="GPU model (a100-80gb, h100-80gb, h200-141gb, b200-192gb, "
                    "gb200); 'auto' reads the local GPU through nvidia-ml-py")
     p.add_argument("--nodes", type=int, help="nodes the GPUs are spread over (default: as few as hold them)")
-    p.add_argument("--stage", default="quantize", choices=STAGE_CHOICES, help="post-training stage (default: quantize)")
+    p.add_argument("--stage", default="quantize", type=_stage_name, choices=STAGE_CHOICES, help="post-training stage (default: quantize)")
     for flag, dest, what in (("--tp", "tensor_parallel", "tensor"), ("--pp", "pipeline_parallel", "pipeline"),
                              ("--cp", "context_parallel", "context"), ("--ep", "expert_parallel", "expert"),
                              ("--etp", "expert_tensor_parallel", "expert tensor"), ("--dp", "data_parallel", "data")):

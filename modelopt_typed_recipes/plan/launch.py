@@ -148,7 +148,7 @@ def plan(
         from ..catalog import get_arch
 
         arch = get_arch(arch)
-    rules.check_stage_name(stage)
+    stage = rules.check_stage_name(stage)
     gpu_spec = get_gpu(gpu) if isinstance(gpu, str) else gpu
     gpus = _positive("gpus", gpus)
     batch = _positive("batch", batch)

@@ -298,7 +298,7 @@ def estimate(arch: ModelArch, layout: ParallelLayout, gpu: GpuSpec, *, stage: st
              batch: int = 1, seq_length: int | None = None, quant_format: str = "fp8",
              generate_tokens: int = 0, model: MemoryModel = DEFAULT_MODEL) -> MemoryPlan:
     """The memory plan of the most loaded rank of ``layout`` for ``stage`` on ``gpu``."""
-    rules.check_stage_name(stage)
+    stage = rules.check_stage_name(stage)
     fmt = get_format(quant_format)
     seq = seq_length or arch.seq_length
     best: tuple[int, int, dict[str, int], int] | None = None
@@ -306,13 +306,13 @@ def estimate(arch: ModelArch, layout: ParallelLayout, gpu: GpuSpec, *, stage: st
         p = rank_params(arch, layout, index)
         last = index == layout.pipeline_parallel - 1
         terms: dict[str, int] = {"weights": int(p.total * BF16)}
-        quantizing = stage in ("quantize", "auto-quantize")
+        quantizing = stage in ("quantize", "auto_quantize")
         terms["quantizer_state"] = int(p.linear * model.quantizer_bytes_per_param.get(fmt.name, 0.0)) if quantizing \
             else 0
         act = forward_activation_bytes(arch, layout, p, batch=batch, seq_length=seq, last_stage=last, model=model)
         if stage in ("quantize", "prune", "export"):
             terms["activations"] = act["resident"] + act["peak"] if stage != "export" else 0
-        else:  # auto-quantize and distill run a backward pass
+        else:  # auto_quantize and distill run a backward pass
             terms["activations"] = training_activation_bytes(arch, layout, p, batch=batch, seq_length=seq) \
                 + act["peak"]
         if quantizing and fmt.name != "bf16":
@@ -323,7 +323,7 @@ def estimate(arch: ModelArch, layout: ParallelLayout, gpu: GpuSpec, *, stage: st
             terms["fake_quant"] = int(max(0, act["linear_peak"] + temps - act["peak"]))
         else:
             terms["fake_quant"] = 0
-        if stage == "auto-quantize":  # gradients of the weights scored, bf16
+        if stage == "auto_quantize":  # gradients of the weights scored, bf16
             terms["fake_quant"] += int(p.linear * BF16)
         kv_layers = p.attention_layers
         tp = layout.tensor_parallel

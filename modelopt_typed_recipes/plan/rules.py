@@ -23,8 +23,10 @@ from ..errors import LayoutError
 from ..spec.arch import Attention, ModelArch
 from ..spec.layout import ParallelLayout, expert_side_tiles, propose_split
 
-Stage = Literal["quantize", "auto-quantize", "prune", "export", "distill"]
-STAGES: tuple[str, ...] = ("quantize", "auto-quantize", "prune", "export", "distill")
+Stage = Literal["quantize", "auto_quantize", "prune", "export", "distill"]
+STAGES: tuple[str, ...] = ("quantize", "auto_quantize", "prune", "export", "distill")
+STAGE_ALIASES: dict[str, str] = {"auto-quantize": "auto_quantize"}
+"""Old spellings still accepted (the CLI's ``--stage auto-quantize`` before 0.2)."""
 PIPELINE_ONLY_STAGES = ("prune", "export")
 
 _FIELD_FLAG = {
@@ -38,6 +40,8 @@ _FIELD_FLAG = {
 
 
 def check_stage_name(stage: str) -> str:
+    """The stage's one name (an old alias is accepted); LayoutError with a suggestion for an unknown one."""
+    stage = STAGE_ALIASES.get(stage, stage)
     if stage not in STAGES:
         from ..errors import did_you_mean
 
@@ -183,14 +187,14 @@ def model_problems(arch: ModelArch, layout: ParallelLayout, *, seq_length: int |
 # --------------------------------------------------------------------------- stage rules
 def stage_problems(layout: ParallelLayout, stage: str) -> list[LayoutError]:
     """Every limit of ``stage`` that ``layout`` breaks."""
-    check_stage_name(stage)
+    stage = check_stage_name(stage)
     out: list[LayoutError] = []
     if layout.virtual_pipeline is not None:
         out.append(LayoutError(
             f"{stage}: ModelOpt's Megatron model builder does not support an interleaved (virtual) pipeline",
             path="virtual_pipeline", hint="unset virtual_pipeline",
         ))
-    if stage == "auto-quantize" and layout.pipeline_parallel > 1:
+    if stage == "auto_quantize" and layout.pipeline_parallel > 1:
         out.append(LayoutError(
             f"auto-quantize needs PP=1 (ModelOpt scores every layer in one process), got PP={layout.pipeline_parallel}",
             path="pipeline_parallel", hint="use pipeline_parallel=1 with tensor or expert parallelism",
@@ -315,7 +319,7 @@ def candidate_layouts(arch: ModelArch, stage: str, gpus: int, *, seq_length: int
     ETP range over the model's valid splits, EP over the divisors of the expert count, PP over the
     even splits plus one uneven split on every GPU.
     """
-    check_stage_name(stage)
+    stage = check_stage_name(stage)
     if stage in PIPELINE_ONLY_STAGES:
         pps = _pipeline_options(arch, gpus)
         for pp in sorted(pps):
@@ -325,7 +329,7 @@ def candidate_layouts(arch: ModelArch, stage: str, gpus: int, *, seq_length: int
         return
     tps = [t for t in valid_tensor_parallel(arch, limit=min(gpus, 64))]
     eps = [e for e in valid_expert_parallel(arch, limit=gpus)]
-    pps = [1] if stage == "auto-quantize" else sorted(_even_pipeline_options(arch, gpus))
+    pps = [1] if stage == "auto_quantize" else sorted(_even_pipeline_options(arch, gpus))
     found: list[tuple[tuple[int, ...], ParallelLayout]] = []
     for tp in tps:
         etps = sorted({tp, 1} if arch.moe is not None else {tp})
@@ -374,7 +378,7 @@ def replan(arch: ModelArch, layout: ParallelLayout | None, stage: str, gpus: int
     the layers do not divide, and DP filling the GPUs; if that split does not fit the GPUs or the model,
     the smallest valid split, filled with DP.
     """
-    check_stage_name(stage)
+    stage = check_stage_name(stage)
     if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
         raise LayoutError(f"must be a positive integer, got {gpus!r}", path="gpus")
     if stage in PIPELINE_ONLY_STAGES:
@@ -400,12 +404,12 @@ def replan(arch: ModelArch, layout: ParallelLayout | None, stage: str, gpus: int
 def _adapt(arch: ModelArch, start: ParallelLayout, stage: str, gpus: int,
            seq_length: int | None) -> ParallelLayout | None:
     changes: dict[str, object] = {"virtual_pipeline": None}
-    if stage == "auto-quantize":
+    if stage == "auto_quantize":
         changes.update(pipeline_parallel=1, first_stage_layers=None, last_stage_layers=None)
     pp = int(changes.get("pipeline_parallel", start.pipeline_parallel))  # type: ignore[call-overload]
     stages = arch.mamba.pipeline_stages if arch.mamba is not None else None
     if stages:
-        if stage == "auto-quantize" and len(stages) != 1:
+        if stage == "auto_quantize" and len(stages) != 1:
             return None
         changes.update(pipeline_parallel=len(stages), first_stage_layers=None, last_stage_layers=None)
     elif pp > 1 and not start.uneven and arch.num_layers % pp and pp <= arch.num_layers:

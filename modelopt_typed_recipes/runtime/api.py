@@ -19,17 +19,20 @@ import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ..errors import CompatibilityError, RecipeError, SpecError
+from ..errors import RecipeError, SpecError
 from ..spec.recipe import Builtin, HFCheckpoint, MegatronCheckpoint, Recipe
 from ..spec.serde import apply_overrides, from_dict
-from .backend import BackendName, RunPlan, load_backend
+from .backend import RunPlan, load_backend
 from .data import check_text
 from .manifest import MANIFEST_NAME, build_manifest, write_manifest
 from .result import PostTrainingResult
+
+if TYPE_CHECKING:
+    from ..plan.environment import Environment
 
 
 def load_recipe(recipe: Recipe | str | Path | Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> Recipe:
@@ -48,36 +51,10 @@ def load_recipe(recipe: Recipe | str | Path | Mapping[str, Any], overrides: Mapp
 
 
 # --------------------------------------------------------------------------- planning (no heavy imports)
-def _env() -> Any:
-    from ..plan.check import Environment
+def _env() -> Environment:
+    from ..plan.environment import Environment
 
     return Environment.detect()
-
-
-def resolve_device(recipe: Recipe, env: Any) -> str:
-    if recipe.device == "cuda":
-        if not env.cuda:
-            raise CompatibilityError("device: cuda, but this machine has no CUDA GPU", path="device",
-                                     hint="use device: cpu (Hugging Face backend) or auto")
-        return "cuda"
-    if recipe.device == "cpu":
-        return "cpu"
-    return "cuda" if env.cuda else "cpu"
-
-
-def resolve_backend(recipe: Recipe, env: Any, device: str) -> BackendName:
-    """``auto``: Megatron-Core when there is a CUDA device and megatron-core, else Hugging Face."""
-    if recipe.backend == "hf":
-        return "hf"
-    if recipe.backend == "megatron":
-        if env.megatron_core is None:
-            raise CompatibilityError("backend: megatron, but megatron-core is not installed", path="backend",
-                                     hint="pip install megatron-core, or backend: hf")
-        if device != "cuda":
-            raise CompatibilityError("the Megatron-Core backend needs a CUDA GPU (its forward pass needs CUDA)",
-                                     path="backend", hint="backend: hf runs on the CPU")
-        return "megatron"
-    return "megatron" if device == "cuda" and env.megatron_core else "hf"
 
 
 def _check_source(recipe: Recipe) -> None:
@@ -122,22 +99,23 @@ def _check_output(output: Path) -> None:
 
 def plan_run(recipe: Recipe, *, progress: bool = True) -> RunPlan:
     """Every check that needs no model, then the plan; raises the first problem as a typed error."""
+    from ..plan import backend_choice
+    from ..plan.techniques import technique_for
+
     archs = recipe.archs_per_stage()  # unknown names, impossible prune sizes
     env = _env()
-    device = resolve_device(recipe, env)
-    for i, stage in enumerate(recipe.stages):
-        if device == "cpu" and getattr(stage, "needs_cuda", False):
-            what = getattr(stage, "format", None) or getattr(stage, "recipe", None)
-            field = "format" if getattr(stage, "format", None) else "recipe"
-            if getattr(stage, "kv_cache", None) and what and "fp4" not in str(what).lower():
-                field, what = "kv_cache", f"KV-cache format {stage.kv_cache}"
-            raise CompatibilityError(
-                f"{what} needs CUDA: its fake-quant kernels (NVFP4 / MX block scaling) exist only for GPUs, "
-                "and this run is on the CPU",
-                path=f"stages[{i}].{field}",
-                hint="on the CPU use fp8, int8_sq, int4_awq or w4a8_awq; run NVFP4/MX on a GPU (device: cuda)",
-            )
-    backend = resolve_backend(recipe, env, device)
+    problem = backend_choice.device_problem(recipe, env)
+    if problem is not None:
+        raise problem
+    device = backend_choice.choose_device(recipe, env)
+    if device == "cpu":
+        for i, stage in enumerate(recipe.stages):
+            problem = technique_for(stage).cuda_problem(stage, f"stages[{i}]")
+            if problem is not None:
+                raise problem
+    backend = backend_choice.choose_backend(recipe, env)
+    for problem in backend_choice.backend_problems(backend, env, cuda=device == "cuda"):
+        raise problem
     _check_source(recipe)
     check_text(recipe.calibration, path="calibration")
     if recipe.evaluation is not None:
@@ -150,11 +128,10 @@ def plan_run(recipe: Recipe, *, progress: bool = True) -> RunPlan:
     report = check_recipe(recipe, env=attrs.evolve(env, cuda=device == "cuda"), backend=backend)
     report.raise_first()
 
-    dtype = recipe.dtype if recipe.dtype != "auto" else ("fp32" if device == "cpu" else "bf16")
     return RunPlan(
         backend=backend,
-        device=device,  # type: ignore[arg-type]
-        dtype=dtype,  # type: ignore[arg-type]
+        device=device,
+        dtype=backend_choice.choose_dtype(recipe, device),
         arch=archs[0],
         stage_archs=archs,
         output_dir=output,

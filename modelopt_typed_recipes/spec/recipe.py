@@ -17,7 +17,7 @@ from ..errors import RecipeError
 from ._validate import fail, non_empty_str, non_empty_strs, one_of, positive_int
 from .arch import ModelArch
 from .layout import ParallelLayout
-from .techniques import AutoQuantize, Export, Prune, Quantize, Stage
+from .techniques import AutoQuantize, Export, Quantize, Stage
 
 SCHEMA_VERSION = 1
 
@@ -151,9 +151,9 @@ class Recipe:
             raise fail("stages", "a recipe needs at least one stage", "e.g. stages: [{technique: quantize, format: fp8}]")
         seen_quant: int | None = None
         for i, stage in enumerate(self.stages):
-            if isinstance(stage, Export) and i != len(self.stages) - 1:
-                raise fail(f"stages[{i}]", "export must be the last stage")
-            if isinstance(stage, Quantize | AutoQuantize):
+            if stage.must_be_last and i != len(self.stages) - 1:
+                raise fail(f"stages[{i}]", f"{stage.technique} must be the last stage")
+            if stage.quantizes:
                 if seen_quant is not None:
                     raise fail(
                         f"stages[{i}]",
@@ -161,8 +161,8 @@ class Recipe:
                         "write one recipe per format",
                     )
                 seen_quant = i
-            if isinstance(stage, Prune) and seen_quant is not None:
-                raise fail(f"stages[{i}]", "prune before quantizing: Minitron works on the unquantized model")
+            if stage.must_come_before_quantization and seen_quant is not None:
+                raise fail(f"stages[{i}]", f"{stage.technique} before quantizing: it works on the unquantized model")
         if self.evaluation is not None and self.evaluation.dataset == "reference-train":
             raise fail("evaluation.dataset", "evaluating on the training split says little", "use reference-heldout")
         if self.layout is not None and self.layout.world_size > 1 and self.backend == "hf":
@@ -181,12 +181,12 @@ class Recipe:
 
     @property
     def quantization(self) -> Quantize | AutoQuantize | None:
-        return next((s for s in self.stages if isinstance(s, Quantize | AutoQuantize)), None)
+        return next((s for s in self.stages if s.technique == "quantize" or s.technique == "auto_quantize"), None)
 
     @property
     def export(self) -> Export | None:
         last = self.stages[-1]
-        return last if isinstance(last, Export) else None
+        return last if last.technique == "export" else None
 
     @property
     def needs_cuda(self) -> bool:
@@ -210,17 +210,14 @@ class Recipe:
         out = []
         for i, stage in enumerate(self.stages):
             out.append(arch)
-            if isinstance(stage, Prune):
-                try:
-                    arch = stage.pruned(arch)
-                except RecipeError as err:
-                    raise err.under(f"stages[{i}]") from None
+            try:
+                arch = stage.arch_after(arch)
+            except RecipeError as err:
+                raise err.under(f"stages[{i}]") from None
         return tuple(out)
 
     def final_arch(self) -> ModelArch:
-        archs = self.archs_per_stage()
-        last = self.stages[-1]
-        return last.pruned(archs[-1]) if isinstance(last, Prune) else archs[-1]
+        return self.stages[-1].arch_after(self.archs_per_stage()[-1])
 
     # ----------------------------------------------------------------- serialisation
     def content_hash(self) -> str:

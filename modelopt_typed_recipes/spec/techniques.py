@@ -10,7 +10,7 @@ runtime's pre-flight checks, before any model is built.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import ClassVar, Literal
 
 import attrs
 
@@ -87,6 +87,11 @@ def _positive_bits(_inst: object, attr: attrs.Attribute, value: float | None) ->
 class Quantize:
     """Post-training quantization with one ModelOpt preset or one ModelOpt YAML recipe."""
 
+    quantizes: ClassVar[bool] = True
+    """Order rules of a recipe (spec/recipe.py): one quantizing stage per recipe, after any pruning."""
+    must_come_before_quantization: ClassVar[bool] = False
+    must_be_last: ClassVar[bool] = False
+
     technique: Literal["quantize"] = attrs.field(default="quantize", validator=one_of(["quantize"]))
     format: str | None = attrs.field(default=None, validator=_format_name)
     """Short name from the format table (``fp8``, ``int4_awq``) or a ModelOpt preset (``FP8_DEFAULT_CFG``)."""
@@ -133,6 +138,10 @@ class Quantize:
         """Whether a fake-quant forward of this stage needs CUDA (unknown presets: judged by name)."""
         return format_needs_cuda(self.format or self.recipe or "") or self.kv_cache in KV_CACHE_NEEDS_CUDA
 
+    def arch_after(self, arch: ModelArch) -> ModelArch:
+        """The architecture after this stage: quantization keeps the shapes."""
+        return arch
+
     @property
     def label(self) -> str:
         """A short name for tables and output folders: ``quantize-fp8``, ``quantize-nvfp4_default-kv_fp8``."""
@@ -148,6 +157,10 @@ class Quantize:
 @attrs.frozen(kw_only=True)
 class AutoQuantize:
     """Per-layer format search under an effective-bits budget (``mtq.auto_quantize``)."""
+
+    quantizes: ClassVar[bool] = True
+    must_come_before_quantization: ClassVar[bool] = False
+    must_be_last: ClassVar[bool] = False
 
     technique: Literal["auto_quantize"] = attrs.field(default="auto_quantize", validator=one_of(["auto_quantize"]))
     effective_bits: float | None = attrs.field(default=None, validator=_positive_bits)
@@ -187,6 +200,9 @@ class AutoQuantize:
 
     def _candidate_bits(self) -> list[float]:
         return [f.weight_bits for f in map(resolve_format, self.formats) if f is not None]
+
+    def arch_after(self, arch: ModelArch) -> ModelArch:
+        return arch
 
     @property
     def needs_cuda(self) -> bool:
@@ -239,6 +255,13 @@ class Prune:
     planned against it. With ``params``/``active_params`` ModelOpt searches the sizes; the result is
     known only after the search, so :meth:`pruned` returns the unpruned architecture as an upper bound.
     """
+
+    quantizes: ClassVar[bool] = False
+    must_come_before_quantization: ClassVar[bool] = True
+    """Minitron works on the unquantized model."""
+    must_be_last: ClassVar[bool] = False
+    needs_cuda: ClassVar[bool] = False
+    """Whether a fake-quant forward needs CUDA (no quantizers here; pruning's own GPU needs are a version gate)."""
 
     technique: Literal["prune"] = attrs.field(default="prune", validator=one_of(["prune"]))
     hidden_size: int | None = attrs.field(default=None, validator=positive_int)
@@ -370,6 +393,10 @@ class Prune:
                 "active_params", f"active_params={self.active_params:,} is not below the model's {arch.params_active:,}"
             )
 
+    def arch_after(self, arch: ModelArch) -> ModelArch:
+        """The architecture later stages start from (:meth:`pruned`)."""
+        return self.pruned(arch)
+
     def pruned(self, arch: ModelArch) -> ModelArch:
         """The architecture after this stage (validated first); the head dimension is kept as Minitron does."""
         self.validate_for(arch)
@@ -425,6 +452,11 @@ def _human(n: int | None) -> str:
 class Export:
     """Write a deployable checkpoint: the unified Hugging Face format, or vLLM's fake-quant variant."""
 
+    quantizes: ClassVar[bool] = False
+    must_come_before_quantization: ClassVar[bool] = False
+    must_be_last: ClassVar[bool] = True
+    needs_cuda: ClassVar[bool] = False
+
     technique: Literal["export"] = attrs.field(default="export", validator=one_of(["export"]))
     format: Literal["hf", "vllm_fakequant"] = attrs.field(default="hf", validator=one_of(["hf", "vllm_fakequant"]))
     """``hf``: unified HF checkpoint (TensorRT-LLM, vLLM, SGLang); ``vllm_fakequant``: BF16 + quantizer state."""
@@ -439,6 +471,9 @@ class Export:
             return
         if not isinstance(value, str) or not value.strip() or value.startswith("/") or ".." in value.split("/"):
             raise fail(attr.name, f"must be a relative folder inside output_dir, got {value!r}")
+
+    def arch_after(self, arch: ModelArch) -> ModelArch:
+        return arch
 
     @property
     def label(self) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import CompatibilityError
-from ...spec.recipe import MegatronCheckpoint, RandomInit, Recipe
+from ...spec.recipe import RandomInit, Recipe
 from ...spec.techniques import AutoQuantize, Export, Prune, Quantize
 from ..backend import RunPlan
 from ..evaluate import add_change
@@ -24,32 +24,7 @@ _BASELINES: dict[tuple[str, ...], float] = {}
 
 
 def check(recipe: Recipe, plan: RunPlan) -> None:
-    """What only this backend refuses; the rest was checked by ``plan_run``."""
-    if isinstance(recipe.source, MegatronCheckpoint):
-        raise CompatibilityError(
-            "the Hugging Face backend reads Hugging Face checkpoints, not Megatron distributed checkpoints",
-            path="source.type", hint="backend: megatron (on a GPU)",
-        )
-    for i, stage in enumerate(recipe.stages):
-        if isinstance(stage, Prune):
-            raise CompatibilityError("Minitron pruning runs on the Megatron-Core backend only", path=f"stages[{i}]",
-                                     hint="backend: megatron on a GPU with Transformer Engine")
-    exp = recipe.export
-    if exp is not None and exp.format == "hf" and any(a.moe is not None for a in plan.stage_archs):
-        from ...plan.check import quantize_config
-
-        for i, stage in enumerate(recipe.stages):
-            if not isinstance(stage, Quantize):
-                continue
-            algo = quantize_config(stage, path=f"stages[{i}]")[0].config.get("algorithm")
-            method = algo.get("method") if isinstance(algo, dict) else algo
-            if str(method).startswith("awq"):
-                raise CompatibilityError(
-                    f"ModelOpt 0.47's HF export fails on AWQ-calibrated mixture-of-experts layers of transformers 5 "
-                    f"(TypeError in its expert re-smoothing); {plan.arch.name} has MoE layers",
-                    path=f"stages[{i}].{'format' if stage.format else 'recipe'}",
-                    hint="export fp8 or int8_sq, or drop the export stage (the ModelOpt state is saved instead)",
-                )
+    """What only this backend can tell (it needs transformers); everything else was checked by the plan."""
     if isinstance(recipe.source, RandomInit):
         from .model import hf_config_for
 

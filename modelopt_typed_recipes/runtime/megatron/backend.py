@@ -107,9 +107,8 @@ def run(recipe: Recipe, plan: Any, *, layout: Any = None) -> PostTrainingResult:
     quantized = changed = False
     for i, stage in enumerate(recipe.stages):
         stage_arch = archs[i]
-        want = report.stages[i].layout
-        if want is not None:
-            want_layout = _layout_from(want, current)
+        want_layout = report.stages[i].layout
+        if want_layout is not None:
             if want_layout != current:
                 model = _relayout(model, stage_arch, current, want_layout, staging / f".relayout-{i}", dtype=dtype,
                                   device=device, spec=spec, seed=recipe.seed)
@@ -198,13 +197,7 @@ def run(recipe: Recipe, plan: Any, *, layout: Any = None) -> PostTrainingResult:
 
 def _first_layout(report: Any, layout: Any) -> Any:
     first = report.stages[0].layout if report.stages else None
-    return _layout_from(first, layout) if first is not None else layout
-
-
-def _layout_from(d: dict[str, Any], like: Any) -> Any:
-    from ...spec.layout import ParallelLayout
-
-    return ParallelLayout(**{k: v for k, v in d.items() if k in attrs.fields_dict(ParallelLayout)})
+    return first if first is not None else layout
 
 
 def _relayout(model: Any, arch: Any, old: Any, new: Any, tmp: Path, *, dtype: str, device: str, spec: str,

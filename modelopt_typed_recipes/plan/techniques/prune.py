@@ -1,0 +1,40 @@
+"""Prune (ModelOpt's Minitron on Megatron-Core): its gates. Sizes against the model are the spec's own check
+(:meth:`~...spec.techniques.Prune.validate_for`); the Megatron-Core layout limits are in :mod:`..rules`."""
+
+from __future__ import annotations
+
+from ...errors import CompatibilityError, RecipeError
+from ...spec.recipe import HFCheckpoint, MegatronCheckpoint
+from ...spec.techniques import Prune
+from . import Findings, StageContext, Technique, register
+
+
+def check(stage: Prune, ctx: StageContext) -> Findings:
+    from .. import versions
+
+    errors: list[RecipeError] = versions.minitron(ctx.env, ctx.path, cuda=ctx.cuda)
+    if ctx.arch.moe is not None and isinstance(ctx.recipe.source, HFCheckpoint):
+        # measured on the GPU machine, 2x H200 (benchmarks/megatron_gpu.md, prune): ModelOpt 0.47's
+        # HF importer leaves TE SequentialMLP experts without _extra_state, and its MoE mappings
+        # have no rule for TEGroupedMLP experts, so the TE spec Minitron needs cannot be filled.
+        errors.append(CompatibilityError(
+            "pruning a mixture-of-experts model from a Hugging Face checkpoint is not possible with "
+            "ModelOpt 0.47: its importer cannot load experts into the Transformer Engine layer spec "
+            "that Minitron needs", path=ctx.path,
+            hint="prune a dense model, or start from a Megatron checkpoint saved with the TE spec"))
+    src = ctx.recipe.source
+    first = next(i for i, s in enumerate(ctx.recipe.stages) if isinstance(s, Prune))
+    if isinstance(src, MegatronCheckpoint) and ctx.index == first:
+        saved = src.saved_layer_spec()
+        if saved is not None and saved != "te":
+            errors.append(CompatibilityError(
+                f"Minitron prunes the Transformer Engine layer spec; this checkpoint was saved with the {saved!r} "
+                "spec", path=ctx.path,
+                hint="start from the Hugging Face checkpoint, or a checkpoint saved by a pruning run"))
+    return Findings(errors=tuple(errors))
+
+
+TECHNIQUE = register(Technique(
+    name="prune", spec=Prune, title="Minitron pruning", check=check,
+    executors={"megatron": "modelopt_typed_recipes.runtime.megatron.steps:prune"},
+))
