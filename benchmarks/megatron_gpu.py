@@ -110,18 +110,20 @@ def recipe_with(arch, hf_dir: Path, stages: tuple, *, out: Path, tag: str, sampl
 
 def run_recipe(recipe, *, layout=None):
     """Backend run with the caller's job done here too: staging folder renamed to the output folder."""
+    import attrs
+
+    from modelopt_typed_recipes.plan.check import check_recipe
     from modelopt_typed_recipes.runtime import distributed
-    from modelopt_typed_recipes.runtime.backend import RunPlan
     from modelopt_typed_recipes.runtime.megatron import backend
 
     out = Path(recipe.output_dir)
     staging = out.with_name(out.name + ".staging")
-    archs = recipe.archs_per_stage()
-    plan = RunPlan(backend="megatron", device="cuda", dtype="bf16", arch=archs[0], stage_archs=archs,
-                   output_dir=out, staging_dir=staging, progress=False)
+    plan = check_recipe(recipe, backend="megatron", layout=layout)  # the run's plan, with this layout
+    plan.raise_first()
+    plan = attrs.evolve(plan, output_dir=out, staging_dir=staging, progress=False)
     if distributed.is_main() and staging.exists():
         shutil.rmtree(staging)
-    result = backend.run(recipe, plan, layout=layout)
+    result = backend.run(recipe, plan)
     if distributed.is_main():
         if out.exists():
             shutil.rmtree(out)

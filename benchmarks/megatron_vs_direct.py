@@ -41,6 +41,7 @@ def main() -> None:
     from modelopt_typed_recipes.runtime import distributed
     from modelopt_typed_recipes.runtime import data
     from modelopt_typed_recipes.runtime.megatron import build, stages
+    from modelopt_typed_recipes.plan.techniques.quantize import quantize_config
     from modelopt_typed_recipes.spec.arch import Attention, Vocab
     from modelopt_typed_recipes.spec.layout import ParallelLayout
     from modelopt_typed_recipes.spec.recipe import TextData
@@ -100,7 +101,8 @@ def main() -> None:
                     cfg = copy.deepcopy(getattr(mtq, preset))
                     mtq.quantize(model, cfg, direct_loop)
                 else:
-                    stages.quantize(model, Quantize(format=short), batches, progress=False)
+                    stages.quantize(model, Quantize(format=short), batches, progress=False,
+                                    config=quantize_config(Quantize(format=short))[0].config)
                 torch.cuda.synchronize()
                 times[who].append(time.perf_counter() - t)
                 states[who] = stages.amax_state(model)

@@ -76,3 +76,35 @@ def test_matches_like_modelopt():
 
             norm = _normalize_fused_experts_quantizer_name(n)
             assert mn.matches(pat, n) == (fnmatch.fnmatch(n, pat) or fnmatch.fnmatch(norm, pat))
+
+
+def _live_config(stage):
+    """What ModelOpt itself gives for a Quantize stage: its recipe loader, or the live mtq constants."""
+    import copy
+
+    from modelopt.recipe import load_recipe
+    from modelopt.recipe.presets import KV_QUANT_CFG_CHOICES
+
+    if stage.recipe is not None:
+        base, kv = load_recipe(stage.recipe).quantize.model_dump(exclude_unset=True), None
+        source = "recipe"
+    else:
+        base, source = copy.deepcopy(getattr(mtq, stage.preset)), "preset"
+        kv = KV_QUANT_CFG_CHOICES[stage.kv_cache]["quant_cfg"] if stage.kv_cache else None
+    return mn.compose_quant_config(base, base_source=source, kv_entries=kv, exclude=stage.exclude,
+                                   algorithm=stage.algorithm).config
+
+
+def test_the_plan_composes_the_config_modelopt_would():
+    """The plan composes a Quantize stage's config once, from ModelOpt's YAML files; the backends hand it to
+    mtq.quantize as it is. It equals what ModelOpt's loader and live constants give, for every built-in
+    recipe, every model preset and every KV-cache format."""
+    from modelopt_typed_recipes.plan.techniques.quantize import quantize_config
+    from modelopt_typed_recipes.spec.techniques import KV_CACHE_FORMATS, Quantize
+
+    stages = [Quantize(recipe=r) for r in mn.BUILTIN_PTQ_RECIPES]
+    stages += [Quantize(format=p) for p in mn.MODEL_PRESETS]
+    stages += [Quantize(format="fp8", kv_cache=k) for k in KV_CACHE_FORMATS]
+    stages += [Quantize(format="int4_awq", exclude=("*lm_head*",), algorithm="max")]
+    for stage in stages:
+        assert quantize_config(stage)[0].config == _live_config(stage), stage

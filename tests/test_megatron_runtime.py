@@ -19,7 +19,7 @@ import pytest
 from _dist import init_gloo_world
 from megatron_cpu_shim import megatron_on_cpu
 from modelopt_typed_recipes.catalog import get_arch
-from modelopt_typed_recipes.errors import CompatibilityError
+from modelopt_typed_recipes.errors import CompatibilityError, SpecError
 from modelopt_typed_recipes.spec.arch import Vocab
 from modelopt_typed_recipes.spec.layout import ParallelLayout
 from modelopt_typed_recipes.spec.recipe import HFCheckpoint, MegatronCheckpoint, Recipe, TextData
@@ -124,7 +124,7 @@ def test_wrapper_equals_direct_modelopt(dist_cpu, hf_dense, fmt):
 
     mtq.quantize(direct, copy.deepcopy(getattr(mtq, preset)), loop)
     ours = _model(hf_dense)
-    stages.quantize(ours, Quantize(format=fmt), batches, progress=False)
+    stages.quantize(ours, Quantize(format=fmt), batches, progress=False, config=_config(Quantize(format=fmt)))
     a, b = stages.amax_state(direct), stages.amax_state(ours)
     assert a.keys() == b.keys() and len(a) > 4
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -135,7 +135,7 @@ def test_checkpoint_round_trip_keeps_quantizers(dist_cpu, hf_dense, tmp_path):
 
     batches = _batches(hf_dense)
     m = _model(hf_dense)
-    stages.quantize(m, Quantize(format="fp8"), batches, progress=False)
+    stages.quantize(m, Quantize(format="fp8"), batches, progress=False, config=_config(Quantize(format="fp8")))
     ckpt = build.save_checkpoint(m, tmp_path / "ckpt", arch=arch_4k(), spec="local")
     assert (ckpt / "metadata.json").is_file() and (ckpt / "modelopt_state").is_dir()
     assert not (tmp_path / "ckpt.partial").exists()
@@ -154,13 +154,21 @@ def test_checkpoint_round_trip_keeps_quantizers(dist_cpu, hf_dense, tmp_path):
     assert stages.quantizer_summary(fresh) == {"weight": 8, "input": 8}
 
 
+def _config(stage):
+    """The config the plan composes for a Quantize stage (what the backends give mtq.quantize)."""
+    from modelopt_typed_recipes.plan.techniques.quantize import quantize_config
+
+    return quantize_config(stage)[0].config
+
+
 def _run(recipe, tmp_path):
-    from modelopt_typed_recipes.runtime.backend import RunPlan
+    from modelopt_typed_recipes.plan.check import Environment, check_recipe
     from modelopt_typed_recipes.runtime.megatron import backend
 
-    archs = recipe.archs_per_stage()
-    plan = RunPlan(backend="megatron", device="cpu", dtype="fp32", arch=archs[0], stage_archs=archs,
-                   output_dir=tmp_path / "out", staging_dir=tmp_path / "staging", progress=True)
+    plan = check_recipe(recipe, env=Environment.detect(), backend="megatron")  # gpu_env: a GPU machine
+    plan.raise_first()
+    plan = attrs.evolve(plan, device="cpu", dtype="fp32", output_dir=tmp_path / "out",
+                        staging_dir=tmp_path / "staging", progress=True)
     return backend.run(recipe, plan)
 
 
@@ -187,10 +195,13 @@ def test_backend_refuses_export_and_bad_patterns_before_building(hf_dense, tmp_p
     r = Recipe(model=arch_4k(), source=HFCheckpoint(path=str(hf_dense)), stages=(Quantize(format="fp8"), Export()),
                output_dir=str(tmp_path / "o"), backend="megatron")
     with pytest.raises(CompatibilityError, match="megatron-core >= 0.18"):
-        backend.check(r)
+        check_mod.check_recipe(r).raise_first()
     r = attrs.evolve(r, stages=(Quantize(format="fp8", exclude=("*layers.5.*",)),))
     with pytest.raises(Exception, match="matches no quantizer"):
-        backend.check(r)
+        check_mod.check_recipe(r).raise_first()
+    plan = attrs.evolve(check_mod.check_recipe(r), staging_dir=tmp_path / "s")
+    with pytest.raises(SpecError, match="did not pass its check"):
+        backend.run(r, plan)  # a plan with errors is never executed
     assert not (tmp_path / "o").exists()
 
 

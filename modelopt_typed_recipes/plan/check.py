@@ -14,84 +14,24 @@ No torch, no ModelOpt import: versions come from package metadata, Transformer E
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import attrs
 
-from ..bridges.modelopt_names import ComposedConfig
 from ..errors import CompatibilityError, LayoutError, RecipeError, SpecError
 from ..spec.arch import ModelArch
 from ..spec.layout import ParallelLayout
 from ..spec.recipe import HFCheckpoint, MegatronCheckpoint, Recipe
-from ..spec.serde import to_dict
-from .backend_choice import BackendName, backend_problems, choose_backend
-from .coverage import Coverage
+from .backend_choice import BackendName, backend_problems, choose_backend, choose_device, choose_dtype
 from .environment import Environment
+from .run_plan import CalibrationWindows, RunPlan, StagePlan
 from .techniques import StageContext, technique_for
 from .techniques.quantize import quantize_config
 from .versions import MIN_MCORE_EXPORT, MIN_MCORE_PRUNE
 
 
-@attrs.frozen(kw_only=True)
-class StageCheck:
-    """What the check found out about one stage."""
-
-    index: int
-    label: str
-    technique: str
-    layout: ParallelLayout | None = None
-    """The layout the stage runs with on the Megatron-Core backend (None on Hugging Face or when invalid)."""
-    coverage: Coverage | None = None
-    config_source: str | None = None
-    """The ModelOpt preset or recipe the stage uses."""
-    quant_config: ComposedConfig | None = None
-    """The ModelOpt config a Quantize stage gives ``mtq.quantize`` (composed once, here)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "label": self.label,
-            "technique": self.technique,
-            "layout": to_dict(self.layout) if self.layout is not None else None,
-            "config": self.config_source,
-            "coverage": self.coverage.to_dict() if self.coverage is not None else None,
-        }
-
-
-@attrs.frozen(kw_only=True)
-class CheckReport:
-    """All problems of a recipe, ready for the CLI (``--json``) or for raising the first."""
-
-    recipe: str
-    backend: BackendName
-    errors: tuple[RecipeError, ...]
-    warnings: tuple[str, ...]
-    stages: tuple[StageCheck, ...]
-    environment: Environment
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
-
-    @property
-    def coverage(self) -> dict[str, Any]:
-        return {f"stages[{s.index}]": s.coverage.to_dict() for s in self.stages if s.coverage is not None}
-
-    def raise_first(self) -> None:
-        if self.errors:
-            raise self.errors[0]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "recipe": self.recipe,
-            "backend": self.backend,
-            "errors": [e.to_dict() for e in self.errors],
-            "warnings": list(self.warnings),
-            "coverage": self.coverage,
-            "stages": [s.to_dict() for s in self.stages],
-            "environment": to_dict(self.environment),
-        }
+CheckReport = RunPlan
+"""The name the check's result had before it became the run's plan."""
+StageCheck = StagePlan
 
 
 def resolve_backend(recipe: Recipe, env: Environment) -> BackendName:
@@ -106,18 +46,26 @@ def recipe_layout(recipe: Recipe) -> ParallelLayout:
 
 # --------------------------------------------------------------------------- the check
 def check_recipe(recipe: Recipe, *, env: Environment | None = None, layout: ParallelLayout | None = None,
-                 backend: BackendName | None = None) -> CheckReport:
-    """Every problem of ``recipe`` on this machine (or ``env``), without building anything."""
+                 backend: BackendName | None = None) -> RunPlan:
+    """Every problem of ``recipe`` on this machine (or ``env``), without building anything: the run's plan.
+
+    ``layout``: check with this layout instead of the recipe's. The world (size, rank) is torchrun's.
+    """
+    from .resolve import launch_world
+
     env = env or Environment.detect()
     errors: list[RecipeError] = []
     warnings: list[str] = []
-    stages_out: list[StageCheck] = []
+    stages_out: list[StagePlan] = []
     backend = backend or choose_backend(recipe, env)
+    device = choose_device(recipe, env)
+    world_size, rank, local_rank = launch_world()
+    base = RunPlan(label=recipe.label, backend=backend, device=device, dtype=choose_dtype(recipe, device),
+                   environment=env, world_size=world_size, rank=rank, local_rank=local_rank)
     try:
         archs = recipe.archs_per_stage()
     except RecipeError as err:
-        return CheckReport(recipe=recipe.label, backend=backend, errors=(err,), warnings=(), stages=(),
-                           environment=env)
+        return attrs.evolve(base, errors=(err,))
     if layout is None:
         layout = recipe_layout(recipe)
     megatron = backend == "megatron"
@@ -126,6 +74,7 @@ def check_recipe(recipe: Recipe, *, env: Environment | None = None, layout: Para
     errors += _source_problems(recipe, env, backend)
     errors += backend_problems(backend, env, cuda=cuda)
 
+    cal = recipe.calibration
     for i, stage in enumerate(recipe.stages):
         path = f"stages[{i}]"
         arch = archs[i]
@@ -134,21 +83,26 @@ def check_recipe(recipe: Recipe, *, env: Environment | None = None, layout: Para
         if megatron:
             stage_layout, errs = _stage_layout(arch, layout, technique.name, path, recipe)
             errors += errs
+        windows = None
+        if technique.calibrates:
+            windows = CalibrationWindows(
+                num_samples=getattr(stage, "calibration_samples", None) or cal.num_samples,
+                seq_length=getattr(stage, "calibration_seq_length", None) or cal.seq_length,
+                batch_size=cal.batch_size)
+        planned = StagePlan(index=i, label=stage.label, technique=technique.name, stage=stage, arch=arch,
+                            layout=stage_layout, calibration=windows)
         not_here = technique.backend_problem(backend, path)
         if not_here is not None:
             errors.append(not_here)
-            stages_out.append(StageCheck(index=i, label=stage.label, technique=stage.technique, layout=stage_layout))
+            stages_out.append(planned)
             continue
         found = technique.check(stage, StageContext(recipe=recipe, index=i, arch=arch, archs=archs, backend=backend,
                                                     env=env, cuda=cuda, layout=stage_layout))
         errors += found.errors
         warnings += found.warnings
-        stages_out.append(StageCheck(
-            index=i, label=stage.label, technique=stage.technique, coverage=found.coverage,
-            config_source=found.config_source, quant_config=found.quant_config, layout=stage_layout,
-        ))
-    return CheckReport(recipe=recipe.label, backend=backend, errors=tuple(errors), warnings=tuple(warnings),
-                       stages=tuple(stages_out), environment=env)
+        stages_out.append(attrs.evolve(planned, coverage=found.coverage, config_source=found.config_source,
+                                       quant_config=found.quant_config))
+    return attrs.evolve(base, errors=tuple(errors), warnings=tuple(warnings), stages=tuple(stages_out))
 
 
 def _stage_layout(arch: ModelArch, layout: ParallelLayout, stage: str, path: str,
@@ -200,5 +154,5 @@ def _saved_spec_problems(src: MegatronCheckpoint, recipe: Recipe, env: Environme
     return out
 
 
-__all__ = ["MIN_MCORE_EXPORT", "MIN_MCORE_PRUNE", "CheckReport", "Environment", "StageCheck", "check_recipe",
-           "quantize_config", "recipe_layout", "resolve_backend"]
+__all__ = ["MIN_MCORE_EXPORT", "MIN_MCORE_PRUNE", "CheckReport", "Environment", "RunPlan", "StageCheck", "StagePlan",
+           "check_recipe", "quantize_config", "recipe_layout", "resolve_backend"]

@@ -371,3 +371,20 @@ def _check_ranks(launch: dict[str, Resolved]) -> None:
                 f"{high}={launch[high].value} ({launch[high].source})",
                 path=launch[low].source.split()[-1],
             )
+
+
+TORCHRUN_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+
+
+def launch_world(environ: Mapping[str, str] | None = None) -> tuple[int, int, int]:
+    """(world size, rank, local rank) of this process as torchrun set them, or a world of one.
+
+    Only torchrun's variables count here: a bare ``python`` inside a Slurm allocation is one process
+    whatever ``SLURM_NTASKS`` says (the launch plan's ``srun`` starts torchrun on each node).
+    """
+    env = os.environ if environ is None else environ
+    renv = resolve(environ={k: env[k] for k in TORCHRUN_VARS if k in env})
+    size = renv.value("world_size") or 1
+    rank = renv.value("rank") or 0
+    local = renv.value("local_rank") if renv.is_set("local_rank") else rank
+    return int(size), int(rank), int(local)

@@ -102,7 +102,7 @@ def plan_run(recipe: Recipe, *, progress: bool = True) -> RunPlan:
     from ..plan import backend_choice
     from ..plan.techniques import technique_for
 
-    archs = recipe.archs_per_stage()  # unknown names, impossible prune sizes
+    recipe.archs_per_stage()  # unknown names, impossible prune sizes
     env = _env()
     problem = backend_choice.device_problem(recipe, env)
     if problem is not None:
@@ -125,22 +125,9 @@ def plan_run(recipe: Recipe, *, progress: bool = True) -> RunPlan:
 
     from ..plan.check import check_recipe
 
-    report = check_recipe(recipe, env=attrs.evolve(env, cuda=device == "cuda"), backend=backend)
-    report.raise_first()
-
-    return RunPlan(
-        backend=backend,
-        device=device,
-        dtype=backend_choice.choose_dtype(recipe, device),
-        arch=archs[0],
-        stage_archs=archs,
-        output_dir=output,
-        staging_dir=_staging_for(output),
-        progress=progress,
-        world_size=int(os.environ.get("WORLD_SIZE", "1")),
-        rank=int(os.environ.get("RANK", "0")),
-        report=report,
-    )
+    plan = check_recipe(recipe, env=attrs.evolve(env, cuda=device == "cuda"), backend=backend)
+    plan.raise_first()
+    return attrs.evolve(plan, device=device, output_dir=output, staging_dir=_staging_for(output), progress=progress)
 
 
 # --------------------------------------------------------------------------- the run
@@ -162,6 +149,8 @@ def run_post_training(recipe: Recipe | str | Path | Mapping[str, Any], *, progre
         check(rec, plan)
 
     staging, output = plan.staging_dir, plan.output_dir
+    if staging is None or output is None:  # pragma: no cover - plan_run sets both
+        raise SpecError("the plan has no output folder", path="output_dir")
     created = [p for p in (output.parent, *output.parent.parents) if not p.exists()]
     main = plan.rank == 0
     try:

@@ -21,10 +21,13 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import DataError, did_you_mean
 from ..spec.recipe import TextData
+
+if TYPE_CHECKING:
+    from ..plan.run_plan import CalibrationWindows
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 REFERENCE_DIR = DATA_DIR / "reference"
@@ -170,14 +173,14 @@ def batches(windows: Any, batch_size: int) -> list[Any]:
     return [windows[i : i + batch_size] for i in range(0, windows.shape[0], batch_size)]
 
 
-def stage_batches(stage: Any, calibration: TextData, tokenizer: Any, windows: Any) -> list[Any]:
-    """Calibration batches for one stage: the recipe's ``windows`` unless the stage asks for its own
-    ``calibration_samples`` / ``calibration_seq_length`` (then those are cut from the same text)."""
-    n = getattr(stage, "calibration_samples", None) or calibration.num_samples
-    seq = getattr(stage, "calibration_seq_length", None) or calibration.seq_length
+def stage_batches(plan: CalibrationWindows | None, calibration: TextData, tokenizer: Any, windows: Any) -> list[Any]:
+    """Calibration batches for one stage: the recipe's ``windows`` unless the stage's plan asks for its own
+    count / length (then those are cut from the same text). ``plan``: ``StagePlan.calibration``."""
+    n = plan.num_samples if plan is not None else calibration.num_samples
+    seq = plan.seq_length if plan is not None else calibration.seq_length
     if (n, seq) != (calibration.num_samples, calibration.seq_length):
         windows = token_windows(calibration, tokenizer, path="calibration", num_samples=n, seq_length=seq)
-    return batches(windows, calibration.batch_size)
+    return batches(windows, plan.batch_size if plan is not None else calibration.batch_size)
 
 
 def data_hash(windows: Any) -> str:

@@ -23,19 +23,22 @@ def free_port() -> int:
 
 
 def world() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun's environment, or a world of one."""
-    rank = int(os.environ.get("RANK", "0"))
-    size = int(os.environ.get("WORLD_SIZE", "1"))
-    local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    """(rank, world size, local rank) from torchrun's environment (read by the planner:
+    :func:`~..plan.resolve.launch_world`), or a world of one."""
+    from ..plan.resolve import launch_world
+
+    size, rank, local = launch_world()
     return rank, size, local
 
 
-def init_process_group(*, device: str) -> tuple[int, int]:
-    """Start torch.distributed once (NCCL on CUDA, gloo on the CPU); return (rank, world size)."""
+def init_process_group(*, device: str, ranks: tuple[int, int, int] | None = None) -> tuple[int, int]:
+    """Start torch.distributed once (NCCL on CUDA, gloo on the CPU); return (rank, world size).
+
+    ``ranks``: (rank, world size, local rank) from the run's plan; None reads torchrun's environment."""
     import torch
     import torch.distributed as dist
 
-    rank, size, local = world()
+    rank, size, local = ranks if ranks is not None else world()
     if device == "cuda":
         torch.cuda.set_device(local % max(torch.cuda.device_count(), 1))
     if dist.is_initialized():

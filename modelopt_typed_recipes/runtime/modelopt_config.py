@@ -1,9 +1,10 @@
-"""ModelOpt quantization configs from a stage, for both backends (Hugging Face and Megatron-Core).
+"""``mtq.auto_quantize`` inputs from an AutoQuantize stage, for both backends (Hugging Face and Megatron-Core).
 
-Built from the live ``mtq`` constants or a ModelOpt YAML recipe loaded by ModelOpt itself, composed with
-:func:`~..bridges.modelopt_names.compose_quant_config` (the same composition the planner's check replays
-from ModelOpt's YAML files), so ModelOpt's shared dicts are never mutated. What differs between the
-backends (which layers auto-quantize never searches, whether they count in its budget) is a parameter.
+A Quantize stage's config is not built here: the plan composes it once (``StagePlan.quant_config``, from
+ModelOpt's YAML files; a test compares it with the live ``mtq`` constants and ModelOpt's recipe loader).
+Candidate formats are deep copies of the live ``mtq`` constants, so ModelOpt's shared dicts are never
+mutated. What differs between the backends (which layers auto-quantize never searches, whether they count
+in its budget) is a parameter.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import attrs
 
 from ..bridges import modelopt_names as mn
 from ..errors import SpecError, UnknownNameError, did_you_mean
-from ..spec.techniques import AutoQuantize, Quantize, resolve_format
+from ..spec.techniques import AutoQuantize, resolve_format
 
 
 def _mtq() -> Any:
@@ -44,13 +45,6 @@ def preset_dict(name: str, *, path: str) -> dict[str, Any]:
     return copy.deepcopy(_live_preset(name, path=path))
 
 
-def kv_cache_entries(kv: str) -> list[dict[str, Any]]:
-    """ModelOpt's ``quant_cfg`` entries of a KV-cache format (``fp8``, ``nvfp4`` ...), not copied."""
-    from modelopt.recipe.presets import KV_QUANT_CFG_CHOICES
-
-    return KV_QUANT_CFG_CHOICES[kv]["quant_cfg"]
-
-
 def _load_recipe(ref: str, *, path: str) -> Any:
     from modelopt.recipe import load_recipe
 
@@ -58,30 +52,6 @@ def _load_recipe(ref: str, *, path: str) -> Any:
         return load_recipe(ref)
     except (FileNotFoundError, ValueError, OSError) as exc:
         raise SpecError(f"ModelOpt cannot load recipe {ref!r}: {exc}", path=_field(path, "recipe")) from None
-
-
-def quantize_config(stage: Quantize, *, path: str = "") -> tuple[dict[str, Any], str]:
-    """(config for ``mtq.quantize``, where it came from: the recipe or the preset name).
-
-    A recipe's ``quantize`` section is taken as its YAML set it (``exclude_unset``): ModelOpt validates
-    it into the same ``QuantizeConfig`` as the full dump (checked for every built-in 0.47 PTQ recipe).
-    """
-    from modelopt.recipe import ModelOptPTQRecipe
-
-    if stage.recipe is not None:
-        recipe = _load_recipe(stage.recipe, path=path)
-        if not isinstance(recipe, ModelOptPTQRecipe):
-            raise SpecError(f"{stage.recipe!r} is not a PTQ recipe", path=_field(path, "recipe"),
-                            hint="use technique: auto_quantize for auto-quantize recipes")
-        base = recipe.quantize.model_dump(exclude_unset=True)
-        composed = mn.compose_quant_config(base, base_source="recipe", exclude=stage.exclude, algorithm=stage.algorithm)
-        return composed.config, stage.recipe
-    preset = stage.preset
-    assert preset is not None
-    base = _live_preset(preset, path=_field(path, "format"))  # compose_quant_config copies it
-    kv = kv_cache_entries(stage.kv_cache) if stage.kv_cache is not None else None
-    composed = mn.compose_quant_config(base, kv_entries=kv, exclude=stage.exclude, algorithm=stage.algorithm)
-    return composed.config, preset
 
 
 @attrs.frozen(kw_only=True)
@@ -132,6 +102,6 @@ def auto_quantize_inputs(stage: AutoQuantize, *, path: str = "", disabled: Itera
     constraints: dict[str, Any] = {"effective_bits": stage.effective_bits}
     if budget_excludes_disabled:
         constraints["cost"] = {"excluded_module_name_patterns": layers}
-    kv = copy.deepcopy(kv_cache_entries(stage.kv_cache)) if stage.kv_cache is not None else None
+    kv = mn.kv_cache_entries(stage.kv_cache) if stage.kv_cache is not None else None  # a fresh copy
     return AutoQuantizeInputs(constraints=constraints, formats=formats, disabled_layers=layers, method=stage.method,
                               score_size=stage.score_size, kv_entries=kv or None)

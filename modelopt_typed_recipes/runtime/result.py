@@ -54,6 +54,22 @@ class StageResult:
 
 
 @attrs.frozen(kw_only=True)
+class StepResult:
+    """What a technique's executor reports for its stage; the backend adds time, memory and parameter counts."""
+
+    details: dict[str, Any] = attrs.Factory(dict)
+    outputs: tuple[str, ...] = ()
+    """Folders the stage wrote, relative to the staging folder."""
+    effective_bits: float | None = None
+    quantizer_summary: dict[str, int] | None = None
+    """Enabled quantizers by kind (None: the backend counts them)."""
+    params_after: int | None = None
+    """Parameters after the stage (None: the backend counts them)."""
+    excluded_seconds: float = 0.0
+    """Time spent on measurements inside the stage, not counted as the stage's."""
+
+
+@attrs.frozen(kw_only=True)
 class PostTrainingResult:
     """The outcome of one recipe."""
 

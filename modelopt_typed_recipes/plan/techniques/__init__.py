@@ -87,6 +87,8 @@ class Technique(Generic[S]):
     """Every problem of a stage on a backend and machine, without building anything."""
     executors: Mapping[str, str]
     """Backend name -> ``module:function`` that runs the stage (imported lazily)."""
+    calibrates: bool = True
+    """Whether the stage reads calibration windows (its spec may set ``calibration_samples``)."""
     cuda_problem: Callable[[S, str], RecipeError | None] = _no_cuda_problem
     """Why the stage cannot run on the CPU (fake-quant kernels that exist only for CUDA), or None."""
 

@@ -15,7 +15,7 @@ def check(stage: Export, ctx: StageContext) -> Findings:
 
 
 TECHNIQUE = register(Technique(
-    name="export", spec=Export, title="export", check=check,
+    name="export", spec=Export, title="export", check=check, calibrates=False,
     executors={"hf": "modelopt_typed_recipes.runtime.hf.steps:export",
                "megatron": "modelopt_typed_recipes.runtime.megatron.steps:export"},
 ))

@@ -9,13 +9,9 @@ Everything is written under ``plan.staging_dir``.
 from __future__ import annotations
 
 import time
-from pathlib import Path
-from typing import Any
 
-from ...errors import CompatibilityError
+from ...plan.run_plan import RunPlan
 from ...spec.recipe import RandomInit, Recipe
-from ...spec.techniques import AutoQuantize, Export, Prune, Quantize
-from ..backend import RunPlan
 from ..evaluate import add_change
 from ..result import PostTrainingResult, StageResult, peak_memory, reset_peak_memory
 
@@ -34,15 +30,17 @@ def check(recipe: Recipe, plan: RunPlan) -> None:
 def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
     import torch
 
-    from ..data import batches, data_hash, stage_batches, token_windows
-    from . import evaluate, export, quantize
+    from ...plan.techniques import technique_for
+    from ..data import batches, data_hash, token_windows
+    from . import evaluate, export
     from .model import count_params, load_model
+    from .steps import HFRun
 
     t_run = time.perf_counter()
     torch.manual_seed(recipe.seed)
     timings: dict[str, float] = {}
     device, progress = plan.device, plan.progress
-    staging = Path(plan.staging_dir)
+    staging = plan.staging()
 
     t = time.perf_counter()
     model, tokenizer, folder = load_model(recipe, plan.arch, device=device, dtype=plan.dtype)
@@ -67,60 +65,24 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
         metrics["eval_tokens"] = float(eval_windows.shape[0] * (eval_windows.shape[1] - 1))
         timings["evaluate_before"] = time.perf_counter() - t
 
+    run = HFRun(recipe=recipe, plan=plan, model=model, tokenizer=tokenizer, windows=windows,
+                eval_batches=eval_batches, metrics=metrics, timings=timings)
     stages: list[StageResult] = []
-    quantized = False
-    for i, stage in enumerate(recipe.stages):
-        path = f"stages[{i}]"
+    for sp in plan.stages:
+        stage = sp.stage
         reset_peak_memory(device)
         t = time.perf_counter()
         before = count_params(model)
-        outputs: list[str] = []
-        details: dict[str, Any] = {}
-        summary: dict[str, int] = {}
-        bits = None
-        if isinstance(stage, Quantize | AutoQuantize):
-            cal_batches = stage_batches(stage, cal, tokenizer, windows)
-            if isinstance(stage, Quantize):
-                details = quantize.quantize(model, stage, cal_batches, path=path, device=device, progress=progress)
-            else:
-                details = quantize.auto_quantize(model, stage, cal_batches, path=path, device=device,
-                                                 batch_size=cal.batch_size, progress=progress)
-            details["calibration_windows"] = sum(int(b.shape[0]) for b in cal_batches)
-            summary = quantize.quantizer_summary(model)
-            bits = quantize.effective_bits(model)
-            quantized = True
-            if recipe.export is None:  # no export follows: keep the fake-quantized model with its ModelOpt state
-                import modelopt.torch.opt as mto
-
-                out = plan.stage_dir(i, stage.label)
-                out.mkdir(parents=True, exist_ok=True)
-                mto.save(model, str(out / "modelopt_model.pth"))
-                outputs.append(out.name)
-        elif isinstance(stage, Export):
-            if eval_batches is not None and quantized:
-                t_eval = time.perf_counter()
-                metrics["perplexity_after"] = evaluate.perplexity(model, eval_batches, device=device,
-                                                                  label="evaluate quantized", progress=progress)
-                timings["evaluate_after"] = time.perf_counter() - t_eval
-                t += time.perf_counter() - t_eval  # the stage's own time excludes the measurement
-            out = staging / stage.folder
-            files = export.export(model, tokenizer, out, fmt=stage.format, dtype=stage.dtype, path=path)
-            outputs.append(stage.folder)
-            details = {"format": stage.format, "files": files, "quant_config": export.read_quant_config(out)}
-        else:  # Prune: refused by check()
-            raise CompatibilityError("Minitron pruning runs on the Megatron-Core backend only", path=path)
-        seconds = time.perf_counter() - t
+        step = technique_for(stage).executor("hf")(run, stage, sp)
+        seconds = time.perf_counter() - t - step.excluded_seconds
         stages.append(StageResult(
             name=stage.label, technique=stage.technique, seconds=seconds, peak_memory_bytes=peak_memory(device),
-            params_before=before, params_after=count_params(model), effective_bits=bits,
-            quantizer_summary=summary, outputs=tuple(outputs), details=details,
+            params_before=before, params_after=count_params(run.model), effective_bits=step.effective_bits,
+            quantizer_summary=step.quantizer_summary or {}, outputs=step.outputs, details=dict(step.details),
         ))
 
-    if eval_batches is not None and quantized and "perplexity_after" not in metrics:
-        t = time.perf_counter()
-        metrics["perplexity_after"] = evaluate.perplexity(model, eval_batches, device=device,
-                                                          label="evaluate quantized", progress=progress)
-        timings["evaluate_after"] = time.perf_counter() - t
+    if eval_batches is not None and run.quantized and "perplexity_after" not in metrics:
+        run.evaluate_after()
     exp = recipe.export
     if eval_batches is not None and exp is not None and exp.format == "hf":
         t = time.perf_counter()

@@ -1,6 +1,7 @@
 """ModelOpt quantization of a transformers model: the calibration loop, the ModelOpt calls, the summaries.
 
-The configs come from ``runtime.modelopt_config``, shared with the Megatron-Core backend.
+A Quantize stage's config comes from the plan (composed once); auto-quantize inputs from
+``runtime.modelopt_config``, shared with the Megatron-Core backend.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 from ...errors import SpecError
 from ...spec.techniques import AutoQuantize, Quantize
 from ...bridges.modelopt_names import default_disabled_patterns
-from ..modelopt_config import auto_quantize_inputs, quantize_config
+from ..modelopt_config import auto_quantize_inputs
 from ..progress import track
 
 # ModelOpt's own default exclusions reach auto_quantize only as disabled_layers (modelopt-api.md §1.5)
@@ -35,11 +36,11 @@ def forward_loop(batches: list[Any], *, device: str, label: str, progress: bool)
     return loop
 
 
-def quantize(model: Any, stage: Quantize, batches: list[Any], *, path: str, device: str,
+def quantize(model: Any, stage: Quantize, batches: list[Any], *, config: dict[str, Any], source: str, device: str,
              progress: bool) -> dict[str, Any]:
-    """Quantize ``model`` in place; returns details for the stage result."""
+    """Quantize ``model`` in place with ``config`` (the plan's, composed once); returns details for the stage
+    result (``source``: the preset or recipe it came from)."""
     mtq = _mtq()
-    config, source = quantize_config(stage, path=path)
     needs_data = mtq.need_calibration(config)
     loop = forward_loop(batches, device=device, label=f"calibrate {stage.label.removeprefix('quantize-')}",
                         progress=progress) if needs_data else None

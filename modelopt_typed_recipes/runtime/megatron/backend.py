@@ -1,7 +1,7 @@
-"""The Megatron-Core backend of ``run_post_training``: ``check(recipe, plan)`` and ``run(recipe, plan)``.
+"""The Megatron-Core backend of ``run_post_training``: ``run(recipe, plan)`` executes a checked plan.
 
-``run`` checks first (names, versions, layouts, pattern coverage; nothing is built before that passes),
-then: distributed setup for the first stage's layout, model from the architecture, weights, calibration
+The plan (names, versions, layouts, pattern coverage, composed configs) was checked before anything is
+built; ``run`` does the distributed setup for the first stage's layout, model from the architecture, weights, calibration
 windows, and the stages in order. Between stages whose layouts differ (a TP=2 quantization followed by a
 pipeline-only export) the model is saved as a Megatron distributed checkpoint with its ModelOpt state,
 the parallel groups are rebuilt and the model is re-loaded resharded. Everything is written under
@@ -14,30 +14,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import attrs
-
-from ...errors import CompatibilityError, SpecError
-from ...spec.recipe import Builtin, HFCheckpoint, MegatronCheckpoint, RandomInit, Recipe
-from ...spec.techniques import AutoQuantize, Export, Prune, Quantize
+from ...errors import SpecError
+from ...plan.run_plan import RunPlan
+from ...spec.arch import ModelArch
+from ...spec.layout import ParallelLayout
+from ...spec.recipe import Builtin, HFCheckpoint, MegatronCheckpoint, Recipe
 from ..evaluate import add_change
 from ..result import PostTrainingResult, StageResult, peak_memory, reset_peak_memory
-
-
-def check(recipe: Recipe, plan: Any = None, *, layout: Any = None) -> Any:
-    """Raise the first problem :func:`plan.check.check_recipe` finds for this backend; return the report.
-
-    ``run_post_training`` already checked the recipe for this backend: its report rides on the plan.
-    """
-    if layout is None and getattr(plan, "report", None) is not None and plan.report.backend == "megatron":
-        return plan.report
-    from ...plan.check import Environment, check_recipe
-
-    env = Environment.detect()
-    if plan is not None and getattr(plan, "device", None) == "cuda" and not env.cuda:
-        env = attrs.evolve(env, cuda=True)
-    report = check_recipe(recipe, env=env, backend="megatron", layout=layout)
-    report.raise_first()
-    return report
 
 
 def _hf_reference(recipe: Recipe) -> str | None:
@@ -53,27 +36,27 @@ def _hf_reference(recipe: Recipe) -> str | None:
     return None
 
 
-def run(recipe: Recipe, plan: Any, *, layout: Any = None) -> PostTrainingResult:
-    from ...plan.check import recipe_layout
+def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
+    from ...plan.techniques import technique_for
     from .. import data, distributed
     from . import build, stages
+    from .steps import MegatronRun
 
     t_start = time.perf_counter()
-    report = check(recipe, plan, layout=layout)
-    layout = layout if layout is not None else recipe_layout(recipe)
+    if not plan.ok or not plan.stages:
+        raise SpecError("the plan did not pass its check", path="stages")
     dtype = plan.dtype
     device = plan.device
     spec = build.spec_for_run(recipe, te_available=build.has_transformer_engine())
-    distributed.init_process_group(device=device)
+    distributed.init_process_group(device=device, ranks=(plan.rank, plan.world_size, plan.local_rank))
     timings: dict[str, float] = {}
-    staging = Path(plan.staging_dir)
+    staging = plan.staging()
     if distributed.is_main():
         staging.mkdir(parents=True, exist_ok=True)
     distributed.barrier()
 
-    archs = recipe.archs_per_stage()
-    arch = archs[0]
-    current = _first_layout(report, layout)
+    arch = plan.arch
+    current = plan.stages[0].layout or recipe.layout or ParallelLayout()
     distributed.set_layout(current, seed=recipe.seed, device=device)
 
     # ---- model and weights
@@ -87,8 +70,6 @@ def run(recipe: Recipe, plan: Any, *, layout: Any = None) -> PostTrainingResult:
         model = build.load_checkpoint(model, src.path)
     elif isinstance(src, Builtin):
         raise SpecError("the built-in reference weights are not installed", path="source")
-    else:
-        assert isinstance(src, RandomInit)
     timings["load"] = time.perf_counter() - t
 
     tokenizer = data.load_tokenizer(
@@ -103,88 +84,34 @@ def run(recipe: Recipe, plan: Any, *, layout: Any = None) -> PostTrainingResult:
         metrics["perplexity_before"] = stages.perplexity(model, eval_batches, progress=plan.progress)
         timings["evaluate_before"] = time.perf_counter() - t
 
+    run = MegatronRun(recipe=recipe, plan=plan, model=model, layout=current, spec=spec, tokenizer=tokenizer,
+                      windows=calib, hf_reference=hf_ref, archs=list(plan.stage_archs), eval_batches=eval_batches)
     results: list[StageResult] = []
-    quantized = changed = False
-    for i, stage in enumerate(recipe.stages):
-        stage_arch = archs[i]
-        want_layout = report.stages[i].layout
-        if want_layout is not None:
-            if want_layout != current:
-                model = _relayout(model, stage_arch, current, want_layout, staging / f".relayout-{i}", dtype=dtype,
-                                  device=device, spec=spec, seed=recipe.seed)
-                current = want_layout
-        out_dir = plan.stage_dir(i, stage.label)
+    for sp in plan.stages:
+        stage = sp.stage
+        stage_arch = run.archs[sp.index]
+        if sp.layout is not None and sp.layout != run.layout:
+            run.model = _relayout(run.model, stage_arch, run.layout, sp.layout, staging / f".relayout-{sp.index}",
+                                  dtype=dtype, device=device, spec=spec, seed=recipe.seed)
+            run.layout = sp.layout
         reset_peak_memory(device)
         t = time.perf_counter()
-        details: dict[str, Any] = {"layout": current.short() if hasattr(current, "short") else str(current)}
-        outputs: list[str] = []
-        params_after = stage_arch.params_total
-        bits = None
-        if isinstance(stage, Quantize):
-            cfg = stages.quantize(model, stage, data.stage_batches(stage, recipe.calibration, tokenizer, calib),
-                                  progress=plan.progress, path=f"stages[{i}]")
-            details["algorithm"] = cfg.get("algorithm")
-            fmt = stage.quant_format
-            bits = fmt.weight_bits if fmt is not None else None
-            quantized = True
-        elif isinstance(stage, AutoQuantize):
-            best = stages.auto_quantize(model, stage, data.stage_batches(stage, recipe.calibration, tokenizer, calib),
-                                        progress=plan.progress, path=f"stages[{i}]")
-            details.update(best)
-            bits = best.get("effective_bits")
-            quantized = True
-        elif isinstance(stage, Prune):
-            score = None
-            if stage.is_search and eval_batches is not None:
-                eb = eval_batches
-
-                def score(m: Any) -> float:
-                    return -stages.perplexity(m, eb, progress=False)
-            model, new_arch = stages.prune(model, stage, stage_arch,
-                                           data.stage_batches(stage, recipe.calibration, tokenizer, calib),
-                                           progress=plan.progress, score_func=score)
-            params_after = new_arch.params_total
-            changed = True
-            details["pruned_arch"] = {"num_layers": new_arch.num_layers, "hidden_size": new_arch.hidden_size,
-                                      "ffn_hidden_size": new_arch.ffn_hidden_size,
-                                      "num_attention_heads": new_arch.attention.num_heads}
-            if new_arch.moe is not None:
-                details["pruned_arch"].update(num_moe_experts=new_arch.moe.num_experts,
-                                              moe_ffn_hidden_size=new_arch.moe.ffn_hidden_size)
-            details["layer_spec"] = spec
-            if i + 1 < len(archs):
-                archs = (*archs[: i + 1], *(new_arch for _ in archs[i + 1:]))
-        elif isinstance(stage, Export):
-            if hf_ref is None:
-                raise CompatibilityError("export needs the source Hugging Face directory (config and tokenizer)",
-                                         path="source", hint="use an hf source, or megatron with hf_reference")
-            if distributed.is_main():
-                out_dir.mkdir(parents=True, exist_ok=True)
-            distributed.barrier()
-            stages.export_hf(model, hf_ref, str(out_dir), dtype=stage.dtype,
-                             vllm_fakequant=stage.format == "vllm_fakequant",
-                             moe_router_dtype=stage_arch.moe.router_dtype if stage_arch.moe else None)
-            if changed and distributed.is_main():  # pruned: the exporter leaves MoE sizes at the source's
-                fixed = stages.sync_exported_config(out_dir, stage_arch)
-                if fixed:
-                    details["config_synced"] = {k: list(v) for k, v in fixed.items()}
-            distributed.barrier()
-            outputs.append(str(out_dir.relative_to(staging)))
-        if isinstance(stage, Quantize | AutoQuantize | Prune):
-            ckpt = build.save_checkpoint(model, out_dir / "checkpoint", arch=archs[min(i + 1, len(archs) - 1)]
-                                         if isinstance(stage, Prune) else stage_arch, spec=spec)
-            outputs.append(str(ckpt.relative_to(staging)))
-        seconds = time.perf_counter() - t
-        summary = stages.quantizer_summary(model) if quantized else {}
+        step = technique_for(stage).executor("megatron")(run, stage, sp)
+        seconds = time.perf_counter() - t - step.excluded_seconds
+        summary = step.quantizer_summary
+        if summary is None:
+            summary = stages.quantizer_summary(run.model) if run.quantized else {}
         results.append(StageResult(
             name=stage.label, technique=stage.technique, seconds=seconds, peak_memory_bytes=peak_memory(device),
-            params_before=stage_arch.params_total, params_after=params_after, effective_bits=bits,
-            quantizer_summary=summary, outputs=tuple(outputs), details=details,
+            params_before=stage_arch.params_total,
+            params_after=step.params_after if step.params_after is not None else stage_arch.params_total,
+            effective_bits=step.effective_bits, quantizer_summary=summary, outputs=step.outputs,
+            details={"layout": run.layout.short(), **step.details},
         ))
 
-    if eval_batches is not None and (quantized or changed):
+    if eval_batches is not None and (run.quantized or run.changed):
         t = time.perf_counter()
-        metrics["perplexity_after"] = stages.perplexity(model, eval_batches, progress=plan.progress)
+        metrics["perplexity_after"] = stages.perplexity(run.model, eval_batches, progress=plan.progress)
         timings["evaluate_after"] = time.perf_counter() - t
         add_change(metrics)
     distributed.barrier()
@@ -195,13 +122,8 @@ def run(recipe: Recipe, plan: Any, *, layout: Any = None) -> PostTrainingResult:
     )
 
 
-def _first_layout(report: Any, layout: Any) -> Any:
-    first = report.stages[0].layout if report.stages else None
-    return first if first is not None else layout
-
-
-def _relayout(model: Any, arch: Any, old: Any, new: Any, tmp: Path, *, dtype: str, device: str, spec: str,
-              seed: int) -> Any:
+def _relayout(model: Any, arch: ModelArch, old: ParallelLayout, new: ParallelLayout, tmp: Path, *, dtype: str,
+              device: str, spec: str, seed: int) -> Any:
     """Move the model to another layout: dist checkpoint (with ModelOpt state) out, groups rebuilt, back in."""
     import gc
 

@@ -1,8 +1,8 @@
 """The ModelOpt calls of each stage on a Megatron-Core model: quantize, auto-quantize, prune, export.
 
 Each function takes the built model and plain inputs and calls ModelOpt the way its Megatron-LM
-examples do; configs come from ``runtime.modelopt_config`` (shared with the Hugging Face backend,
-never mutating ModelOpt's own dicts). The forward pass is
+examples do; a Quantize stage's config comes from the plan (composed once), auto-quantize inputs from
+``runtime.modelopt_config`` (shared with the Hugging Face backend, never mutating ModelOpt's own dicts). The forward pass is
 ModelOpt's ``megatron_prefill`` (TP/PP/EP aware), run under ``torch.no_grad`` with the shared progress
 bar (stderr) on rank 0.
 """
@@ -18,9 +18,9 @@ from ...bridges import modelopt_names as mn
 from ...errors import CompatibilityError, SpecError
 from ...spec.arch import ModelArch
 from ...spec.techniques import AutoQuantize, Prune, Quantize
-from ..modelopt_config import AutoQuantizeInputs, quantize_config
-from ..progress import track
+from ..modelopt_config import AutoQuantizeInputs
 from ..modelopt_config import auto_quantize_inputs as shared_auto_quantize_inputs
+from ..progress import track
 
 
 # --------------------------------------------------------------------------- forward passes
@@ -63,14 +63,13 @@ def perplexity(model: Any, batches: Sequence[Any], *, progress: bool = True, lab
 
 
 # --------------------------------------------------------------------------- quantize
-def quantize(model: Any, stage: Quantize, batches: Sequence[Any], *, progress: bool = True,
-             config: dict[str, Any] | None = None, path: str = "") -> dict[str, Any]:
-    """``mtq.quantize`` in place (calibrating on ``batches`` when the config needs data), then
-    ``mtq.compress`` if asked. Returns the config used (``runtime.modelopt_config``, shared with the
-    Hugging Face backend)."""
+def quantize(model: Any, stage: Quantize, batches: Sequence[Any], *, config: dict[str, Any],
+             progress: bool = True) -> dict[str, Any]:
+    """``mtq.quantize`` in place with ``config`` (the plan's, composed once: ``StagePlan.quant_config``),
+    calibrating on ``batches`` when the config needs data, then ``mtq.compress`` if asked. Returns the config."""
     import modelopt.torch.quantization as mtq
 
-    cfg = config if config is not None else quantize_config(stage, path=path)[0]
+    cfg = config
     loop = forward_loop(batches, progress=progress) if mtq.need_calibration(cfg) else None
     mtq.quantize(model, cfg, loop)
     if stage.compress:

@@ -1,0 +1,160 @@
+"""The plan of one run: one frozen, typed object that ``check`` prints and the backends execute.
+
+``check_recipe`` (:mod:`.check`) makes it; ``run_post_training`` adds the folders and hands it to a
+backend, which only executes it: the backend, device, dtype and world come from here, and per stage its
+layout, composed ModelOpt config and calibration windows. Nothing downstream re-checks or re-derives them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from ..errors import RecipeError, SpecError
+from ..spec.layout import ParallelLayout
+
+if TYPE_CHECKING:
+    from ..bridges.modelopt_names import ComposedConfig
+    from ..spec.arch import ModelArch
+    from ..spec.techniques import Stage
+    from .backend_choice import BackendName, Device, Dtype
+    from .coverage import Coverage
+    from .environment import Environment
+
+
+@attrs.frozen(kw_only=True)
+class CalibrationWindows:
+    """The calibration text a stage sees: the recipe's windows, or its own count / length."""
+
+    num_samples: int
+    seq_length: int
+    batch_size: int
+
+
+@attrs.frozen(kw_only=True)
+class StagePlan:
+    """One stage as it will run."""
+
+    index: int
+    label: str
+    technique: str
+    """The technique's one name (``quantize``, ``auto_quantize``, ``prune``, ``export``)."""
+    stage: Stage
+    """The stage's spec."""
+    arch: ModelArch
+    """The architecture the stage starts from."""
+    layout: ParallelLayout | None = None
+    """The layout the stage runs with on the Megatron-Core backend (None on Hugging Face or when invalid)."""
+    coverage: Coverage | None = None
+    config_source: str | None = None
+    """The ModelOpt preset or recipe the stage uses."""
+    quant_config: ComposedConfig | None = None
+    """The ModelOpt config a Quantize stage gives ``mtq.quantize`` (composed once, by the plan)."""
+    calibration: CalibrationWindows | None = None
+    """The stage's calibration windows (None: the stage reads no calibration data)."""
+    save: str | None = None
+    """What the stage leaves in the output folder (None: the backend's default for the technique)."""
+
+    @property
+    def path(self) -> str:
+        return f"stages[{self.index}]"
+
+    def to_dict(self) -> dict[str, Any]:
+        from ..spec.serde import to_dict
+
+        return {
+            "index": self.index,
+            "label": self.label,
+            "technique": self.technique,
+            "layout": to_dict(self.layout) if self.layout is not None else None,
+            "config": self.config_source,
+            "coverage": self.coverage.to_dict() if self.coverage is not None else None,
+        }
+
+
+@attrs.frozen(kw_only=True)
+class RunPlan:
+    """A recipe resolved against this machine: every problem found, and what each stage will do."""
+
+    label: str
+    """The recipe's label (its name, or its stages)."""
+    backend: BackendName
+    device: Device
+    dtype: Dtype
+    environment: Environment
+    stages: tuple[StagePlan, ...] = ()
+    errors: tuple[RecipeError, ...] = ()
+    warnings: tuple[str, ...] = ()
+    world_size: int = 1
+    rank: int = 0
+    local_rank: int = 0
+    """From the launcher (torchrun, then Slurm), read in one place: :func:`.resolve.launch_world`."""
+    output_dir: Path | None = None
+    """Where the outputs end up (absent until the run succeeds); set by ``run_post_training``."""
+    staging_dir: Path | None = None
+    """Where the backend writes; a sibling of ``output_dir``, renamed to it on success."""
+    progress: bool = True
+    """Show progress bars (rich) while calibrating and evaluating."""
+
+    # ----------------------------------------------------------------- the check's view
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    @property
+    def recipe(self) -> str:
+        """The recipe's label (the name ``CheckReport`` had for it)."""
+        return self.label
+
+    @property
+    def coverage(self) -> dict[str, Any]:
+        return {f"stages[{s.index}]": s.coverage.to_dict() for s in self.stages if s.coverage is not None}
+
+    def raise_first(self) -> None:
+        if self.errors:
+            raise self.errors[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        from ..spec.serde import to_dict
+
+        return {
+            "ok": self.ok,
+            "recipe": self.label,
+            "backend": self.backend,
+            "errors": [e.to_dict() for e in self.errors],
+            "warnings": list(self.warnings),
+            "coverage": self.coverage,
+            "stages": [s.to_dict() for s in self.stages],
+            "environment": to_dict(self.environment),
+        }
+
+    # ----------------------------------------------------------------- the run's view
+    @property
+    def arch(self) -> ModelArch:
+        """The architecture the run starts from."""
+        return self.stage_archs[0]
+
+    @property
+    def stage_archs(self) -> tuple[ModelArch, ...]:
+        """The architecture each stage starts from (a prune stage changes it for later stages)."""
+        if not self.stages:
+            raise SpecError("the plan has no stages: it failed its check", path="model")
+        return tuple(s.arch for s in self.stages)
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes the outputs."""
+        return self.rank == 0
+
+    def staging(self) -> Path:
+        """The staging folder (a plan made by ``run_post_training`` has one)."""
+        if self.staging_dir is None:
+            raise SpecError("this plan has no output folder (run_post_training's planning sets it)",
+                            path="output_dir")
+        return self.staging_dir
+
+    def stage_dir(self, index: int, label: str) -> Path:
+        """A stage's own output folder inside the staging folder (``01-quantize-fp8``)."""
+        return self.staging() / f"{index + 1:02d}-{label}"

@@ -1,0 +1,133 @@
+"""The Megatron-Core backend's executor of each technique (named in the technique registry,
+``plan/techniques``): one function per technique, taking the run's state, the stage and its plan.
+
+The ModelOpt calls themselves are in :mod:`.stages`; these functions feed them the plan's inputs (its
+composed config, its calibration windows) and record what the stage did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from ...errors import CompatibilityError, SpecError
+from ..result import StepResult
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from ...plan.run_plan import RunPlan, StagePlan
+    from ...spec.arch import ModelArch
+    from ...spec.layout import ParallelLayout
+    from ...spec.recipe import Recipe
+    from ...spec.techniques import AutoQuantize, Export, Prune, Quantize
+
+
+@attrs.define(kw_only=True)
+class MegatronRun:
+    """What the stages of one Megatron-Core run share: the model, its layout, the data, the flags."""
+
+    recipe: Recipe
+    plan: RunPlan
+    model: Any
+    layout: ParallelLayout
+    """The layout the model is built with now."""
+    spec: str
+    """The layer spec (``local``, ``modelopt``, ``te``)."""
+    tokenizer: Any
+    windows: Any
+    """The recipe's calibration windows (token ids)."""
+    hf_reference: str | None
+    """The Hugging Face folder with the source's config and tokenizer (export needs it)."""
+    archs: list[ModelArch]
+    """The architecture each stage starts from (a prune stage replaces the later ones with its result)."""
+    eval_batches: list[Any] | None = None
+    quantized: bool = False
+    changed: bool = False
+
+    def calibration_batches(self, sp: StagePlan) -> list[Any]:
+        from ..data import stage_batches
+
+        return stage_batches(sp.calibration, self.recipe.calibration, self.tokenizer, self.windows)
+
+    def out_dir(self, sp: StagePlan) -> Path:
+        return self.plan.stage_dir(sp.index, sp.label)
+
+    def save_checkpoint(self, sp: StagePlan, arch: ModelArch) -> tuple[str, ...]:
+        """The stage's model as a Megatron distributed checkpoint (with its ModelOpt state)."""
+        from . import build
+
+        ckpt = build.save_checkpoint(self.model, self.out_dir(sp) / "checkpoint", arch=arch, spec=self.spec)
+        return (str(ckpt.relative_to(self.plan.staging())),)
+
+
+def quantize(run: MegatronRun, stage: Quantize, sp: StagePlan) -> StepResult:
+    from . import stages
+
+    if sp.quant_config is None:
+        raise SpecError("the plan has no ModelOpt config for this stage: it failed its check", path=sp.path)
+    cfg = stages.quantize(run.model, stage, run.calibration_batches(sp), config=sp.quant_config.config,
+                          progress=run.plan.progress)
+    fmt = stage.quant_format
+    run.quantized = True
+    return StepResult(details={"algorithm": cfg.get("algorithm")}, effective_bits=fmt.weight_bits if fmt else None,
+                      outputs=run.save_checkpoint(sp, run.archs[sp.index]))
+
+
+def auto_quantize(run: MegatronRun, stage: AutoQuantize, sp: StagePlan) -> StepResult:
+    from . import stages
+
+    best = stages.auto_quantize(run.model, stage, run.calibration_batches(sp), progress=run.plan.progress,
+                                path=sp.path)
+    run.quantized = True
+    return StepResult(details=dict(best), effective_bits=best.get("effective_bits"),
+                      outputs=run.save_checkpoint(sp, run.archs[sp.index]))
+
+
+def prune(run: MegatronRun, stage: Prune, sp: StagePlan) -> StepResult:
+    from . import stages
+
+    score: Callable[[Any], float] | None = None
+    if stage.is_search and run.eval_batches is not None:
+        eb = run.eval_batches
+
+        def score(m: Any) -> float:
+            return -stages.perplexity(m, eb, progress=False)
+
+    run.model, new_arch = stages.prune(run.model, stage, run.archs[sp.index], run.calibration_batches(sp),
+                                       progress=run.plan.progress, score_func=score)
+    run.changed = True
+    pruned: dict[str, Any] = {"num_layers": new_arch.num_layers, "hidden_size": new_arch.hidden_size,
+                              "ffn_hidden_size": new_arch.ffn_hidden_size,
+                              "num_attention_heads": new_arch.attention.num_heads}
+    if new_arch.moe is not None:
+        pruned.update(num_moe_experts=new_arch.moe.num_experts, moe_ffn_hidden_size=new_arch.moe.ffn_hidden_size)
+    run.archs[sp.index + 1:] = [new_arch] * (len(run.archs) - sp.index - 1)
+    return StepResult(details={"pruned_arch": pruned, "layer_spec": run.spec}, params_after=new_arch.params_total,
+                      outputs=run.save_checkpoint(sp, new_arch))
+
+
+def export(run: MegatronRun, stage: Export, sp: StagePlan) -> StepResult:
+    from .. import distributed
+    from . import stages
+
+    if run.hf_reference is None:
+        raise CompatibilityError("export needs the source Hugging Face directory (config and tokenizer)",
+                                 path="source", hint="use an hf source, or megatron with hf_reference")
+    arch = run.archs[sp.index]
+    out_dir = run.out_dir(sp)
+    if distributed.is_main():
+        out_dir.mkdir(parents=True, exist_ok=True)
+    distributed.barrier()
+    stages.export_hf(run.model, run.hf_reference, str(out_dir), dtype=stage.dtype,
+                     vllm_fakequant=stage.format == "vllm_fakequant",
+                     moe_router_dtype=arch.moe.router_dtype if arch.moe else None)
+    details: dict[str, Any] = {}
+    if run.changed and distributed.is_main():  # pruned: the exporter leaves MoE sizes at the source's
+        fixed = stages.sync_exported_config(out_dir, arch)
+        if fixed:
+            details["config_synced"] = {k: list(v) for k, v in fixed.items()}
+    distributed.barrier()
+    return StepResult(details=details, outputs=(str(out_dir.relative_to(run.plan.staging())),))
