@@ -1,32 +1,98 @@
 """modelopt-typed-recipes: typed, validated recipes for ModelOpt post-training on Megatron-Core.
 
-Importing this package is cheap: torch, Megatron-Core and ModelOpt load only when a run needs them.
+Everything a notebook needs is importable from here::
+
+    from modelopt_typed_recipes import Recipe, Quantize, Export, check, run_post_training
+
+Importing this package is cheap: names load on first use, and torch, Megatron-Core and ModelOpt load only
+when a run needs them. Type checkers see the real types (the imports under ``TYPE_CHECKING``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-_LAZY = {
-    "ModelArch": ("modelopt_typed_recipes.spec.arch", "ModelArch"),
-    "get_arch": ("modelopt_typed_recipes.catalog", "get_arch"),
-    "register": ("modelopt_typed_recipes.catalog", "register"),
-    "list_archs": ("modelopt_typed_recipes.catalog", "list_archs"),
-    "RecipeError": ("modelopt_typed_recipes.errors", "RecipeError"),
-    "SpecError": ("modelopt_typed_recipes.errors", "SpecError"),
+if TYPE_CHECKING:
+    from .catalog import get_arch, list_archs, register
+    from .catalog.recipes import NamedRecipe, get_recipe, list_recipes
+    from .errors import (
+        CompatibilityError,
+        DataError,
+        LayoutError,
+        RecipeError,
+        ResourceError,
+        SpecError,
+        UnknownNameError,
+    )
+    from .plan.check import check_recipe as check
+    from .plan.environment import Environment
+    from .plan.launch import LaunchPlan, plan
+    from .plan.run_plan import RunPlan, StagePlan
+    from .runtime.api import load_recipe, run_post_training
+    from .runtime.result import PostTrainingResult, StageResult
+    from .spec.arch import ModelArch
+    from .spec.layout import ParallelLayout
+    from .spec.recipe import Builtin, HFCheckpoint, MegatronCheckpoint, RandomInit, Recipe, TextData
+    from .spec.techniques import AutoQuantize, Export, Prune, Quantize
+
+_LAZY: dict[str, tuple[str, str]] = {
+    # architectures and named recipes
+    "ModelArch": ("spec.arch", "ModelArch"),
+    "get_arch": ("catalog", "get_arch"),
+    "list_archs": ("catalog", "list_archs"),
+    "register": ("catalog", "register"),
+    "NamedRecipe": ("catalog.recipes", "NamedRecipe"),
+    "get_recipe": ("catalog.recipes", "get_recipe"),
+    "list_recipes": ("catalog.recipes", "list_recipes"),
+    # recipes
+    "Recipe": ("spec.recipe", "Recipe"),
+    "TextData": ("spec.recipe", "TextData"),
+    "HFCheckpoint": ("spec.recipe", "HFCheckpoint"),
+    "MegatronCheckpoint": ("spec.recipe", "MegatronCheckpoint"),
+    "RandomInit": ("spec.recipe", "RandomInit"),
+    "Builtin": ("spec.recipe", "Builtin"),
+    "Quantize": ("spec.techniques", "Quantize"),
+    "AutoQuantize": ("spec.techniques", "AutoQuantize"),
+    "Prune": ("spec.techniques", "Prune"),
+    "Export": ("spec.techniques", "Export"),
+    "ParallelLayout": ("spec.layout", "ParallelLayout"),
+    # checking, planning, running
+    "check": ("plan.check", "check_recipe"),
+    "Environment": ("plan.environment", "Environment"),
+    "RunPlan": ("plan.run_plan", "RunPlan"),
+    "StagePlan": ("plan.run_plan", "StagePlan"),
+    "LaunchPlan": ("plan.launch", "LaunchPlan"),
+    "load_recipe": ("runtime.api", "load_recipe"),
+    "run_post_training": ("runtime.api", "run_post_training"),
+    "PostTrainingResult": ("runtime.result", "PostTrainingResult"),
+    "StageResult": ("runtime.result", "StageResult"),
+    # errors
+    "RecipeError": ("errors", "RecipeError"),
+    "SpecError": ("errors", "SpecError"),
+    "UnknownNameError": ("errors", "UnknownNameError"),
+    "LayoutError": ("errors", "LayoutError"),
+    "CompatibilityError": ("errors", "CompatibilityError"),
+    "ResourceError": ("errors", "ResourceError"),
+    "DataError": ("errors", "DataError"),
 }
 
+__all__ = sorted([*_LAZY, "plan", "__version__"])
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
+if not TYPE_CHECKING:
 
-        module, attr = _LAZY[name]
-        return getattr(importlib.import_module(module), attr)
-    raise AttributeError(f"module 'modelopt_typed_recipes' has no attribute {name!r}")
+    def __getattr__(name: str) -> object:
+        if name == "plan":  # the subpackage, callable as plan.launch.plan (see plan/__init__.py)
+            return importlib.import_module(f"{__name__}.plan")
+        if name in _LAZY:
+            module, attr = _LAZY[name]
+            value = getattr(importlib.import_module(f"{__name__}.{module}"), attr)
+            globals()[name] = value
+            return value
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+    return sorted({*globals(), *__all__})

@@ -88,7 +88,7 @@ _EXPORT = Export()
 def _standard(model: str, *, layout: ParallelLayout | None = None, export_layout: ParallelLayout | None = None,
               prune_layers: int | None = None, source: str = "", int4: bool = True) -> list[NamedRecipe]:
     """fp8, nvfp4, (int4-awq), auto-4.5bits and (prune-N-layers) for one model."""
-    common = dict(model=model, layout=layout, export_layout=export_layout, source=source)
+    common: dict[str, Any] = dict(model=model, layout=layout, export_layout=export_layout, source=source)
     out = [
         NamedRecipe(name=f"{model}:fp8", technique="fp8", stages=(Quantize(format="fp8"), _EXPORT),
                     description="FP8 E4M3 weights and activations, exported as a unified HF checkpoint", **common),

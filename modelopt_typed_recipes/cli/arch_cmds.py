@@ -200,9 +200,9 @@ def cmd_profiles(args: argparse.Namespace) -> int:
         f"{len(profiles)} launch profiles",
         ["name", "arch", "TP", "ETP", "EP", "PP", "first/last PP layers", "description"],
         (
-            (s["name"], s["arch"], str(s["tensor_parallel"]), str(s["expert_tensor_parallel"]),
+            (str(s["name"]), str(s["arch"]), str(s["tensor_parallel"]), str(s["expert_tensor_parallel"]),
              str(s["expert_parallel"]), str(s["pipeline_parallel"]),
-             f"{s['first_pipeline_num_layers'] or '-'}/{s['last_pipeline_num_layers'] or '-'}", s["description"])
+             f"{s['first_pipeline_num_layers'] or '-'}/{s['last_pipeline_num_layers'] or '-'}", str(s["description"]))
             for s in (p.summary() for p in profiles)
         ),
     )

@@ -129,7 +129,7 @@ def replay(quant_cfg: Sequence[dict[str, Any]], modules: Sequence[QuantModule], 
     matched = [0] * len(entries)
     enabled_roles: Counter[str] = Counter()
     per_kind: dict[str, dict[str, int]] = defaultdict(lambda: {"quantized": 0, "total": 0})
-    weight_on: dict[tuple[str, str], bool] = {}
+    weight_on: dict[tuple[str, str, tuple[bool, ...]], bool] = {}
     for key, count in groups.items():
         canon, parent, sig = key
         sig_of = dict(zip(complex_idx, sig, strict=True))
@@ -143,9 +143,10 @@ def replay(quant_cfg: Sequence[dict[str, Any]], modules: Sequence[QuantModule], 
                 hit = sig_of[i]
             else:
                 ck = (i, canon)
-                hit = simple_cache.get(ck)
-                if hit is None:
-                    hit = simple_cache[ck] = matches(pat, canon)
+                cached = simple_cache.get(ck)
+                if cached is None:
+                    cached = simple_cache[ck] = matches(pat, canon)
+                hit = cached
             if not hit:
                 continue
             matched[i] += count

@@ -329,11 +329,11 @@ def candidate_layouts(arch: ModelArch, stage: str, gpus: int, *, seq_length: int
         return
     tps = [t for t in valid_tensor_parallel(arch, limit=min(gpus, 64))]
     eps = [e for e in valid_expert_parallel(arch, limit=gpus)]
-    pps = [1] if stage == "auto_quantize" else sorted(_even_pipeline_options(arch, gpus))
+    pp_sizes = [1] if stage == "auto_quantize" else sorted(_even_pipeline_options(arch, gpus))
     found: list[tuple[tuple[int, ...], ParallelLayout]] = []
     for tp in tps:
         etps = sorted({tp, 1} if arch.moe is not None else {tp})
-        for pp in pps:
+        for pp in pp_sizes:
             if tp * pp > gpus:
                 continue
             base = _pipeline_layout(arch, pp)

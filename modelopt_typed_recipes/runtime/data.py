@@ -83,6 +83,8 @@ _CHARS_PER_TOKEN_BOUND = 16
 def _hf_dataset_documents(data: TextData, *, path: str) -> list[str]:
     """Rows of ``text_field`` from ``data.hf_dataset``, in order, until there is enough text for the windows."""
     where = f"{path}.hf_dataset"
+    if data.hf_dataset is None:
+        raise DataError("no hf_dataset to read", path=where)
     try:
         import datasets
     except ImportError:

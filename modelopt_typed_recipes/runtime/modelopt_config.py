@@ -84,13 +84,13 @@ def auto_quantize_inputs(stage: AutoQuantize, *, path: str = "", disabled: Itera
             raise SpecError(f"{stage.recipe!r} is not an auto-quantize recipe", path=_field(path, "recipe"),
                             hint="use technique: quantize for PTQ recipes")
         aq = recipe.auto_quantize
-        constraints = aq.constraints.model_dump(exclude_none=True)
+        searched: dict[str, Any] = aq.constraints.model_dump(exclude_none=True)
         if aq.cost_excluded_layers:
-            constraints.setdefault("cost", {})["excluded_module_name_patterns"] = list(aq.cost_excluded_layers)
+            searched.setdefault("cost", {})["excluded_module_name_patterns"] = list(aq.cost_excluded_layers)
         kv = aq.kv_cache.model_dump(exclude_unset=True).get("quant_cfg") if aq.kv_cache is not None else None
         # exclude_unset: ModelOpt then recognises each candidate as its named preset (same QuantizeConfig)
         return AutoQuantizeInputs(
-            constraints=constraints, formats=[c.model_dump(exclude_unset=True) for c in aq.candidate_formats],
+            constraints=searched, formats=[c.model_dump(exclude_unset=True) for c in aq.candidate_formats],
             disabled_layers=sorted({*disabled, *(aq.disabled_layers or []), *stage.exclude}),
             method=aq.auto_quantize_method, score_size=aq.score_size, kv_entries=kv or None)
     formats = []

@@ -101,7 +101,7 @@ def _tagged_members(tp: Any) -> dict[str, type] | None:
     name = _tag_field(members)
     if name is None:
         return None
-    return {attrs.fields_dict(m)[name].default: m for m in members}
+    return {str(attrs.fields_dict(m)[name].default): m for m in members}
 
 
 def _structure_tagged(tp: Any) -> Callable[[Any, Any], Any]:
@@ -145,7 +145,10 @@ def _str_or_attrs(tp: Any) -> type | None:
 
 
 def _structure_str_or_attrs(tp: Any) -> Callable[[Any, Any], Any]:
-    cls = _str_or_attrs(tp)
+    found = _str_or_attrs(tp)
+    if found is None:
+        raise TypeError(f"{tp!r} is not 'str | <attrs class>'")
+    cls: type = found
     optional = type(None) in typing.get_args(tp)
 
     def hook(value: Any, _t: Any) -> Any:
@@ -215,18 +218,18 @@ def _flatten(exc: BaseException, path: str) -> list[RecipeError]:
             out += _flatten(sub, path)
         return out
     if isinstance(exc, ClassValidationError):
-        with_notes, without = exc.group_exceptions()
+        named, rest = exc.group_exceptions()
         out = []
-        for sub, note in with_notes:
-            out += _flatten(sub, f"{path}.{note.name}" if path else note.name)
-        for sub in without:
+        for sub, field in named:
+            out += _flatten(sub, f"{path}.{field.name}" if path else field.name)
+        for sub in rest:
             out += _flatten(sub, path)
         return out
     if isinstance(exc, RecipeError):
         return [exc.under(path)]
     if isinstance(exc, ForbiddenExtraKeysError):
         known = [a.name for a in attrs.fields(exc.cl)] if attrs.has(exc.cl) else []
-        errs = []
+        errs: list[RecipeError] = []
         for key in sorted(map(str, exc.extra_fields)):
             p = f"{path}.{key}" if path else key
             errs.append(SpecError("unknown key", path=p, hint=did_you_mean(key, known) or f"known keys: {', '.join(known)}"))
@@ -314,7 +317,10 @@ def register_migration(cls: type, from_version: int) -> Callable[[Callable[[dict
 def migrate(data: Any, cls: type) -> Any:
     if not isinstance(data, Mapping) or not attrs.has(cls) or "schema_version" not in attrs.fields_dict(cls):
         return data
-    target = attrs.fields_dict(cls)["schema_version"].default
+    default = attrs.fields_dict(cls)["schema_version"].default
+    if not isinstance(default, int):
+        return data
+    target = default
     version = data.get("schema_version", target)
     if not isinstance(version, int) or isinstance(version, bool):
         raise SpecError(f"expected an integer, got {version!r}", path="schema_version")

@@ -10,7 +10,7 @@ runtime's pre-flight checks, before any model is built.
 from __future__ import annotations
 
 import re
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import attrs
 
@@ -220,9 +220,11 @@ class AutoQuantize:
 _SUFFIX = {"k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
 
 
-def parse_count(value: int | str | None) -> int | None:
+def parse_count(value: object) -> int | None:
     """``6_000_000_000``, ``"6B"``, ``"350M"`` or ``"1.5e9"`` -> an integer parameter count."""
-    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
@@ -273,9 +275,9 @@ class Prune:
     moe_shared_expert_intermediate_size: int | None = attrs.field(default=None, validator=positive_int)
     mamba_num_heads: int | None = attrs.field(default=None, validator=positive_int)
     mamba_head_dim: int | None = attrs.field(default=None, validator=positive_int)
-    params: int | str | None = attrs.field(default=None, converter=parse_count, validator=positive_int)
+    params: int | None = attrs.field(default=None, converter=parse_count, validator=positive_int)
     """Total-parameter target (``6B``); ModelOpt searches the sizes."""
-    active_params: int | str | None = attrs.field(default=None, converter=parse_count, validator=positive_int)
+    active_params: int | None = attrs.field(default=None, converter=parse_count, validator=positive_int)
     """Active-parameter target for MoE models."""
     calibration_samples: int | None = attrs.field(default=None, validator=positive_int)
     """Samples used to score importance (overrides ``recipe.calibration.num_samples``)."""
@@ -402,7 +404,7 @@ class Prune:
         self.validate_for(arch)
         if self.is_search:
             return arch
-        changes: dict[str, object] = {}
+        changes: dict[str, Any] = {}
         if self.hidden_size is not None:
             changes["hidden_size"] = self.hidden_size
         if self.num_layers is not None:
@@ -417,7 +419,7 @@ class Prune:
                 kv_channels=arch.head_dim,
             )
         if arch.moe is not None:
-            moe_changes: dict[str, object] = {}
+            moe_changes: dict[str, Any] = {}
             if self.num_moe_experts is not None:
                 moe_changes["num_experts"] = self.num_moe_experts
             if self.moe_ffn_hidden_size is not None:

@@ -47,7 +47,7 @@ MODELS: list[ModelArch] = [
             name="gpt-oss-120b",
             hf_id="openai/gpt-oss-120b",
             num_layers=36,
-            moe=attrs.evolve(_GPT_OSS_20B.moe, num_experts=128),
+            moe=attrs.evolve(_GPT_OSS_20B.moe, num_experts=128) if _GPT_OSS_20B.moe is not None else None,
         ),
         "openai/gpt-oss-120b",
         dev(HF_MODEL_CKPT, "openai/gpt-oss-20b", "openai/gpt-oss-120b",

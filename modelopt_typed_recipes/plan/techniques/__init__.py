@@ -87,6 +87,8 @@ class Technique(Generic[S]):
     """Every problem of a stage on a backend and machine, without building anything."""
     executors: Mapping[str, str]
     """Backend name -> ``module:function`` that runs the stage (imported lazily)."""
+    needs_te_spec: bool = False
+    """Whether the Megatron-Core model must be built with the full Transformer Engine layer spec."""
     calibrates: bool = True
     """Whether the stage reads calibration windows (its spec may set ``calibration_samples``)."""
     cuda_problem: Callable[[S, str], RecipeError | None] = _no_cuda_problem
@@ -102,7 +104,7 @@ class Technique(Generic[S]):
         others = [b for b in self.executors if b != backend]
         where = " and ".join(BACKEND_TITLES.get(b, b) for b in others)
         return CompatibilityError(f"{self.title} runs on the {where} backend only", path=path,
-                                  hint=f"backend: {others[0]}" if others else None)
+                                  hint=f"backend: {others[0]}" if others else "")
 
     def executor(self, backend: str) -> Callable[..., Any]:
         """The function that runs this technique on ``backend`` (imports the backend's module)."""

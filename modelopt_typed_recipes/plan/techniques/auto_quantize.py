@@ -42,8 +42,8 @@ def check(stage: AutoQuantize, ctx: StageContext) -> Findings:
             fmt = FORMAT_BY_PRESET.get(name)
             preset = name if fmt is None and name.upper() == name else None
             if preset is None:
-                f = resolve_format(name)
-                preset = f.preset if f is not None else name
+                known = resolve_format(name)
+                preset = known.preset if known is not None else name
             try:
                 mn.check_preset(preset, path=f"{path}.formats[{j}]")
             except RecipeError as err:
@@ -51,8 +51,8 @@ def check(stage: AutoQuantize, ctx: StageContext) -> Findings:
                 continue
             formats.append(mn.preset_config(preset))
         source = ", ".join(stage.formats)
-    for j, f in enumerate(formats):
-        method = algorithm_method(f)
+    for j, candidate in enumerate(formats):
+        method = algorithm_method(candidate)
         if method in mn.AUTO_QUANTIZE_FORBIDDEN_ALGORITHMS:
             errors.append(SpecError(f"auto_quantize cannot search a format calibrated with {method}",
                                     path=f"{path}.formats[{j}]", hint="use max, mse or awq_* formats"))

@@ -23,7 +23,7 @@ def check(stage: Prune, ctx: StageContext) -> Findings:
             "that Minitron needs", path=ctx.path,
             hint="prune a dense model, or start from a Megatron checkpoint saved with the TE spec"))
     src = ctx.recipe.source
-    first = next(i for i, s in enumerate(ctx.recipe.stages) if isinstance(s, Prune))
+    first = next(i for i, s in enumerate(ctx.recipe.stages) if s.technique == stage.technique)
     if isinstance(src, MegatronCheckpoint) and ctx.index == first:
         saved = src.saved_layer_spec()
         if saved is not None and saved != "te":
@@ -35,6 +35,6 @@ def check(stage: Prune, ctx: StageContext) -> Findings:
 
 
 TECHNIQUE = register(Technique(
-    name="prune", spec=Prune, title="Minitron pruning", check=check,
+    name="prune", spec=Prune, title="Minitron pruning", check=check, needs_te_spec=True,
     executors={"megatron": "modelopt_typed_recipes.runtime.megatron.steps:prune"},
 ))

@@ -82,7 +82,7 @@ def decode_weight(t: dict[str, Any]) -> tuple[Any, str]:
     import torch
 
     w = t["weight"]
-    scale = t.get("weight_scale")
+    scale: Any = t.get("weight_scale")
     if w.dtype == torch.float8_e4m3fn:
         s = scale.float()
         if s.dim() == 1:

@@ -64,7 +64,7 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
     model = build.build_model(arch, current, dtype=dtype, device=device, spec=spec)
     src = recipe.source
     hf_ref = _hf_reference(recipe)
-    if isinstance(src, HFCheckpoint) or (isinstance(src, Builtin) and hf_ref):
+    if hf_ref is not None and isinstance(src, HFCheckpoint | Builtin):
         build.import_hf(model, hf_ref, dtype=dtype, workspace=str(staging / ".import"))
     elif isinstance(src, MegatronCheckpoint):
         model = build.load_checkpoint(model, src.path)

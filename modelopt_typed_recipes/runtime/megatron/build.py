@@ -16,11 +16,14 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...errors import CompatibilityError, SpecError
 from ...spec.arch import MLAttention, ModelArch
 from ..dtypes import torch_dtype
+
+if TYPE_CHECKING:
+    from ...spec.recipe import Recipe
 
 
 def has_transformer_engine() -> bool:
@@ -136,17 +139,17 @@ def choose_spec(*, te_available: bool, prune: bool) -> str:
     return "te" if prune else "modelopt"
 
 
-def spec_for_run(recipe: Any, *, te_available: bool) -> str:
+def spec_for_run(recipe: Recipe, *, te_available: bool) -> str:
     """The spec a run builds: a Megatron checkpoint's own (its shard names depend on it), else
-    :func:`choose_spec`'s."""
+    :func:`choose_spec`'s (the full TE spec when a technique needs it: Minitron pruning)."""
+    from ...plan.techniques import technique_for
     from ...spec.recipe import MegatronCheckpoint
-    from ...spec.techniques import Prune
 
     if isinstance(recipe.source, MegatronCheckpoint):
         saved = recipe.source.saved_layer_spec()
         if saved in SPECS:
             return saved
-    return choose_spec(te_available=te_available, prune=any(isinstance(s, Prune) for s in recipe.stages))
+    return choose_spec(te_available=te_available, prune=any(technique_for(s).needs_te_spec for s in recipe.stages))
 
 
 def layer_spec(arch: ModelArch, config: Any, *, spec: str) -> Any:
