@@ -359,7 +359,7 @@ def part_prune(only: list[str] | None = None) -> dict:
                        stages=[s.name for s in res.stages])
             edir = next(p for p in out.iterdir() if p.name.endswith("export-hf"))
             cfg = AutoConfig.from_pretrained(str(edir))
-            want = recipe.archs_per_stage()[-1]
+            want = recipe.archs_per_stage(get_arch)[-1]
             got = {"num_hidden_layers": cfg.num_hidden_layers, "hidden_size": cfg.hidden_size,
                    "num_attention_heads": cfg.num_attention_heads,
                    "intermediate_size": getattr(cfg, "intermediate_size", None)}

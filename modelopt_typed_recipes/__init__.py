@@ -79,7 +79,11 @@ _LAZY: dict[str, tuple[str, str]] = {
     "DataError": ("errors", "DataError"),
 }
 
-__all__ = sorted([*_LAZY, "plan", "__version__"])
+__all__ = ["AutoQuantize", "Builtin", "CompatibilityError", "DataError", "Environment", "Export", "HFCheckpoint",
+    "LaunchPlan", "LayoutError", "MegatronCheckpoint", "ModelArch", "NamedRecipe", "ParallelLayout",
+    "PostTrainingResult", "Prune", "Quantize", "RandomInit", "Recipe", "RecipeError", "ResourceError", "RunPlan",
+    "SpecError", "StagePlan", "StageResult", "TextData", "UnknownNameError", "__version__", "check", "get_arch",
+    "get_recipe", "list_archs", "list_recipes", "load_recipe", "plan", "register", "run_post_training"]
 
 if not TYPE_CHECKING:
 

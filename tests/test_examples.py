@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from modelopt_typed_recipes.catalog import get_arch
 from modelopt_typed_recipes.plan.check import Environment, check_recipe
 from modelopt_typed_recipes.spec.recipe import Recipe
 
@@ -16,11 +17,11 @@ GPU_TE = Environment(cuda=True, megatron_core="0.19.2", modelopt="0.47.0", trans
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_example_checks_on_its_target(path):
     recipe = Recipe.load(path)
-    assert recipe.stages and recipe.archs_per_stage()
+    assert recipe.stages and recipe.archs_per_stage(get_arch)
     report = check_recipe(recipe, env=GPU_TE)
     assert report.ok, [e.message for e in report.errors]
 
 
 def test_prune_example_hands_the_pruned_arch_to_later_stages():
     recipe = Recipe.load(next(p for p in EXAMPLES if "prune" in p.name))
-    assert [a.num_layers for a in recipe.archs_per_stage()] == [6, 4, 4]
+    assert [a.num_layers for a in recipe.archs_per_stage(get_arch)] == [6, 4, 4]

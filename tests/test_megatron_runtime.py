@@ -19,6 +19,7 @@ import pytest
 from _dist import init_gloo_world
 from megatron_cpu_shim import megatron_on_cpu
 from modelopt_typed_recipes.catalog import get_arch
+from modelopt_typed_recipes.plan.sources import saved_layer_spec
 from modelopt_typed_recipes.errors import CompatibilityError, SpecError
 from modelopt_typed_recipes.spec.arch import Vocab
 from modelopt_typed_recipes.spec.layout import ParallelLayout
@@ -141,7 +142,7 @@ def test_checkpoint_round_trip_keeps_quantizers(dist_cpu, hf_dense, tmp_path):
     assert not (tmp_path / "ckpt.partial").exists()
     # a later run from this checkpoint rebuilds the spec it was saved with, whatever TE offers now
     src = MegatronCheckpoint(path=str(ckpt))
-    assert src.saved_layer_spec() == "local"
+    assert saved_layer_spec(src) == "local"
     later = Recipe(model=arch_4k(), source=src, stages=(Quantize(format="fp8"),), output_dir=str(tmp_path / "o"),
                    backend="megatron", device="cuda")
     assert build.spec_for_run(later, te_available=True) == "local"

@@ -33,7 +33,7 @@ def recipe(**changes: object) -> Recipe:
 def error_of(**changes: object) -> RecipeError:
     with pytest.raises(RecipeError) as info:
         r = recipe(**changes)
-        r.archs_per_stage()
+        r.archs_per_stage(get_arch)
     return info.value
 
 
@@ -45,7 +45,7 @@ def test_examples_load_and_round_trip(path: Path) -> None:
     again = serde.from_yaml(r.to_yaml(), Recipe)
     assert again == r
     assert again.content_hash() == r.content_hash()
-    r.archs_per_stage()
+    r.archs_per_stage(get_arch)
 
 
 def test_content_hash_is_stable_and_sensitive() -> None:
@@ -174,10 +174,10 @@ def test_unknown_model_is_an_unknown_name_error() -> None:
 def test_prune_threads_the_pruned_arch_into_later_stages() -> None:
     r = Recipe.from_dict({**BASE, "stages": [{"technique": "prune", "num_layers": 4, "ffn_hidden_size": 512},
                                              {"technique": "quantize", "format": "fp8"}, {"technique": "export"}]})
-    archs = r.archs_per_stage()
+    archs = r.archs_per_stage(get_arch)
     assert [a.num_layers for a in archs] == [6, 4, 4]
     assert archs[1].ffn_hidden_size == 512 and archs[1].params_total < archs[0].params_total
-    assert r.final_arch() == archs[-1]
+    assert r.final_arch(get_arch) == archs[-1]
 
 
 def test_prune_keeps_the_head_dimension() -> None:
@@ -228,6 +228,6 @@ def test_yaml_text_with_inline_architecture() -> None:
     arch = serde.to_dict(get_arch("tiny-dense"))
     doc = yaml.safe_dump({**BASE, "model": arch, "source": {"type": "random", "seed": 3}})
     r = serde.from_yaml(doc, Recipe)
-    assert r.resolved_arch() == get_arch("tiny-dense")
+    assert r.resolved_arch(get_arch) == get_arch("tiny-dense")
     with pytest.raises(SpecError, match="registry model"):
         Recipe.from_dict({**BASE, "model": arch})  # built-in weights belong to a registry name

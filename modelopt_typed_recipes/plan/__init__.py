@@ -38,7 +38,8 @@ _LAZY = {
     "get_gpu": ("modelopt_typed_recipes.plan.gpus", "get_gpu"),
 }
 
-__all__ = sorted(_LAZY)
+__all__ = ["Environment", "LaunchPlan", "Resolved", "RunPlan", "StagePlan", "check", "check_recipe", "estimate",
+    "get_gpu", "plan", "replan", "resolve"]
 
 if not TYPE_CHECKING:
 

@@ -13,17 +13,17 @@ No torch, no ModelOpt import: versions come from package metadata, Transformer E
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import attrs
 
-from ..errors import CompatibilityError, LayoutError, RecipeError, SpecError
+from ..catalog import get_arch
+from ..errors import LayoutError, RecipeError
 from ..spec.arch import ModelArch
 from ..spec.layout import ParallelLayout
-from ..spec.recipe import HFCheckpoint, MegatronCheckpoint, Recipe
+from ..spec.recipe import Recipe
 from .backend_choice import BackendName, backend_problems, choose_backend, choose_device, choose_dtype
 from .environment import Environment
 from .run_plan import CalibrationWindows, RunPlan, StagePlan
+from .sources import source_problems, weights_dir
 from .techniques import StageContext, technique_for
 from .techniques.quantize import quantize_config
 from .versions import MIN_MCORE_EXPORT, MIN_MCORE_PRUNE
@@ -63,7 +63,7 @@ def check_recipe(recipe: Recipe, *, env: Environment | None = None, layout: Para
     base = RunPlan(label=recipe.label, backend=backend, device=device, dtype=choose_dtype(recipe, device),
                    environment=env, world_size=world_size, rank=rank, local_rank=local_rank)
     try:
-        archs = recipe.archs_per_stage()
+        archs = recipe.archs_per_stage(get_arch)
     except RecipeError as err:
         return attrs.evolve(base, errors=(err,))
     if layout is None:
@@ -71,7 +71,7 @@ def check_recipe(recipe: Recipe, *, env: Environment | None = None, layout: Para
     megatron = backend == "megatron"
     cuda = recipe.device == "cuda" or (recipe.device == "auto" and env.cuda)
 
-    errors += _source_problems(recipe, env, backend)
+    errors += source_problems(recipe, archs[0], env, backend)
     errors += backend_problems(backend, env, cuda=cuda)
 
     cal = recipe.calibration
@@ -102,7 +102,8 @@ def check_recipe(recipe: Recipe, *, env: Environment | None = None, layout: Para
         warnings += found.warnings
         stages_out.append(attrs.evolve(planned, coverage=found.coverage, config_source=found.config_source,
                                        quant_config=found.quant_config))
-    return attrs.evolve(base, errors=tuple(errors), warnings=tuple(warnings), stages=tuple(stages_out))
+    return attrs.evolve(base, errors=tuple(errors), warnings=tuple(warnings), stages=tuple(stages_out),
+                        weights_dir=weights_dir(recipe, archs[0]))
 
 
 def _stage_layout(arch: ModelArch, layout: ParallelLayout, stage: str, path: str,
@@ -121,37 +122,6 @@ def _stage_layout(arch: ModelArch, layout: ParallelLayout, stage: str, path: str
         except LayoutError as err:
             return None, [err.under(f"{path}.layout")]
     return None, [LayoutError(e.message, path=f"layout.{e.path}" if e.path else "layout", hint=e.hint) for e in found]
-
-
-def _source_problems(recipe: Recipe, env: Environment, backend: BackendName) -> list[RecipeError]:
-    src = recipe.source
-    out: list[RecipeError] = []
-    if isinstance(src, HFCheckpoint | MegatronCheckpoint):
-        p = Path(src.path).expanduser()
-        if not p.is_dir():
-            out.append(SpecError(f"checkpoint directory {str(p)!r} does not exist", path="source.path"))
-        elif isinstance(src, HFCheckpoint) and not (p / "config.json").is_file():
-            out.append(SpecError(f"{str(p)!r} has no config.json: not a Hugging Face checkpoint",
-                                 path="source.path"))
-        elif isinstance(src, MegatronCheckpoint) and backend == "megatron":
-            out += _saved_spec_problems(src, recipe, env)
-    if isinstance(src, MegatronCheckpoint) and backend == "hf":
-        out.append(CompatibilityError(
-            "the Hugging Face backend reads Hugging Face checkpoints, not Megatron distributed checkpoints",
-            path="source.type", hint="backend: megatron (on a GPU)"))
-    return out
-
-
-def _saved_spec_problems(src: MegatronCheckpoint, recipe: Recipe, env: Environment) -> list[RecipeError]:
-    """A checkpoint this package saved must be rebuilt with its own layer spec (its shard names follow it);
-    what a technique needs of the spec is its own check (Minitron: the TE spec)."""
-    saved = src.saved_layer_spec()
-    out: list[RecipeError] = []
-    if saved in ("te", "modelopt") and not env.transformer_engine:
-        out.append(CompatibilityError(
-            f"this checkpoint was saved with the {saved!r} layer spec, which needs Transformer Engine",
-            path="source.path", hint="install transformer-engine[pytorch] matching your CUDA"))
-    return out
 
 
 __all__ = ["MIN_MCORE_EXPORT", "MIN_MCORE_PRUNE", "CheckReport", "Environment", "RunPlan", "StageCheck", "StagePlan",

@@ -91,6 +91,9 @@ class RunPlan:
     rank: int = 0
     local_rank: int = 0
     """From the launcher (torchrun, then Slurm), read in one place: :func:`.resolve.launch_world`."""
+    weights_dir: Path | None = None
+    """The Hugging Face folder the run loads weights from (the source's, or the shipped weights); None for
+    random init or a Megatron checkpoint."""
     output_dir: Path | None = None
     """Where the outputs end up (absent until the run succeeds); set by ``run_post_training``."""
     staging_dir: Path | None = None

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from ..errors import RecipeError, SpecError
-from ..spec.recipe import Builtin, HFCheckpoint, MegatronCheckpoint, Recipe
+from ..spec.recipe import Recipe
 from ..spec.serde import apply_overrides, from_dict
 from .backend import RunPlan, load_backend
 from .data import check_text
@@ -57,30 +57,6 @@ def _env() -> Environment:
     return Environment.detect()
 
 
-def _check_source(recipe: Recipe) -> None:
-    src = recipe.source
-    if isinstance(src, HFCheckpoint | MegatronCheckpoint):
-        p = Path(src.path).expanduser()
-        if not p.exists():
-            raise SpecError(f"checkpoint directory {src.path!r} does not exist", path="source.path",
-                            hint="check the path, or use source: {type: builtin} for the reference model")
-        if not p.is_dir():
-            raise SpecError(f"{src.path!r} is a file, not a checkpoint directory", path="source.path")
-        if isinstance(src, HFCheckpoint) and not (p / "config.json").is_file():
-            raise SpecError(f"{src.path!r} has no config.json: not a Hugging Face checkpoint", path="source.path")
-    if isinstance(src, Builtin):
-        from ..catalog.models.reference import BUILTIN_WEIGHTS, builtin_weights_dir
-
-        arch = recipe.resolved_arch()
-        folder = builtin_weights_dir(arch.name)
-        if folder is None:
-            raise SpecError(f"{arch.name} ships no weights with this package", path="source",
-                            hint=f"built-in weights exist for: {', '.join(BUILTIN_WEIGHTS)}")
-        if not (folder / "model.safetensors").is_file():
-            raise SpecError(f"the built-in weights of {arch.name} are missing ({folder})", path="source",
-                            hint="reinstall modelopt-typed-recipes")
-
-
 def _staging_for(output: Path) -> Path:
     run_id = os.environ.get("TORCHELASTIC_RUN_ID") or f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     return output.parent / f".{output.name}.partial-{run_id}"
@@ -99,10 +75,12 @@ def _check_output(output: Path) -> None:
 
 def plan_run(recipe: Recipe, *, progress: bool = True) -> RunPlan:
     """Every check that needs no model, then the plan; raises the first problem as a typed error."""
+    from ..catalog import get_arch
     from ..plan import backend_choice
+    from ..plan.sources import source_problems
     from ..plan.techniques import technique_for
 
-    recipe.archs_per_stage()  # unknown names, impossible prune sizes
+    archs = recipe.archs_per_stage(get_arch)  # unknown names, impossible prune sizes
     env = _env()
     problem = backend_choice.device_problem(recipe, env)
     if problem is not None:
@@ -116,7 +94,8 @@ def plan_run(recipe: Recipe, *, progress: bool = True) -> RunPlan:
     backend = backend_choice.choose_backend(recipe, env)
     for problem in backend_choice.backend_problems(backend, env, cuda=device == "cuda"):
         raise problem
-    _check_source(recipe)
+    for problem in source_problems(recipe, archs[0], env, backend):
+        raise problem
     check_text(recipe.calibration, path="calibration")
     if recipe.evaluation is not None:
         check_text(recipe.evaluation, path="evaluation")

@@ -8,6 +8,7 @@ before any model is built; checks that need only the recipe run here, at constru
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -20,6 +21,9 @@ from .layout import ParallelLayout
 from .techniques import AutoQuantize, Export, Quantize, Stage
 
 SCHEMA_VERSION = 1
+
+ArchResolver = Callable[[str], ModelArch]
+"""Looks a registry name up (``catalog.get_arch``); injected so that ``spec/`` never imports the catalog."""
 
 # Text corpora shipped with the package (the reference model's training and held-out splits).
 BUILTIN_DATASETS: tuple[str, ...] = ("reference-train", "reference-heldout")
@@ -44,17 +48,8 @@ class MegatronCheckpoint:
     """HF directory or id holding the config and tokenizer that export and calibration need."""
 
     INFO_FILE: ClassVar[str] = "mtr_checkpoint.json"
-    """Written beside the shards by this package: the layer spec the weights were saved with."""
-
-    def saved_layer_spec(self) -> str | None:
-        """The layer spec (``local``, ``modelopt``, ``te``) this package saved the checkpoint with, if recorded:
-        a model must be rebuilt with the same spec, or the shards' names do not match."""
-        import json
-
-        try:
-            return json.loads((Path(self.path).expanduser() / self.INFO_FILE).read_text()).get("layer_spec")
-        except (OSError, ValueError, AttributeError):
-            return None
+    """Written beside the shards by this package: the layer spec the weights were saved with (read by
+    ``plan.sources.saved_layer_spec``)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -193,20 +188,19 @@ class Recipe:
         """Whether some stage's formats need CUDA (NVFP4, MX) for their fake-quant forward."""
         return any(getattr(s, "needs_cuda", False) for s in self.stages)
 
-    def resolved_arch(self) -> ModelArch:
-        """The architecture: the inline one, or the registry entry (UnknownNameError at path ``model``)."""
+    def resolved_arch(self, resolve: ArchResolver) -> ModelArch:
+        """The architecture: the inline one, or ``resolve(name)`` (the registry's ``catalog.get_arch``, injected:
+        ``spec/`` stays below the catalog); an unknown name fails at path ``model``."""
         if isinstance(self.model, ModelArch):
             return self.model
-        from ..catalog import get_arch  # the registry is plain data; imported lazily to keep spec/ at the bottom
-
         try:
-            return get_arch(self.model)
+            return resolve(self.model)
         except RecipeError as err:
             raise type(err)(err.message, path="model", hint=err.hint) from None
 
-    def archs_per_stage(self) -> tuple[ModelArch, ...]:
+    def archs_per_stage(self, resolve: ArchResolver) -> tuple[ModelArch, ...]:
         """The architecture each stage starts from: a prune stage's result feeds every later stage."""
-        arch = self.resolved_arch()
+        arch = self.resolved_arch(resolve)
         out = []
         for i, stage in enumerate(self.stages):
             out.append(arch)
@@ -216,8 +210,8 @@ class Recipe:
                 raise err.under(f"stages[{i}]") from None
         return tuple(out)
 
-    def final_arch(self) -> ModelArch:
-        return self.stages[-1].arch_after(self.archs_per_stage()[-1])
+    def final_arch(self, resolve: ArchResolver) -> ModelArch:
+        return self.stages[-1].arch_after(self.archs_per_stage(resolve)[-1])
 
     # ----------------------------------------------------------------- serialisation
     def content_hash(self) -> str:

@@ -275,9 +275,9 @@ class Prune:
     moe_shared_expert_intermediate_size: int | None = attrs.field(default=None, validator=positive_int)
     mamba_num_heads: int | None = attrs.field(default=None, validator=positive_int)
     mamba_head_dim: int | None = attrs.field(default=None, validator=positive_int)
-    params: int | None = attrs.field(default=None, converter=parse_count, validator=positive_int)
+    params: int | str | None = attrs.field(default=None, converter=parse_count, validator=positive_int)
     """Total-parameter target (``6B``); ModelOpt searches the sizes."""
-    active_params: int | None = attrs.field(default=None, converter=parse_count, validator=positive_int)
+    active_params: int | str | None = attrs.field(default=None, converter=parse_count, validator=positive_int)
     """Active-parameter target for MoE models."""
     calibration_samples: int | None = attrs.field(default=None, validator=positive_int)
     """Samples used to score importance (overrides ``recipe.calibration.num_samples``)."""
@@ -308,7 +308,7 @@ class Prune:
     @property
     def label(self) -> str:
         if self.is_search:
-            target = self.params or self.active_params
+            target = parse_count(self.params or self.active_params)  # an int already: the converter ran
             return f"prune-{'active-' if self.active_params else ''}{_human(target)}"
         return "prune-" + "-".join(f"{k}{v}" for k, v in self.export_config.items())
 
@@ -388,12 +388,11 @@ class Prune:
                     "the kept layer pattern of a hybrid model is chosen by importance at run time",
                     "prune widths of hybrid models, or give a params target",
                 )
-        if self.params is not None and self.params >= arch.params_total:
-            raise fail("params", f"params={self.params:,} is not below the model's {arch.params_total:,}")
-        if self.active_params is not None and self.active_params >= arch.params_active:
-            raise fail(
-                "active_params", f"active_params={self.active_params:,} is not below the model's {arch.params_active:,}"
-            )
+        params, active = parse_count(self.params), parse_count(self.active_params)
+        if params is not None and params >= arch.params_total:
+            raise fail("params", f"params={params:,} is not below the model's {arch.params_total:,}")
+        if active is not None and active >= arch.params_active:
+            raise fail("active_params", f"active_params={active:,} is not below the model's {arch.params_active:,}")
 
     def arch_after(self, arch: ModelArch) -> ModelArch:
         """The architecture later stages start from (:meth:`pruned`)."""

@@ -25,7 +25,9 @@ def check(stage: Prune, ctx: StageContext) -> Findings:
     src = ctx.recipe.source
     first = next(i for i, s in enumerate(ctx.recipe.stages) if s.technique == stage.technique)
     if isinstance(src, MegatronCheckpoint) and ctx.index == first:
-        saved = src.saved_layer_spec()
+        from ..sources import saved_layer_spec
+
+        saved = saved_layer_spec(src)
         if saved is not None and saved != "te":
             errors.append(CompatibilityError(
                 f"Minitron prunes the Transformer Engine layer spec; this checkpoint was saved with the {saved!r} "

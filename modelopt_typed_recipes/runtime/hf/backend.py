@@ -43,7 +43,7 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
     staging = plan.staging()
 
     t = time.perf_counter()
-    model, tokenizer, folder = load_model(recipe, plan.arch, device=device, dtype=plan.dtype)
+    model, tokenizer, folder = load_model(recipe, plan.arch, plan.weights_dir, device=device, dtype=plan.dtype)
     timings["load"] = time.perf_counter() - t
 
     cal = recipe.calibration

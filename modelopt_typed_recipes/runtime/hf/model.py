@@ -7,7 +7,7 @@ from typing import Any
 
 from ...errors import CompatibilityError, SpecError
 from ...spec.arch import ModelArch
-from ...spec.recipe import Builtin, HFCheckpoint, MegatronCheckpoint, RandomInit, Recipe
+from ...spec.recipe import RandomInit, Recipe
 from ..dtypes import torch_dtype
 
 
@@ -31,23 +31,6 @@ class ByteTokenizer:
         """Nothing to write: a byte tokenizer has no files (the manifest records it)."""
 
 
-def checkpoint_dir(recipe: Recipe, arch: ModelArch) -> Path | None:
-    """The HF checkpoint folder the run starts from (None for random init)."""
-    src = recipe.source
-    if isinstance(src, HFCheckpoint):
-        return Path(src.path).expanduser()
-    if isinstance(src, Builtin):
-        from ...catalog.models.reference import builtin_weights_dir
-
-        return builtin_weights_dir(arch.name)
-    if isinstance(src, MegatronCheckpoint):
-        raise CompatibilityError(
-            "the Hugging Face backend reads Hugging Face checkpoints, not Megatron distributed checkpoints",
-            path="source.type", hint="backend: megatron (on a GPU), or export the checkpoint to HF first",
-        )
-    return None
-
-
 def hf_config_for(arch: ModelArch) -> dict[str, Any]:
     from ...bridges.hf_config import to_hf_config
     from ...errors import RecipeError
@@ -58,14 +41,18 @@ def hf_config_for(arch: ModelArch) -> dict[str, Any]:
         raise CompatibilityError(f"transformers cannot build {arch.name}: {err}", path="model") from None
 
 
-def load_model(recipe: Recipe, arch: ModelArch, *, device: str, dtype: str) -> tuple[Any, Any, Path | None]:
-    """(model in eval mode on ``device``, tokenizer, checkpoint folder or None)."""
+def load_model(recipe: Recipe, arch: ModelArch, folder: Path | None, *, device: str,
+               dtype: str) -> tuple[Any, Any, Path | None]:
+    """(model in eval mode on ``device``, tokenizer, checkpoint folder or None). ``folder``: the plan's
+    ``weights_dir`` (None: random init from the architecture)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    folder = checkpoint_dir(recipe, arch)
     if folder is None:
-        assert isinstance(recipe.source, RandomInit)
+        if not isinstance(recipe.source, RandomInit):
+            raise CompatibilityError(
+                "the Hugging Face backend reads Hugging Face checkpoints, not Megatron distributed checkpoints",
+                path="source.type", hint="backend: megatron (on a GPU), or export the checkpoint to HF first")
         cfg = hf_config_for(arch)
         if arch.vocab.size < 257:
             raise SpecError(f"random init uses a byte tokenizer, which needs vocab.size >= 257 (got {arch.vocab.size})",

@@ -142,11 +142,12 @@ def choose_spec(*, te_available: bool, prune: bool) -> str:
 def spec_for_run(recipe: Recipe, *, te_available: bool) -> str:
     """The spec a run builds: a Megatron checkpoint's own (its shard names depend on it), else
     :func:`choose_spec`'s (the full TE spec when a technique needs it: Minitron pruning)."""
+    from ...plan.sources import saved_layer_spec
     from ...plan.techniques import technique_for
     from ...spec.recipe import MegatronCheckpoint
 
     if isinstance(recipe.source, MegatronCheckpoint):
-        saved = recipe.source.saved_layer_spec()
+        saved = saved_layer_spec(recipe.source)
         if saved in SPECS:
             return saved
     return choose_spec(te_available=te_available, prune=any(technique_for(s).needs_te_spec for s in recipe.stages))

@@ -1,0 +1,79 @@
+"""Where a run's weights come from, checked and resolved once: checkpoint folders, the weights that ship
+with the package, and the layer spec a Megatron checkpoint of ours was saved with (read from disk here,
+so ``spec/`` stays plain data)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import CompatibilityError, RecipeError, SpecError
+from ..spec.arch import ModelArch
+from ..spec.recipe import Builtin, HFCheckpoint, MegatronCheckpoint, Recipe
+from .environment import Environment
+
+
+def saved_layer_spec(src: MegatronCheckpoint) -> str | None:
+    """The layer spec (``local``, ``modelopt``, ``te``) this package saved the checkpoint with, if recorded:
+    a model must be rebuilt with the same spec, or the shards' names do not match."""
+    try:
+        data = json.loads((Path(src.path).expanduser() / MegatronCheckpoint.INFO_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    spec = data.get("layer_spec") if isinstance(data, dict) else None
+    return spec if isinstance(spec, str) else None
+
+
+def builtin_weights(arch: ModelArch) -> Path | None:
+    """The shipped Hugging Face folder of a registry model (None when it ships none)."""
+    from ..catalog.models.reference import builtin_weights_dir
+
+    return builtin_weights_dir(arch.name)
+
+
+def weights_dir(recipe: Recipe, arch: ModelArch) -> Path | None:
+    """The Hugging Face folder a run loads: the source's, or the shipped weights (None: random init or a
+    Megatron checkpoint)."""
+    src = recipe.source
+    if isinstance(src, HFCheckpoint):
+        return Path(src.path).expanduser()
+    if isinstance(src, Builtin):
+        return builtin_weights(arch)
+    return None
+
+
+def source_problems(recipe: Recipe, arch: ModelArch, env: Environment, backend: str) -> list[RecipeError]:
+    """Every problem of the recipe's source on this machine and backend."""
+    from ..catalog.models.reference import BUILTIN_WEIGHTS
+
+    src = recipe.source
+    out: list[RecipeError] = []
+    if isinstance(src, HFCheckpoint | MegatronCheckpoint):
+        p = Path(src.path).expanduser()
+        if not p.exists():
+            out.append(SpecError(f"checkpoint directory {src.path!r} does not exist", path="source.path",
+                                 hint="check the path, or use source: {type: builtin} for the reference model"))
+        elif not p.is_dir():
+            out.append(SpecError(f"{src.path!r} is a file, not a checkpoint directory", path="source.path"))
+        elif isinstance(src, HFCheckpoint) and not (p / "config.json").is_file():
+            out.append(SpecError(f"{src.path!r} has no config.json: not a Hugging Face checkpoint",
+                                 path="source.path"))
+        elif isinstance(src, MegatronCheckpoint) and backend == "megatron":
+            saved = saved_layer_spec(src)
+            if saved in ("te", "modelopt") and not env.transformer_engine:
+                out.append(CompatibilityError(
+                    f"this checkpoint was saved with the {saved!r} layer spec, which needs Transformer Engine",
+                    path="source.path", hint="install transformer-engine[pytorch] matching your CUDA"))
+    if isinstance(src, MegatronCheckpoint) and backend == "hf":
+        out.append(CompatibilityError(
+            "the Hugging Face backend reads Hugging Face checkpoints, not Megatron distributed checkpoints",
+            path="source.type", hint="backend: megatron (on a GPU)"))
+    if isinstance(src, Builtin):
+        folder = builtin_weights(arch)
+        if folder is None:
+            out.append(SpecError(f"{arch.name} ships no weights with this package", path="source",
+                                 hint=f"built-in weights exist for: {', '.join(BUILTIN_WEIGHTS)}"))
+        elif not (folder / "model.safetensors").is_file():
+            out.append(SpecError(f"the built-in weights of {arch.name} are missing ({folder})", path="source",
+                                 hint="reinstall modelopt-typed-recipes"))
+    return out
