@@ -56,3 +56,15 @@ def test_top_level_import_stays_light() -> None:
             "assert not heavy, heavy; assert set(m.__all__) <= set(dir(m)); print(len(m.__all__))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_library_code_holds_no_assert() -> None:
+    """``python -O`` strips asserts: library code narrows types or raises typed errors instead."""
+    import ast
+
+    found = []
+    for path in sorted((ROOT / "modelopt_typed_recipes").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Assert):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not found, found

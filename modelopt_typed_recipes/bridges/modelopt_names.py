@@ -240,9 +240,8 @@ def _expand(node: Any, get: Any) -> Any:
         for k, v in node.items():
             if k == "$import":
                 continue
-            if k in ("num_bits", "scale_bits") and isinstance(v, str) and _EXMY.match(v):
-                m = _EXMY.match(v)
-                assert m is not None
+            m = _EXMY.match(v) if k in ("num_bits", "scale_bits") and isinstance(v, str) else None
+            if m is not None:
                 out_d[k] = (int(m.group(1)), int(m.group(2)))
             else:
                 out_d[k] = _expand(v, get)
@@ -377,8 +376,7 @@ def mcore_modules(arch: ModelArch, *, te_attention: bool = False) -> list[QuantM
         elif mlp == "dense":
             out += _mlp(f"{p}.mlp", "mlp")
         elif mlp == "moe":
-            moe = arch.moe
-            assert moe is not None
+            moe = arch.require_moe()
             for e in range(moe.num_experts):
                 out += _mlp(f"{p}.mlp.experts.local_experts.{e}", "expert")
             if moe.shared_expert_ffn_size:

@@ -15,7 +15,7 @@ from ..spec.arch import KINDS, ModelArch
 from .output import print_json, table
 
 
-def register(sub: Any) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("list", help="list the registered architectures")
     p.add_argument("--kind", choices=KINDS, help="only this kind")
     p.add_argument("--family", help="only this family (llama, qwen, deepseek, nemotron-h, tiny, ...)")

@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .output import console, print_json, table
 
+if TYPE_CHECKING:
+    from ..plan.run_plan import RunPlan
+    from ..spec.recipe import Recipe
 
-def register(sub: Any) -> None:
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("check", help="check a recipe before any GPU work (names, formats, layouts, versions, "
                                      "pattern coverage)")
     p.add_argument("recipe", help="a recipe YAML/JSON file, or a named recipe (Qwen/Qwen3-8B:fp8)")
@@ -29,7 +33,7 @@ def register(sub: Any) -> None:
     r.set_defaults(handler=_recipes)
 
 
-def _load(ref: str) -> Any:
+def _load(ref: str) -> Recipe:
     """A recipe file, or a named recipe (it carries its layout) checked as written against a placeholder source."""
     from pathlib import Path
 
@@ -61,7 +65,7 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 2
 
 
-def _print_report(report: Any) -> None:
+def _print_report(report: RunPlan) -> None:
     from rich.table import Table
 
     out = console()

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import argparse
 import shlex
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .output import console, print_json
+
+if TYPE_CHECKING:
+    from ..plan.gpus import GpuSpec
+    from ..plan.launch import LaunchPlan
 
 STAGE_CHOICES = ("quantize", "auto_quantize", "prune", "export", "distill")
 
@@ -23,7 +27,7 @@ def _stage_name(text: str) -> str:
     return STAGE_ALIASES.get(text, text)
 
 
-def register(sub: Any) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "plan",
         help="validate a parallel layout for one stage and print its memory plan and launch commands",
@@ -64,15 +68,16 @@ def register(sub: Any) -> None:
 def cmd_plan(args: argparse.Namespace) -> int:
     from ..plan.launch import plan
 
-    gpu: Any = args.gpu
+    gpu: GpuSpec | str = args.gpu
     if gpu == "auto":
         from ..plan.gpus import detect
 
-        gpu = detect()
-        if gpu is None:
+        found = detect()
+        if found is None:
             from ..errors import CompatibilityError
 
             raise CompatibilityError("no GPU found through nvidia-ml-py", path="gpu", hint="name one, e.g. h100-80gb")
+        gpu = found
     recipe = None
     if args.profile:
         from ..catalog.profiles import get_profile
@@ -101,7 +106,7 @@ def _gib(n: int) -> str:
     return f"{n / 1024**3:.2f} GiB"
 
 
-def _print_plan(lp: Any) -> None:
+def _print_plan(lp: LaunchPlan) -> None:
     from rich.table import Table
 
     out = console()

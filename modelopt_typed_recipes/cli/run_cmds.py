@@ -13,12 +13,15 @@ import contextlib
 import os
 import sys
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .output import console, print_json
 
+if TYPE_CHECKING:
+    from ..spec.recipe import Recipe
 
-def register(sub: Any) -> None:
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("run", help="run post-training recipes (quantize, auto-quantize, prune, export) and "
                                    "print perplexity before/after with wall times")
     p.add_argument("recipes", nargs="+", metavar="RECIPE", help="recipe YAML/JSON files")
@@ -40,10 +43,12 @@ def _quiet_libraries() -> None:
         warnings.filterwarnings("ignore", category=FutureWarning, module=module)
 
 
-def _launch_command(recipe: Any, path: str) -> list[str] | None:
+def _launch_command(recipe: Recipe, path: str) -> list[str] | None:
     """``torchrun`` argv when the recipe's layout needs more processes than this one has."""
     need = recipe.layout.world_size if recipe.layout is not None else 1
-    have = int(os.environ.get("WORLD_SIZE", "1"))
+    from ..plan.resolve import launch_world
+
+    have = launch_world()[0]
     if need <= have or recipe.backend == "hf":
         return None
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={need}",

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 
 import attrs
 
-from ..errors import ResourceError
+from ..errors import LayoutError, ResourceError
 from ..spec.arch import MLAttention, ModelArch
 from ..spec.formats import get_format
 from ..spec.layout import ParallelLayout
@@ -192,8 +192,7 @@ def rank_params(arch: ModelArch, layout: ParallelLayout, stage_index: int) -> Ra
             linear += a / tp
             other += b / tp
             layer += (a + b) / tp
-            assert arch.mamba is not None
-            heads, head_dim, groups, state = arch.mamba.resolved(h)
+            heads, head_dim, groups, state = arch.require_mamba().resolved(h)
             inner = heads * head_dim
             big(h * (2 * inner + 2 * groups * state + heads) / tp, h)
         elif mlp == "dense":
@@ -206,8 +205,7 @@ def rank_params(arch: ModelArch, layout: ParallelLayout, stage_index: int) -> Ra
             big(arch.ffn_hidden_size * h / tp, arch.ffn_hidden_size // tp)
         elif mlp == "moe":
             mlp_kinds.add("moe")
-            moe = arch.moe
-            assert moe is not None
+            moe = arch.require_moe()
             width = moe.latent_size or h
             lin_e, bias_e = arch._mlp_params(width, moe.ffn_hidden_size)
             local_experts = moe.num_experts / ep
@@ -263,15 +261,13 @@ def forward_activation_bytes(arch: ModelArch, layout: ParallelLayout, params: Ra
         width = arch.ffn_hidden_size * (2 if arch.activation.gated else 1) / tp
         peaks["mlp"] = model.mlp_copies * tokens * width * BF16
     if "moe" in params.mlp_kinds:
-        moe = arch.moe
-        assert moe is not None
+        moe = arch.require_moe()
         routed = tokens * moe.router_topk  # token copies after dispatch (all-to-all keeps the count per rank)
         width = moe.ffn_hidden_size * (2 if arch.activation.gated else 1) / layout.expert_tensor_parallel
         per_expert = routed / moe.num_experts  # SequentialMLP runs one expert at a time
         peaks["moe"] = 2 * routed * (moe.latent_size or h) * BF16 + model.mlp_copies * per_expert * width * BF16
     if "mamba" in params.mlp_kinds:
-        assert arch.mamba is not None
-        heads, head_dim, groups, state = arch.mamba.resolved(h)
+        heads, head_dim, groups, state = arch.require_mamba().resolved(h)
         inner = heads * head_dim
         peaks["mamba"] = 2 * tokens * (2 * inner + 2 * groups * state + heads) / tp * BF16
     if last_stage:
@@ -339,7 +335,8 @@ def estimate(arch: ModelArch, layout: ParallelLayout, gpu: GpuSpec, *, stage: st
         if best is None or total > best[0]:
             quantized = int(p.linear * fmt.weight_bits / 8 + p.other * BF16)
             best = (total, index, terms, quantized)
-    assert best is not None
+    if best is None:  # pragma: no cover - a layout has at least one pipeline stage
+        raise LayoutError("the layout has no pipeline stage", path="pipeline_parallel")
     _total, index, terms, quantized = best
     return MemoryPlan(
         stage=stage, layout=layout, gpu=gpu.name, pipeline_stage=index, terms=terms,

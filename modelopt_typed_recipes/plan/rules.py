@@ -296,7 +296,8 @@ def export_pipeline(arch: ModelArch, gpus: int) -> ParallelLayout:
         key = (max(layout.stage_layers(layers)), pp)
         if best is None or key < best[0]:
             best = (key, layout)
-    assert best is not None  # PP=1 always splits
+    if best is None:  # pragma: no cover - PP=1 always splits
+        raise LayoutError(f"no pipeline split of {arch.name} fits {gpus} GPU(s)", path="gpus")
     return best[1]
 
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..errors import LayoutError
+
+if TYPE_CHECKING:
+    from ..spec.layout import ParallelLayout
 
 
 def free_port() -> int:
@@ -53,7 +56,7 @@ def init_process_group(*, device: str, ranks: tuple[int, int, int] | None = None
     return rank, size
 
 
-def set_layout(layout: Any, *, seed: int = 1234, device: str = "cuda") -> None:
+def set_layout(layout: ParallelLayout, *, seed: int = 1234, device: str = "cuda") -> None:
     """(Re)build Megatron-Core's parallel groups for ``layout`` on the running process group.
 
     Ranks beyond ``TP*PP*CP`` become data-parallel replicas, which is how a pipeline-only export runs

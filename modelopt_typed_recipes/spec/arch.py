@@ -158,8 +158,7 @@ class MoE:
             )
         if (self.router_num_groups is None) != (self.router_group_topk is None):
             raise fail("router_group_topk", "router_num_groups and router_group_topk must be set together")
-        if self.router_num_groups is not None:
-            assert self.router_group_topk is not None
+        if self.router_num_groups is not None and self.router_group_topk is not None:
             if self.num_experts % self.router_num_groups:
                 raise fail(
                     "router_num_groups",
@@ -459,6 +458,18 @@ class ModelArch:
             return att.qk_head_dim + att.qk_pos_emb_head_dim
         return att.kv_channels or self.hidden_size // att.num_heads
 
+    def require_moe(self) -> MoE:
+        """The mixture-of-experts settings, for code that reached a MoE layer (SpecError when there are none)."""
+        if self.moe is None:
+            raise SpecError(f"{self.name} has no mixture of experts", path="moe")
+        return self.moe
+
+    def require_mamba(self) -> Mamba:
+        """The Mamba settings, for code that reached a Mamba layer (SpecError when there are none)."""
+        if self.mamba is None:
+            raise SpecError(f"{self.name} has no Mamba layers", path="mamba")
+        return self.mamba
+
     # ----------------------------------------------------------------- layers
     def layer_kinds(self) -> Iterator[tuple[bool, str]]:
         """Per layer: (has attention mixer, mlp kind: 'dense' | 'moe' | 'none' | 'mamba')."""
@@ -535,8 +546,7 @@ class ModelArch:
 
     def _moe_params(self, experts: int) -> tuple[int, int]:
         """(linear weights, other) of one MoE block counting ``experts`` routed experts."""
-        moe, h = self.moe, self.hidden_size
-        assert moe is not None
+        moe, h = self.require_moe(), self.hidden_size
         width = moe.latent_size or h
         lin_e, bias_e = self._mlp_params(width, moe.ffn_hidden_size)
         linear, other = experts * lin_e, experts * bias_e
@@ -549,13 +559,12 @@ class ModelArch:
         return linear, other
 
     def _mamba_params(self) -> tuple[int, int]:
-        assert self.mamba is not None
-        h = self.hidden_size
-        heads, head_dim, groups, state = self.mamba.resolved(h)
+        mamba, h = self.require_mamba(), self.hidden_size
+        heads, head_dim, groups, state = mamba.resolved(h)
         inner = heads * head_dim
         conv_dim = inner + 2 * groups * state
         linear = h * (2 * inner + 2 * groups * state + heads) + inner * h
-        other = conv_dim * self.mamba.conv_kernel + conv_dim + 3 * heads + inner + self._norm_params(h)
+        other = conv_dim * mamba.conv_kernel + conv_dim + 3 * heads + inner + self._norm_params(h)
         return linear, other
 
     def _param_breakdown(self, active: bool) -> dict[str, int]:
@@ -572,8 +581,8 @@ class ModelArch:
                 a, b = self._mlp_params(h, self.ffn_hidden_size)
                 b += self._norm_params(h)
             elif mlp == "moe":
-                assert self.moe is not None
-                a, b = self._moe_params(self.moe.router_topk if active else self.moe.num_experts)
+                moe = self.require_moe()
+                a, b = self._moe_params(moe.router_topk if active else moe.num_experts)
                 b += self._norm_params(h)
             else:
                 a = b = 0

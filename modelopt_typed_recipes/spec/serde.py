@@ -106,10 +106,9 @@ def _tagged_members(tp: Any) -> dict[str, type] | None:
 
 def _structure_tagged(tp: Any) -> Callable[[Any, Any], Any]:
     tags = _tagged_members(tp)
-    assert tags is not None
-    members = list(tags.values())
-    name = _tag_field(members)
-    assert name is not None
+    name = _tag_field(list(tags.values())) if tags is not None else None
+    if tags is None or name is None:
+        raise TypeError(f"{tp!r} is not a union of attrs classes tagged by one field")
     required = TAG_FIELDS[name] and len(tags) > 1
     optional = type(None) in typing.get_args(tp)
     default = next(iter(tags))

@@ -327,7 +327,6 @@ class Prune:
         if self.num_attention_heads is not None:
             if isinstance(att, MLAttention):
                 raise fail("num_attention_heads", "head pruning of multi-latent attention is not supported by Minitron")
-            assert isinstance(att, Attention)
             not_larger("num_attention_heads", att.num_heads)
             groups = att.query_groups
             if self.num_attention_heads % groups:

@@ -70,7 +70,7 @@ class Findings:
     """The composed ModelOpt quantize config (Quantize stages), composed here once for the run."""
 
 
-def _no_cuda_problem(_stage: Any, _path: str) -> RecipeError | None:
+def _no_cuda_problem(_stage: object, _path: str) -> RecipeError | None:
     return None
 
 
