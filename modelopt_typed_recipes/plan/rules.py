@@ -41,8 +41,10 @@ _FIELD_FLAG = {
 
 def check_stage_name(stage: str) -> str:
     """The stage's one name (an old alias is accepted); LayoutError with a suggestion for an unknown one."""
+    from .techniques import names
+
     stage = STAGE_ALIASES.get(stage, stage)
-    if stage not in STAGES:
+    if stage not in STAGES and stage not in names():
         from ..errors import did_you_mean
 
         raise LayoutError(

@@ -147,4 +147,15 @@ def names() -> tuple[str, ...]:
     return tuple(_BY_NAME)
 
 
-from . import quantize, auto_quantize, prune, export  # noqa: E402,F401  (each registers itself)
+def _register_builtin() -> None:
+    """Import every module of this package: each registers its technique (a new one needs no edit here)."""
+    import pkgutil
+
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: _ORDER.get(m.name, len(_ORDER))):
+        importlib.import_module(f"{__name__}.{info.name}")
+
+
+_ORDER = {"quantize": 0, "auto_quantize": 1, "prune": 2, "export": 3}
+"""Registration order of the built-in techniques (the order ``names()`` lists them in)."""
+
+_register_builtin()
