@@ -341,3 +341,32 @@ def test_max_position_differences_are_noted() -> None:
             checked += 1
             assert any("max_position_embeddings" in n and str(theirs) in n for n in arch.notes), arch.name
     assert checked >= 10
+
+
+@pytest.mark.parametrize(
+    ("content", "kind", "fragment"),
+    [
+        (b'{"model_type": "my_arch", "auto_map": {"AutoModelForCausalLM": "m.M"}}', "CompatibilityError", "own code"),
+        (b'{"model_type": "llama\xff"}', "SpecError", "not UTF-8"),
+        (b"[" * 10_000, "SpecError", "deeper than"),
+    ],
+)
+def test_check_reads_the_checkpoints_config_json(tmp_path: Path, content: bytes, kind: str, fragment: str) -> None:
+    """check refuses, before any work, a checkpoint whose config.json transformers would fail on."""
+    from modelopt_typed_recipes.plan.check import Environment, check_recipe
+    from modelopt_typed_recipes.spec.recipe import HFCheckpoint, Recipe
+    from modelopt_typed_recipes.spec.techniques import Quantize
+
+    (tmp_path / "config.json").write_bytes(content)
+    rec = Recipe(model="tiny-dense", source=HFCheckpoint(path=str(tmp_path)), stages=(Quantize(format="fp8"),),
+                 output_dir=str(tmp_path / "out"), backend="hf")
+    errors = check_recipe(rec, env=Environment(modelopt="0.47.0")).errors
+    assert any(type(e).__name__ == kind and e.path == "source.path" and fragment in e.message for e in errors), errors
+    (tmp_path / "config.json").write_text(json.dumps(to_hf_config_of("tiny-dense")))
+    assert not [e for e in check_recipe(rec, env=Environment(modelopt="0.47.0")).errors if e.path == "source.path"]
+
+
+def to_hf_config_of(name: str) -> dict:
+    from modelopt_typed_recipes.bridges.hf_config import to_hf_config
+
+    return to_hf_config(get_arch(name))

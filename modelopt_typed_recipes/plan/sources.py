@@ -42,6 +42,24 @@ def weights_dir(recipe: Recipe, arch: ModelArch) -> Path | None:
     return None
 
 
+def hf_config_problems(folder: Path) -> list[RecipeError]:
+    """A checkpoint's ``config.json`` that transformers would fail on: unreadable (read with the bridge's
+    bounds), or a model type only the checkpoint's own code defines (this package never runs that code)."""
+    from ..bridges.hf_config import HF_MODEL_TYPES, read_config_json
+
+    try:
+        config = read_config_json(folder)
+    except SpecError as err:
+        return [SpecError(err.message, path="source.path", hint=err.hint)]
+    model_type = config.get("model_type")
+    if "auto_map" in config and isinstance(model_type, str) and model_type not in HF_MODEL_TYPES:
+        return [CompatibilityError(
+            f"model type {model_type[:80]!r} of {str(folder)[:200]!r} is defined by the checkpoint's own code "
+            "(auto_map); this package does not run a checkpoint's code", path="source.path",
+            hint="supported model types: " + ", ".join(sorted(HF_MODEL_TYPES)))]
+    return []
+
+
 def source_problems(recipe: Recipe, arch: ModelArch, env: Environment, backend: str) -> list[RecipeError]:
     """Every problem of the recipe's source on this machine and backend."""
     from ..catalog.models.reference import BUILTIN_WEIGHTS
@@ -58,6 +76,8 @@ def source_problems(recipe: Recipe, arch: ModelArch, env: Environment, backend: 
         elif isinstance(src, HFCheckpoint) and not (p / "config.json").is_file():
             out.append(SpecError(f"{src.path!r} has no config.json: not a Hugging Face checkpoint",
                                  path="source.path"))
+        elif isinstance(src, HFCheckpoint):
+            out += hf_config_problems(p)
         elif isinstance(src, MegatronCheckpoint) and backend == "megatron":
             saved = saved_layer_spec(src)
             if saved in ("te", "modelopt") and not env.transformer_engine:
