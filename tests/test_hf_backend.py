@@ -278,3 +278,22 @@ def test_hf_checkpoint_compressed_fp8_exports(tmp_path: Path, hf_checkpoint: Pat
     m = result.metrics
     assert abs(m["perplexity_export"] / m["perplexity_after"] - 1) < 0.01, m
     assert abs(m["perplexity_change_pct"]) < 1.0, m
+
+
+def test_save_setting_decides_what_the_hf_backend_keeps(tmp_path: Path) -> None:
+    """The recipe's ``save`` (``plan/save.py``) on the HF backend: ``none`` keeps no ModelOpt state even without
+    an export; ``final`` keeps it beside the export. The manifest lists each decision and its reason."""
+    q = {"technique": "quantize", "format": "fp8"}
+    doc = tiny_recipe(tmp_path, "tiny-dense", [q], evaluation=None, save="none")
+    result = api.run_post_training(doc, progress=False)
+    assert result.stages[0].outputs == () and result.stages[0].details["checkpoint"]["reason"] == "save: none"
+    assert not list(Path(result.output_dir).glob("01-*/modelopt_model.pth"))
+    manifest = json.loads((Path(result.output_dir) / "manifest.json").read_text())
+    assert manifest["saved"]["checkpoints"] == [{"stage": "quantize-fp8", "saved": False, "reason": "save: none"}]
+
+    doc = tiny_recipe(tmp_path / "final", "tiny-dense", [q, {"technique": "export"}], evaluation=None, save="final")
+    result = api.run_post_training(doc, progress=False)
+    out = Path(result.output_dir)
+    assert (out / "01-quantize-fp8" / "modelopt_model.pth").is_file() and (out / "export" / "config.json").is_file()
+    assert result.stages[0].details["checkpoint"] == {"saved": True, "reason": "save: final: the final model",
+                                                      "path": "01-quantize-fp8/modelopt_model.pth"}

@@ -300,3 +300,100 @@ def test_exported_config_follows_pruned_moe_arch(tmp_path):
     assert (cfg["num_experts"], cfg["moe_intermediate_size"], cfg["num_hidden_layers"]) == (4, 32, 1)
     assert cfg["num_local_experts"] == 4
     assert stages.sync_exported_config(tmp_path, pruned) == {}  # idempotent
+
+
+@pytest.fixture
+def export_env(monkeypatch):
+    """A machine whose megatron-core exports (>= 0.18), and ModelOpt's exporter replaced by a recorder: this
+    machine's megatron-core 0.16 cannot import it. What is tested is our hand-over, not ModelOpt's writer."""
+    from modelopt_typed_recipes.runtime.megatron import stages
+
+    env = check_mod.Environment(megatron_core="0.19.2", modelopt="0.47.0", cuda=True, gpu_count=1)
+    monkeypatch.setattr(check_mod.Environment, "detect", classmethod(lambda cls: env))
+    calls = []
+
+    def fake_export(model, hf_reference, export_dir, **kw):
+        ref = Path(hf_reference)
+        calls.append({"config": json.loads((ref / "config.json").read_text()),
+                      "files": sorted(p.name for p in ref.iterdir())})
+        (Path(export_dir) / "model.safetensors").write_bytes(b"")
+
+    monkeypatch.setattr(stages, "export_hf", fake_export)
+    return calls
+
+
+def test_stages_hand_over_in_memory_and_save_only_what_is_asked(dist_cpu, tmp_path, export_env):
+    """Random weights -> FP8 -> export: no checkpoint under ``save: auto`` (the export is the deliverable), an
+    HF reference folder made from the architecture and the reference tokenizer (removed afterwards), and the
+    manifest saying so; ``save: final`` writes the quantized model's checkpoint too."""
+    from modelopt_typed_recipes.runtime.manifest import build_manifest
+    from modelopt_typed_recipes.spec.recipe import RandomInit
+
+    r = Recipe(name="t", model=arch_4k(), source=RandomInit(), stages=(Quantize(format="fp8"), Export()),
+               calibration=CALIB, output_dir=str(tmp_path / "o"), backend="megatron", device="cuda")
+    res = _run(r, tmp_path / "auto")
+    quant, export = res.stages
+    assert quant.outputs == () and quant.details["checkpoint"] == {
+        "saved": False, "reason": "save: auto: stages[1] exports the final model"}
+    staging = tmp_path / "auto" / "staging"
+    assert sorted(p.name for p in staging.iterdir()) == ["02-export-hf"]  # no checkpoint, no reference folder
+    [call] = export_env
+    assert call["config"]["architectures"] == ["Qwen3ForCausalLM"] and call["config"]["vocab_size"] == 4096
+    assert "tokenizer.json" in call["files"] and call["config"]["eos_token_id"] is not None
+    assert "reference tokenizer" in export.details["hf_reference"]
+    archs = r.archs_per_stage()
+    from modelopt_typed_recipes.runtime.backend import RunPlan
+
+    plan = RunPlan(backend="megatron", device="cpu", dtype="fp32", arch=archs[0], stage_archs=archs,
+                   output_dir=tmp_path / "o", staging_dir=staging)
+    manifest = build_manifest(r, plan, res)
+    assert manifest["recipe"]["save"] == "auto"
+    assert manifest["saved"] == {"checkpoints": [{"stage": "quantize-fp8", "saved": False,
+                                                  "reason": "save: auto: stages[1] exports the final model"}],
+                                 "handovers": []}
+
+    res = _run(attrs.evolve(r, save="final"), tmp_path / "final")
+    quant = res.stages[0]
+    assert quant.outputs == ("01-quantize-fp8/checkpoint",)
+    assert quant.details["checkpoint"]["saved"] and quant.details["checkpoint"]["reason"] == "save: final: the final model"
+    assert (tmp_path / "final" / "staging" / "01-quantize-fp8" / "checkpoint" / "metadata.json").is_file()
+
+
+def test_check_refuses_exports_it_cannot_write(tmp_path, export_env):
+    """What the run would only find out after quantizing, ``check`` says first."""
+    src = MegatronCheckpoint(path=str(tmp_path))
+    r = Recipe(model=arch_4k(), source=src, stages=(Quantize(format="fp8"), Export()),
+               output_dir=str(tmp_path / "o"), backend="megatron", device="cuda")
+    report = check_mod.check_recipe(r)
+    assert [e.path for e in report.errors] == ["source.hf_reference"]
+    from modelopt_typed_recipes.spec.recipe import RandomInit
+
+    small = attrs.evolve(arch_4k(), vocab=Vocab(size=256, divisible_by=128))
+    report = check_mod.check_recipe(attrs.evolve(r, model=small, source=RandomInit()))
+    assert [e.path for e in report.errors] == ["model.vocab.size"] and "257" in report.errors[0].message
+
+
+def test_layout_handover_frees_the_old_model_before_building_the_new(dist_cpu, tmp_path):
+    """Between layouts the model goes through a temporary checkpoint; the old model (and its reference cycles)
+    must be gone before the new one is built, or both share the GPU (measured: the TP2 -> PP2 export peak
+    held a second 8 GB copy of qwen3-8b)."""
+    import gc
+    import weakref
+
+    from modelopt_typed_recipes.runtime.megatron import backend, build, stages
+
+    m = build.build_model(arch_4k(), ParallelLayout(), dtype="fp32", device="cpu", spec="local")
+    stages.quantize(m, Quantize(format="fp8"), [torch.randint(0, 4096, (2, 32))], progress=False)
+    before = stages.amax_state(m)
+    build.save_checkpoint(m, tmp_path / "h", arch=arch_4k())
+    gone = weakref.ref(m)
+    gc.disable()  # only _reload's own collection may free it
+    try:
+        del m
+        fresh = backend._reload(arch_4k(), ParallelLayout(), tmp_path / "h", dtype="fp32", device="cpu", spec="local",
+                                seed=1)
+    finally:
+        gc.enable()
+    assert gone() is None and not (tmp_path / "h").exists()
+    after = stages.amax_state(fresh)
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in after)

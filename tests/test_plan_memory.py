@@ -127,3 +127,24 @@ def test_predictions_stay_within_15_percent_of_the_h100_measurements():
         assert pred["quantize"] == pytest.approx(max(r["calibrate"], r["fake_quant_forward"]) + buffer, rel=0.15)
         checked += 1
     assert checked == 4
+
+
+def test_kimi_export_profile_builds_on_the_cpu_and_is_not_refused(capsys):
+    """Megatron-LM's Kimi-K2 export (PP 16, CPU and meta-device init) keeps the 1 T parameters in host memory;
+    the plan used to refuse it as 142 GiB per GPU. A GPU-resident export of the same layout is still refused."""
+    import json
+
+    from modelopt_typed_recipes.catalog.profiles import get_profile
+    from modelopt_typed_recipes.cli import main
+    from modelopt_typed_recipes.plan.launch import plan
+
+    prof = get_profile("kimi-k2-instruct-export")
+    assert prof.stage == "export" and prof.use_cpu_initialization
+    lp = plan("kimi-k2-instruct", 16, stage="export", recipe=prof.layout_fields(), weights_on_host=True)
+    assert lp.memory.fits and lp.memory.terms["weights"] == 0
+    assert 100 * 2**30 < lp.memory.host_bytes < 200 * 2**30  # 1 T bf16 params / 16 stages, plus one layer
+    with pytest.raises(ResourceError):
+        plan("kimi-k2-instruct", 16, stage="export", recipe=prof.layout_fields())
+    assert main(["plan", "kimi-k2-instruct", "--profile", "kimi-k2-instruct-export", "--gpus", "16", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["stage"] == "export" and out["memory"]["fits"] and out["memory"]["host_bytes"] > 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import attrs
 
-from ..spec._validate import fail, positive_int
+from ..spec._validate import fail, one_of, positive_int
 from ..spec.layout import stage_layers
 from .registry import Registry
 
@@ -31,8 +31,12 @@ class LaunchProfile:
     first_pipeline_num_layers: int | None = attrs.field(default=None, validator=positive_int)
     """``--decoder-first-pipeline-num-layers``: layers on the first stage when the split is uneven."""
     last_pipeline_num_layers: int | None = attrs.field(default=None, validator=positive_int)
+    stage: str = attrs.field(default="quantize",
+                             validator=one_of(("quantize", "auto-quantize", "prune", "export", "distill")))
+    """The post-training stage the profile launches (``plan --profile`` plans it unless ``--stage`` says)."""
     init_model_with_meta_device: bool = False
     use_cpu_initialization: bool = False
+    """Megatron-LM builds the model on the CPU; its export then keeps the weights in host memory."""
     checkpoint_path: str | None = None
     """Where the seed expects the HF checkpoint (``HF_MODEL_CKPT``)."""
     seed_file: str | None = None
@@ -77,6 +81,8 @@ class LaunchProfile:
             "context_parallel": self.context_parallel,
             "first_pipeline_num_layers": self.first_pipeline_num_layers,
             "last_pipeline_num_layers": self.last_pipeline_num_layers,
+            "stage": self.stage,
+            "use_cpu_initialization": self.use_cpu_initialization,
             "description": self.description,
         }
 
@@ -99,7 +105,7 @@ _BUILTIN = (
         name="kimi-k2-instruct-export",
         arch="kimi-k2-instruct",
         description="Kimi-K2 export on 2 nodes: PP 16 with 3/2 layers on the first/last stage, meta-device init",
-        pipeline_parallel=16, first_pipeline_num_layers=3, last_pipeline_num_layers=2,
+        pipeline_parallel=16, first_pipeline_num_layers=3, last_pipeline_num_layers=2, stage="export",
         init_model_with_meta_device=True, use_cpu_initialization=True,
         checkpoint_path=_KIMI_CKPT,
         seed_file="moonshotai/kimi_k2_instruct_export",

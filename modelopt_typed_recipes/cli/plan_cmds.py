@@ -41,7 +41,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--gpu", default="h100-80gb", help="GPU model (a100-80gb, h100-80gb, h200-141gb, b200-192gb, "
                    "gb200); 'auto' reads the local GPU through nvidia-ml-py")
     p.add_argument("--nodes", type=int, help="nodes the GPUs are spread over (default: as few as hold them)")
-    p.add_argument("--stage", default="quantize", type=_stage_name, choices=STAGE_CHOICES, help="post-training stage (default: quantize)")
+    p.add_argument("--stage", type=_stage_name, choices=STAGE_CHOICES,
+                   help="post-training stage (default: the profile's, else quantize)")
     for flag, dest, what in (("--tp", "tensor_parallel", "tensor"), ("--pp", "pipeline_parallel", "pipeline"),
                              ("--cp", "context_parallel", "context"), ("--ep", "expert_parallel", "expert"),
                              ("--etp", "expert_tensor_parallel", "expert tensor"), ("--dp", "data_parallel", "data")):
@@ -79,12 +80,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
             raise CompatibilityError("no GPU found through nvidia-ml-py", path="gpu", hint="name one, e.g. h100-80gb")
         gpu = found
     recipe = None
+    stage, on_host = args.stage or "quantize", False
     if args.profile:
         from ..catalog.profiles import get_profile
 
-        recipe = get_profile(args.profile).layout_fields()
+        profile = get_profile(args.profile)
+        recipe = profile.layout_fields()
+        stage = args.stage or profile.stage
+        on_host = profile.use_cpu_initialization and stage == "export"
     lp = plan(
-        args.name, args.gpus, stage=args.stage, gpu=gpu, nodes=args.nodes,
+        args.name, args.gpus, stage=stage, gpu=gpu, nodes=args.nodes, weights_on_host=on_host,
         tensor_parallel=args.tensor_parallel, pipeline_parallel=args.pipeline_parallel,
         context_parallel=args.context_parallel, expert_parallel=args.expert_parallel,
         expert_tensor_parallel=args.expert_tensor_parallel, data_parallel=args.data_parallel,
@@ -123,6 +128,8 @@ def _print_plan(lp: LaunchPlan) -> None:
     for k, v in m.terms.items():
         if v:
             head.add_row(f"  {k}", _gib(v))
+    if m.host_bytes:
+        head.add_row("host memory per rank", f"{_gib(m.host_bytes)} (model built on the CPU, as Megatron-LM's export)")
     head.add_row("  exported weights", _gib(m.weights_quantized_bytes) + f" ({m.quant_format})")
     head.add_row("torchrun", shlex.join(lp.argv))
     if lp.nnodes > 1:

@@ -95,6 +95,9 @@ def _run(args: argparse.Namespace) -> int:
     for _path, recipe in recipes:
         with contextlib.redirect_stdout(sys.stderr):  # ModelOpt prints progress notes on stdout
             results.append(run_post_training(recipe, progress=not args.no_progress))
+    from ..runtime.distributed import finish
+
+    finish()  # torch.distributed's own teardown, not the interpreter's at exit
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     if args.json:

@@ -23,6 +23,7 @@ from ..spec.recipe import Recipe
 from .backend_choice import BackendName, backend_problems, choose_backend, choose_device, choose_dtype
 from .environment import Environment
 from .run_plan import CalibrationWindows, RunPlan, StagePlan
+from .save import save_decisions
 from .sources import source_problems, weights_dir
 from .techniques import StageContext, technique_for
 from .techniques.quantize import quantize_config
@@ -75,6 +76,7 @@ def check_recipe(recipe: Recipe, *, env: Environment | None = None, layout: Para
     errors += backend_problems(backend, env, cuda=cuda)
 
     cal = recipe.calibration
+    saves = save_decisions(recipe)
     for i, stage in enumerate(recipe.stages):
         path = f"stages[{i}]"
         arch = archs[i]
@@ -90,7 +92,7 @@ def check_recipe(recipe: Recipe, *, env: Environment | None = None, layout: Para
                 seq_length=getattr(stage, "calibration_seq_length", None) or cal.seq_length,
                 batch_size=cal.batch_size)
         planned = StagePlan(index=i, label=stage.label, technique=technique.name, stage=stage, arch=arch,
-                            layout=stage_layout, calibration=windows)
+                            layout=stage_layout, calibration=windows, save=saves[i])
         not_here = technique.backend_problem(backend, path)
         if not_here is not None:
             errors.append(not_here)

@@ -135,6 +135,7 @@ def plan(
     quant_format: str = "fp8",
     program: Sequence[str] = DEFAULT_PROGRAM,
     check_memory: bool = True,
+    weights_on_host: bool = False,
     master_addr: str | None = None,
     master_port: int | None = None,
     job_name: str | None = None,
@@ -171,7 +172,7 @@ def plan(
     }  # fmt: skip
     renv = resolve(args={k: v for k, v in overrides.items() if v is not None}, recipe=recipe, environ=environ)
     mem_kwargs: dict[str, Any] = {"stage": stage, "batch": batch, "seq_length": seq_length,
-                                  "quant_format": quant_format}
+                                  "quant_format": quant_format, "weights_on_host": weights_on_host}
 
     if renv.layout_is_set:
         layout = _resolved_layout(arch, renv, stage, gpus, seq_length)

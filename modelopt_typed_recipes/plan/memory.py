@@ -14,7 +14,9 @@ Terms, for the most loaded rank (the pipeline stage holding the most bytes):
   scores, their fp32 softmax copies), the MLP/Mamba intermediates and the logits.
 * ``kv_cache``: the KV cache of a sanity generation (0 unless ``generate_tokens``).
 * ``export_reshard``: export (TP=1, PP only) gathers one layer at a time into bf16 and packs it to the
-  output format, next to the resident model.
+  output format, next to the resident model. Megatron-LM's export builds the model with CPU
+  initialisation (``--use-cpu-initialization``, Kimi-K2's export also ``--init-model-with-meta-device``)
+  and never moves it to the GPU: then both terms live in host memory (``host_bytes``), not on the GPU.
 * ``optimizer``: distillation trains: fp32 master weights, gradients and Adam moments (distributed
   optimizer: divided by DP), plus the bf16 teacher.
 
@@ -55,13 +57,21 @@ class MemoryModel:
     mlp_copies: float = 2.0
     """bf16 copies of the first MLP projection's output alive at once (fc1 output and activation)."""
     logits_copies: float = 2.0
-    """bf16 logits and the contiguous transposed copy ``GPTModel`` returns."""
+    """bf16 full-vocabulary logits and the contiguous transposed copy ``GPTModel`` returns; with TP > 1 the rank's
+    own vocabulary slice is alive beside them while they are gathered (qwen3-8b at TP 2 on an H200: planned
+    within 4 %, benchmarks/scale_gpu.md; the slice alone under-planned it by 25 %)."""
     fake_quant_weight_copies: float = 1.0
     """bf16-sized copies of the largest linear weight alive while it is fake-quantized (1 with ModelOpt's CUDA
     kernel; its eager fallback holds fp32 temporaries, about 5). Only raises the peak when the linears, not
     attention or the logits, hold it: not observable in the H100 runs, where attention dominated."""
     fake_quant_input_copies: float = 1.0
     """bf16-sized copies of the largest linear input alive while it is fake-quantized (same caveat)."""
+    export_fp32_copies: float = 2.0
+    """fp32 copies of the largest linear weight alive while the exporter packs it into the output format."""
+    export_embedding_copies: float = 1.0
+    """bf16 copies of the rank's embedding or output matrix alive while it is written out. With the two above,
+    the export peak of qwen3-8b on an H200 is planned within 2.5 % (FP8 and NVFP4, benchmarks/scale_gpu.md);
+    the per-layer term alone under-planned it by 9-12 %."""
     quantizer_bytes_per_param: dict[str, float] = attrs.field(factory=lambda: {
         "fp8": 0.0, "nvfp4": 0.0, "nvfp4_awq": 4 / 16, "int4_awq": 4 / 128 + 2 / 128, "w4a8_awq": 4 / 128 + 2 / 128,
         "int8_sq": 0.01, "int8": 0.0, "fp8_blockwise": 4 / (128 * 128), "mxfp8": 0.0, "mxfp4": 0.0, "bf16": 0.0,
@@ -93,6 +103,8 @@ class MemoryPlan:
     quant_format: str
     measured: bool
     """Whether this stage's formula was compared with a GPU measurement (quantize and prune: yes)."""
+    host_bytes: int = 0
+    """Bytes the rank keeps in host memory instead (an export whose model is built on the CPU)."""
 
     @property
     def per_rank_bytes(self) -> int:
@@ -117,6 +129,7 @@ class MemoryPlan:
             "seq_length": self.seq_length,
             "quant_format": self.quant_format,
             "measured_formula": self.measured,
+            "host_bytes": self.host_bytes,
         }
 
 
@@ -270,8 +283,9 @@ def forward_activation_bytes(arch: ModelArch, layout: ParallelLayout, params: Ra
         heads, head_dim, groups, state = arch.require_mamba().resolved(h)
         inner = heads * head_dim
         peaks["mamba"] = 2 * tokens * (2 * inner + 2 * groups * state + heads) / tp * BF16
-    if last_stage:
-        peaks["logits"] = model.logits_copies * tokens * arch.vocab.padded(tp) / tp * BF16
+    if last_stage:  # ModelOpt's megatron_prefill gathers the vocabulary (runtime_gather_output) on every TP rank
+        vocab = arch.vocab.padded(tp)
+        peaks["logits"] = tokens * BF16 * (model.logits_copies * vocab + (vocab / tp if tp > 1 else 0))
     linear_peak = max(peaks.get("mlp", 0.0), peaks.get("moe", 0.0), peaks.get("mamba", 0.0))
     return {"resident": int(resident), "peak": int(max(peaks.values())), "linear_peak": int(linear_peak),
             "tokens": tokens}
@@ -292,8 +306,12 @@ def training_activation_bytes(arch: ModelArch, layout: ParallelLayout, params: R
 # --------------------------------------------------------------------------- the plan
 def estimate(arch: ModelArch, layout: ParallelLayout, gpu: GpuSpec, *, stage: str = "quantize",
              batch: int = 1, seq_length: int | None = None, quant_format: str = "fp8",
-             generate_tokens: int = 0, model: MemoryModel = DEFAULT_MODEL) -> MemoryPlan:
-    """The memory plan of the most loaded rank of ``layout`` for ``stage`` on ``gpu``."""
+             generate_tokens: int = 0, weights_on_host: bool = False,
+             model: MemoryModel = DEFAULT_MODEL) -> MemoryPlan:
+    """The memory plan of the most loaded rank of ``layout`` for ``stage`` on ``gpu``.
+
+    ``weights_on_host``: an export whose model is built with CPU initialisation (Megatron-LM's export flow):
+    the weights and the per-layer reshard stay in host memory and count as ``host_bytes``."""
     stage = rules.check_stage_name(stage)
     fmt = get_format(quant_format)
     seq = seq_length or arch.seq_length
@@ -326,7 +344,14 @@ def estimate(arch: ModelArch, layout: ParallelLayout, gpu: GpuSpec, *, stage: st
         kv_share = 1 if isinstance(arch.attention, MLAttention) else tp
         n_attn = max(1, arch.layer_counts.attention)
         terms["kv_cache"] = int(generate_tokens * arch.kv_cache_bytes_per_token() * kv_layers / n_attn / kv_share)
-        terms["export_reshard"] = int(p.layer_max * (BF16 + fmt.weight_bits / 8)) if stage == "export" else 0
+        terms["export_reshard"] = 0
+        if stage == "export":
+            tp = layout.tensor_parallel
+            embedding = arch.vocab.padded(tp) * arch.hidden_size / tp \
+                if index == 0 or index == layout.pipeline_parallel - 1 else 0
+            terms["export_reshard"] = int(p.layer_max * (BF16 + fmt.weight_bits / 8)
+                                          + model.export_fp32_copies * p.largest_linear * 4
+                                          + model.export_embedding_copies * embedding * BF16)
         if stage == "distill":
             dp = layout.data_parallel
             terms["optimizer"] = int(p.total * (4 + 12 / dp))  # fp32 grads + (master, Adam m, v) sharded over DP
@@ -338,7 +363,11 @@ def estimate(arch: ModelArch, layout: ParallelLayout, gpu: GpuSpec, *, stage: st
     if best is None:  # pragma: no cover - a layout has at least one pipeline stage
         raise LayoutError("the layout has no pipeline stage", path="pipeline_parallel")
     _total, index, terms, quantized = best
-    return MemoryPlan(
+    host = 0
+    if weights_on_host and stage == "export":
+        host = terms["weights"] + terms["export_reshard"]
+        terms = {**terms, "weights": 0, "export_reshard": 0}
+    return MemoryPlan(host_bytes=host,
         stage=stage, layout=layout, gpu=gpu.name, pipeline_stage=index, terms=terms,
         weights_quantized_bytes=quantized, capacity_bytes=gpu.memory_bytes, usable_bytes=usable_bytes(gpu),
         batch=batch, seq_length=seq, quant_format=fmt.name, measured=stage in ("quantize", "prune"),
@@ -346,12 +375,12 @@ def estimate(arch: ModelArch, layout: ParallelLayout, gpu: GpuSpec, *, stage: st
 
 
 def fitting_layouts(arch: ModelArch, gpu: GpuSpec, gpus: int, *, stage: str = "quantize", batch: int = 1,
-                    seq_length: int | None = None, quant_format: str = "fp8",
+                    seq_length: int | None = None, quant_format: str = "fp8", weights_on_host: bool = False,
                     model: MemoryModel = DEFAULT_MODEL) -> Iterator[tuple[ParallelLayout, MemoryPlan]]:
     """Valid single-replica layouts for ``stage`` on at most ``gpus`` GPUs that fit, smallest first."""
     for layout in rules.candidate_layouts(arch, stage, gpus, seq_length=seq_length):
         mem = estimate(arch, layout, gpu, stage=stage, batch=batch, seq_length=seq_length,
-                       quant_format=quant_format, model=model)
+                       quant_format=quant_format, weights_on_host=weights_on_host, model=model)
         if mem.fits:
             yield layout, mem
 
@@ -369,7 +398,7 @@ def require_fit(mem: MemoryPlan, arch: ModelArch, gpu: GpuSpec, gpus: int, *,
     if mem.fits:
         return mem
     smallest = smallest_fitting(arch, gpu, gpus, stage=mem.stage, batch=mem.batch, seq_length=mem.seq_length,
-                                quant_format=mem.quant_format, model=model)
+                                quant_format=mem.quant_format, weights_on_host=mem.host_bytes > 0, model=model)
     need = f"{mem.per_rank_bytes / GIB:.1f} GiB per rank"
     have = f"{mem.usable_bytes / GIB:.1f} GiB usable on a {gpu.name}"
     if smallest is None:

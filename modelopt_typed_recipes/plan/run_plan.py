@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .backend_choice import BackendName, Device, Dtype
     from .coverage import Coverage
     from .environment import Environment
+    from .save import SaveDecision
 
 
 @attrs.frozen(kw_only=True)
@@ -54,8 +55,9 @@ class StagePlan:
     """The ModelOpt config a Quantize stage gives ``mtq.quantize`` (composed once, by the plan)."""
     calibration: CalibrationWindows | None = None
     """The stage's calibration windows (None: the stage reads no calibration data)."""
-    save: str | None = None
-    """What the stage leaves in the output folder (None: the backend's default for the technique)."""
+    save: SaveDecision | None = None
+    """Whether the stage writes its model as a checkpoint, and why (``plan/save.py``; None: the stage leaves the
+    model as it is, as export does)."""
 
     @property
     def path(self) -> str:
@@ -71,6 +73,7 @@ class StagePlan:
             "layout": to_dict(self.layout) if self.layout is not None else None,
             "config": self.config_source,
             "coverage": self.coverage.to_dict() if self.coverage is not None else None,
+            "save": self.save.to_dict() if self.save is not None else None,
         }
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import CompatibilityError, RecipeError, SpecError
 from ..spec.arch import ModelArch
-from ..spec.recipe import Builtin, HFCheckpoint, MegatronCheckpoint, Recipe
+from ..spec.recipe import Builtin, HFCheckpoint, MegatronCheckpoint, RandomInit, Recipe
 from .environment import Environment
 
 
@@ -88,6 +88,12 @@ def source_problems(recipe: Recipe, arch: ModelArch, env: Environment, backend: 
         out.append(CompatibilityError(
             "the Hugging Face backend reads Hugging Face checkpoints, not Megatron distributed checkpoints",
             path="source.type", hint="backend: megatron (on a GPU)"))
+    if isinstance(src, RandomInit) and arch.vocab.size < 257:
+        # random weights read the reference tokenizer's ids, or UTF-8 bytes below its vocabulary
+        # (runtime.data.random_init_tokenizer): the ids must be rows of the embedding
+        out.append(SpecError(f"random weights are fed UTF-8 bytes and an end-of-text id (257 ids), more than this "
+                             f"model's vocabulary of {arch.vocab.size}", path="model.vocab.size",
+                             hint="use a vocabulary of at least 257"))
     if isinstance(src, Builtin):
         folder = builtin_weights(arch)
         if folder is None:

@@ -122,6 +122,7 @@ def run_post_training(recipe: Recipe | str | Path | Mapping[str, Any], *, progre
     t0 = time.perf_counter()
     rec = load_recipe(recipe, overrides)
     plan = plan_run(rec, progress=progress)
+    t_plan = time.perf_counter() - t0
     backend = load_backend(plan.backend)
     check = getattr(backend, "check", None)
     if check is not None:
@@ -136,7 +137,9 @@ def run_post_training(recipe: Recipe | str | Path | Mapping[str, Any], *, progre
         if main:
             staging.mkdir(parents=True, exist_ok=True)
         result = backend.run(rec, plan)
-        result = attrs.evolve(result, output_dir=str(output), seconds=time.perf_counter() - t0)
+        timings = {"startup": _seconds_since_process_start() - (time.perf_counter() - t0), "plan": t_plan,
+                   **result.timings}
+        result = attrs.evolve(result, output_dir=str(output), seconds=time.perf_counter() - t0, timings=timings)
         if main:
             for stage in result.stages:
                 for rel in stage.outputs:
@@ -156,6 +159,13 @@ def run_post_training(recipe: Recipe | str | Path | Mapping[str, Any], *, progre
                     pass
         raise
     return result
+
+
+def _seconds_since_process_start() -> float:
+    """Wall time since this process started (interpreter start and imports before ``run_post_training``)."""
+    import psutil
+
+    return time.time() - psutil.Process().create_time()
 
 
 def _replace(staging: Path, output: Path) -> None:

@@ -145,6 +145,34 @@ def load_tokenizer(directory: str | Path | None, *, path: str = "source.path") -
         raise DataError(f"no usable tokenizer in {str(where)!r}: {exc}", path=path) from None
 
 
+class ByteTokenizer:
+    """UTF-8 bytes as token ids (0-255) plus one end-of-text id (256): the tokenizer of random-init models.
+
+    A random-init model has no trained tokenizer; bytes keep its data real text, deterministic and within
+    any vocabulary of 257 or more entries (the Megatron-Core backend takes it for vocabularies too small for
+    the reference tokenizer).
+    """
+
+    eos_token_id = 256
+    eos_token = "<|endoftext|>"
+
+    def __call__(self, text: str | list[str], add_special_tokens: bool = False) -> dict[str, Any]:
+        if isinstance(text, list):
+            return {"input_ids": [list(t.encode("utf-8")) for t in text]}
+        return {"input_ids": list(text.encode("utf-8"))}
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Nothing to write: a byte tokenizer has no files (the manifest records it)."""
+
+
+def random_init_tokenizer(vocab_size: int) -> Any:
+    """The tokenizer of a random-weight run: the reference tokenizer when the vocabulary holds its ids
+    (its files can then go into an export), else :class:`ByteTokenizer`."""
+    from ..catalog import get_arch
+
+    return load_tokenizer(None) if vocab_size >= get_arch("reference-llama").vocab.size else ByteTokenizer()
+
+
 def token_windows(data: TextData, tokenizer: Any, *, path: str = "calibration", num_samples: int | None = None,
                   seq_length: int | None = None) -> Any:
     """A ``[n, seq_length]`` LongTensor of consecutive windows (n <= num_samples, as many as the text gives)."""

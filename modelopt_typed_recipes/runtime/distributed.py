@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from ..spec.layout import ParallelLayout
 
 
+_OWN_GROUP = False
+"""Whether :func:`init_process_group` started torch.distributed (then :func:`finish` may end it)."""
+
+
 def free_port() -> int:
     """A TCP port nobody listens on now (bound to port 0, then released), for a world of one."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -53,6 +57,8 @@ def init_process_group(*, device: str, ranks: tuple[int, int, int] | None = None
                               path="layout")
         os.environ["MASTER_PORT"] = str(free_port())
     dist.init_process_group("nccl" if device == "cuda" else "gloo", rank=rank, world_size=size)
+    global _OWN_GROUP
+    _OWN_GROUP = True
     return rank, size
 
 
@@ -77,6 +83,31 @@ def set_layout(layout: ParallelLayout, *, seed: int = 1234, device: str = "cuda"
         tensor_parallel.model_parallel_cuda_manual_seed(seed)
 
 
+def seed_weights(seed: int, *, device: str = "cuda") -> None:
+    """Seed every generator a model's random initialisation draws from (the CPU one and Megatron's CUDA
+    ones), so random weights depend on ``seed`` alone."""
+    import torch
+
+    torch.manual_seed(seed)
+    if device == "cuda":
+        from megatron.core import tensor_parallel
+
+        tensor_parallel.model_parallel_cuda_manual_seed(seed)
+
+
+def max_over_ranks(value: int) -> int:
+    """The largest ``value`` over all ranks (a stage's peak memory is its most loaded rank's)."""
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return value
+    device = torch.cuda.current_device() if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
 def barrier() -> None:
     import torch.distributed as dist
 
@@ -96,3 +127,17 @@ def shutdown() -> None:
 
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
+
+
+def finish() -> None:
+    """End the process group this module started (a command line run ends here); a group someone else
+    started (a notebook, a test harness) is left alone."""
+    global _OWN_GROUP
+    if not _OWN_GROUP:
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        shutdown()
+        dist.destroy_process_group()
+    _OWN_GROUP = False

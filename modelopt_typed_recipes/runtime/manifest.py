@@ -8,6 +8,7 @@ the calibration data hash and the seeds, plus the stage's own facts.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import importlib.metadata
 import json
 import platform
@@ -29,6 +30,7 @@ _PACKAGES = (
 )
 
 
+@functools.cache
 def package_versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {"python": platform.python_version()}
     for name in _PACKAGES:
@@ -80,8 +82,19 @@ def build_manifest(recipe: Recipe, plan: RunPlan, result: PostTrainingResult,
             "seq_length": recipe.calibration.seq_length,
         },
         "seeds": {"recipe": recipe.seed, "source": getattr(recipe.source, "seed", None)},
+        "saved": saved_models(result),
         "stage": stage.to_dict() if stage is not None else None,
         "result": result.to_dict() if stage is None else None,
+    }
+
+
+def saved_models(result: PostTrainingResult) -> dict[str, Any]:
+    """What the run wrote of its model besides the export, and why: each stage's checkpoint decision
+    (``plan/save.py``) and each hand-over between layouts through a temporary checkpoint."""
+    return {
+        "checkpoints": [{"stage": s.name, **s.details["checkpoint"]} for s in result.stages
+                        if "checkpoint" in s.details],
+        "handovers": [{"stage": s.name, **s.details["handover"]} for s in result.stages if "handover" in s.details],
     }
 
 

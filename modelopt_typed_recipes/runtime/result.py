@@ -25,7 +25,7 @@ class StageResult:
     seconds: float
     status: Status = "ok"
     peak_memory_bytes: int | None = None
-    """Peak accelerator memory during the stage (CPU runs: peak resident memory of the process)."""
+    """Peak accelerator memory during the stage, on the most loaded rank (CPU runs: peak resident memory)."""
     params_before: int | None = None
     params_after: int | None = None
     effective_bits: float | None = None

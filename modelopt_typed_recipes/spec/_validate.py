@@ -55,6 +55,11 @@ def one_of(choices: Iterable[str]) -> Callable[[Any, Any, Any], None]:
     return check
 
 
+def optional_bool(_inst: Any, attr: Any, value: Any) -> None:
+    if value is not None and not isinstance(value, bool):
+        raise fail(attr.name, f"must be true, false or unset, got {value!r}")
+
+
 def non_empty_str(_inst: Any, attr: Any, value: Any) -> None:
     if not isinstance(value, str) or not value.strip():
         raise fail(attr.name, f"must be a non-empty string, got {value!r}")

@@ -25,6 +25,10 @@ SCHEMA_VERSION = 1
 ArchResolver = Callable[[str], ModelArch]
 """Looks a registry name up (``catalog.get_arch``); injected so that ``spec/`` never imports the catalog."""
 
+# When a run writes the model as a checkpoint (Megatron distributed checkpoint with ModelOpt state, or
+# ModelOpt's state file on the Hugging Face backend); plan/save.py decides per stage.
+SAVE_POLICIES: tuple[str, ...] = ("auto", "final", "all", "none")
+
 # Text corpora shipped with the package (the reference model's training and held-out splits).
 BUILTIN_DATASETS: tuple[str, ...] = ("reference-train", "reference-heldout")
 
@@ -131,6 +135,11 @@ class Recipe:
         default="auto", validator=one_of(["auto", "fp32", "bf16", "fp16"])
     )
     """Compute dtype; ``auto``: fp32 on the CPU, bf16 on CUDA."""
+    save: Literal["auto", "final", "all", "none"] = attrs.field(default="auto", validator=one_of(SAVE_POLICIES))
+    """Which stages write their model as a checkpoint (stages hand the model over in memory otherwise):
+    ``auto`` only what is needed to deploy or resume (the last quantize/prune stage when no export follows
+    it), ``final`` the last one even when an export follows, ``all`` every quantize/prune stage, ``none``
+    nothing. A stage's own ``save: true/false`` overrides it."""
     seed: int = 1234
     schema_version: int = SCHEMA_VERSION
 

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal
 import attrs
 
 from ..errors import SpecError, UnknownNameError
-from ._validate import fail, non_empty_strs, one_of, positive_int
+from ._validate import fail, non_empty_strs, one_of, optional_bool, positive_int
 from .arch import Attention, MLAttention, ModelArch, MoE
 from .formats import QuantFormat, get_format
 
@@ -109,6 +109,8 @@ class Quantize:
     """Overrides ``recipe.calibration.seq_length`` for this stage."""
     compress: bool = False
     """Store real low-precision weights (``mtq.compress``) instead of fake-quantized high-precision ones."""
+    save: bool | None = attrs.field(default=None, validator=optional_bool)
+    """Write this stage's model as a checkpoint: ``true`` always, ``false`` never, unset: the recipe's ``save``."""
 
     def __attrs_post_init__(self) -> None:
         if (self.format is None) == (self.recipe is None):
@@ -175,6 +177,8 @@ class AutoQuantize:
     exclude: tuple[str, ...] = attrs.field(default=(), validator=non_empty_strs)
     """Layers never quantized (ModelOpt's ``disabled_layers``)."""
     calibration_samples: int | None = attrs.field(default=None, validator=positive_int)
+    save: bool | None = attrs.field(default=None, validator=optional_bool)
+    """Write this stage's model as a checkpoint: ``true`` always, ``false`` never, unset: the recipe's ``save``."""
 
     def __attrs_post_init__(self) -> None:
         if self.recipe is None and self.effective_bits is None:
@@ -281,6 +285,8 @@ class Prune:
     """Active-parameter target for MoE models."""
     calibration_samples: int | None = attrs.field(default=None, validator=positive_int)
     """Samples used to score importance (overrides ``recipe.calibration.num_samples``)."""
+    save: bool | None = attrs.field(default=None, validator=optional_bool)
+    """Write this stage's model as a checkpoint: ``true`` always, ``false`` never, unset: the recipe's ``save``."""
 
     def __attrs_post_init__(self) -> None:
         sizes = self.export_config

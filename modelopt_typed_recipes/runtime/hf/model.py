@@ -8,27 +8,8 @@ from typing import Any
 from ...errors import CompatibilityError, SpecError
 from ...spec.arch import ModelArch
 from ...spec.recipe import RandomInit, Recipe
+from ..data import ByteTokenizer
 from ..dtypes import torch_dtype
-
-
-
-class ByteTokenizer:
-    """UTF-8 bytes as token ids (0-255) plus one end-of-text id (256): the tokenizer of random-init models.
-
-    A random-init model has no trained tokenizer; bytes keep its data real text, deterministic and within
-    any vocabulary of 257 or more entries.
-    """
-
-    eos_token_id = 256
-    eos_token = "<|endoftext|>"
-
-    def __call__(self, text: str | list[str], add_special_tokens: bool = False) -> dict[str, Any]:
-        if isinstance(text, list):
-            return {"input_ids": [list(t.encode("utf-8")) for t in text]}
-        return {"input_ids": list(text.encode("utf-8"))}
-
-    def save_pretrained(self, directory: str | Path) -> None:
-        """Nothing to write: a byte tokenizer has no files (the manifest records it)."""
 
 
 def hf_config_for(arch: ModelArch) -> dict[str, Any]:

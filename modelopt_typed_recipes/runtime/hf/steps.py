@@ -57,13 +57,16 @@ def _quantized(run: HFRun, sp: StagePlan, details: dict[str, Any], batches: list
     details["calibration_windows"] = sum(int(b.shape[0]) for b in batches)
     run.quantized = True
     outputs: tuple[str, ...] = ()
-    if run.recipe.export is None:  # no export follows: keep the fake-quantized model with its ModelOpt state
+    if sp.save is not None:  # plan/save.py: the recipe's save, as on Megatron-Core
+        details["checkpoint"] = sp.save.to_dict()
+    if sp.save is not None and sp.save.save:  # the fake-quantized model with its ModelOpt state
         import modelopt.torch.opt as mto
 
         out = run.plan.stage_dir(sp.index, sp.label)
         out.mkdir(parents=True, exist_ok=True)
         mto.save(run.model, str(out / "modelopt_model.pth"))
         outputs = (out.name,)
+        details["checkpoint"]["path"] = f"{out.name}/modelopt_model.pth"
     return StepResult(details=details, outputs=outputs, effective_bits=quantize.effective_bits(run.model),
                       quantizer_summary=quantize.quantizer_summary(run.model))
 

@@ -2,10 +2,12 @@
 
 The plan (names, versions, layouts, pattern coverage, composed configs) was checked before anything is
 built; ``run`` does the distributed setup for the first stage's layout, model from the architecture, weights, calibration
-windows, and the stages in order. Between stages whose layouts differ (a TP=2 quantization followed by a
-pipeline-only export) the model is saved as a Megatron distributed checkpoint with its ModelOpt state,
-the parallel groups are rebuilt and the model is re-loaded resharded. Everything is written under
-``plan.staging_dir``; the caller renames it to the output folder when ``run`` returns.
+windows, and the stages in order. Stages hand the model over in memory; a stage writes a Megatron
+distributed checkpoint only when its plan's save decision says so (``plan/save.py``). Between stages whose
+layouts differ (a TP=2 quantization followed by a pipeline-only export) the model goes through a temporary
+checkpoint with its ModelOpt state (the hand-over the stage's details report), the parallel groups are
+rebuilt and the model is re-loaded resharded. Everything is written under ``plan.staging_dir``; the caller
+renames it to the output folder when ``run`` returns.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from ...errors import SpecError
 from ...plan.run_plan import RunPlan
 from ...spec.arch import ModelArch
 from ...spec.layout import ParallelLayout
-from ...spec.recipe import Builtin, HFCheckpoint, MegatronCheckpoint, Recipe
+from ...spec.recipe import Builtin, HFCheckpoint, MegatronCheckpoint, RandomInit, Recipe
 from ..evaluate import add_change
 from ..result import PostTrainingResult, StageResult, peak_memory, reset_peak_memory
 
@@ -58,11 +60,14 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
     arch = plan.arch
     current = plan.stages[0].layout or recipe.layout or ParallelLayout()
     distributed.set_layout(current, seed=recipe.seed, device=device)
+    timings["setup"] = time.perf_counter() - t_start  # torch and Megatron-Core are first imported here
 
     # ---- model and weights
     t = time.perf_counter()
-    model = build.build_model(arch, current, dtype=dtype, device=device, spec=spec)
     src = recipe.source
+    if isinstance(src, RandomInit):
+        distributed.seed_weights(src.seed, device=device)
+    model = build.build_model(arch, current, dtype=dtype, device=device, spec=spec)
     hf_ref = _hf_reference(recipe)
     if hf_ref is not None and isinstance(src, HFCheckpoint | Builtin):
         build.import_hf(model, hf_ref, dtype=dtype, workspace=str(staging / ".import"))
@@ -72,9 +77,14 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
         raise SpecError("the built-in reference weights are not installed", path="source")
     timings["load"] = time.perf_counter() - t
 
-    tokenizer = data.load_tokenizer(
-        hf_ref, path="source.hf_reference" if isinstance(src, MegatronCheckpoint) else "source.path")
+    t = time.perf_counter()
+    if isinstance(src, RandomInit):
+        tokenizer = data.random_init_tokenizer(arch.vocab.size)
+    else:
+        tokenizer = data.load_tokenizer(
+            hf_ref, path="source.hf_reference" if isinstance(src, MegatronCheckpoint) else "source.path")
     calib = data.token_windows(recipe.calibration, tokenizer)
+    timings["data"] = time.perf_counter() - t
     eval_batches = None
     metrics: dict[str, float | None] = {}
     if recipe.evaluation is not None:
@@ -86,13 +96,21 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
 
     run = MegatronRun(recipe=recipe, plan=plan, model=model, layout=current, spec=spec, tokenizer=tokenizer,
                       windows=calib, hf_reference=hf_ref, archs=list(plan.stage_archs), eval_batches=eval_batches)
+    del model  # the run holds it now (a hand-over between layouts must be able to free it)
     results: list[StageResult] = []
     for sp in plan.stages:
         stage = sp.stage
         stage_arch = run.archs[sp.index]
+        handover = None
         if sp.layout is not None and sp.layout != run.layout:
-            run.model = _relayout(run.model, stage_arch, run.layout, sp.layout, staging / f".relayout-{sp.index}",
-                                  dtype=dtype, device=device, spec=spec, seed=recipe.seed)
+            t = time.perf_counter()
+            handover_dir = staging / f".relayout-{sp.index}"
+            build.save_checkpoint(run.model, handover_dir, arch=stage_arch)
+            run.model = None  # the last reference: freed, reference cycles included, before the new layout is built
+            run.model = _reload(stage_arch, sp.layout, handover_dir, dtype=dtype, device=device, spec=spec,
+                                seed=recipe.seed)
+            handover = {"from": run.layout.short(), "to": sp.layout.short(), "seconds": time.perf_counter() - t,
+                        "via": "a temporary Megatron distributed checkpoint, deleted once re-loaded"}
             run.layout = sp.layout
         reset_peak_memory(device)
         t = time.perf_counter()
@@ -102,11 +120,12 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
         if summary is None:
             summary = stages.quantizer_summary(run.model) if run.quantized else {}
         results.append(StageResult(
-            name=stage.label, technique=stage.technique, seconds=seconds, peak_memory_bytes=peak_memory(device),
+            name=stage.label, technique=stage.technique, seconds=seconds,
+            peak_memory_bytes=distributed.max_over_ranks(peak_memory(device)),
             params_before=stage_arch.params_total,
             params_after=step.params_after if step.params_after is not None else stage_arch.params_total,
             effective_bits=step.effective_bits, quantizer_summary=summary, outputs=step.outputs,
-            details={"layout": run.layout.short(), **step.details},
+            details={"layout": run.layout.short(), **({"handover": handover} if handover else {}), **step.details},
         ))
 
     if eval_batches is not None and (run.quantized or run.changed):
@@ -122,9 +141,11 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
     )
 
 
-def _relayout(model: Any, arch: ModelArch, old: ParallelLayout, new: ParallelLayout, tmp: Path, *, dtype: str,
-              device: str, spec: str, seed: int) -> Any:
-    """Move the model to another layout: dist checkpoint (with ModelOpt state) out, groups rebuilt, back in."""
+def _reload(arch: ModelArch, new: ParallelLayout, tmp: Path, *, dtype: str, device: str, spec: str,
+            seed: int) -> Any:
+    """The second half of a move between layouts: the old model is gone (collected here, with its reference
+    cycles, so two copies never share the GPU), groups rebuilt for ``new``, the hand-over checkpoint (with the
+    ModelOpt state) loaded and deleted."""
     import gc
 
     import torch
@@ -132,8 +153,6 @@ def _relayout(model: Any, arch: ModelArch, old: ParallelLayout, new: ParallelLay
     from .. import distributed
     from . import build
 
-    build.save_checkpoint(model, tmp, arch=arch)
-    del model
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -294,3 +294,23 @@ def sync_exported_config(export_dir: str | Path, arch: ModelArch) -> dict[str, t
         tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         tmp.replace(path)
     return changed
+
+
+def write_hf_reference(directory: str | Path, arch: ModelArch, tokenizer: Any) -> Path:
+    """A stand-in for the source Hugging Face folder of a random-weight model: ``config.json`` from the
+    architecture (``bridges.hf_config``) with the run's tokenizer and its special-token ids. ModelOpt's
+    exporter reads the config and copies the tokenizer files from it; no weights are needed."""
+    import json
+
+    from ...bridges.hf_config import to_hf_config
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = to_hf_config(arch)
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        value = getattr(tokenizer, key, None)
+        if value is not None or key in cfg:
+            cfg[key] = value
+    (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    tokenizer.save_pretrained(str(out))
+    return out

@@ -55,12 +55,22 @@ class MegatronRun:
     def out_dir(self, sp: StagePlan) -> Path:
         return self.plan.stage_dir(sp.index, sp.label)
 
-    def save_checkpoint(self, sp: StagePlan, arch: ModelArch) -> tuple[str, ...]:
-        """The stage's model as a Megatron distributed checkpoint (with its ModelOpt state)."""
+    def save_checkpoint(self, sp: StagePlan, arch: ModelArch) -> tuple[tuple[str, ...], dict[str, Any]]:
+        """The stage's model as a Megatron distributed checkpoint (with its ModelOpt state) when the plan's
+        save decision says so (``plan/save.py``); returns (outputs, details saying what was written and why)."""
+        import time
+
         from . import build
 
+        if sp.save is None:
+            return (), {}
+        info: dict[str, Any] = sp.save.to_dict()
+        if not sp.save.save:
+            return (), {"checkpoint": info}
+        t = time.perf_counter()
         ckpt = build.save_checkpoint(self.model, self.out_dir(sp) / "checkpoint", arch=arch, spec=self.spec)
-        return (str(ckpt.relative_to(self.plan.staging())),)
+        info.update(path=str(ckpt.relative_to(self.plan.staging())), seconds=time.perf_counter() - t)
+        return (info["path"],), {"checkpoint": info}
 
 
 def quantize(run: MegatronRun, stage: Quantize, sp: StagePlan) -> StepResult:
@@ -72,8 +82,9 @@ def quantize(run: MegatronRun, stage: Quantize, sp: StagePlan) -> StepResult:
                           progress=run.plan.progress)
     fmt = stage.quant_format
     run.quantized = True
-    return StepResult(details={"algorithm": cfg.get("algorithm")}, effective_bits=fmt.weight_bits if fmt else None,
-                      outputs=run.save_checkpoint(sp, run.archs[sp.index]))
+    outputs, saved = run.save_checkpoint(sp, run.archs[sp.index])
+    return StepResult(details={"algorithm": cfg.get("algorithm"), **saved},
+                      effective_bits=fmt.weight_bits if fmt else None, outputs=outputs)
 
 
 def auto_quantize(run: MegatronRun, stage: AutoQuantize, sp: StagePlan) -> StepResult:
@@ -82,8 +93,8 @@ def auto_quantize(run: MegatronRun, stage: AutoQuantize, sp: StagePlan) -> StepR
     best = stages.auto_quantize(run.model, stage, run.calibration_batches(sp), progress=run.plan.progress,
                                 path=sp.path)
     run.quantized = True
-    return StepResult(details=dict(best), effective_bits=best.get("effective_bits"),
-                      outputs=run.save_checkpoint(sp, run.archs[sp.index]))
+    outputs, saved = run.save_checkpoint(sp, run.archs[sp.index])
+    return StepResult(details={**best, **saved}, effective_bits=best.get("effective_bits"), outputs=outputs)
 
 
 def prune(run: MegatronRun, stage: Prune, sp: StagePlan) -> StepResult:
@@ -105,26 +116,41 @@ def prune(run: MegatronRun, stage: Prune, sp: StagePlan) -> StepResult:
     if new_arch.moe is not None:
         pruned.update(num_moe_experts=new_arch.moe.num_experts, moe_ffn_hidden_size=new_arch.moe.ffn_hidden_size)
     run.archs[sp.index + 1:] = [new_arch] * (len(run.archs) - sp.index - 1)
-    return StepResult(details={"pruned_arch": pruned, "layer_spec": run.spec}, params_after=new_arch.params_total,
-                      outputs=run.save_checkpoint(sp, new_arch))
+    outputs, saved = run.save_checkpoint(sp, new_arch)
+    return StepResult(details={"pruned_arch": pruned, "layer_spec": run.spec, **saved},
+                      params_after=new_arch.params_total, outputs=outputs)
 
 
 def export(run: MegatronRun, stage: Export, sp: StagePlan) -> StepResult:
     from .. import distributed
     from . import stages
 
-    if run.hf_reference is None:
-        raise CompatibilityError("export needs the source Hugging Face directory (config and tokenizer)",
-                                 path="source", hint="use an hf source, or megatron with hf_reference")
+    from ...spec.recipe import RandomInit
+    from ..data import ByteTokenizer
+
     arch = run.archs[sp.index]
+    details: dict[str, Any] = {}
+    ref = run.hf_reference
+    if ref is None and isinstance(run.recipe.source, RandomInit):  # the architecture and the tokenizer suffice
+        ref = str(run.plan.staging() / ".hf-reference")
+        if distributed.is_main():
+            stages.write_hf_reference(ref, arch, run.tokenizer)
+        which = "byte" if isinstance(run.tokenizer, ByteTokenizer) else "reference"
+        details["hf_reference"] = f"written from the architecture with the {which} tokenizer (random weights)"
+    elif ref is None:
+        raise CompatibilityError("export needs the source Hugging Face directory (config and tokenizer)",
+                                 path="source.hf_reference", hint="set source.hf_reference")
     out_dir = run.out_dir(sp)
     if distributed.is_main():
         out_dir.mkdir(parents=True, exist_ok=True)
     distributed.barrier()
-    stages.export_hf(run.model, run.hf_reference, str(out_dir), dtype=stage.dtype,
+    stages.export_hf(run.model, ref, str(out_dir), dtype=stage.dtype,
                      vllm_fakequant=stage.format == "vllm_fakequant",
                      moe_router_dtype=arch.moe.router_dtype if arch.moe else None)
-    details: dict[str, Any] = {}
+    if ref != run.hf_reference and distributed.is_main():
+        import shutil
+
+        shutil.rmtree(ref, ignore_errors=True)  # a stand-in for the source folder, not an output
     if run.changed and distributed.is_main():  # pruned: the exporter leaves MoE sizes at the source's
         fixed = stages.sync_exported_config(out_dir, arch)
         if fixed:

@@ -1,0 +1,332 @@
+"""Registry architectures at real size, random weights, through ``run_post_training`` next to a hand-written
+ModelOpt script (``scale_direct.py``), each timed from outside as a whole process.
+
+One command per machine kind (the wheel install line of the device README first)::
+
+    python3 benchmarks/scale_gpu.py --kind nvidia-h200       # qwen3-8b TP1, llama-3.1-8b TP1
+    python3 benchmarks/scale_gpu.py --kind nvidia-h200-x2    # + qwen3-8b TP2, qwen3-30b-a3b EP2
+
+``--cases NAME:FORMAT:REPS,...`` picks cases (names in ``CASES``), ``--windows/--seq/--batch`` the calibration
+windows (built-in corpus, the reference tokenizer), ``--budget-s`` stops starting runs that would not
+finish in time. For each repetition the order alternates (ours first on even repetitions). Our run is
+``python -m modelopt_typed_recipes run RECIPE.yaml`` (under ``torchrun`` on 2 GPUs); its figures come from the
+manifest it writes. Exported tensors are hashed (sha256 of each tensor's bytes) and compared between the two,
+then deleted. Writes ``$OUT/scale_gpu.json`` (one object per case, after every repetition) and appends every
+line the processes print to ``$OUT/scale_raw.log``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+CASES: dict[str, dict] = {
+    "qwen3-8b-tp1": dict(model="qwen3-8b", gpus=1, layout={}, direct=dict(tp=1, ep=1)),
+    "llama3.1-8b-tp1": dict(model="llama3.1-8b", gpus=1, layout={}, direct=dict(tp=1, ep=1)),
+    "qwen3-8b-tp2": dict(model="qwen3-8b", gpus=2, layout={"tensor_parallel": 2}, direct=dict(tp=2, ep=1)),
+    "qwen3-30b-a3b-ep2": dict(model="qwen3-30b-a3b", gpus=2, layout={"expert_parallel": 2, "data_parallel": 2},
+                              direct=dict(tp=1, ep=2)),
+}
+KINDS = {
+    "nvidia-h200": "qwen3-8b-tp1:fp8:3,qwen3-8b-tp1:nvfp4:1,llama3.1-8b-tp1:fp8:1",
+    "nvidia-h200-x2": "qwen3-8b-tp1:fp8:3,qwen3-8b-tp1:nvfp4:1,llama3.1-8b-tp1:fp8:1,qwen3-8b-tp2:fp8:1,"
+                      "qwen3-30b-a3b-ep2:fp8:1",
+}
+ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "PYTHONUNBUFFERED": "1",
+       "PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def log(msg: str, out: Path) -> None:
+    line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+    print(line, flush=True)
+    with open(out / "scale_raw.log", "a") as f:
+        f.write(line + "\n")
+
+
+def prewarm(out: Path) -> float:
+    """ModelOpt's three CUDA extensions, built in parallel before anything is timed."""
+    t = time.perf_counter()
+    procs = [subprocess.Popen([sys.executable, "-c", f"from modelopt.torch.quantization import extensions as e; "
+                               f"print('{name}', e.{name}(raise_if_failed=True) is not None)"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **ENV})
+             for name in ("get_cuda_ext_fp8", "get_cuda_ext", "get_cuda_ext_mx")]
+    for p in procs:
+        text, _ = p.communicate()
+        log("prewarm: " + text.strip().splitlines()[-1] if text.strip() else "prewarm: (no output)", out)
+    return time.perf_counter() - t
+
+
+def tensor_digests(folder: Path) -> dict[str, object]:
+    """sha256 of every tensor's bytes (with dtype and shape) and the JSON files, for a bitwise comparison."""
+    from safetensors import safe_open
+
+    def one(f: Path) -> dict[str, str]:
+        out = {}
+        with safe_open(str(f), framework="pt") as st:
+            for k in st.keys():
+                t = st.get_tensor(k)
+                raw = t.contiguous().view(-1).view(__import__("torch").uint8).numpy().tobytes()
+                out[k] = f"{t.dtype}:{tuple(t.shape)}:{hashlib.sha256(raw).hexdigest()}"
+        return out
+
+    files = sorted(folder.glob("*.safetensors"))
+    tensors: dict[str, str] = {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+        for part in pool.map(one, files):
+            tensors.update(part)
+    jsons = {}
+    for name in ("config.json", "hf_quant_config.json"):
+        p = folder / name
+        jsons[name] = json.loads(p.read_text()) if p.is_file() else None
+        if isinstance(jsons[name], dict):
+            jsons[name].pop("_name_or_path", None)  # where the source folder was, not what was exported
+    return {"tensors": tensors, "json": jsons, "bytes": sum(f.stat().st_size for f in files)}
+
+
+def compare(a: dict, b: dict) -> dict[str, object]:
+    ta, tb = a["tensors"], b["tensors"]
+    differ = sorted(k for k in set(ta) | set(tb) if ta.get(k) != tb.get(k))
+    return {"tensors": len(ta), "tensors_differing": len(differ), "first_differing": differ[:5],
+            "json_equal": a["json"] == b["json"], "bitwise_equal": not differ and bool(ta) and a["json"] == b["json"]}
+
+
+def run_processes(jobs: list[tuple[str, list[str], dict[str, str]]], out: Path, timeout: float) -> dict:
+    """Start every (label, argv, env) at once, each timed from its start to its exit: {label: (wall, rc)}."""
+    procs = {}
+    for label, cmd, env in jobs:
+        log(f"{label}: CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES')} {' '.join(cmd)}", out)
+        f = open(out / f"scale_{label.replace(' ', '_')}.tmp", "w")
+        procs[label] = (subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT),
+                        time.perf_counter(), f)
+    done: dict[str, tuple[float, int]] = {}
+    start = time.perf_counter()
+    while len(done) < len(procs):  # poll, so that each process's wall ends at its own exit
+        for label, (p, t, f) in procs.items():
+            if label in done:
+                continue
+            rc = p.poll()
+            if rc is None and time.perf_counter() - start > timeout:
+                p.kill()
+                rc = 124
+            if rc is not None:
+                done[label] = (time.perf_counter() - t, rc)
+        time.sleep(0.05)
+    for label, (p, t, f) in procs.items():
+        f.close()
+        text = Path(f.name).read_text(errors="replace")
+        Path(f.name).unlink()
+        with open(out / "scale_raw.log", "a") as raw:
+            raw.write(f"----- {label} output\n{text}")
+        log(f"{label}: rc={done[label][1]} wall={done[label][0]:.1f}s", out)
+    return done
+
+
+def run_process(cmd: list[str], env: dict[str, str], out: Path, label: str, timeout: float) -> tuple[float, int]:
+    return run_processes([(label, cmd, env)], out, timeout)[label]
+
+
+def launcher(gpus: int) -> list[str]:
+    return [sys.executable] if gpus == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                               f"--nproc-per-node={gpus}"]
+
+
+def planned(arch, layout_dict: dict, stage: str, fmt: str, batch: int, seq: int) -> int:
+    from modelopt_typed_recipes.plan import memory
+    from modelopt_typed_recipes.plan.gpus import get_gpu
+    from modelopt_typed_recipes.spec.layout import ParallelLayout
+
+    import attrs
+
+    lay = ParallelLayout(**{k: v for k, v in layout_dict.items() if k in attrs.fields_dict(ParallelLayout)})
+    return memory.estimate(arch, lay, get_gpu("h200"), stage=stage, batch=batch, seq_length=seq,
+                           quant_format=fmt).per_rank_bytes
+
+
+def run_case(name: str, fmt: str, reps: int, a: argparse.Namespace, out: Path, deadline: float) -> dict:
+    from modelopt_typed_recipes.catalog import get_arch
+    from modelopt_typed_recipes.plan.check import Environment, check_recipe
+    from modelopt_typed_recipes.runtime import data
+    from modelopt_typed_recipes.runtime.megatron.stages import write_hf_reference
+    from modelopt_typed_recipes.spec.recipe import Recipe
+    from modelopt_typed_recipes.spec.serde import to_yaml
+
+    case = CASES[name]
+    arch = get_arch(case["model"])
+    gpus = case["gpus"]
+    work = Path(a.work) / f"{name}-{fmt}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    recipe = Recipe.from_dict({
+        "name": f"scale-{name}-{fmt}", "model": case["model"], "source": {"type": "random", "seed": 0},
+        "stages": [{"technique": "quantize", "format": fmt}, {"technique": "export"}],
+        "calibration": {"dataset": "reference-train", "num_samples": a.windows, "seq_length": a.seq,
+                        "batch_size": a.batch},
+        "layout": case["layout"] or None, "output_dir": str(work / "ours"), "backend": "megatron", "device": "cuda",
+    })
+    recipe_file = work / "recipe.yaml"
+    recipe_file.write_text(to_yaml(recipe))
+    # the direct script's Hugging Face folder (a user has the model's own): config from the architecture,
+    # the reference tokenizer; made once, not timed
+    ref = work / "hf-reference"
+    write_hf_reference(ref, arch, data.random_init_tokenizer(arch.vocab.size))
+    report = check_recipe(recipe, env=Environment(megatron_core="0.19.2", modelopt="0.47.0", cuda=True,
+                                                  gpu_count=gpus))
+    layouts = [s.layout for s in report.stages]
+    env = {**os.environ, **ENV, "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in range(gpus))}
+    d = case["direct"]
+    direct_cmd = [*launcher(gpus), str(ROOT / "benchmarks" / "scale_direct.py"), "--model", case["model"],
+                  "--format", fmt, "--tp", str(d["tp"]), "--ep", str(d["ep"]), "--hf-reference", str(ref),
+                  "--text", str(data.BUILTIN_FILES["reference-train"]), "--windows", str(a.windows),
+                  "--seq", str(a.seq), "--batch", str(a.batch), "--export-dir", str(work / "direct-export"),
+                  "--result", str(work / "direct.json")]
+    ours_cmd = [*launcher(gpus), "-m", "modelopt_typed_recipes", "run", str(recipe_file), "--json", "--no-progress"]
+    row: dict = {"case": name, "model": case["model"], "gpus": gpus, "format": fmt,
+                 "layout": "TP{tensor_parallel} PP{pipeline_parallel} EP{expert_parallel}".format(**layouts[0]),
+                 "export_layout": f"TP1 PP{layouts[1]['pipeline_parallel']}", "windows_asked": a.windows,
+                 "seq_length": a.seq, "batch": a.batch, "reps": [], "planned_bytes_per_rank": {
+                     "quantize": planned(arch, layouts[0], "quantize", fmt, a.batch, a.seq),
+                     "export": planned(arch, layouts[1], "export", fmt, a.batch, a.seq)}}
+    concurrent = a.concurrent and gpus == 1
+    row["concurrent"] = concurrent
+    for rep in range(reps):
+        order = ("ours", "direct") if rep % 2 == 0 else ("direct", "ours")
+        r: dict = {"rep": rep, "order": list(order)}
+        digests = {}
+        if concurrent:  # both at once, one GPU each; which GPU alternates with the repetition
+            left = deadline - time.time()
+            guess = max([max(x.get("ours_wall_s", 0), x.get("direct_wall_s", 0)) for x in row["reps"]]
+                        or [a.first_guess_s]) * 1.2
+            if left < guess:
+                log(f"{name} {fmt} rep {rep}: skipped, {left:.0f}s left, needs about {guess:.0f}s", out)
+                break
+            r["gpu"] = {who: i for i, who in enumerate(order)}
+            jobs = [(f"{name} {fmt} rep{rep} {who}", ours_cmd if who == "ours" else direct_cmd,
+                     {**env, "CUDA_VISIBLE_DEVICES": str(r["gpu"][who])}) for who in order]
+            walls = run_processes(jobs, out, timeout=left)
+            runs = [(who, walls[f"{name} {fmt} rep{rep} {who}"]) for who in order]
+        else:
+            runs = [(who, None) for who in order]
+        for who, measured in runs:
+            if measured is None:
+                left = deadline - time.time()
+                guess = max([x.get(f"{who}_wall_s", 0) for x in row["reps"]] or [a.first_guess_s]) * 1.2
+                if left < guess:
+                    log(f"{name} {fmt} rep {rep} {who}: skipped, {left:.0f}s left, needs about {guess:.0f}s", out)
+                    r["skipped"] = True
+                    break
+                measured = run_process(ours_cmd if who == "ours" else direct_cmd, env, out,
+                                       f"{name} {fmt} rep{rep} {who}", timeout=left)
+            wall, rc = measured
+            r[f"{who}_wall_s"], r[f"{who}_rc"] = round(wall, 2), rc
+            if who == "ours":
+                manifest = work / "ours" / "manifest.json"
+                if manifest.is_file():
+                    res = json.loads(manifest.read_text())["result"]
+                    r["ours_stages"] = [{k: s[k] for k in ("name", "seconds", "peak_memory_bytes")} |
+                                        {"details": s["details"]} for s in res["stages"]]
+                    r["ours_timings"] = res["timings"]
+                    r["ours_in_process_s"] = res["seconds"]
+                    r["calibration_hash"] = res["calibration_hash"]
+                    digests[who] = tensor_digests(work / "ours" / res["stages"][-1]["outputs"][0])
+                shutil.rmtree(work / "ours", ignore_errors=True)
+            else:
+                if (work / "direct.json").is_file():
+                    r["direct"] = json.loads((work / "direct.json").read_text())
+                    digests[who] = tensor_digests(work / "direct-export")
+                shutil.rmtree(work / "direct-export", ignore_errors=True)
+        if len(digests) == 2:
+            r.update(compare(digests["ours"], digests["direct"]))
+            r["export_bytes"] = digests["ours"]["bytes"]
+        row["reps"].append(r)
+        summarize(row, arch)
+        yield row
+        if r.get("skipped"):
+            break
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def summarize(row: dict, arch) -> None:
+    done = [r for r in row["reps"] if "ours_wall_s" in r and "direct_wall_s" in r and r.get("ours_rc") == 0
+            and r.get("direct_rc") == 0]
+    if not done:
+        return
+    ours = statistics.median(r["ours_wall_s"] for r in done)
+    direct = statistics.median(r["direct_wall_s"] for r in done)
+    last = done[-1]
+    stages = {s["name"].split("-")[0]: s for s in last.get("ours_stages", [])}
+    q, e = stages.get("quantize"), stages.get("export")
+    tokens = row["windows_asked"] * row["seq_length"]
+    flops = arch.flops_per_token(context=row["seq_length"]) * tokens
+    row.update(
+        wall_s=round(ours, 2), direct_wall_s=round(direct, 2), ratio=round(ours / direct, 4), reps_done=len(done),
+        bitwise_equal=all(r.get("bitwise_equal") for r in done),
+        peak_bytes_per_rank={"quantize": q and q["peak_memory_bytes"], "export": e and e["peak_memory_bytes"]},
+        direct_peak_bytes_per_rank=last.get("direct", {}).get("peaks"),
+        stage_seconds={k: round(v["seconds"], 2) for k, v in stages.items()},
+        direct_stage_seconds={k: round(v, 2) for k, v in last.get("direct", {}).get("timings", {}).items()},
+        calib_tokens_per_s=q and round(tokens / q["seconds"]),
+        tflops=q and round(flops / q["seconds"] / 1e12, 1),
+        export_gb_per_s=e and last.get("export_bytes") and round(last["export_bytes"] / e["seconds"] / 1e9, 3),
+        export_bytes=last.get("export_bytes"),
+    )
+    row["planned_vs_peak"] = {k: round(row["planned_bytes_per_rank"][k] / v - 1, 4)
+                              for k, v in row["peak_bytes_per_rank"].items() if v}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--kind", choices=sorted(KINDS), default="nvidia-h200-x2")
+    p.add_argument("--cases", help="NAME:FORMAT:REPS,... (default: the kind's set)")
+    p.add_argument("--windows", type=int, default=64)
+    p.add_argument("--seq", type=int, default=2048)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--budget-s", type=float, default=540, help="start no run that would end after this")
+    p.add_argument("--first-guess-s", type=float, default=60, help="assumed wall of a first run")
+    p.add_argument("--prewarm", action="store_true", help="build ModelOpt's CUDA extensions first")
+    p.add_argument("--work", default="/tmp/scale_work")
+    p.add_argument("--concurrent", action="store_true",
+                   help="1-GPU cases: ours and the direct script at once on two GPUs (alternating GPUs)")
+    p.add_argument("--json-name", default="scale_gpu.json", help="file name of the results under $OUT")
+    p.add_argument("--stop-on-failure", action="store_true", help="exit 1 at the first failed or unequal run")
+    a = p.parse_args()
+    deadline = time.time() + a.budget_s
+    out = Path(os.environ.get("OUT", "/tmp/scale_out"))
+    out.mkdir(parents=True, exist_ok=True)
+    smi = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                         capture_output=True, text=True).stdout.strip().replace("\n", "; ")
+    log(f"GPUs: {smi}; python {sys.version.split()[0]}", out)
+    if a.prewarm:
+        log(f"prewarm took {prewarm(out):.1f}s", out)
+    rows: list[dict] = []
+    path = out / a.json_name
+    for spec in (a.cases or KINDS[a.kind]).split(","):
+        name, fmt, reps = spec.split(":")
+        if time.time() > deadline - 30:
+            log(f"{spec}: not started (budget)", out)
+            continue
+        for row in run_case(name, fmt, int(reps), a, out, deadline):
+            rows = [r for r in rows if not (r["case"] == row["case"] and r["format"] == row["format"])] + [row]
+            path.write_text(json.dumps(rows, indent=1, default=str))
+            log(f"{name} {fmt}: " + json.dumps({k: row.get(k) for k in ("wall_s", "direct_wall_s", "ratio",
+                                                                         "bitwise_equal", "reps_done")}), out)
+            last = row["reps"][-1]
+            failed = last.get("ours_rc") or last.get("direct_rc") or last.get("bitwise_equal") is False
+            if a.stop_on_failure and failed:
+                log(f"{spec}: failed ({ {k: last.get(k) for k in ('ours_rc', 'direct_rc', 'bitwise_equal')} })", out)
+                raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
