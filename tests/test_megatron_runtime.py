@@ -341,11 +341,12 @@ def test_stages_hand_over_in_memory_and_save_only_what_is_asked(dist_cpu, tmp_pa
     assert call["config"]["architectures"] == ["Qwen3ForCausalLM"] and call["config"]["vocab_size"] == 4096
     assert "tokenizer.json" in call["files"] and call["config"]["eos_token_id"] is not None
     assert "reference tokenizer" in export.details["hf_reference"]
-    archs = r.archs_per_stage()
-    from modelopt_typed_recipes.runtime.backend import RunPlan
+    from modelopt_typed_recipes.plan.check import Environment, check_recipe
 
-    plan = RunPlan(backend="megatron", device="cpu", dtype="fp32", arch=archs[0], stage_archs=archs,
-                   output_dir=tmp_path / "o", staging_dir=staging)
+    plan = attrs.evolve(check_recipe(r, env=Environment.detect(), backend="megatron"), device="cpu", dtype="fp32",
+                        output_dir=tmp_path / "o", staging_dir=staging)
+    assert [s.save.to_dict() if s.save else None for s in plan.stages] == [
+        {"saved": False, "reason": "save: auto: stages[1] exports the final model"}, None]
     manifest = build_manifest(r, plan, res)
     assert manifest["recipe"]["save"] == "auto"
     assert manifest["saved"] == {"checkpoints": [{"stage": "quantize-fp8", "saved": False,
@@ -376,14 +377,17 @@ def test_check_refuses_exports_it_cannot_write(tmp_path, export_env):
 def test_layout_handover_frees_the_old_model_before_building_the_new(dist_cpu, tmp_path):
     """Between layouts the model goes through a temporary checkpoint; the old model (and its reference cycles)
     must be gone before the new one is built, or both share the GPU (measured: the TP2 -> PP2 export peak
-    held a second 8 GB copy of qwen3-8b)."""
+    held a second 8 GB copy of qwen3-8b; a traceback PuLP keeps from its import had pinned the stage's frame)."""
     import gc
     import weakref
 
-    from modelopt_typed_recipes.runtime.megatron import backend, build, stages
+    from modelopt_typed_recipes.runtime.backend import load_backend
+    from modelopt_typed_recipes.runtime.megatron import build, stages
 
+    backend = load_backend("megatron")  # as run_post_training does: ModelOpt imported before any model exists
     m = build.build_model(arch_4k(), ParallelLayout(), dtype="fp32", device="cpu", spec="local")
-    stages.quantize(m, Quantize(format="fp8"), [torch.randint(0, 4096, (2, 32))], progress=False)
+    stages.quantize(m, Quantize(format="fp8"), [torch.randint(0, 4096, (2, 32))], progress=False,
+                    config=_config(Quantize(format="fp8")))
     before = stages.amax_state(m)
     build.save_checkpoint(m, tmp_path / "h", arch=arch_4k())
     gone = weakref.ref(m)

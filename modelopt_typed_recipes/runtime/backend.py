@@ -30,7 +30,13 @@ class Backend(Protocol):
 
 
 def load_backend(name: BackendName) -> Backend:
-    """Import a backend module lazily (torch, ModelOpt and friends load only here)."""
+    """Import a backend module lazily (torch, ModelOpt and friends load only here).
+
+    ModelOpt's quantization package is imported here, from a frame that holds no model: importing it imports
+    PuLP, whose ``copt_api`` keeps a caught exception's traceback for the life of the process, and with it every
+    frame of the importing call stack. Imported first inside a stage, it kept that stage's model alive (a move
+    between layouts then had two models on the GPU)."""
+    importlib.import_module("modelopt.torch.quantization")
     return cast(Backend, importlib.import_module(f"modelopt_typed_recipes.runtime.{name}.backend"))
 
 
