@@ -300,7 +300,12 @@ def main() -> None:
                    help="1-GPU cases: ours and the direct script at once on two GPUs (alternating GPUs)")
     p.add_argument("--json-name", default="scale_gpu.json", help="file name of the results under $OUT")
     p.add_argument("--stop-on-failure", action="store_true", help="exit 1 at the first failed or unequal run")
+    p.add_argument("--collect", nargs="+", type=Path, help="merge raw result files into benchmarks/scale_gpu.json "
+                   "(no GPU)")
     a = p.parse_args()
+    if a.collect:
+        collect(a.collect, ROOT / "benchmarks" / "scale_gpu.json")
+        return
     deadline = time.time() + a.budget_s
     out = Path(os.environ.get("OUT", "/tmp/scale_out"))
     out.mkdir(parents=True, exist_ok=True)
@@ -326,6 +331,51 @@ def main() -> None:
             if a.stop_on_failure and failed:
                 log(f"{spec}: failed ({ {k: last.get(k) for k in ('ours_rc', 'direct_rc', 'bitwise_equal')} })", out)
                 raise SystemExit(1)
+
+
+
+def collect(raw: list[Path], out: Path) -> list[dict]:
+    """``benchmarks/scale_gpu.json`` from the device's raw files: one object per case and run mode, with the
+    memory plan of the current code next to the one the run was compared with."""
+    from modelopt_typed_recipes.catalog import get_arch
+
+    rows = []
+    for f in raw:
+        for row in json.loads(f.read_text()):
+            arch = get_arch(row["model"])
+            export_layout = {"pipeline_parallel": int(row["export_layout"].split("PP")[1])}
+            quant_layout = dict(zip(("tensor_parallel", "pipeline_parallel", "expert_parallel"),
+                                    (int(x[2:]) for x in row["layout"].split())))
+            if quant_layout["expert_parallel"] > 1:
+                quant_layout["data_parallel"] = row["gpus"]
+            now = {"quantize": planned(arch, quant_layout, "quantize", row["format"], row["batch"], row["seq_length"]),
+                   "export": planned(arch, export_layout, "export", row["format"], row["batch"], row["seq_length"])}
+            done = [r for r in row["reps"] if "bitwise_equal" in r]
+            rows.append({
+                "model": row["model"], "gpus": row["gpus"], "layout": row["layout"],
+                "export_layout": row["export_layout"], "format": row["format"],
+                "mode": "concurrent pairs" if row.get("concurrent") else "sequential",
+                "reps": row.get("reps_done"), "wall_s": row.get("wall_s"), "direct_wall_s": row.get("direct_wall_s"),
+                "ratio": row.get("ratio"),
+                "bitwise_equal": row.get("bitwise_equal") if done and all(r["tensors"] for r in done) else None,
+                "tensors_compared": done[-1]["tensors"] if done else 0,
+                "peak_bytes_per_rank": row.get("peak_bytes_per_rank"),
+                "direct_peak_bytes_per_rank": row.get("direct_peak_bytes_per_rank"),
+                "planned_bytes_per_rank": now, "planned_bytes_per_rank_at_run": row["planned_bytes_per_rank"],
+                "planned_vs_peak": {k: round(now[k] / v - 1, 4) for k, v in (row.get("peak_bytes_per_rank") or {}).items()
+                                    if v},
+                "calib_tokens_per_s": row.get("calib_tokens_per_s"), "tflops": row.get("tflops"),
+                "export_gb_per_s": row.get("export_gb_per_s"), "export_bytes": row.get("export_bytes"),
+                "stage_seconds": row.get("stage_seconds"), "direct_stage_seconds": row.get("direct_stage_seconds"),
+                "windows": row["windows_asked"], "seq_length": row["seq_length"], "batch": row["batch"],
+                "per_rep": [{k: r.get(k) for k in ("order", "gpu", "ours_wall_s", "direct_wall_s", "ours_in_process_s",
+                                                  "ours_timings", "bitwise_equal", "tensors")} | {
+                    "ours_stage_seconds": {s["name"]: s["seconds"] for s in r.get("ours_stages", [])},
+                    "direct_timings": r.get("direct", {}).get("timings")} for r in row["reps"]],
+                "raw": f.name,
+            })
+    out.write_text(json.dumps(rows, indent=1) + "\n")
+    return rows
 
 
 if __name__ == "__main__":
