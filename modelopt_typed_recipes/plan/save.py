@@ -9,11 +9,14 @@ hand-over, not a save; the Megatron-Core backend reports it separately.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from ..spec.recipe import Recipe
+
+if TYPE_CHECKING:
+    from ..spec.techniques import Stage
 
 
 @attrs.frozen(kw_only=True)
@@ -28,10 +31,10 @@ class SaveDecision:
         return {"saved": self.save, "reason": self.reason}
 
 
-def changes_model(stage: object) -> bool:
+def changes_model(stage: Stage) -> bool:
     """Stages whose result is a new model state, the ones with a ``save`` field (quantize, auto_quantize,
     prune, and any technique that declares one); export only writes the current model out."""
-    return attrs.has(type(stage)) and "save" in attrs.fields_dict(type(stage))
+    return any(a.name == "save" for a in getattr(type(stage), "__attrs_attrs__", ()))
 
 
 def save_decisions(recipe: Recipe) -> tuple[SaveDecision | None, ...]:
