@@ -297,3 +297,22 @@ def test_save_setting_decides_what_the_hf_backend_keeps(tmp_path: Path) -> None:
     assert (out / "01-quantize-fp8" / "modelopt_model.pth").is_file() and (out / "export" / "config.json").is_file()
     assert result.stages[0].details["checkpoint"] == {"saved": True, "reason": "save: final: the final model",
                                                       "path": "01-quantize-fp8/modelopt_model.pth"}
+
+
+def test_random_weights_with_a_real_vocabulary_export_the_reference_tokenizer(tmp_path: Path) -> None:
+    """Random weights whose vocabulary holds the reference tokenizer's ids read it (as on Megatron-Core), and the
+    export carries its files: a checkpoint a server can load with its tokenizer."""
+    import attrs
+
+    from modelopt_typed_recipes.catalog import get_arch
+    from modelopt_typed_recipes.spec.arch import Vocab
+    from modelopt_typed_recipes.spec.recipe import Recipe
+
+    arch = attrs.evolve(get_arch("tiny-dense"), vocab=Vocab(size=4096, divisible_by=128))
+    doc = tiny_recipe(tmp_path, "tiny-dense", [{"technique": "quantize", "format": "fp8"}, {"technique": "export"}],
+                      evaluation=None)
+    recipe = attrs.evolve(Recipe.from_dict(doc), model=arch)
+    result = api.run_post_training(recipe, progress=False)
+    export = Path(result.output_dir) / "export"
+    assert (export / "tokenizer.json").is_file()
+    assert json.loads((export / "config.json").read_text())["vocab_size"] == 4096

@@ -8,7 +8,7 @@ from typing import Any
 from ...errors import CompatibilityError, SpecError
 from ...spec.arch import ModelArch
 from ...spec.recipe import RandomInit, Recipe
-from ..data import ByteTokenizer
+from ..data import random_init_tokenizer
 from ..dtypes import torch_dtype
 
 
@@ -40,10 +40,12 @@ def load_model(recipe: Recipe, arch: ModelArch, folder: Path | None, *, device: 
                             path="model.vocab.size")
         model_type = cfg.pop("model_type")
         config = AutoConfig.for_model(model_type, **cfg)
-        config.eos_token_id = ByteTokenizer.eos_token_id
+        # the reference tokenizer when the vocabulary holds its ids (its files then go into an export), else
+        # bytes: the same windows as on Megatron-Core
+        tokenizer: Any = random_init_tokenizer(arch.vocab.size)
+        config.eos_token_id = tokenizer.eos_token_id
         torch.manual_seed(recipe.source.seed)
         model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype(dtype))
-        tokenizer: Any = ByteTokenizer()
     else:
         from ..data import load_tokenizer
 
