@@ -64,3 +64,39 @@ def test_probe_names_a_heavy_import() -> None:
     code = _PROBE.format(heavy=HEAVY, modules=["json", "torch.nn"])
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"module": "torch.nn", "heavy": ["torch"]}
+
+
+def _imports(path: Path) -> set[str]:
+    """Absolute module names a file imports (relative imports resolved against its package)."""
+    import ast
+
+    package = list(path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1])
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            mod = ".".join([*base, *([node.module] if node.module else [])])
+            out.add(mod)
+            out.update(f"{mod}.{a.name}" for a in node.names)
+    return out
+
+
+def test_layers_depend_one_way() -> None:
+    """spec/ is plain data (no catalog, plan or runtime; no file reads but the serde's loader); the runtime
+    reaches architectures and shipped weights through the plan, never the catalog."""
+    forbidden = {
+        "spec": ("modelopt_typed_recipes.catalog", "modelopt_typed_recipes.plan", "modelopt_typed_recipes.runtime",
+                 "json"),
+        "runtime": ("modelopt_typed_recipes.catalog",),
+    }
+    found = []
+    for layer, banned in forbidden.items():
+        for path in sorted((PACKAGE / layer).rglob("*.py")):
+            if path.name == "serde.py":  # the one converter reads and writes YAML/JSON files by design
+                continue
+            hits = sorted(m for m in _imports(path) if any(m == b or m.startswith(b + ".") for b in banned))
+            if hits:
+                found.append(f"{path.relative_to(PACKAGE)}: {hits[0]}")
+    assert not found, found

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import attrs
 
-from ..catalog import get_arch
 from ..errors import LayoutError, RecipeError
 from ..spec.arch import ModelArch
 from ..spec.layout import ParallelLayout
 from ..spec.recipe import Recipe
+from .archs import stage_archs
 from .backend_choice import BackendName, backend_problems, choose_backend, choose_device, choose_dtype
 from .environment import Environment
 from .run_plan import CalibrationWindows, RunPlan, StagePlan
@@ -28,7 +28,6 @@ from .sources import source_problems, weights_dir
 from .techniques import StageContext, technique_for
 from .techniques.quantize import quantize_config
 from .versions import MIN_MCORE_EXPORT, MIN_MCORE_PRUNE
-
 
 CheckReport = RunPlan
 """The name the check's result had before it became the run's plan."""
@@ -64,7 +63,7 @@ def check_recipe(recipe: Recipe, *, env: Environment | None = None, layout: Para
     base = RunPlan(label=recipe.label, backend=backend, device=device, dtype=choose_dtype(recipe, device),
                    environment=env, world_size=world_size, rank=rank, local_rank=local_rank)
     try:
-        archs = recipe.archs_per_stage(get_arch)
+        archs = stage_archs(recipe)
     except RecipeError as err:
         return attrs.evolve(base, errors=(err,))
     if layout is None:

@@ -75,12 +75,12 @@ def _check_output(output: Path) -> None:
 
 def plan_run(recipe: Recipe, *, progress: bool = True) -> RunPlan:
     """Every check that needs no model, then the plan; raises the first problem as a typed error."""
-    from ..catalog import get_arch
     from ..plan import backend_choice
+    from ..plan.archs import stage_archs
     from ..plan.sources import source_problems
     from ..plan.techniques import technique_for
 
-    archs = recipe.archs_per_stage(get_arch)  # unknown names, impossible prune sizes
+    archs = stage_archs(recipe)  # unknown names, impossible prune sizes
     env = _env()
     problem = backend_choice.device_problem(recipe, env)
     if problem is not None:
