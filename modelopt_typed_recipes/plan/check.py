@@ -34,11 +34,6 @@ CheckReport = RunPlan
 StageCheck = StagePlan
 
 
-def resolve_backend(recipe: Recipe, env: Environment) -> BackendName:
-    """``megatron`` or ``hf``, as ``run_post_training`` will choose it (:func:`.backend_choice.choose_backend`)."""
-    return choose_backend(recipe, env)
-
-
 def recipe_layout(recipe: Recipe) -> ParallelLayout:
     """The recipe's layout, or a single GPU."""
     return recipe.layout if recipe.layout is not None else ParallelLayout()
@@ -126,4 +121,4 @@ def _stage_layout(arch: ModelArch, layout: ParallelLayout, stage: str, path: str
 
 
 __all__ = ["MIN_MCORE_EXPORT", "MIN_MCORE_PRUNE", "CheckReport", "Environment", "RunPlan", "StageCheck", "StagePlan",
-           "check_recipe", "quantize_config", "recipe_layout", "resolve_backend"]
+           "check_recipe", "quantize_config", "recipe_layout"]
