@@ -168,9 +168,9 @@ class ByteTokenizer:
 def random_init_tokenizer(vocab_size: int) -> Any:
     """The tokenizer of a random-weight run: the reference tokenizer when the vocabulary holds its ids
     (its files can then go into an export), else :class:`ByteTokenizer`."""
-    from ..catalog import get_arch
+    from ..plan.archs import reference_vocab_size
 
-    return load_tokenizer(None) if vocab_size >= get_arch("reference-llama").vocab.size else ByteTokenizer()
+    return load_tokenizer(None) if vocab_size >= reference_vocab_size() else ByteTokenizer()
 
 
 def token_windows(data: TextData, tokenizer: Any, *, path: str = "calibration", num_samples: int | None = None,
