@@ -66,6 +66,15 @@ class DataError(RecipeError, ValueError):
     """Calibration or evaluation data that is missing, empty or unreadable."""
 
 
+class OutputError(RecipeError):
+    """An output folder this run may not write: not ours, holding files we did not write, or refused by the
+    machine (permissions, a full disk, a file-size limit). The hint says what to free or fix."""
+
+
+class OutputLockedError(OutputError):
+    """Another run holds the output folder's lock; the message names it (pid, host, start time)."""
+
+
 def did_you_mean(word: str, choices: Iterable[str], *, n: int = 3) -> str:
     """A "did you mean ..." hint, or "" when nothing is close."""
     choices = list(choices)

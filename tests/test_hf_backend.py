@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from modelopt_typed_recipes.errors import CompatibilityError, DataError, RecipeError, SpecError
+from modelopt_typed_recipes.errors import CompatibilityError, DataError, OutputError, RecipeError, SpecError
 from modelopt_typed_recipes.runtime import api
 from modelopt_typed_recipes.spec.formats import get_format
 
@@ -189,14 +189,17 @@ def test_output_folder_rules(tmp_path: Path) -> None:
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
     doc = tiny_recipe(tmp_path, "tiny-dense", [{"technique": "quantize", "format": "int8_sq"}])
-    with pytest.raises(SpecError) as info:
+    with pytest.raises(OutputError) as info:
         api.run_post_training(doc, progress=False)
     assert info.value.path == "output_dir"
     assert (foreign / "notes.txt").read_text() == "mine"
     (foreign / "notes.txt").unlink()
     first = api.run_post_training(doc, progress=False)
-    second = api.run_post_training(doc, progress=False)  # our own earlier output is replaced
-    assert first.output_dir == second.output_dir
+    second = api.run_post_training(doc, progress=False)  # the same recipe, finished: nothing redone
+    assert second.reused and not first.reused and first.output_dir == second.output_dir
+    assert second.metrics == first.metrics
+    third = api.run_post_training(doc, progress=False, force=True)  # our own earlier output is replaced
+    assert not third.reused and third.output_dir == first.output_dir
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 

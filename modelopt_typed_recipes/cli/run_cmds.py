@@ -1,8 +1,10 @@
 """``run RECIPE.yaml [RECIPE.yaml ...] [--json] [--set KEY=VALUE ...]``: post-train, then print a table.
 
 Several recipes run one after another in one process (the model's baseline perplexity is measured once)
-and share one table. ``--json`` prints the result (a list for several recipes) on stdout; progress bars
-and ModelOpt's own messages go to stderr. A recipe whose layout needs more processes than this one
+and share one table; a recipe that fails with a typed error is reported and the next one still runs
+(exit 2 if any failed). ``--json`` prints the result (a list for several recipes, each a result or
+``{"ok": false, "errors": [...]}``) on stdout; progress bars and ModelOpt's own messages go to stderr. A
+recipe whose outputs are already in its output folder (same hash) is not redone unless ``--force``. A recipe whose layout needs more processes than this one
 prints the ``torchrun`` command to start it (``--launch`` starts it).
 """
 
@@ -30,6 +32,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="override a recipe field, dotted keys allowed (e.g. --set calibration.num_samples=16)")
     p.add_argument("--output-dir", help="override output_dir (with several recipes: a parent folder)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--force", action="store_true",
+                   help="redo a recipe even when its output folder already holds its finished outputs")
     p.add_argument("--launch", action="store_true", help="start the torchrun command a multi-GPU recipe needs")
     p.set_defaults(handler=_run)
 
@@ -89,22 +93,43 @@ def _run(args: argparse.Namespace) -> int:
             os.execv(argv[0], argv)
 
     _quiet_libraries()
+    from ..errors import RecipeError
     from ..runtime.api import run_post_training
 
-    results = []
-    for _path, recipe in recipes:
-        with contextlib.redirect_stdout(sys.stderr):  # ModelOpt prints progress notes on stdout
-            results.append(run_post_training(recipe, progress=not args.no_progress))
+    results: list[Any] = []
+    failed: list[tuple[str, RecipeError]] = []
+    for path, recipe in recipes:
+        try:
+            with contextlib.redirect_stdout(sys.stderr):  # ModelOpt prints progress notes on stdout
+                result = run_post_training(recipe, progress=not args.no_progress, force=args.force)
+        except RecipeError as err:
+            if len(recipes) == 1:
+                raise
+            failed.append((path, err))
+            results.append((path, err))
+            sys.stderr.write(f"error: {path}: {err}\n")
+            continue
+        results.append((path, result))
+        for note in result.notes:
+            sys.stderr.write(f"note: {note}\n")
     from ..runtime.distributed import finish
 
     finish()  # torch.distributed's own teardown, not the interpreter's at exit
     if int(os.environ.get("RANK", "0")) != 0:
-        return 0
+        return 0 if not failed else 2
     if args.json:
-        print_json(results[0].to_dict() if len(results) == 1 else [r.to_dict() for r in results])
+        if len(results) == 1:
+            print_json(results[0][1].to_dict())
+        else:
+            print_json([{"recipe_file": p, **r.to_dict()} if not isinstance(r, RecipeError)
+                        else {"recipe_file": p, "ok": False, "errors": [r.to_dict()]} for p, r in results])
     else:
-        _print_table(results)
-    return 0
+        done = [r for _p, r in results if not isinstance(r, RecipeError)]
+        if done:
+            _print_table(done)
+        for p, error in failed:
+            sys.stderr.write(f"error: {p}: {error}\n")
+    return 2 if failed else 0
 
 
 def _fmt(value: float | None, spec: str = ".2f") -> str:

@@ -11,14 +11,15 @@ from ..errors import CompatibilityError, RecipeError, SpecError
 from ..spec.arch import ModelArch
 from ..spec.recipe import Builtin, HFCheckpoint, MegatronCheckpoint, RandomInit, Recipe
 from .environment import Environment
+from .outputs import user_path
 
 
 def saved_layer_spec(src: MegatronCheckpoint) -> str | None:
     """The layer spec (``local``, ``modelopt``, ``te``) this package saved the checkpoint with, if recorded:
     a model must be rebuilt with the same spec, or the shards' names do not match."""
     try:
-        data = json.loads((Path(src.path).expanduser() / MegatronCheckpoint.INFO_FILE).read_text())
-    except (OSError, ValueError):
+        data = json.loads((user_path(src.path, path="source.path") / MegatronCheckpoint.INFO_FILE).read_text())
+    except (OSError, ValueError):  # SpecError (~user with no home) is a ValueError too
         return None
     spec = data.get("layer_spec") if isinstance(data, dict) else None
     return spec if isinstance(spec, str) else None
@@ -36,7 +37,7 @@ def weights_dir(recipe: Recipe, arch: ModelArch) -> Path | None:
     Megatron checkpoint)."""
     src = recipe.source
     if isinstance(src, HFCheckpoint):
-        return Path(src.path).expanduser()
+        return user_path(src.path, path="source.path")
     if isinstance(src, Builtin):
         return builtin_weights(arch)
     return None
@@ -67,8 +68,14 @@ def source_problems(recipe: Recipe, arch: ModelArch, env: Environment, backend: 
     src = recipe.source
     out: list[RecipeError] = []
     if isinstance(src, HFCheckpoint | MegatronCheckpoint):
-        p = Path(src.path).expanduser()
-        if not p.exists():
+        try:
+            p: Path | None = user_path(src.path, path="source.path")
+        except SpecError as err:
+            out.append(err)
+            p = None
+        if p is None:
+            pass
+        elif not p.exists():
             out.append(SpecError(f"checkpoint directory {src.path!r} does not exist", path="source.path",
                                  hint="check the path, or use source: {type: builtin} for the reference model"))
         elif not p.is_dir():

@@ -9,26 +9,29 @@ Order of work, so that mistakes cost nothing:
 3. only then the backend (Megatron-Core or Hugging Face) is imported and run, writing into a staging
    folder beside the output folder; manifests are added and the folder is renamed into place. On any
    failure the staging folder is removed: no partial output is ever left behind.
+
+Whose folder it is, the lock, leftovers, the swap and machine faults are ``plan.outputs``' job; the stage
+journal that lets a killed run continue is ``plan.journal``'s.
 """
 
 from __future__ import annotations
 
-import os
+import contextlib
 import shutil
 import time
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ..errors import RecipeError, SpecError
+from ..errors import OutputError, RecipeError, SpecError
+from ..plan import outputs
 from ..spec.recipe import Recipe
 from ..spec.serde import apply_overrides, from_dict
 from .backend import RunPlan, load_backend
 from .data import check_text
-from .manifest import MANIFEST_NAME, build_manifest, write_manifest
+from .manifest import build_manifest, write_manifest
 from .result import PostTrainingResult
 
 if TYPE_CHECKING:
@@ -57,22 +60,6 @@ def _env() -> Environment:
     return Environment.detect()
 
 
-def _staging_for(output: Path) -> Path:
-    run_id = os.environ.get("TORCHELASTIC_RUN_ID") or f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    return output.parent / f".{output.name}.partial-{run_id}"
-
-
-def _check_output(output: Path) -> None:
-    if output.exists() and not output.is_dir():
-        raise SpecError(f"output_dir {str(output)!r} is a file", path="output_dir")
-    if output.is_dir() and any(output.iterdir()) and not (output / MANIFEST_NAME).is_file():
-        raise SpecError(
-            f"output_dir {str(output)!r} exists and was not written by modelopt-typed-recipes",
-            path="output_dir",
-            hint="choose an empty or new folder (a folder with our manifest.json is replaced when a run succeeds)",
-        )
-
-
 def plan_run(recipe: Recipe, *, progress: bool = True) -> RunPlan:
     """Every check that needs no model, then the plan; raises the first problem as a typed error."""
     from ..plan import backend_choice
@@ -99,66 +86,95 @@ def plan_run(recipe: Recipe, *, progress: bool = True) -> RunPlan:
     check_text(recipe.calibration, path="calibration")
     if recipe.evaluation is not None:
         check_text(recipe.evaluation, path="evaluation")
-    output = Path(recipe.output_dir).expanduser().resolve()
-    _check_output(output)
+    output = outputs.user_path(recipe.output_dir, path="output_dir").resolve()
+    outputs.check_output(output)
 
     from ..plan.check import check_recipe
 
     plan = check_recipe(recipe, env=attrs.evolve(env, cuda=device == "cuda"), backend=backend)
     plan.raise_first()
-    return attrs.evolve(plan, device=device, output_dir=output, staging_dir=_staging_for(output), progress=progress)
+    return attrs.evolve(plan, device=device, output_dir=output, staging_dir=outputs.staging_dir(output, recipe.content_hash()), progress=progress)
 
 
 # --------------------------------------------------------------------------- the run
+RESUMING_BACKENDS = ("hf",)
+"""Backends that journal their stages (``plan.journal``) and continue a stopped run; the others start again."""
+
+
 def run_post_training(recipe: Recipe | str | Path | Mapping[str, Any], *, progress: bool = True,
-                      **overrides: Any) -> PostTrainingResult:
+                      force: bool = False, **overrides: Any) -> PostTrainingResult:
     """Run a recipe end to end and return what happened.
 
     ``recipe``: a :class:`Recipe`, a YAML/JSON file or a dict. ``overrides``: field replacements, dotted
     keys allowed through a dict (``run_post_training("r.yaml", output_dir="out", **{"calibration.num_samples": 16})``).
     Raises a :class:`~modelopt_typed_recipes.errors.RecipeError` subclass for any bad input, before the
-    model is built; leaves no output folder behind when anything fails.
+    model is built; leaves no output folder behind when anything fails. When ``output_dir`` already holds
+    this recipe's finished outputs (same hash) nothing is redone (``result.reused``) unless ``force``; a run
+    of the same recipe that was killed continues from its last finished stage (``result.notes`` says so).
     """
     t0 = time.perf_counter()
     rec = load_recipe(recipe, overrides)
     plan = plan_run(rec, progress=progress)
     t_plan = time.perf_counter() - t0
+    recipe_hash = rec.content_hash()
+    staging, output = plan.staging_dir, plan.output_dir
+    if staging is None or output is None:  # pragma: no cover - plan_run sets both
+        raise SpecError("the plan has no output folder", path="output_dir")
+    done = None if force else outputs.finished(output, recipe_hash)
+    if done is not None:
+        return PostTrainingResult.from_dict(done["result"], reused=True, output_dir=str(output), notes=(
+            f"{output} already holds the outputs of this recipe (hash {recipe_hash}); nothing was redone "
+            "(force=True / --force redoes it)",))
     backend = load_backend(plan.backend)
     check = getattr(backend, "check", None)
     if check is not None:
         check(rec, plan)
 
-    staging, output = plan.staging_dir, plan.output_dir
-    if staging is None or output is None:  # pragma: no cover - plan_run sets both
-        raise SpecError("the plan has no output folder", path="output_dir")
     created = [p for p in (output.parent, *output.parent.parents) if not p.exists()]
     main = plan.rank == 0
+    identity = outputs.run_identity(recipe_hash)
+    notes: list[str] = []
     try:
         if main:
-            staging.mkdir(parents=True, exist_ok=True)
-        result = backend.run(rec, plan)
-        timings = {"startup": _seconds_since_process_start() - (time.perf_counter() - t0), "plan": t_plan,
-                   **result.timings}
-        result = attrs.evolve(result, output_dir=str(output), seconds=time.perf_counter() - t0, timings=timings)
-        if main:
-            for stage in result.stages:
-                for rel in stage.outputs:
-                    target = staging / rel
-                    if target.is_dir():
-                        write_manifest(target, build_manifest(rec, plan, result, stage))
-            result = attrs.evolve(result, manifest=MANIFEST_NAME)
-            write_manifest(staging, build_manifest(rec, plan, result))
-            _replace(staging, output)
-    except BaseException:
-        if main:
+            with outputs.faults_as_errors(output.parent):
+                output.parent.mkdir(parents=True, exist_ok=True)
+        with (outputs.OutputLock(output, identity) if main else contextlib.nullcontext()), \
+                outputs.faults_as_errors(output.parent):
+            if main:
+                outputs.clean_leftovers(output, keep=staging)
+                outputs.check_output(output)
+            ready = outputs.read_manifest(staging)
+            if ready is not None and ready["run"].get("recipe_hash") == recipe_hash and ready.get("result"):
+                # a run finished but was stopped before its swap: only the swap is left
+                result = PostTrainingResult.from_dict(ready["result"], output_dir=str(output))
+                notes.append(f"a finished run of this recipe was waiting in {staging}; put in place")
+            else:
+                if main:
+                    if plan.backend not in RESUMING_BACKENDS and staging.is_dir() and any(staging.iterdir()):
+                        shutil.rmtree(staging)
+                        notes.append(f"a stopped run of this recipe was found in {staging}; the {plan.backend} "
+                                     "backend does not continue stopped runs yet, so this run started again")
+                    staging.mkdir(parents=True, exist_ok=True)
+                result = backend.run(rec, plan)
+                timings = {"startup": _seconds_since_process_start() - (time.perf_counter() - t0), "plan": t_plan,
+                           **result.timings}
+                result = attrs.evolve(result, output_dir=str(output), seconds=time.perf_counter() - t0,
+                                      timings=timings)
+                if main:
+                    _write_manifests(rec, plan, result, identity)
+            if main:
+                kept = outputs.publish(staging, output)
+                if kept:
+                    notes.append(f"files that no run of ours wrote were kept: {', '.join(kept[:5])}")
+    except BaseException as exc:
+        waiting = isinstance(exc, OutputError) and "finished run waits" in exc.hint
+        if main and not waiting and not isinstance(exc, KeyboardInterrupt | outputs.OutputLockedError):
             shutil.rmtree(staging, ignore_errors=True)
             for p in sorted(created, key=lambda q: len(q.parts), reverse=True):
-                try:
+                with contextlib.suppress(OSError):
                     p.rmdir()
-                except OSError:
-                    pass
         raise
-    return result
+    return attrs.evolve(result, manifest=outputs.MANIFEST_NAME, notes=(*result.notes, *notes))
 
 
 def _seconds_since_process_start() -> float:
@@ -168,15 +184,24 @@ def _seconds_since_process_start() -> float:
     return time.time() - psutil.Process().create_time()
 
 
-def _replace(staging: Path, output: Path) -> None:
-    """Move the finished staging folder to ``output``; an earlier run's output there is replaced."""
-    if output.exists():
-        old = output.parent / f".{output.name}.old-{uuid.uuid4().hex[:8]}"
-        output.rename(old)
-        staging.rename(output)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        staging.rename(output)
+def _write_manifests(rec: Recipe, plan: RunPlan, result: PostTrainingResult, identity: dict[str, Any]) -> None:
+    """Each stage folder's manifest, then the run's own, listing every file the run wrote."""
+    from ..plan.journal import JOURNAL_NAME
+
+    staging = plan.staging()
+    for stage in result.stages:
+        for rel in stage.outputs:
+            target = staging / rel
+            if target.is_dir():
+                write_manifest(target, build_manifest(rec, plan, result, stage, run=identity))
+    for name in (JOURNAL_NAME, ".resume"):  # the stage journal and saved models are for resuming, not outputs
+        p = staging / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+    result = attrs.evolve(result, manifest=outputs.MANIFEST_NAME)
+    write_manifest(staging, build_manifest(rec, plan, result, run=identity, files=outputs.inventory(staging)))
 
 
 __all__ = ["RecipeError", "load_recipe", "plan_run", "run_post_training"]

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DataError, did_you_mean
+from ..plan.outputs import user_path
 from ..spec.recipe import TextData
 
 if TYPE_CHECKING:
@@ -48,8 +49,8 @@ def read_documents(data: TextData, *, path: str = "calibration") -> list[str]:
                             hint="reinstall modelopt-typed-recipes")
         docs = f.read_text(encoding="utf-8").split(DOC_SEPARATOR)
     for i, name in enumerate(data.files):
-        p = Path(name).expanduser()
         where = f"{path}.files[{i}]"
+        p = user_path(name, path=where)
         if not p.is_file():
             raise DataError(f"{name!r} does not exist", path=where)
         try:
@@ -90,7 +91,7 @@ def _hf_dataset_documents(data: TextData, *, path: str) -> list[str]:
     except ImportError:
         raise DataError("reading a Hugging Face dataset needs the `datasets` package", path=where,
                         hint="pip install datasets") from None
-    folder = Path(data.hf_dataset).expanduser()
+    folder = user_path(str(data.hf_dataset), path=where)
     try:
         if folder.is_dir():
             ds = datasets.load_from_disk(str(folder))

@@ -17,13 +17,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..plan.outputs import MANIFEST_NAME, MANIFEST_SCHEMA
 from ..spec.recipe import Recipe
 from ..spec.serde import to_dict
 from .backend import RunPlan
 from .result import PostTrainingResult, StageResult
 
-MANIFEST_NAME = "manifest.json"
-MANIFEST_SCHEMA = "modelopt-typed-recipes/manifest/1"
 _PACKAGES = (
     "modelopt-typed-recipes", "nvidia-modelopt", "torch", "megatron-core", "transformers", "tokenizers",
     "safetensors", "transformer-engine",
@@ -57,11 +56,16 @@ def git_revision() -> dict[str, Any] | None:
 
 
 def build_manifest(recipe: Recipe, plan: RunPlan, result: PostTrainingResult,
-                   stage: StageResult | None = None) -> dict[str, Any]:
+                   stage: StageResult | None = None, *, run: dict[str, Any] | None = None,
+                   files: dict[str, int] | None = None) -> dict[str, Any]:
+    """The manifest of a run (``stage=None``) or of one stage's folder. The run's own carries ``run`` (its
+    identity) and ``files`` (everything it wrote): what ``plan.outputs`` needs to prove a folder ours."""
     layout = getattr(recipe, "layout", None)
     return {
         "schema": MANIFEST_SCHEMA,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "run": run,
+        "files": files,
         "recipe": to_dict(recipe),
         "recipe_hash": recipe.content_hash(),
         "architecture": to_dict(plan.arch),

@@ -52,6 +52,17 @@ class StageResult:
             "details": _jsonable(self.details),
         }
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StageResult:
+        """A stage read back from a journal or manifest (``to_dict``'s inverse)."""
+        return cls(
+            name=d["name"], technique=d["technique"], seconds=float(d["seconds"]), status=d.get("status", "ok"),
+            peak_memory_bytes=d.get("peak_memory_bytes"), params_before=d.get("params_before"),
+            params_after=d.get("params_after"), effective_bits=d.get("effective_bits"),
+            quantizer_summary=dict(d.get("quantizer_summary") or {}), outputs=tuple(d.get("outputs") or ()),
+            details=dict(d.get("details") or {}),
+        )
+
 
 @attrs.frozen(kw_only=True)
 class StepResult:
@@ -89,6 +100,12 @@ class PostTrainingResult:
     calibration_hash: str | None = None
     manifest: str | None = None
     """Path of manifest.json, relative to ``output_dir``."""
+    reused: bool = False
+    """True when ``output_dir`` already held this recipe's finished outputs (same hash) and nothing was redone."""
+    resumed_from: int | None = None
+    """The stage this run continued from after an earlier run of the same recipe stopped (None: from the start)."""
+    notes: tuple[str, ...] = ()
+    """What the run decided about its output folder that a user should hear (resumed, reused, files kept)."""
 
     @property
     def outputs(self) -> list[str]:
@@ -121,7 +138,23 @@ class PostTrainingResult:
             "output_dir": self.output_dir,
             "metrics": _jsonable(self.metrics),
             "calibration_hash": self.calibration_hash,
+            "reused": self.reused,
+            "resumed_from": self.resumed_from,
+            "notes": list(self.notes),
         }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], **changes: Any) -> PostTrainingResult:
+        """A result read back from a manifest (``to_dict``'s inverse; ``outputs`` is derived again)."""
+        out = cls(
+            recipe_name=d["recipe"], recipe_hash=d["recipe_hash"], backend=d["backend"], device=d["device"],
+            output_dir=d["output_dir"], stages=tuple(StageResult.from_dict(s) for s in d.get("stages", ())),
+            metrics=dict(d.get("metrics") or {}), seconds=float(d.get("seconds") or 0.0),
+            timings=dict(d.get("timings") or {}), calibration_hash=d.get("calibration_hash"),
+            manifest="manifest.json" if d.get("outputs") else None, reused=bool(d.get("reused", False)),
+            resumed_from=d.get("resumed_from"),
+        )
+        return attrs.evolve(out, **changes) if changes else out
 
     def to_json(self, *, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)

@@ -3,12 +3,16 @@
 One process, one device. Load (shipped weights, a local HF checkpoint, or random init from the
 registry architecture), measure held-out perplexity, run the stages (quantize or auto-quantize with
 ModelOpt, then export), measure again on the fake-quantized model and on the re-loaded export.
-Everything is written under ``plan.staging_dir``.
+Everything is written under ``plan.staging_dir``. Each finished stage is recorded in the staging folder's
+journal (``plan.journal``) with the model saved after it (ModelOpt's ``mto.save``: the quantized model's
+ModelOpt state and weights), so the same command after a kill continues with the next stage.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
+from typing import Any
 
 from ...plan.run_plan import RunPlan
 from ...spec.recipe import RandomInit, Recipe
@@ -28,8 +32,12 @@ def check(recipe: Recipe, plan: RunPlan) -> None:
 
 
 def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
+    import shutil
+
+    import modelopt.torch.opt as mto
     import torch
 
+    from ...plan.journal import Journal
     from ...plan.techniques import technique_for
     from ..data import batches, data_hash, token_windows
     from . import evaluate, export
@@ -38,19 +46,26 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
 
     t_run = time.perf_counter()
     torch.manual_seed(recipe.seed)
-    timings: dict[str, float] = {}
     device, progress = plan.device, plan.progress
     staging = plan.staging()
+    journal = Journal.open(staging, recipe_hash=recipe.content_hash(), backend="hf")
+    # without an export stage the model is measured after the last stage: a resumed run needs it again
+    point = journal.begin(len(plan.stages),
+                          final_model_needed=recipe.export is None and recipe.evaluation is not None)
+    done = [StageResult.from_dict(s["result"]) for s in journal.stages[:point.start]]
+    timings: dict[str, float] = dict(journal.extra.get("timings", {}))
+    metrics: dict[str, float | None] = dict(journal.extra.get("metrics", {}))
 
     t = time.perf_counter()
     model, tokenizer, folder = load_model(recipe, plan.arch, plan.weights_dir, device=device, dtype=plan.dtype)
+    if point.state is not None:  # the model as the last finished stage left it
+        mto.restore(model, str(point.state))
     timings["load"] = time.perf_counter() - t
 
     cal = recipe.calibration
     windows = token_windows(cal, tokenizer, path="calibration")
     cal_hash = data_hash(windows)
     eval_batches = None
-    metrics: dict[str, float | None] = {}
     if recipe.evaluation is not None:
         ev = recipe.evaluation
         eval_windows = token_windows(ev, tokenizer, path="evaluation")
@@ -58,6 +73,8 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
         key = (str(folder or f"random:{getattr(recipe.source, 'seed', 0)}:{plan.arch.name}"), data_hash(eval_windows),
                plan.dtype, device)
         t = time.perf_counter()
+        if "perplexity_before" in metrics:  # measured before the stopped run's stages
+            _BASELINES.setdefault(key, metrics["perplexity_before"])  # type: ignore[arg-type]
         if key not in _BASELINES:
             _BASELINES[key] = evaluate.perplexity(model, eval_batches, device=device, label="evaluate original",
                                                   progress=progress)
@@ -66,10 +83,13 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
         timings["evaluate_before"] = time.perf_counter() - t
 
     run = HFRun(recipe=recipe, plan=plan, model=model, tokenizer=tokenizer, windows=windows,
-                eval_batches=eval_batches, metrics=metrics, timings=timings)
-    stages: list[StageResult] = []
-    for sp in plan.stages:
+                eval_batches=eval_batches, metrics=metrics, timings=timings,
+                quantized=any(s.technique in ("quantize", "auto_quantize") for s in done))
+    stages: list[StageResult] = list(done)
+    for sp in plan.stages[point.start:]:
         stage = sp.stage
+        for half_written in {plan.stage_dir(sp.index, sp.label), staging / getattr(stage, "folder", "")} - {staging}:
+            shutil.rmtree(half_written, ignore_errors=True)  # what a stopped run left of this stage
         reset_peak_memory(device)
         t = time.perf_counter()
         before = count_params(model)
@@ -80,6 +100,9 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
             params_before=before, params_after=count_params(run.model), effective_bits=step.effective_bits,
             quantizer_summary=step.quantizer_summary or {}, outputs=step.outputs, details=dict(step.details),
         ))
+        journal.extra.update(metrics=metrics, timings=timings)
+        journal.finish_stage(sp.index, stages[-1].to_dict(), _save_state(run.model, plan, sp.index, sp.label,
+                                                                         len(plan.stages)))
 
     if eval_batches is not None and run.quantized and "perplexity_after" not in metrics:
         run.evaluate_after()
@@ -95,10 +118,27 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
         stages[-1].details["reloaded_layers"] = counts
     add_change(metrics)
 
-    from ...spec.serde import content_hash
-
     return PostTrainingResult(
-        recipe_name=recipe.label, recipe_hash=content_hash(recipe), backend="hf", device=device,
+        recipe_name=recipe.label, recipe_hash=recipe.content_hash(), backend="hf", device=device,
         output_dir=str(staging), stages=tuple(stages), metrics=metrics, seconds=time.perf_counter() - t_run,
-        timings=timings, calibration_hash=cal_hash,
+        timings=timings, calibration_hash=cal_hash, resumed_from=point.start or None,
+        notes=(point.note,) if point.note else (),
     )
+
+
+def _save_state(model: Any, plan: RunPlan, index: int, label: str, n_stages: int) -> Path | None:
+    """The model after stage ``index`` on disk, for a resumed run: the stage's own ``modelopt_model.pth``
+    when it wrote one, else (when a stage follows) ``mto.save`` into the staging folder's ``.resume/``."""
+    import modelopt.torch.opt as mto
+
+    own = plan.stage_dir(index, label) / "modelopt_model.pth"
+    if own.is_file():
+        return own
+    if index + 1 >= n_stages:
+        return None
+    state = plan.staging() / ".resume" / f"after-{index + 1:02d}.pth"
+    state.parent.mkdir(parents=True, exist_ok=True)
+    tmp = state.with_name(state.name + ".tmp")
+    mto.save(model, str(tmp))
+    tmp.replace(state)  # a kill during the save leaves no half file under the final name
+    return state

@@ -7,9 +7,12 @@ quantizer state for vLLM's fake-quant reload.
 
 transformers has no loader for ``quant_method: modelopt`` checkpoints, so ``load_export`` does what a
 serving engine does, in plain torch: it builds the transformers model from the exported ``config.json``,
-decodes every quantized weight from the stored integers/FP8 values and their scales (FP8 per tensor,
-INT8 per channel, INT4 in blocks with two values per byte, W4A8's FP8 second scale), and quantizes each
-quantized layer's input with the stored ``input_scale`` (after ``pre_quant_scale``). Its perplexity is
+decodes every quantized weight from the stored integers/FP8/FP4 values and their scales (FP8 per tensor,
+INT8 per channel, INT4 in blocks with two values per byte, W4A8's FP8 second scale, NVFP4's two E2M1
+values per byte with FP8 scales per 16 values times a per-tensor second scale, MXFP8's power-of-two
+scales per 32 values), and quantizes each quantized layer's input as the format says (FP8 or INT8 with
+the stored ``input_scale`` after ``pre_quant_scale``, NVFP4 per 16 values under ``input_scale``, MXFP8
+per 32 values). Its perplexity is
 the perplexity of the file on disk, not of the in-memory fake-quantized model. KV-cache scales
 (``k_scale``/``v_scale``) are read but not applied: attention kernels are out of scope here.
 """
@@ -77,29 +80,107 @@ def _int8_qdq(x: Any, scale: Any) -> Any:
     return (x / scale).round().clamp(-128, 127) * scale
 
 
+# E2M1 (FP4) by its 4-bit code, sign in the high bit: ModelOpt's NVFP4 code table
+E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
+E2M1_MAX = 6.0
+NVFP4_BLOCK = 16
+MXFP8_BLOCK = 32
+
+
+def _unpack_fp4(packed: Any) -> Any:
+    """NVFP4 weights as stored, ``(..., in/2)`` bytes, to ``(..., in)`` floats: two E2M1 codes per byte
+    along the input dimension, the even column in the low nibble, the odd one in the high nibble."""
+    import torch
+
+    p = packed.view(torch.uint8)
+    codes = torch.stack([p & 0x0F, p >> 4], dim=-1).reshape(*p.shape[:-1], p.shape[-1] * 2)
+    return torch.tensor(E2M1_VALUES, device=p.device)[codes.long()]
+
+
+def _per_block(scale: Any, width: int) -> Any:
+    """A scale per block of the last dimension, repeated to ``width`` columns."""
+    return scale.repeat_interleave(width // scale.shape[-1], dim=-1)
+
+
+def _round_e2m1(x: Any) -> Any:
+    """Round to the nearest E2M1 value (magnitudes 0, 0.5, 1, 1.5, 2, 3, 4, 6), keeping the sign."""
+    import torch
+
+    grid = torch.tensor(E2M1_VALUES[:8], device=x.device, dtype=x.dtype)
+    mids = (grid[1:] + grid[:-1]) / 2
+    mag = grid[torch.bucketize(x.abs().clamp(max=E2M1_MAX), mids)]
+    return torch.where(x < 0, -mag, mag)
+
+
+def _nvfp4_qdq(x: Any, global_scale: Any) -> Any:
+    """NVFP4 activations as the kernel quantizes them: per 16 values an FP8 scale (of ``amax / 6`` under
+    the stored per-tensor ``input_scale``), then E2M1 values."""
+    import torch
+
+    shape = x.shape
+    blocks = x.reshape(*shape[:-1], -1, NVFP4_BLOCK)
+    amax = blocks.abs().amax(dim=-1, keepdim=True)
+    scale = (amax / E2M1_MAX / global_scale).clamp(max=FP8_MAX).to(torch.float8_e4m3fn).to(x.dtype) * global_scale
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    return (_round_e2m1(blocks / scale) * scale).reshape(shape)
+
+
+def _mxfp8_qdq(x: Any) -> Any:
+    """MXFP8 activations: per 32 values a power-of-two scale ``2**ceil(log2(amax / 448))``, then FP8."""
+    import torch
+
+    shape = x.shape
+    blocks = x.reshape(*shape[:-1], -1, MXFP8_BLOCK)
+    amax = blocks.abs().amax(dim=-1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny)
+    scale = torch.exp2(torch.ceil(torch.log2(amax / FP8_MAX)).clamp(-127, 127))
+    return (blocks / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).to(x.dtype).mul(scale).reshape(shape)
+
+
 def decode_weight(t: dict[str, Any]) -> tuple[Any, str]:
-    """(dense fp32 weight, weight format) from one layer's stored tensors."""
+    """(dense fp32 weight, weight format) from one layer's stored tensors.
+
+    The format follows from the stored dtypes, as ModelOpt 0.47 writes them: FP8 weights with an FP32
+    scale (per tensor or per channel) or with a ``uint8`` E8M0 exponent per 32 values (MXFP8); ``int8``
+    weights with a per-channel scale; ``uint8`` weights holding two 4-bit values per byte, NVFP4 when the
+    block scales are FP8 (packed along the input dimension, 16 values per scale, times ``weight_scale_2``),
+    INT4 otherwise (packed along the output dimension; W4A8 adds an FP8 step under ``weight_scale_2``).
+    """
     import torch
 
     w = t["weight"]
     scale: Any = t.get("weight_scale")
     if w.dtype == torch.float8_e4m3fn:
+        if scale.dtype == torch.uint8:  # MXFP8: E8M0, value = 2 ** (exponent - 127)
+            return w.float() * _per_block(torch.exp2(scale.float() - 127), w.shape[-1]), "mxfp8"
         s = scale.float()
         if s.dim() == 1:
             s = s[:, None]
         return w.float() * s, "fp8"
     if w.dtype == torch.int8:
         return w.float() * scale.float().reshape(-1, 1), "int8"
+    if w.dtype == torch.uint8 and scale.dtype == torch.float8_e4m3fn:  # NVFP4
+        q = _unpack_fp4(w)
+        s2 = t["weight_scale_2"].float()
+        if s2.numel() > 1:  # one per expert of a stacked expert weight
+            s2 = s2.reshape(-1, *([1] * (q.dim() - 1)))
+        return q * _per_block(scale.float() * s2, q.shape[-1]), "nvfp4"
     if w.dtype == torch.uint8:
         q = _unpack_int4(w).float()
-        s = scale.float()
-        block = q.shape[1] // s.shape[1]
-        dense = q * s.repeat_interleave(block, dim=1)
+        dense = q * _per_block(scale.float(), q.shape[1])
         if "weight_scale_2" in t:  # W4A8: the kernel turns int4 into FP8 with this second scale
             dense = _fp8_qdq(dense, t["weight_scale_2"].float())
             return dense, "int4+fp8"
         return dense, "int4"
     return w.float(), "dense"
+
+
+def activation_format(kind: str, has_input_scale: bool) -> str:
+    """How a serving engine quantizes the input of a layer whose weights are ``kind`` ("" = not at all)."""
+    if kind == "mxfp8":
+        return "mxfp8"  # dynamic: no stored scale
+    if not has_input_scale:
+        return ""
+    return {"int8": "int8", "nvfp4": "nvfp4"}.get(kind, "fp8")
 
 
 def load_export(directory: Path, *, device: str = "cpu") -> tuple[Any, dict[str, int]]:
@@ -111,8 +192,6 @@ def load_export(directory: Path, *, device: str = "cpu") -> tuple[Any, dict[str,
     modules get their stored ``pre_quant_scale``/``input_scale``; fused expert weights are decoded but
     their per-expert activation scales cannot be hooked (counted as ``...-experts`` layers).
     """
-    import tempfile
-
     import torch
     from safetensors.torch import load_file, save_file
     from transformers import AutoModelForCausalLM
@@ -138,13 +217,15 @@ def load_export(directory: Path, *, device: str = "cpu") -> tuple[Any, dict[str,
             continue
         plain[wkey], kind = decode_weight({"weight": plain[wkey], **extra})
         decoded[name] = kind
-        act = ("int8" if kind == "int8" else "fp8") if "input_scale" in extra else ""
+        act = activation_format(kind, "input_scale" in extra)
         hooks[name] = (extra.get("pre_quant_scale"), extra.get("input_scale"), act)
 
     cfg = json.loads((directory / "config.json").read_text())
     cfg.pop("quantization_config", None)
     cfg["dtype"] = cfg["torch_dtype"] = "float32"
-    with tempfile.TemporaryDirectory(prefix="mtr-reload-") as tmp:
+    from ...plan.outputs import reload_scratch
+
+    with reload_scratch() as tmp:
         (Path(tmp) / "config.json").write_text(json.dumps(cfg))
         save_file({k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in plain.items()},
                   str(Path(tmp) / "model.safetensors"), metadata={"format": "pt"})
@@ -175,9 +256,11 @@ def _input_hook(pqs: Any, in_scale: Any, act: str) -> Any:
         x = args[0]
         if pqs is not None:
             x = x * pqs.to(x.device)
-        if scale is not None:
+        if act == "mxfp8":
+            x = _mxfp8_qdq(x)
+        elif scale is not None and act:
             s = scale.to(x.device)
-            x = _int8_qdq(x, s) if act == "int8" else _fp8_qdq(x, s)
+            x = {"int8": _int8_qdq, "nvfp4": _nvfp4_qdq}.get(act, _fp8_qdq)(x, s)
         return (x, *args[1:])
 
     return hook
