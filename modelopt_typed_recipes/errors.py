@@ -7,16 +7,21 @@ guess it, a hint ("did you mean ..."). The CLI prints them and exits 2; anything
 from __future__ import annotations
 
 import difflib
+import reprlib
 from collections.abc import Iterable
+from typing import Any
+
+MAX_MESSAGE_CHARS = 1000
+"""An error is one line; a message longer than this is cut (values inside it are :func:`brief` already)."""
 
 
 class RecipeError(Exception):
     """Base of every error this package raises on bad input."""
 
     def __init__(self, message: str, *, path: str = "", hint: str = "") -> None:
-        self.path = path
-        self.message = message
-        self.hint = hint
+        self.path = _one_line(path, 300)
+        self.message = _one_line(message, MAX_MESSAGE_CHARS)
+        self.hint = _one_line(hint, MAX_MESSAGE_CHARS)
         super().__init__(self.__str__())
 
     def __str__(self) -> str:
@@ -73,6 +78,31 @@ class OutputError(RecipeError):
 
 class OutputLockedError(OutputError):
     """Another run holds the output folder's lock; the message names it (pid, host, start time)."""
+
+
+def _one_line(text: str, limit: int) -> str:
+    text = str(text)
+    if "\n" in text or "\r" in text:
+        text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = 120
+_REPR.maxother = 120
+_REPR.maxlong = 60
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxset = _REPR.maxdict = 6
+_REPR.maxlevel = 3
+
+
+def brief(value: Any) -> str:
+    """A short one-line ``repr`` of a user's value for an error message (at most ~300 characters, computed
+    without building the full repr: a value may be huge or deeply nested)."""
+    try:
+        text = _REPR.repr(value)
+    except Exception:  # noqa: BLE001 - a repr that fails still gets a message
+        text = f"<{type(value).__name__}>"
+    return _one_line(text, 300)
 
 
 def did_you_mean(word: str, choices: Iterable[str], *, n: int = 3) -> str:

@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import yaml
 
 from ..errors import SpecError, UnknownNameError, did_you_mean
 from ..spec.arch import MLAttention, ModelArch
+from ..spec.bounded import load_yaml_all, read_text
 from ..spec.techniques import KV_CACHE_FORMATS as SPEC_KV_CACHE_FORMATS
 
 MODELOPT_VERSION = "0.47.0"
@@ -174,10 +174,7 @@ def _resolve_file(ref: str, *, base: Path | None = None) -> Path:
 
 def _read_yaml(path: Path) -> tuple[dict[str, str], Any]:
     """(imports, body) of one config file; a two-document file is a header plus a list body."""
-    try:
-        docs = [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8"))]
-    except yaml.YAMLError as exc:
-        raise SpecError(f"not valid YAML: {exc}".replace("\n", " "), path=str(path)) from None
+    docs = load_yaml_all(read_text(path, what="ModelOpt recipe"), source=str(path))
     if not docs or docs[0] is None:
         return {}, {}
     if len(docs) == 1:

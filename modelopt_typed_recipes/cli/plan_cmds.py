@@ -141,12 +141,12 @@ def _print_plan(lp: LaunchPlan) -> None:
     ranks = Table(title="rank map (Megatron-Core order tp-cp-ep-dp-pp)")
     for col in ("rank", "node", "local", "tp", "pp", "cp", "dp", "ep", "etp", "edp"):
         ranks.add_column(col, justify="right")
-    shown = lp.rank_map if len(lp.rank_map) <= 32 else lp.rank_map[:32]
+    shown = lp.rank_map[:32]
     for r in shown:
         ranks.add_row(*(str(x) for x in (r.rank, r.node, r.local_rank, r.tensor, r.pipeline, r.context, r.data,
                                          r.expert, r.expert_tensor, r.expert_data)))
     if len(lp.rank_map) > len(shown):
-        ranks.caption = f"first {len(shown)} of {len(lp.rank_map)} ranks (--json prints all)"
+        ranks.caption = f"first {len(shown)} of {len(lp.rank_map)} ranks (--json prints the first 1024)"
     out.print(ranks)
 
 

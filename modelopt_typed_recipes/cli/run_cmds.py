@@ -115,7 +115,9 @@ def _run(args: argparse.Namespace) -> int:
     from ..runtime.distributed import finish
 
     finish()  # torch.distributed's own teardown, not the interpreter's at exit
-    if int(os.environ.get("RANK", "0")) != 0:
+    from ..plan.resolve import launch_world
+
+    if launch_world()[1] != 0:  # RANK=abc is a typed error there
         return 0 if not failed else 2
     if args.json:
         if len(results) == 1:

@@ -12,15 +12,16 @@ remaining GPUs with data parallelism (prune and export: pipeline only).
 
 from __future__ import annotations
 
+import math
 import shlex
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, overload
 
 import attrs
 
-from ..errors import LayoutError
+from ..errors import LayoutError, brief
 from ..spec.arch import ModelArch
-from ..spec.layout import ParallelLayout, RankCoords, expert_side_tiles
+from ..spec.layout import MAX_WORLD_SIZE, ParallelLayout, RankCoords
 from . import memory as mem
 from . import rules
 from .gpus import GpuSpec, get_gpu
@@ -52,6 +53,38 @@ class RankInfo(RankCoords):
         return {"rank": d.pop("rank"), "node": d.pop("node"), "local_rank": d.pop("local_rank"), **d}
 
 
+@attrs.frozen
+class RankMap(Sequence[RankInfo]):
+    """Every process of a plan, computed when asked for (a closed form per rank): a plan for a million GPUs
+    answers at once and prints only :data:`RANKS_SHOWN` ranks."""
+
+    layout: ParallelLayout
+    nproc_per_node: int
+
+    def __len__(self) -> int:
+        return self.layout.world_size
+
+    @overload
+    def __getitem__(self, index: int) -> RankInfo: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[RankInfo, ...]: ...
+
+    def __getitem__(self, index: int | slice) -> RankInfo | tuple[RankInfo, ...]:
+        if isinstance(index, slice):
+            return tuple(self[i] for i in range(*index.indices(len(self))))
+        rank = index + len(self) if index < 0 else index
+        if not 0 <= rank < len(self):
+            raise IndexError(f"rank {index} is outside the world of {len(self)}")
+        c = self.layout.coords(rank)
+        return RankInfo(node=rank // self.nproc_per_node, local_rank=rank % self.nproc_per_node, **attrs.asdict(c))
+
+
+_MAX_TOKENS = 1 << 31
+"""A calibration batch or sequence length beyond 2**31 is no real run; the memory estimate stays exact below."""
+RANKS_SHOWN = 1024
+"""Ranks ``plan --json`` lists (the first ones; ``rank_map_total`` says how many there are)."""
+
+
 @attrs.frozen(kw_only=True)
 class LaunchPlan:
     """Everything needed to start one stage, as data (commands are lists: nothing is word-split)."""
@@ -65,7 +98,7 @@ class LaunchPlan:
     """``resolved`` (arguments/recipe/env), or ``planned`` (chosen here because nothing set it)."""
     nnodes: int
     nproc_per_node: int
-    rank_map: tuple[RankInfo, ...]
+    rank_map: RankMap
     argv: tuple[str, ...]
     """The torchrun command for this plan (single node: ``--standalone``; else c10d rendezvous)."""
     multi_node_argv: tuple[str, ...]
@@ -107,7 +140,8 @@ class LaunchPlan:
             "megatron_args": list(self.megatron_args),
             "memory": self.memory.summary(),
             "fits": self.fits,
-            "rank_map": [r.to_dict() for r in self.rank_map],
+            "rank_map": [r.to_dict() for r in self.rank_map[:RANKS_SHOWN]],
+            "rank_map_total": len(self.rank_map),
             "sbatch_script": self.sbatch_script,
         }
 
@@ -152,9 +186,9 @@ def plan(
     stage = rules.check_stage_name(stage)
     gpu_spec = get_gpu(gpu) if isinstance(gpu, str) else gpu
     gpus = _positive("gpus", gpus)
-    batch = _positive("batch", batch)
+    batch = _positive("batch", batch, _MAX_TOKENS)
     if seq_length is not None:
-        seq_length = _positive("seq_length", seq_length)
+        seq_length = _positive("seq_length", seq_length, _MAX_TOKENS)
     per_node_cap = gpu_spec.gpus_per_node
     if nodes is not None:
         nodes = _positive("nodes", nodes)
@@ -191,8 +225,7 @@ def plan(
         raise LayoutError(f"world size {world} does not spread evenly over {nnodes} nodes of {per_node_cap} GPUs",
                           path="data_parallel", hint=f"use a world size that is a multiple of {nnodes}")
     nproc = world // nnodes
-    rank_map = tuple(RankInfo(node=c.rank // nproc, local_rank=c.rank % nproc, **attrs.asdict(c))
-                     for c in layout.rank_map())
+    rank_map = RankMap(layout, nproc)
 
     port = int(master_port or renv.value("master_port"))
     addr = master_addr or renv.value("master_addr") or MASTER_ADDR_PLACEHOLDER
@@ -228,19 +261,19 @@ def _resolved_layout(arch: ModelArch, renv: RunEnvironment, stage: str, gpus: in
                 f"TP*PP*CP = {mp} needs more than the {gpus} GPU(s) given", path="tensor_parallel",
                 hint=_proposal(arch, renv, stage, gpus, seq_length),
             )
-        fill["data_parallel"] = next((d for d in range(gpus // mp, 0, -1) if _tiles(renv, split, d)), 1)
+        fill["data_parallel"] = _largest_tiling_dp(renv, split, gpus // mp)
     if not renv.is_set("sequence_parallel") and stage in rules.PIPELINE_ONLY_STAGES:
         fill["sequence_parallel"] = False
     layout = renv.layout(**fill)
     return rules.check(arch, layout, stage, seq_length=seq_length, gpus=gpus)
 
 
-def _tiles(renv: RunEnvironment, split: ParallelLayout, dp: int) -> bool:
-    """Whether the resolved expert side tiles the world of ``split`` with ``dp`` replicas."""
-    return expert_side_tiles(world_size=attrs.evolve(split, data_parallel=dp).world_size,
-                             expert_tensor_parallel=renv.value("expert_tensor_parallel"),
-                             expert_parallel=renv.value("expert_parallel"),
-                             pipeline_parallel=split.pipeline_parallel)
+def _largest_tiling_dp(renv: RunEnvironment, split: ParallelLayout, most: int) -> int:
+    """The largest DP <= ``most`` with which the expert side ETP*EP*PP tiles the world TP*PP*CP*DP (1 when
+    none does). Closed form: ETP*EP*PP divides MP*DP exactly when DP is a multiple of E / gcd(E, MP)."""
+    expert = renv.value("expert_tensor_parallel") * renv.value("expert_parallel") * split.pipeline_parallel
+    step = expert // math.gcd(expert, split.model_parallel_size)
+    return max(1, most // step * step)
 
 
 def _proposal(arch: ModelArch, renv: RunEnvironment, stage: str, gpus: int, seq_length: int | None) -> str:
@@ -324,7 +357,9 @@ def _sbatch(*, name: str, nnodes: int, nproc: int, env: tuple[tuple[str, str], .
     return "\n".join(lines) + "\n"
 
 
-def _positive(name: str, value: Any) -> int:
+def _positive(name: str, value: Any, maximum: int = MAX_WORLD_SIZE) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise LayoutError(f"must be a positive integer, got {value!r}", path=name)
+        raise LayoutError(f"must be a positive integer, got {brief(value)}", path=name)
+    if value > maximum:
+        raise LayoutError(f"{brief(value)} is more than this planner handles (at most {maximum:,})", path=name)
     return value

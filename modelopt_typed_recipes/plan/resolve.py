@@ -28,8 +28,8 @@ from typing import Any
 
 import attrs
 
-from ..errors import LayoutError, SpecError
-from ..spec.layout import LAYOUT_FIELDS, MEGATRON_FLAGS, ParallelLayout
+from ..errors import LayoutError, SpecError, brief
+from ..spec.layout import LAYOUT_FIELDS, MAX_WORLD_SIZE, MEGATRON_FLAGS, ParallelLayout
 
 PATH_FIELDS = ("model_cfg", "hf_model_ckpt", "mlm_model_ckpt", "mlm_model_save", "export_dir", "work_dir")
 LAUNCH_FIELDS = (
@@ -133,12 +133,17 @@ def model_split(tensor_parallel: int, pipeline_parallel: int, context_parallel: 
 
 
 # --------------------------------------------------------------------------- parsing
-def parse_int(name: str, value: Any, *, minimum: int = 1) -> int | None:
+MAX_SETTING = MAX_WORLD_SIZE
+"""No layout size, rank or count read here is above the largest world a layout may have."""
+_MAX_PORT = 65535
+
+
+def parse_int(name: str, value: Any, *, minimum: int = 1, maximum: int = MAX_SETTING) -> int | None:
     """An integer from an argument or an environment string; ``None``/empty means unset."""
     if value is None:
         return None
     if isinstance(value, bool):
-        raise LayoutError(f"{name}={value!r} is not an integer", path=name)
+        raise LayoutError(f"{name}={brief(value)} is not an integer", path=name)
     if isinstance(value, int):
         out = value
     else:
@@ -146,13 +151,20 @@ def parse_int(name: str, value: Any, *, minimum: int = 1) -> int | None:
         if not text:
             return None
         if text.startswith("-") and _DIGITS.fullmatch(text[1:]):
-            raise LayoutError(f"{name}={text!r} is negative", path=name, hint=f"use an integer >= {minimum}")
+            raise LayoutError(f"{name}={brief(text)} is negative", path=name, hint=f"use an integer >= {minimum}")
         if not _DIGITS.fullmatch(text):
-            raise LayoutError(f"{name}={text!r} is not an integer", path=name, hint=f"use an integer >= {minimum}")
+            raise LayoutError(f"{name}={brief(text)} is not an integer", path=name,
+                              hint=f"use an integer >= {minimum}")
+        if len(text.lstrip("0")) > len(str(maximum)):  # before int(): 5,000 digits would be a ValueError
+            raise LayoutError(f"{name}={brief(text)} is larger than {maximum:,}", path=name,
+                              hint=f"use an integer in {minimum}..{maximum}")
         out = int(text)
     if out < minimum:
         what = "negative" if out < 0 else f"less than {minimum}"
         raise LayoutError(f"{name}={out} is {what}", path=name, hint=f"use an integer >= {minimum}")
+    if out > maximum:
+        raise LayoutError(f"{name}={brief(out)} is larger than {maximum:,}", path=name,
+                          hint=f"use an integer in {minimum}..{maximum}")
     return out
 
 
@@ -258,18 +270,20 @@ def resolve(args: Mapping[str, Any] | None = None, recipe: ParallelLayout | Mapp
     # ---- launch (torchrun, then Slurm)
     launch: dict[str, Resolved] = {}
 
-    def take(field: str, candidates: list[tuple[str, str, int | None]]) -> None:
+    def take(field: str, candidates: list[tuple[str, str, int | None]], maximum: int = MAX_SETTING) -> None:
         """First set variable of ``candidates`` (name, source kind, integer minimum or None for strings)."""
         if field in args and args[field] is not None:
             v = args[field]
-            launch[field] = Resolved(v if not isinstance(v, str) or field in ("master_addr", "job_nodelist")
-                                     else parse_int(field, v, minimum=0), "argument")
+            text_field = field in ("master_addr", "job_nodelist")
+            launch[field] = Resolved(str(v)[:_MAX_TEXT] if text_field else parse_int(field, v, minimum=0,
+                                                                                     maximum=maximum), "argument")
             return
         for var, kind, minimum in candidates:
             raw = env.get(var)
             if raw is None or not str(raw).strip():
                 continue
-            value = parse_int(var, raw, minimum=minimum) if minimum is not None else str(raw).strip()
+            value = (parse_int(var, raw, minimum=minimum, maximum=maximum) if minimum is not None
+                     else _text(var, raw))
             launch[field] = Resolved(value, f"{kind} {var}")
             return
 
@@ -280,7 +294,7 @@ def resolve(args: Mapping[str, Any] | None = None, recipe: ParallelLayout | Mapp
     take("nnodes", [("SLURM_NNODES", "slurm", 1)])
     take("gpus_per_node", [("SLURM_GPUS_ON_NODE", "slurm", 1), ("LOCAL_WORLD_SIZE", "torchrun", 1)])
     take("master_addr", [("MASTER_ADDR", "torchrun", None)])
-    take("master_port", [("MASTER_PORT", "torchrun", 1)])
+    take("master_port", [("MASTER_PORT", "torchrun", 1)], maximum=_MAX_PORT)
     take("job_nodelist", [("SLURM_JOB_NODELIST", "slurm", None)])
     if "master_addr" not in launch and "job_nodelist" in launch:
         host = first_host(launch["job_nodelist"].value)
@@ -354,12 +368,23 @@ def resolve(args: Mapping[str, Any] | None = None, recipe: ParallelLayout | Mapp
     return RunEnvironment(values=values)
 
 
+_MAX_TEXT = 4096
+
+
+def _text(name: str, raw: str) -> str:
+    """A host name or node list from the environment: one line, bounded."""
+    text = str(raw).strip()
+    if len(text) > _MAX_TEXT or "\n" in text or "\0" in text:
+        raise LayoutError(f"{name}={brief(text)} is not a host name or node list", path=name)
+    return text
+
+
 def _check_bool(field: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
         return value.strip().lower() in ("1", "true", "yes", "on")
-    raise LayoutError(f"{field}={value!r} is not true or false", path=field)
+    raise LayoutError(f"{field}={brief(value)} is not true or false", path=field)
 
 
 def _check_ranks(launch: dict[str, Resolved]) -> None:

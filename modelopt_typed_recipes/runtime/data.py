@@ -19,12 +19,12 @@ text before it imports anything heavy.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import DataError, did_you_mean
+from ..errors import DataError, RecipeError, did_you_mean
 from ..plan.outputs import user_path
+from ..spec.bounded import load_json
 from ..spec.recipe import TextData
 
 if TYPE_CHECKING:
@@ -59,21 +59,28 @@ def read_documents(data: TextData, *, path: str = "calibration") -> list[str]:
             raise DataError(f"cannot read {name!r}: {exc}", path=where) from None
         if p.suffix == ".jsonl":
             for n, line in enumerate(text.splitlines()):
-                if not line.strip():
-                    continue
-                try:
-                    docs.append(str(json.loads(line)[data.text_field]))
-                except (ValueError, KeyError, TypeError):
-                    raise DataError(
-                        f"line {n + 1} of {name!r} is not a JSON object with a {data.text_field!r} field",
-                        path=where,
-                        hint=f"set {path}.text_field to the key that holds the text",
-                    ) from None
+                if line.strip():
+                    docs.append(_jsonl_text(line, data.text_field, name=name, n=n, where=where, path=path))
         else:
             docs.append(text)
     if data.hf_dataset is not None:
         docs += _hf_dataset_documents(data, path=path)
     return [d for d in docs if d.strip()]
+
+
+def _jsonl_text(line: str, field: str, *, name: str, n: int, where: str, path: str) -> str:
+    """The text of one ``.jsonl`` line, read with the recipe's limits (nesting, integer length, duplicate keys)."""
+    try:
+        row = load_json(line, source=f"line {n + 1} of {name}", limit=None)
+    except RecipeError as err:
+        raise DataError(f"line {n + 1} of {name!r}: {err.message}", path=where, hint="one JSON object per line, e.g. {\"text\": \"...\"}") from None
+    if not isinstance(row, dict) or field not in row:
+        raise DataError(f"line {n + 1} of {name!r} is not a JSON object with a {field!r} field", path=where,
+                        hint=f"set {path}.text_field to the key that holds the text")
+    text = row[field]
+    if not isinstance(text, str):
+        raise DataError(f"line {n + 1} of {name!r}: {field!r} holds {type(text).__name__}, not text", path=where)
+    return text
 
 
 # A window of n tokens rarely needs more than 16n characters; reading stops there so that a large dataset

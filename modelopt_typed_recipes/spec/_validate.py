@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..errors import SpecError, did_you_mean
+from ..errors import SpecError, brief, did_you_mean
 
 
 def fail(field: str, message: str, hint: str = "") -> SpecError:
@@ -17,26 +17,38 @@ def positive(_inst: Any, attr: Any, value: Any) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-        raise fail(attr.name, f"must be a positive number, got {value!r}")
+        raise fail(attr.name, f"must be a positive number, got {brief(value)}")
 
 
 def non_negative(_inst: Any, attr: Any, value: Any) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-        raise fail(attr.name, f"must be zero or more, got {value!r}")
+        raise fail(attr.name, f"must be zero or more, got {brief(value)}")
 
 
 def positive_int(_inst: Any, attr: Any, value: Any) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise fail(attr.name, f"must be a positive integer, got {value!r}")
+        raise fail(attr.name, f"must be a positive integer, got {brief(value)}")
+
+
+MAX_SEED = 2**63 - 1
+
+
+def seed_range(_inst: Any, attr: Any, value: Any) -> None:
+    """A random seed torch and Megatron-Core accept: ``torch.manual_seed`` takes below 2**64 and Megatron-Core
+    adds per-rank offsets (``model_parallel_cuda_manual_seed``: +2718 + TP rank, +1024 + 100 * EP rank), so
+    0 <= seed < 2**63 is what every rank can use."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        raise fail(attr.name, f"must be an integer in [0, 2**63), got {brief(value)}",
+                   "torch.manual_seed and Megatron-Core's per-rank seeds need it; e.g. 1234")
 
 
 def fraction(_inst: Any, attr: Any, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
-        raise fail(attr.name, f"must be in (0, 1], got {value!r}")
+        raise fail(attr.name, f"must be in (0, 1], got {brief(value)}")
 
 
 def one_of(choices: Iterable[str]) -> Callable[[Any, Any, Any], None]:
@@ -48,8 +60,8 @@ def one_of(choices: Iterable[str]) -> Callable[[Any, Any, Any], None]:
         if value not in allowed:
             raise fail(
                 attr.name,
-                f"{value!r} is not one of {', '.join(map(repr, allowed))}",
-                did_you_mean(str(value), allowed),
+                f"{brief(value)} is not one of {', '.join(map(repr, allowed))}",
+                did_you_mean(value[:200], allowed) if isinstance(value, str) else "",
             )
 
     return check
@@ -62,21 +74,24 @@ def optional_bool(_inst: Any, attr: Any, value: Any) -> None:
 
 def non_empty_str(_inst: Any, attr: Any, value: Any) -> None:
     if not isinstance(value, str) or not value.strip():
-        raise fail(attr.name, f"must be a non-empty string, got {value!r}")
+        raise fail(attr.name, f"must be a non-empty string, got {brief(value)}")
 
 
 def non_empty_strs(_inst: Any, attr: Any, value: Any) -> None:
     """Every item of a tuple of names, paths or patterns: a non-empty string (the path names the item)."""
     for i, item in enumerate(value):
         if not isinstance(item, str) or not item.strip():
-            raise fail(f"{attr.name}[{i}]", f"must be a non-empty string, got {item!r}")
+            raise fail(f"{attr.name}[{i}]", f"must be a non-empty string, got {brief(item)}")
+
+
+_DIVISOR_SEARCH = 1 << 16
 
 
 def divisors(n: int) -> list[int]:
-    """Divisors of ``n``, ascending: the sizes a "use one of ..." hint offers."""
-    import math
-
-    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]  # O(sqrt n): n may come from a bad config
+    """Divisors of ``n``, ascending: the sizes a "use one of ..." hint offers. The search stops at 65,536
+    (``n`` may come from a bad config): for an ``n`` beyond 2**32 the list holds the divisors up to there and
+    their cofactors, which is all a hint needs, in bounded time."""
+    small = [d for d in range(1, min(math.isqrt(n), _DIVISOR_SEARCH) + 1) if n % d == 0]
     return small + [n // d for d in reversed(small) if d * d != n]
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import attrs
 
-from ..errors import LayoutError
+from ..errors import LayoutError, brief
 from ._validate import divisors
 
 SIZE_FIELDS = (
@@ -56,9 +56,17 @@ def expert_side_tiles(*, world_size: int, expert_tensor_parallel: int, expert_pa
     return world_size % (expert_tensor_parallel * expert_parallel * pipeline_parallel) == 0
 
 
+MAX_WORLD_SIZE = 1 << 20
+"""1,048,576 processes: far beyond any cluster, and a bound that keeps every divisor or rank computation
+over a layout instant (an absurd size is an error, not a hang)."""
+
+
 def _size(_inst: Any, attr: attrs.Attribute, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise LayoutError(f"must be a positive integer, got {value!r}", path=attr.name)
+        raise LayoutError(f"must be a positive integer, got {brief(value)}", path=attr.name)
+    if value > MAX_WORLD_SIZE:
+        raise LayoutError(f"{attr.name}={brief(value)} is more than any cluster has (at most {MAX_WORLD_SIZE:,})",
+                          path=attr.name)
 
 
 def _optional_size(_inst: Any, attr: attrs.Attribute, value: Any) -> None:
@@ -68,7 +76,7 @@ def _optional_size(_inst: Any, attr: attrs.Attribute, value: Any) -> None:
 
 def _bool(_inst: Any, attr: attrs.Attribute, value: Any) -> None:
     if not isinstance(value, bool):
-        raise LayoutError(f"must be true or false, got {value!r}", path=attr.name)
+        raise LayoutError(f"must be true or false, got {brief(value)}", path=attr.name)
 
 
 @attrs.frozen(kw_only=True)
@@ -108,6 +116,10 @@ class ParallelLayout:
     """Uneven split: layers of the last pipeline stage (``--decoder-last-pipeline-num-layers``)."""
 
     def __attrs_post_init__(self) -> None:
+        if self.world_size > MAX_WORLD_SIZE:
+            raise LayoutError(
+                f"TP*PP*CP*DP = {self.world_size:,} processes is more than any cluster has (at most "
+                f"{MAX_WORLD_SIZE:,})", path="data_parallel", hint="check the sizes: their product is the world size")
         expert_side = self.expert_tensor_parallel * self.expert_parallel * self.pipeline_parallel
         if not expert_side_tiles(world_size=self.world_size, expert_tensor_parallel=self.expert_tensor_parallel,
                                  expert_parallel=self.expert_parallel, pipeline_parallel=self.pipeline_parallel):

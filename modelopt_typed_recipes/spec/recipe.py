@@ -15,7 +15,7 @@ from typing import ClassVar, Literal
 import attrs
 
 from ..errors import RecipeError
-from ._validate import fail, non_empty_str, non_empty_strs, one_of, positive_int
+from ._validate import fail, non_empty_str, non_empty_strs, one_of, positive_int, seed_range
 from .arch import ModelArch
 from .layout import ParallelLayout
 from .techniques import AutoQuantize, Export, Quantize, Stage
@@ -61,7 +61,7 @@ class RandomInit:
     """Random weights from the architecture (tests and dry runs; never for real results)."""
 
     type: Literal["random"] = attrs.field(default="random", validator=one_of(["random"]))
-    seed: int = 0
+    seed: int = attrs.field(default=0, validator=seed_range)
 
 
 @attrs.frozen(kw_only=True)
@@ -140,7 +140,7 @@ class Recipe:
     ``auto`` only what is needed to deploy or resume (the last quantize/prune stage when no export follows
     it), ``final`` the last one even when an export follows, ``all`` every quantize/prune stage, ``none``
     nothing. A stage's own ``save: true/false`` overrides it."""
-    seed: int = 1234
+    seed: int = attrs.field(default=1234, validator=seed_range)
     schema_version: int = SCHEMA_VERSION
 
     @model.validator

@@ -26,7 +26,8 @@ from cattrs.errors import (
     IterableValidationNote,
 )
 
-from ..errors import RecipeError, SpecError, did_you_mean
+from ..errors import RecipeError, SpecError, brief, did_you_mean
+from . import bounded
 
 T = TypeVar("T")
 
@@ -34,38 +35,49 @@ converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True, o
 
 
 # --------------------------------------------------------------------------- strict scalars
+MAX_INT = 2**63 - 1
+"""No size, count or seed in a recipe is beyond a signed 64-bit integer (what torch and Megatron take)."""
+
+
 def _strict_int(value: Any, _t: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise TypeError(f"expected an integer, got {value!r}")
+            value = int(value)
+        else:
+            raise TypeError(f"expected an integer, got {brief(value)}")
+    if not -MAX_INT <= value <= MAX_INT:
+        raise TypeError(f"{brief(value)} is out of range (integers here are below 2**63)")
     return value
 
 
 def _strict_float(value: Any, _t: Any) -> float:
     if isinstance(value, bool):
-        raise TypeError(f"expected a number, got {value!r}")
+        raise TypeError(f"expected a number, got {brief(value)}")
     if isinstance(value, int | float):
         return float(value)
     if isinstance(value, str):  # YAML 1.1 reads 1e6 as a string
         try:
             out = float(value)
         except ValueError:
-            raise TypeError(f"expected a number, got {value!r}") from None
+            raise TypeError(f"expected a number, got {brief(value)}") from None
         if math.isfinite(out):
             return out
-    raise TypeError(f"expected a number, got {value!r}")
+    raise TypeError(f"expected a number, got {brief(value)}")
 
 
 def _strict_bool(value: Any, _t: Any) -> bool:
     if not isinstance(value, bool):
-        raise TypeError(f"expected true or false, got {value!r}")
+        raise TypeError(f"expected true or false, got {brief(value)}")
     return value
 
 
 def _strict_str(value: Any, _t: Any) -> str:
     if not isinstance(value, str):
-        raise TypeError(f"expected a string, got {value!r}")
+        raise TypeError(f"expected a string, got {brief(value)}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800" in JSON): no file name or message can hold it
+        raise TypeError(f"{brief(value)} is not valid Unicode text") from None
     return value
 
 
@@ -119,13 +131,13 @@ def _structure_tagged(tp: Any) -> Callable[[Any, Any], Any]:
         if type(value) in tags.values():
             return value
         if not isinstance(value, Mapping):
-            raise TypeError(f"expected a mapping, got {value!r}")
+            raise TypeError(f"expected a mapping, got {brief(value)}")
         if name not in value and required:
             raise SpecError(f"required field missing: say which {name} (one of {', '.join(tags)})", path=name)
         tag = value.get(name, default)
         if tag not in tags:
             raise SpecError(
-                f"unknown {name} {tag!r}",
+                f"unknown {name} {brief(tag)}",
                 path=name,
                 hint=did_you_mean(str(tag), tags) or f"one of {', '.join(tags)}",
             )
@@ -157,7 +169,7 @@ def _structure_str_or_attrs(tp: Any) -> Callable[[Any, Any], Any]:
             return value
         if isinstance(value, Mapping):
             return converter.structure(dict(value), cls)
-        raise TypeError(f"expected a name or a mapping, got {value!r}")
+        raise TypeError(f"expected a name or a mapping, got {brief(value)}")
 
     return hook
 
@@ -174,7 +186,7 @@ def _structure_scalar_union(tp: Any) -> Callable[[Any, Any], Any]:
                 return float(value)
             if isinstance(value, m) and not (isinstance(value, bool) and m is not bool):
                 return value
-        raise TypeError(f"expected {' or '.join(m.__name__ for m in members)}, got {value!r}")
+        raise TypeError(f"expected {' or '.join(m.__name__ for m in members)}, got {brief(value)}")
 
     return hook
 
@@ -196,8 +208,8 @@ def _structure_literal(tp: Any) -> Callable[[Any, Any], Any]:
             if value == a and type(value) is type(a):
                 return value
         raise SpecError(
-            f"{value!r} is not one of {', '.join(map(repr, allowed))}",
-            hint=did_you_mean(str(value), [str(a) for a in allowed]),
+            f"{brief(value)} is not one of {', '.join(map(repr, allowed))}",
+            hint=did_you_mean(str(value)[:200], [str(a) for a in allowed]) if isinstance(value, str) else "",
         )
 
     return hook
@@ -229,7 +241,7 @@ def _flatten(exc: BaseException, path: str) -> list[RecipeError]:
     if isinstance(exc, ForbiddenExtraKeysError):
         known = [a.name for a in attrs.fields(exc.cl)] if attrs.has(exc.cl) else []
         errs: list[RecipeError] = []
-        for key in sorted(map(str, exc.extra_fields)):
+        for key in sorted(str(k)[:80] for k in exc.extra_fields)[:20]:
             p = f"{path}.{key}" if path else key
             errs.append(SpecError("unknown key", path=p, hint=did_you_mean(key, known) or f"known keys: {', '.join(known)}"))
         return errs
@@ -276,7 +288,7 @@ def from_dict(data: Any, cls: type[T]) -> T:
 def _tuple_hook(value: Any, tp: Any) -> Any:
     args = typing.get_args(tp)
     if not isinstance(value, list | tuple):
-        raise TypeError(f"expected a list, got {value!r}")
+        raise TypeError(f"expected a list, got {brief(value)}")
     if len(args) == 2 and args[1] is Ellipsis:
         types_ = [args[0]] * len(value)
     elif len(args) != len(value):
@@ -322,7 +334,7 @@ def migrate(data: Any, cls: type) -> Any:
     target = default
     version = data.get("schema_version", target)
     if not isinstance(version, int) or isinstance(version, bool):
-        raise SpecError(f"expected an integer, got {version!r}", path="schema_version")
+        raise SpecError(f"expected an integer, got {brief(version)}", path="schema_version")
     if version > target:
         raise SpecError(
             f"schema_version={version} is newer than this package understands ({target})",
@@ -345,12 +357,8 @@ def to_json(obj: Any, *, indent: int | None = 2) -> str:
     return json.dumps(to_dict(obj), indent=indent, sort_keys=False)
 
 
-def from_json(text: str, cls: type[T]) -> T:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SpecError(f"not valid JSON: {exc}") from None
-    return from_dict(data, cls)
+def from_json(text: str, cls: type[T], *, source: str = "") -> T:
+    return from_dict(bounded.load_json(text, source=source), cls)
 
 
 class _Dumper(yaml.SafeDumper):
@@ -370,28 +378,26 @@ def to_yaml(obj: Any) -> str:
     return yaml.dump(to_dict(obj), Dumper=_Dumper, sort_keys=False, allow_unicode=True)
 
 
-def from_yaml(text: str, cls: type[T]) -> T:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise SpecError(f"not valid YAML: {exc}".replace("\n", " ")) from None
-    return from_dict(data, cls)
+def from_yaml(text: str, cls: type[T], *, source: str = "") -> T:
+    return from_dict(bounded.load_yaml(text, source=source), cls)
 
 
 def load_file(path: str | Path, cls: type[T]) -> T:
+    """A YAML/JSON file, read through :mod:`.bounded` (UTF-8, size, depth, aliases, duplicate keys)."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SpecError(f"cannot read {p}: {exc.strerror}", path=str(p)) from None
-    return from_json(text, cls) if p.suffix == ".json" else from_yaml(text, cls)
+    text = bounded.read_text(p)
+    return from_json(text, cls, source=str(p)) if p.suffix == ".json" else from_yaml(text, cls, source=str(p))
 
 
 # --------------------------------------------------------------------------- overrides and hashes
 def _parse_value(text: str) -> Any:
+    """A ``--set`` value: YAML (``16``, ``[fp8, int4_awq]``, ``{tensor_parallel: 2}``), else the text itself.
+    Beyond the limits of :mod:`.bounded` (aliases, depth, duplicate keys) it is an error, not a string."""
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
+        return bounded.load_yaml(text, source="--set")
+    except bounded.BoundError:
+        raise
+    except SpecError:
         return text
 
 
@@ -401,7 +407,7 @@ def apply_overrides(obj: T, overrides: Mapping[str, Any] | list[str]) -> T:
         pairs: dict[str, Any] = {}
         for item in overrides:
             if "=" not in item:
-                raise SpecError(f"override {item!r} is not KEY=VALUE", hint="e.g. moe.num_experts=64")
+                raise SpecError(f"override {brief(item)} is not KEY=VALUE", hint="e.g. moe.num_experts=64")
             key, _, raw = item.partition("=")
             pairs[key.strip()] = _parse_value(raw)
         overrides = pairs
@@ -416,7 +422,7 @@ def apply_overrides(obj: T, overrides: Mapping[str, Any] | list[str]) -> T:
                     idx = int(key)
                     node[idx]  # noqa: B018 - bounds check
                 except (ValueError, IndexError):
-                    raise SpecError(f"no list index {key!r}", path=where) from None
+                    raise SpecError(f"no list index {brief(key)}", path=where) from None
                 if i == len(keys) - 1:
                     node[idx] = value
                 else:
@@ -424,7 +430,7 @@ def apply_overrides(obj: T, overrides: Mapping[str, Any] | list[str]) -> T:
                 continue
             if not isinstance(node, dict) or key not in node:
                 known = list(node) if isinstance(node, dict) else []
-                raise SpecError("unknown key", path=where, hint=did_you_mean(key, known) or "")
+                raise SpecError("unknown key", path=where, hint=did_you_mean(key[:200], known) or "")
             if i == len(keys) - 1:
                 node[key] = value
             else:

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal
 
 import attrs
 
-from ..errors import SpecError, UnknownNameError
+from ..errors import SpecError, UnknownNameError, brief
 from ._validate import fail, non_empty_strs, one_of, optional_bool, positive_int
 from .arch import Attention, MLAttention, ModelArch, MoE
 from .formats import QuantFormat, get_format
@@ -454,6 +454,34 @@ def _human(n: int | None) -> str:
 
 
 # --------------------------------------------------------------------------- export
+OWN_OUTPUT_NAMES = ("manifest.json",)
+"""Files this package writes at the top of ``output_dir``; names starting with ``.`` (the run's journal and
+resume state) and ``NN-...`` (a stage's own folder, ``01-quantize-fp8``) are its own too."""
+_STAGE_FOLDER = re.compile(r"[0-9]{2,}-")
+
+
+def output_folder_problem(value: object) -> str:
+    """Why ``value`` cannot name a folder of ours inside ``output_dir`` ("" when it can): absolute, climbing
+    out with ``..``, empty, or colliding with the manifest, a stage folder or the run's hidden files."""
+    if not isinstance(value, str) or not value.strip():
+        return "must be a non-empty relative folder"
+    if "\0" in value or "\\" in value:
+        return "must not hold NUL bytes or backslashes"
+    if value.startswith(("/", "~")):
+        return "must be relative to output_dir, not absolute"
+    parts = [p for p in value.split("/") if p not in ("", ".")]
+    if not parts:
+        return "must name a folder below output_dir, not output_dir itself"
+    if ".." in parts:
+        return "must stay inside output_dir (no '..')"
+    if any(len(p.encode("utf-8", "surrogateescape")) > 255 for p in parts) or len(value) > 1024:
+        return "has a name longer than a file system allows (255 bytes a part)"
+    top = parts[0]
+    if top in OWN_OUTPUT_NAMES or top.startswith(".") or _STAGE_FOLDER.match(top):
+        return f"{top!r} is a name the run writes itself (the manifest, a stage folder NN-..., hidden run files)"
+    return ""
+
+
 @attrs.frozen(kw_only=True)
 class Export:
     """Write a deployable checkpoint: the unified Hugging Face format, or vLLM's fake-quant variant."""
@@ -475,8 +503,10 @@ class Export:
     def _check_subdir(self, attr: attrs.Attribute, value: str | None) -> None:
         if value is None:
             return
-        if not isinstance(value, str) or not value.strip() or value.startswith("/") or ".." in value.split("/"):
-            raise fail(attr.name, f"must be a relative folder inside output_dir, got {value!r}")
+        problem = output_folder_problem(value)
+        if problem:
+            raise fail(attr.name, f"{problem}, got {brief(value)}",
+                       "a plain relative folder such as export or hf/fp8")
 
     def arch_after(self, arch: ModelArch) -> ModelArch:
         return arch
