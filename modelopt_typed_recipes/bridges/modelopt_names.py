@@ -324,6 +324,8 @@ class QuantModule:
     parent_class: str
     """Its key in ModelOpt's ``QuantModuleRegistry`` (for ``parent_class`` entries)."""
     quantizers: tuple[str, ...] = ("input_quantizer", "weight_quantizer", "output_quantizer")
+    weight_numel: int = 0
+    """Elements of its weight (what ModelOpt's auto-quantize cost counts; 0 for attention's KV quantizers)."""
 
     def quantizer_names(self) -> Iterator[str]:
         for q in self.quantizers:
@@ -335,9 +337,10 @@ ROW = "megatron_RowParallelLinear"
 TE_ATTENTION = "TEDotProductAttention"
 
 
-def _mlp(prefix: str, kind: str) -> list[QuantModule]:
-    return [QuantModule(name=f"{prefix}.linear_fc1", kind=f"{kind}_fc1", parent_class=COLUMN),
-            QuantModule(name=f"{prefix}.linear_fc2", kind=f"{kind}_fc2", parent_class=ROW)]
+def _mlp(prefix: str, kind: str, width: int = 0, ffn: int = 0, gated: bool = False) -> list[QuantModule]:
+    return [QuantModule(name=f"{prefix}.linear_fc1", kind=f"{kind}_fc1", parent_class=COLUMN,
+                        weight_numel=width * ffn * (2 if gated else 1)),
+            QuantModule(name=f"{prefix}.linear_fc2", kind=f"{kind}_fc2", parent_class=ROW, weight_numel=ffn * width)]
 
 
 def mcore_modules(arch: ModelArch, *, te_attention: bool = False) -> list[QuantModule]:
@@ -348,37 +351,54 @@ def mcore_modules(arch: ModelArch, *, te_attention: bool = False) -> list[QuantM
     quantizers (``core_attention.{q,k,v}_bmm_quantizer``) exist only with TE attention.
     """
     out: list[QuantModule] = []
-    att = arch.attention
+    att, h, gated = arch.attention, arch.hidden_size, arch.activation.gated
     for i, (has_attn, mlp) in enumerate(arch.layer_kinds()):
         p = f"decoder.layers.{i}"
         if has_attn:
             sa = f"{p}.self_attention"
             if isinstance(att, MLAttention):
+                qk = att.qk_head_dim + att.qk_pos_emb_head_dim
                 if att.q_lora_rank:
-                    out.append(QuantModule(name=f"{sa}.linear_q_down_proj", kind="attention_q_down", parent_class=COLUMN))
-                    out.append(QuantModule(name=f"{sa}.linear_q_up_proj", kind="attention_q_up", parent_class=COLUMN))
+                    out.append(QuantModule(name=f"{sa}.linear_q_down_proj", kind="attention_q_down", parent_class=COLUMN,
+                                           weight_numel=h * att.q_lora_rank))
+                    out.append(QuantModule(name=f"{sa}.linear_q_up_proj", kind="attention_q_up", parent_class=COLUMN,
+                                           weight_numel=att.q_lora_rank * att.num_heads * qk))
                 else:
-                    out.append(QuantModule(name=f"{sa}.linear_q_proj", kind="attention_q", parent_class=COLUMN))
-                out.append(QuantModule(name=f"{sa}.linear_kv_down_proj", kind="attention_kv_down", parent_class=COLUMN))
-                out.append(QuantModule(name=f"{sa}.linear_kv_up_proj", kind="attention_kv_up", parent_class=COLUMN))
+                    out.append(QuantModule(name=f"{sa}.linear_q_proj", kind="attention_q", parent_class=COLUMN,
+                                           weight_numel=h * att.num_heads * qk))
+                out.append(QuantModule(name=f"{sa}.linear_kv_down_proj", kind="attention_kv_down", parent_class=COLUMN,
+                                       weight_numel=h * (att.kv_lora_rank + att.qk_pos_emb_head_dim)))
+                out.append(QuantModule(name=f"{sa}.linear_kv_up_proj", kind="attention_kv_up", parent_class=COLUMN,
+                                       weight_numel=att.kv_lora_rank * att.num_heads * (att.qk_head_dim + att.v_head_dim)))
+                proj = att.num_heads * att.v_head_dim * h
             else:
-                out.append(QuantModule(name=f"{sa}.linear_qkv", kind="attention_qkv", parent_class=COLUMN))
+                q, kv = att.num_heads * arch.head_dim, att.query_groups * arch.head_dim
+                out.append(QuantModule(name=f"{sa}.linear_qkv", kind="attention_qkv", parent_class=COLUMN,
+                                       weight_numel=h * (q + 2 * kv)))
+                proj = q * h
             if te_attention:
                 out.append(QuantModule(name=f"{sa}.core_attention", kind="kv_cache", parent_class=TE_ATTENTION,
                                        quantizers=("q_bmm_quantizer", "k_bmm_quantizer", "v_bmm_quantizer")))
-            out.append(QuantModule(name=f"{sa}.linear_proj", kind="attention_proj", parent_class=ROW))
+            out.append(QuantModule(name=f"{sa}.linear_proj", kind="attention_proj", parent_class=ROW, weight_numel=proj))
         if mlp == "mamba":
-            out.append(QuantModule(name=f"{p}.mixer.in_proj", kind="mamba_in_proj", parent_class=COLUMN))
-            out.append(QuantModule(name=f"{p}.mixer.out_proj", kind="mamba_out_proj", parent_class=ROW))
+            assert arch.mamba is not None
+            heads, head_dim, groups, state = arch.mamba.resolved(h)
+            inner = heads * head_dim
+            out.append(QuantModule(name=f"{p}.mixer.in_proj", kind="mamba_in_proj", parent_class=COLUMN,
+                                   weight_numel=h * (2 * inner + 2 * groups * state + heads)))
+            out.append(QuantModule(name=f"{p}.mixer.out_proj", kind="mamba_out_proj", parent_class=ROW,
+                                   weight_numel=inner * h))
         elif mlp == "dense":
-            out += _mlp(f"{p}.mlp", "mlp")
+            out += _mlp(f"{p}.mlp", "mlp", h, arch.ffn_hidden_size, gated)
         elif mlp == "moe":
             moe = arch.require_moe()
             for e in range(moe.num_experts):
-                out += _mlp(f"{p}.mlp.experts.local_experts.{e}", "expert")
+                out += _mlp(f"{p}.mlp.experts.local_experts.{e}", "expert", moe.latent_size or h, moe.ffn_hidden_size,
+                            gated)
             if moe.shared_expert_ffn_size:
-                out += _mlp(f"{p}.mlp.shared_experts", "shared_expert")
-    out.append(QuantModule(name="output_layer", kind="output_layer", parent_class=COLUMN))
+                out += _mlp(f"{p}.mlp.shared_experts", "shared_expert", h, moe.shared_expert_ffn_size, gated)
+    out.append(QuantModule(name="output_layer", kind="output_layer", parent_class=COLUMN,
+                           weight_numel=arch.vocab.padded() * h))
     return out
 
 
@@ -394,16 +414,21 @@ def hf_modules(arch: ModelArch) -> list[QuantModule]:
     if arch.kind != "dense":
         raise SpecError(f"Hugging Face module names are generated for dense models only, not {arch.kind}")
     out: list[QuantModule] = []
+    h, ffn = arch.hidden_size, arch.ffn_hidden_size
+    q, kv = arch.attention.num_heads * arch.head_dim, arch.attention.query_groups * arch.head_dim
     for i in range(arch.num_layers):
         p = f"model.layers.{i}"
-        for proj in ("q_proj", "k_proj", "v_proj"):
-            out.append(QuantModule(name=f"{p}.self_attn.{proj}", kind="attention_qkv", parent_class="nn.Linear"))
-        out.append(QuantModule(name=f"{p}.self_attn.o_proj", kind="attention_proj", parent_class="nn.Linear"))
+        for proj, width in (("q_proj", q), ("k_proj", kv), ("v_proj", kv)):
+            out.append(QuantModule(name=f"{p}.self_attn.{proj}", kind="attention_qkv", parent_class="nn.Linear",
+                                   weight_numel=h * width))
+        out.append(QuantModule(name=f"{p}.self_attn.o_proj", kind="attention_proj", parent_class="nn.Linear",
+                               weight_numel=q * h))
         kinds = ("mlp_fc1", "mlp_fc1", "mlp_fc2") if arch.activation.gated else ("mlp_fc1", "mlp_fc2")
         projs = ("gate_proj", "up_proj", "down_proj") if arch.activation.gated else ("up_proj", "down_proj")
         for proj, kind in zip(projs, kinds, strict=True):
-            out.append(QuantModule(name=f"{p}.mlp.{proj}", kind=kind, parent_class="nn.Linear"))
-    out.append(QuantModule(name="lm_head", kind="output_layer", parent_class="nn.Linear"))
+            out.append(QuantModule(name=f"{p}.mlp.{proj}", kind=kind, parent_class="nn.Linear", weight_numel=h * ffn))
+    out.append(QuantModule(name="lm_head", kind="output_layer", parent_class="nn.Linear",
+                           weight_numel=arch.vocab.size * h))
     return out
 
 

@@ -8,6 +8,7 @@ from ...bridges import modelopt_names as mn
 from ...errors import CompatibilityError, RecipeError, SpecError
 from ...spec.formats import FORMAT_BY_PRESET
 from ...spec.techniques import AutoQuantize, resolve_format
+from ..budget import budget_error
 from ..coverage import Coverage, module_patterns_unmatched, replay, suggest
 from . import Findings, StageContext, Technique, register
 from .quantize import algorithm_method, modules
@@ -25,6 +26,8 @@ def check(stage: AutoQuantize, ctx: StageContext) -> Findings:
     errors: list[RecipeError] = []
     formats: list[dict[str, Any]] = []
     disabled = list(stage.exclude)
+    cost_excluded: list[str] = []
+    budget = stage.effective_bits
     if stage.recipe is not None:
         try:
             data = mn.load_recipe_dict(stage.recipe)
@@ -36,6 +39,9 @@ def check(stage: AutoQuantize, ctx: StageContext) -> Findings:
         aq = data["auto_quantize"]
         formats = list(aq.get("candidate_formats") or [])
         disabled += list(aq.get("disabled_layers") or [])
+        cost_excluded = list(aq.get("cost_excluded_layers") or [])
+        constraints = aq.get("constraints") or {}
+        budget = constraints.get("effective_bits") if not constraints.get("cost_model") else None
         source = stage.recipe
     else:
         for j, name in enumerate(stage.formats):
@@ -84,6 +90,16 @@ def check(stage: AutoQuantize, ctx: StageContext) -> Findings:
                                     hint=suggest(pat, mods)))
         if cov.quantized_modules == 0:
             errors.append(SpecError(f"no candidate format quantizes any layer of {arch.name}", path=f"{path}.formats"))
+        # the runtime never searches ModelOpt's default-disabled modules; on Megatron-Core without a recipe it also
+        # leaves them out of the budget (runtime/modelopt_config.auto_quantize_inputs)
+        never = [*mn.default_disabled_patterns(), *disabled]
+        if ctx.megatron and stage.recipe is None:
+            cost_excluded = never
+        if isinstance(budget, int | float) and not isinstance(budget, bool):
+            err = budget_error(float(budget), mods, formats, disabled=never, cost_excluded=cost_excluded,
+                               arch_name=arch.name, path=f"{path}.{'recipe' if stage.recipe else 'effective_bits'}")
+            if err is not None:
+                errors.append(err)
     return Findings(errors=tuple(errors), coverage=cov, config_source=source)
 
 
