@@ -19,6 +19,7 @@ from ..errors import LayoutError, RecipeError
 from ..spec.arch import ModelArch
 from ..spec.layout import ParallelLayout
 from ..spec.recipe import Recipe
+from . import run_gates
 from .archs import stage_archs
 from .backend_choice import BackendName, backend_problems, choose_backend, choose_device, choose_dtype
 from .environment import Environment
@@ -68,6 +69,9 @@ def check_recipe(recipe: Recipe, *, env: Environment | None = None, layout: Para
 
     errors += source_problems(recipe, archs[0], env, backend)
     errors += backend_problems(backend, env, cuda=cuda)
+    errors += run_gates.data_problems(recipe)
+    if megatron:
+        errors += run_gates.megatron_build_problems(archs[0])
 
     cal = recipe.calibration
     saves = save_decisions(recipe)

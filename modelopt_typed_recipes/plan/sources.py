@@ -85,6 +85,10 @@ def source_problems(recipe: Recipe, arch: ModelArch, env: Environment, backend: 
                                  path="source.path"))
         elif isinstance(src, HFCheckpoint):
             out += hf_config_problems(p)
+        elif isinstance(src, MegatronCheckpoint) and not (p / "metadata.json").is_file():
+            # megatron/build.load_checkpoint says so only after the model is built
+            out.append(SpecError(f"{src.path!r} is not a Megatron distributed checkpoint (no metadata.json)",
+                                 path="source.path", hint="point at the folder a Megatron-Core save wrote"))
         elif isinstance(src, MegatronCheckpoint) and backend == "megatron":
             saved = saved_layer_spec(src)
             if saved in ("te", "modelopt") and not env.transformer_engine:

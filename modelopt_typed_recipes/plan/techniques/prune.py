@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from ...errors import CompatibilityError, RecipeError
+from ...errors import CompatibilityError, RecipeError, SpecError
 from ...spec.recipe import HFCheckpoint, MegatronCheckpoint
 from ...spec.techniques import Prune
 from . import Findings, StageContext, Technique, register
@@ -22,6 +22,12 @@ def check(stage: Prune, ctx: StageContext) -> Findings:
             "ModelOpt 0.47: its importer cannot load experts into the Transformer Engine layer spec "
             "that Minitron needs", path=ctx.path,
             hint="prune a dense model, or start from a Megatron checkpoint saved with the TE spec"))
+    if stage.is_search and ctx.recipe.evaluation is None:
+        # megatron/stages.prune says so only after the model is built and scored
+        errors.append(SpecError(
+            "a params/active_params target is searched by held-out perplexity, and the recipe has no evaluation "
+            "data", path="evaluation", hint=f"add evaluation: {{dataset: reference-heldout}}, or give {ctx.path} "
+            "explicit sizes"))
     src = ctx.recipe.source
     first = next(i for i, s in enumerate(ctx.recipe.stages) if s.technique == stage.technique)
     if isinstance(src, MegatronCheckpoint) and ctx.index == first:
