@@ -19,9 +19,9 @@ class RecipeError(Exception):
     """Base of every error this package raises on bad input."""
 
     def __init__(self, message: str, *, path: str = "", hint: str = "") -> None:
-        self.path = _one_line(path, 300)
-        self.message = _one_line(message, MAX_MESSAGE_CHARS)
-        self.hint = _one_line(hint, MAX_MESSAGE_CHARS)
+        self.path = one_line(path, 300)
+        self.message = one_line(message, MAX_MESSAGE_CHARS)
+        self.hint = one_line(hint, MAX_MESSAGE_CHARS)
         super().__init__(self.__str__())
 
     def __str__(self) -> str:
@@ -80,7 +80,7 @@ class OutputLockedError(OutputError):
     """Another run holds the output folder's lock; the message names it (pid, host, start time)."""
 
 
-def _one_line(text: str, limit: int) -> str:
+def one_line(text: str, limit: int) -> str:
     text = str(text)
     if "\n" in text or "\r" in text:
         text = " ".join(text.split())
@@ -102,7 +102,7 @@ def brief(value: Any) -> str:
         text = _REPR.repr(value)
     except Exception:  # noqa: BLE001 - a repr that fails still gets a message
         text = f"<{type(value).__name__}>"
-    return _one_line(text, 300)
+    return one_line(text, 300)
 
 
 def did_you_mean(word: str, choices: Iterable[str], *, n: int = 3) -> str:

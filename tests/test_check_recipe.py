@@ -98,6 +98,7 @@ def test_megatron_checkpoint_is_rebuilt_with_its_saved_spec(tmp_path, saved, sta
     from modelopt_typed_recipes.spec.recipe import MegatronCheckpoint
 
     (tmp_path / MegatronCheckpoint.INFO_FILE).write_text(json.dumps({"layer_spec": saved}))
+    (tmp_path / "metadata.json").write_text("{}")  # a Megatron distributed checkpoint has one
     rec = Recipe(model="tiny-dense", source=MegatronCheckpoint(path=str(tmp_path)), stages=(stage,),
                  output_dir="/tmp/x", backend="megatron")
     assert any(message in e.message for e in check_recipe(rec, env=env).errors)

@@ -13,7 +13,7 @@ import sys
 from typing import NoReturn
 from collections.abc import Sequence
 
-from ..errors import RecipeError
+from ..errors import RecipeError, one_line
 
 # modules with a `register(subparsers)` function; each sub-command sets `handler=` via set_defaults
 COMMAND_MODULES = (
@@ -27,7 +27,7 @@ COMMAND_MODULES = (
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # argparse exits 2 too; keep it one paragraph
         self.print_usage(sys.stderr)
-        sys.stderr.write(f"error: {message}\n")
+        sys.stderr.write(f"error: {one_line(message, 500)}\n")  # argparse repeats the bad value: bound it
         raise SystemExit(2)
 
 

@@ -12,7 +12,9 @@ same limits. Each limit is far above what a real recipe uses.
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -212,6 +214,23 @@ def load_yaml_all(text: str, *, source: str = "", single: bool = False) -> list[
 def _check_length(text: str, source: str) -> None:
     if len(text) > MAX_FILE_BYTES:
         raise BoundError(f"more than {MAX_FILE_BYTES // 1024} KiB of text", path=source)
+    _check_brackets(text, source)
+
+
+_BRACKETS = re.compile(r"[^\[\]{}]+")
+
+
+def _check_brackets(text: str, source: str) -> None:
+    """Flow nesting (``[[[...``, ``{a: {b: ...``) counted on the bare text before PyYAML sees it: its scanner
+    keeps a possible key per open bracket and re-checks them all on every token, so a few thousand unclosed
+    brackets on one line take seconds before the first event reaches the depth limit. Brackets inside
+    quoted strings are counted too; a recipe never nests a hundred deep, quoted or not."""
+    brackets = _BRACKETS.sub("", text)
+    if len(brackets) <= MAX_DEPTH:
+        return
+    depth = max(itertools.accumulate(1 if c in "[{" else -1 for c in brackets))
+    if depth > MAX_DEPTH:
+        raise BoundError(f"nesting deeper than {MAX_DEPTH} levels", path=source)
 
 
 # --------------------------------------------------------------------------- JSON
@@ -229,6 +248,7 @@ def load_json(text: str, *, source: str = "", limit: int | None = MAX_FILE_BYTES
     """A JSON value under the same limits (depth, duplicate keys, integer length); ``SpecError`` otherwise."""
     if limit is not None and len(text) > limit:
         raise BoundError(f"more than {limit // 1024} KiB of text", path=source)
+    _check_brackets(text, source)
     try:
         value = json.loads(text, object_pairs_hook=_pairs)
     except BoundError as exc:
