@@ -161,3 +161,26 @@ def _registry():
     from modelopt_typed_recipes.catalog import list_archs
 
     return list_archs()
+
+
+def test_the_activation_gate_follows_the_megatron_builder():
+    """Every activation type: `check` refuses it exactly when the Megatron-Core builder does."""
+    import typing
+
+    from modelopt_typed_recipes.errors import CompatibilityError
+    from modelopt_typed_recipes.plan.run_gates import MEGATRON_ACTIVATIONS
+    from modelopt_typed_recipes.runtime.megatron.build import transformer_config
+    from modelopt_typed_recipes.spec.arch import Activation
+    from modelopt_typed_recipes.spec.layout import ParallelLayout
+
+    arch = get_arch("tiny-dense")
+    kinds = typing.get_args(typing.get_type_hints(Activation)["type"])
+    assert "swiglu" in kinds and "quick_geglu" in kinds
+    for act in kinds:
+        changed = attrs.evolve(arch, activation=attrs.evolve(arch.activation, type=act))
+        try:
+            transformer_config(changed, ParallelLayout(), dtype="fp32", cpu_init=True)
+            built = True
+        except CompatibilityError:
+            built = False
+        assert built == (act in MEGATRON_ACTIVATIONS), act

@@ -12,6 +12,9 @@ from ..spec.arch import ModelArch
 from ..spec.recipe import Recipe, TextData
 from .outputs import user_path
 
+MEGATRON_ACTIVATIONS = ("swiglu", "geglu", "geglu_tanh", "gelu", "gelu_tanh", "squared_relu")
+"""Activations ``megatron/build.transformer_config`` maps to Megatron-Core (a test keeps the two in step)."""
+
 def data_problems(recipe: Recipe) -> list[RecipeError]:
     """Calibration/evaluation files that are not there (``runtime/data.read_documents``)."""
     out: list[RecipeError] = []
@@ -40,7 +43,7 @@ def megatron_build_problems(arch: ModelArch) -> list[RecipeError]:
     if arch.quirks.gpt_oss:
         out.append(CompatibilityError(
             "gpt-oss needs Megatron-LM's gpt-oss code path, which megatron-core does not ship", path="model"))
-    if arch.activation.type not in ("swiglu", "geglu", "gelu", "squared_relu"):
+    if arch.activation.type not in MEGATRON_ACTIVATIONS:
         out.append(CompatibilityError(f"activation {arch.activation.type!r} is not supported by the Megatron-Core "
                                       "backend", path="model.activation.type"))
     scaling = arch.position.scaling if arch.position is not None else None
