@@ -39,6 +39,7 @@ from _fuzz import (  # noqa: E402 - the shared harness lives with the tests
     recipe_documents,
     run_cli,
     run_cli_subprocess,
+    warm_up,
 )
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
@@ -85,6 +86,7 @@ def main() -> int:
     data = work / "data.jsonl"
     data.write_text('{"text": "some calibration text"}\n')
     sentinel = Sentinel(work / "user-files")
+    warm_up(work, str(sentinel.root), str(data))
 
     def guard(family: str, outcome: Outcome, given_input: Any) -> None:
         if not sentinel.intact():

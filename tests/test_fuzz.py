@@ -19,6 +19,7 @@ from _fuzz import (
     recipe_documents,
     run_cli,
     run_cli_subprocess,
+    warm_up,
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -32,7 +33,9 @@ FAST = settings(max_examples=120, deadline=None, database=None,
 def place(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Sentinel]:
     root = tmp_path_factory.mktemp("fuzz")
     (root / "data.jsonl").write_text('{"text": "some calibration text"}\n')
-    return root, Sentinel(root / "user-files")
+    sentinel = Sentinel(root / "user-files")
+    warm_up(root, str(sentinel.root), str(root / "data.jsonl"))
+    return root, sentinel
 
 
 def assert_fine(outcome, what) -> None:
