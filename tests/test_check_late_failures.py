@@ -82,7 +82,7 @@ def test_the_floor_is_the_one_modelopt_reports(tmp_path):
                source=Builtin())
     report = check_recipe(r, env=CPU)
     floor = float(re.search(r"reach on reference-llama: ([0-9]+\.[0-9]+) bits", report.errors[0].message).group(1))
-    model, _tok, _dir = load_model(r, r.resolved_arch(), device="cpu", dtype="fp32")
+    model, _tok, _dir = load_model(r, get_arch("reference-llama"), report.weights_dir, device="cpu", dtype="fp32")
     batches = [torch.randint(0, 4000, (2, 16))]
     with pytest.raises(SpecError) as info:
         quantize.auto_quantize(model, r.stages[0], batches, path="stages[0]", device="cpu", batch_size=2,
