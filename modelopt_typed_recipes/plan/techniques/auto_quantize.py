@@ -96,10 +96,11 @@ def check(stage: AutoQuantize, ctx: StageContext) -> Findings:
         if ctx.megatron and stage.recipe is None:
             cost_excluded = never
         if isinstance(budget, int | float) and not isinstance(budget, bool):
-            err = budget_error(float(budget), mods, formats, disabled=never, cost_excluded=cost_excluded,
-                               arch_name=arch.name, path=f"{path}.{'recipe' if stage.recipe else 'effective_bits'}")
-            if err is not None:
-                errors.append(err)
+            too_low = budget_error(float(budget), mods, formats, disabled=never, cost_excluded=cost_excluded,
+                                   arch_name=arch.name,
+                                   path=f"{path}.{'recipe' if stage.recipe else 'effective_bits'}")
+            if too_low is not None:
+                errors.append(too_low)
     return Findings(errors=tuple(errors), coverage=cov, config_source=source)
 
 
