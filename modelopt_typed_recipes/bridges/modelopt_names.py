@@ -381,8 +381,7 @@ def mcore_modules(arch: ModelArch, *, te_attention: bool = False) -> list[QuantM
                                        quantizers=("q_bmm_quantizer", "k_bmm_quantizer", "v_bmm_quantizer")))
             out.append(QuantModule(name=f"{sa}.linear_proj", kind="attention_proj", parent_class=ROW, weight_numel=proj))
         if mlp == "mamba":
-            assert arch.mamba is not None
-            heads, head_dim, groups, state = arch.mamba.resolved(h)
+            heads, head_dim, groups, state = arch.require_mamba().resolved(h)
             inner = heads * head_dim
             out.append(QuantModule(name=f"{p}.mixer.in_proj", kind="mamba_in_proj", parent_class=COLUMN,
                                    weight_numel=h * (2 * inner + 2 * groups * state + heads)))
