@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import sys
@@ -28,6 +29,7 @@ from _fuzz import (  # noqa: E402 - the shared harness lives with the tests
     BYTES,
     KINDS,
     SECONDS,
+    WALL_LIMIT,
     Outcome,
     Sentinel,
     apply_to_base,
@@ -41,6 +43,7 @@ from _fuzz import (  # noqa: E402 - the shared harness lives with the tests
     run_cli_subprocess,
     warm_up,
 )
+import attrs  # noqa: E402
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
@@ -59,11 +62,12 @@ class Tally:
         self.rows: dict[str, dict[str, Any]] = {}
 
     def add(self, family: str, outcome: Outcome, given_input: Any) -> None:
-        row = self.rows.setdefault(family, {"tried": 0, **{k: 0 for k in KINDS}, "seconds": [], "peaks": [],
-                                            "findings": []})
+        row = self.rows.setdefault(family, {"tried": 0, **{k: 0 for k in KINDS}, "seconds": [], "walls": [],
+                                            "peaks": [], "findings": []})
         row["tried"] += 1
         row[outcome.kind] += 1
         row["seconds"].append(outcome.seconds)
+        row["walls"].append(outcome.wall_seconds)
         row["peaks"].append(outcome.peak_bytes)
         if outcome.kind not in ("ok", "typed"):
             text = given_input if isinstance(given_input, str) else repr(given_input)
@@ -90,7 +94,7 @@ def main() -> int:
 
     def guard(family: str, outcome: Outcome, given_input: Any) -> None:
         if not sentinel.intact():
-            outcome = Outcome("lost", "the user's sentinel folder changed", outcome.seconds, outcome.peak_bytes)
+            outcome = attrs.evolve(outcome, kind="lost", detail="the user's sentinel folder changed")
             sentinel.restore()  # the user's files again, for the next input
         tally.add(family, outcome, given_input)
 
@@ -122,21 +126,19 @@ def main() -> int:
         f.write_bytes(payload)
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         out = run_cli_subprocess(["check", str(f), "--json"], cwd=work)
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-        if out.kind in ("ok", "typed") and out.seconds > 2 * SECONDS:
-            out = Outcome("hang", f"{out.seconds:.1f} s", out.seconds)
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # the largest child so far
         if out.kind in ("ok", "typed") and peak > BYTES and peak > before * 1024:
-            out = Outcome("blowup", f"child peak RSS {peak / 2**20:.0f} MiB", out.seconds)
-        guard("cli", Outcome(out.kind, out.detail, out.seconds, peak), payload.decode("utf-8", "backslashreplace"))
+            out = attrs.evolve(out, kind="blowup", detail=f"child peak RSS {peak / 2**20:.0f} MiB")
+        guard("cli", attrs.evolve(out, peak_bytes=peak), payload.decode("utf-8", "backslashreplace"))
 
-    t0 = time.perf_counter()
+    t0, load0 = time.perf_counter(), os.getloadavg()[0]
     for name, test in (("recipes", recipes), ("overrides", overrides_), ("plan", plan), ("env", env), ("cli", cli)):
         t = time.perf_counter()
         _run(test, counts[name])
         row = tally.rows.get(name, {"tried": 0})
         print(f"{name}: {row['tried']} inputs in {time.perf_counter() - t:.0f} s", flush=True)
     wall = time.perf_counter() - t0
-    write(tally, args.out, wall=wall)
+    write(tally, args.out, wall=wall, load=(load0, os.getloadavg()[0]))
     bad = sum(r["traceback"] + r["hang"] + r["blowup"] + r["lost"] for r in tally.rows.values())
     print(f"{sum(r['tried'] for r in tally.rows.values())} inputs, {bad} findings, {wall:.0f} s")
     return 0 if bad == 0 else 1
@@ -147,8 +149,8 @@ def _quantile(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))] if s else 0.0
 
 
-def write(tally: Tally, out: Path, *, wall: float) -> None:
-    raw: dict[str, Any] = {"python": platform.python_version(), "machine": platform.machine(), "wall_seconds": wall,
+def write(tally: Tally, out: Path, *, wall: float, load: tuple[float, float]) -> None:
+    raw: dict[str, Any] = {"load": load, "python": platform.python_version(), "machine": platform.machine(), "wall_seconds": wall,
                            "limits": {"seconds": SECONDS, "bytes": BYTES}, "families": {}}
     lines = [
         "# Fuzzing every input a user controls (issue 11)",
@@ -156,7 +158,10 @@ def write(tally: Tally, out: Path, *, wall: float) -> None:
         "Made by `nice .venv/bin/python benchmarks/fuzz.py` (strategies in `tests/_fuzz.py`; the CI test",
         "`tests/test_fuzz.py` runs the same strategies with fewer examples). `config.json` is fuzzed by its own",
         "test. Each input gets one outcome: it returned or exited 0, or raised a typed error / exited 2 with one",
-        f"`error:` line (**typed error or ok**); any other exception (**raw traceback**); over {SECONDS:g} s, or over",
+        f"`error:` line (**typed error or ok**); any other exception (**raw traceback**); over {SECONDS:g} s of CPU",
+        f"time (interrupted at {WALL_LIMIT:g} s of wall time; CPU time because a shared machine's load stretches",
+        f"wall time many-fold: load average {raw['load'][0]:.0f} at the start, {raw['load'][1]:.0f} at the end, on "
+        f"{os.cpu_count()} cores), or over",
         f"{BYTES // 2**20} MB allocated at peak (tracemalloc; child processes: peak RSS), or an error message over",
         "2,000 characters (**hang / memory blow-up**); a change to a folder of the user's own files that the",
         "recipes point `output_dir` and checkpoint paths at (**data lost**).",
@@ -176,16 +181,19 @@ def write(tally: Tally, out: Path, *, wall: float) -> None:
         raw["families"][name] = {
             "label": label, **{k: row[k] for k in ("tried", "ok", "typed", "traceback", "hang", "blowup", "lost")},
             "seconds_p50": _quantile(row["seconds"], 0.5), "seconds_p99": _quantile(row["seconds"], 0.99),
-            "seconds_max": max(row["seconds"], default=0.0), "peak_bytes_max": max(row["peaks"], default=0),
+            "seconds_max": max(row["seconds"], default=0.0), "wall_seconds_p50": _quantile(row["walls"], 0.5),
+            "wall_seconds_max": max(row["walls"], default=0.0), "peak_bytes_max": max(row["peaks"], default=0),
             "findings": row["findings"],
         }
     lines.append(f"| **all** | **{total['tried']:,}** | **{total['ok'] + total['typed']:,}** | "
                  f"**{total['traceback']:,}** | **{total['hang'] + total['blowup']:,}** | **{total['lost']:,}** |")
     lines += ["", "Of the accepted inputs, ok / typed error by family, and the slowest and largest of each:", "",
-              "| family | ok | typed error | median s | p99 s | max s | max peak MB |", "|---|---:|---:|---:|---:|---:|---:|"]
+              "| family | ok | typed error | median CPU s | p99 CPU s | max CPU s | max wall s | max peak MB |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, fam in raw["families"].items():
         lines.append(f"| {name} | {fam['ok']:,} | {fam['typed']:,} | {fam['seconds_p50']:.3f} | "
-                     f"{fam['seconds_p99']:.3f} | {fam['seconds_max']:.2f} | {fam['peak_bytes_max'] / 2**20:.1f} |")
+                     f"{fam['seconds_p99']:.3f} | {fam['seconds_max']:.2f} | {fam['wall_seconds_max']:.2f} | "
+                     f"{fam['peak_bytes_max'] / 2**20:.1f} |")
     findings = [(n, f) for n, fam in raw["families"].items() for f in fam["findings"]]
     lines += ["", f"Wall time {wall / 60:.1f} min (Python {raw['python']}, a shared CPU). Findings: {len(findings)}."]
     for n, f in findings[:20]:

@@ -135,6 +135,9 @@ def test_source_kinds_the_backend_cannot_load(tmp_path):
                                                                       padded_size=None))
     assert ("SpecError", "model.vocab.size") in found(check_recipe(recipe(Quantize(format="fp8"), model=small),
                                                                    env=CPU))
+    too_long = MegatronCheckpoint(path="/tmp/" + "x" * 300)  # found by the fuzzer: ENAMETOOLONG on the first stat
+    assert ("SpecError", "source.path") in found(check_recipe(recipe(Quantize(format="fp8"), source=too_long,
+                                                                     backend="megatron"), env=GPU_TE))
     tilde = MegatronCheckpoint(path="~no-such-user-here/ckpt")
     assert ("SpecError", "source.path") in found(check_recipe(recipe(Quantize(format="fp8"), source=tilde,
                                                                      backend="megatron"), env=GPU_TE))

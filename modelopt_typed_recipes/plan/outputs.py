@@ -53,11 +53,21 @@ _MANIFEST_MAX_BYTES = 64 << 20
 def user_path(raw: str, *, path: str) -> Path:
     """``raw`` with ``~``/``~user`` expanded; an unknown user is a :class:`SpecError` at ``path``."""
     try:
-        return Path(raw).expanduser()
+        out = Path(raw).expanduser()
     except RuntimeError as exc:  # Path.expanduser: "Could not determine home directory."
         user = raw[1:].split("/", 1)[0] or "the current user"
-        raise SpecError(f"{raw!r}: no home directory for {user} on this machine", path=path,
+        raise SpecError(f"{raw[:200]!r}: no home directory for {user[:80]} on this machine", path=path,
                         hint="write the path without ~, or with ~ for your own home") from exc
+    # what the file system refuses with OSError (ENAMETOOLONG) or ValueError (NUL) on the first stat
+    if "\0" in raw or len(str(out).encode("utf-8", "surrogateescape")) > _MAX_PATH or any(
+            len(part.encode("utf-8", "surrogateescape")) > _MAX_NAME for part in out.parts):
+        raise SpecError(f"{raw[:200]!r} is not a path this file system can hold (NUL bytes, a name over "
+                        f"{_MAX_NAME} bytes or a path over {_MAX_PATH})", path=path)
+    return out
+
+
+_MAX_NAME = 255
+_MAX_PATH = 4096
 
 
 def run_identity(recipe_hash: str) -> dict[str, Any]:
