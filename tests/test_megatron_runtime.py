@@ -362,6 +362,7 @@ def test_stages_hand_over_in_memory_and_save_only_what_is_asked(dist_cpu, tmp_pa
 
 def test_check_refuses_exports_it_cannot_write(tmp_path, export_env):
     """What the run would only find out after quantizing, ``check`` says first."""
+    (tmp_path / "metadata.json").write_text("{}")  # a Megatron distributed checkpoint has one
     src = MegatronCheckpoint(path=str(tmp_path))
     r = Recipe(model=arch_4k(), source=src, stages=(Quantize(format="fp8"), Export()),
                output_dir=str(tmp_path / "o"), backend="megatron", device="cuda")
