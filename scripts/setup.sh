@@ -1,12 +1,38 @@
 #!/usr/bin/env bash
-# One set-up for people and CI: a venv in .venv with the CPU build of torch and the package (+ test extra).
+# One set-up for people and CI: a venv in .venv with torch and the package (+ test extra).
+#
+# Python 3.12 when the machine has it (megatron-core >= 0.17 needs it; 3.11 gets 0.16.1, where the version
+# gates refuse Megatron-Core export and pruning); else 3.11. $PYTHON picks another interpreter.
+# torch is pinned to 2.13.0: on 3.11 that is the CPU build on this machine's disk; on 3.12 PyPI has only
+# the CUDA build (torch + nvidia-* libraries, about 5 GB installed), which runs on the CPU as well.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3.11}
-command -v "$PY" >/dev/null || PY=python3
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-# torch first and pinned: 2.13.0 is the CPU build on this machine's disk; an unpinned torch pulls CUDA.
-.venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[test]"
+T0=$SECONDS
+step() { printf 'setup [%3ds] %s\n' "$((SECONDS - T0))" "$*" >&2; }
+
+works() { "$1" -c 'import sys; assert sys.version_info >= (3, 11)' >/dev/null 2>&1; }
+pick_python() {
+    local c
+    for c in ${PYTHON:-} python3.12 "$HOME"/.pyenv/versions/3.12*/bin/python3.12 python3.11 python3; do
+        [ -n "$c" ] && works "$c" && { echo "$c"; return; }
+    done
+    echo "setup: no Python >= 3.11 found (set PYTHON=/path/to/python3.12)" >&2
+    exit 1
+}
+# pip names every configured index folder that lacks a package ("Location ... is ignored"): noise
+pip_install() { .venv/bin/python -m pip install -q "$@" 2> >(grep -v "^WARNING: Location '" >&2); }
+
+if [ ! -x .venv/bin/python ]; then
+    PY=$(pick_python)
+    step "creating .venv with $("$PY" -c 'import sys; print(sys.executable, sys.version.split()[0])')"
+    "$PY" -m venv .venv
+fi
+step "upgrading pip"
+pip_install --upgrade pip
+step "installing torch 2.13.0 (the longest step: on Python 3.12 a download of about 1 GB and the CUDA libraries)"
+pip_install "torch==2.13.0"
+step "installing modelopt-typed-recipes with nvidia-modelopt, megatron-core, transformers and the test extra"
+pip_install -e ".[test]"
 .venv/bin/python -c 'import os, site; open(os.path.join(site.getsitepackages()[0], "mtr_repo.pth"), "w").write(os.getcwd() + "\n")'  # a plain path entry: mypy and pyright see the package (they cannot follow the editable import hook)
+step "done: $(.venv/bin/python -c 'import sys; from importlib.metadata import version as v
+print(f"Python {sys.version.split()[0]}, torch {v(\"torch\")}, megatron-core {v(\"megatron-core\")}, nvidia-modelopt {v(\"nvidia-modelopt\")}")')"

@@ -81,6 +81,8 @@ class Registry(Generic[T]):
         self._ensure_loaded()
         keys = [k.lower() for k in self._keys(item)]
         with self._lock:
+            if keys and all(self._index.get(k) is item for k in keys):
+                return item  # the very same entry again (a notebook cell run twice): once in the list
             if replace:
                 self.unregister(next(iter(self._keys(item))))
             for key in keys:

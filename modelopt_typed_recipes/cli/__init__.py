@@ -32,7 +32,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
     parser = _Parser(prog="mtrecipes", description="Typed ModelOpt post-training recipes for Megatron-Core.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMAND_MODULES:
         try:
@@ -42,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(sub)
+    # every `COMMAND --help` opens with what the command does: its one-line help, unless it has its own text
+    for action in sub._choices_actions:  # noqa: SLF001 - argparse's record of each sub-command's help
+        command = sub.choices[action.dest]
+        if not command.description and action.help:
+            command.description = action.help[0].upper() + action.help[1:] + "."
     return parser
 
 

@@ -18,7 +18,8 @@ from .output import print_json, table
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("list", help="list the registered architectures")
     p.add_argument("--kind", choices=KINDS, help="only this kind")
-    p.add_argument("--family", help="only this family (llama, qwen, deepseek, nemotron-h, tiny, ...)")
+    p.add_argument("--family", help="only this family (llama, qwen, deepseek, nemotron-h, tiny, ...; an unknown "
+                   "one is an error)")
     p.add_argument("--json", action="store_true", help="print a JSON array for programs")
     p.set_defaults(handler=cmd_list)
 
@@ -44,8 +45,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of YAML")
     p.set_defaults(handler=cmd_from_hf)
 
-    p = sub.add_parser("validate", help="check a ModelArch YAML/JSON file")
-    p.add_argument("file", help="a .yaml/.yml/.json file holding one ModelArch")
+    p = sub.add_parser("validate", help="check a recipe or a ModelArch YAML/JSON file (which one: from its keys)")
+    p.add_argument("file", help="a .yaml/.yml/.json file holding one recipe or one ModelArch")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=cmd_validate)
 
@@ -86,10 +87,23 @@ def _details(arch: ModelArch) -> dict[str, Any]:
     return out
 
 
+def _check_family(family: str) -> None:
+    """An unknown family is a mistake (exit 2 with the known ones), not an empty list."""
+    from ..catalog import list_archs
+    from ..errors import UnknownNameError, did_you_mean
+
+    families = sorted({a.family for a in list_archs()})
+    if family.lower() not in {f.lower() for f in families}:
+        raise UnknownNameError(f"no family {family!r}", path="family",
+                               hint=did_you_mean(family, families) or f"families: {', '.join(families)}")
+
+
 # --------------------------------------------------------------------------- commands
 def cmd_list(args: argparse.Namespace) -> int:
     from ..catalog import list_archs
 
+    if args.family is not None:
+        _check_family(args.family)
     archs = list_archs(kind=args.kind, family=args.family)
     if args.json:
         print_json([a.summary() for a in archs])
@@ -176,17 +190,33 @@ def cmd_from_hf(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from ..spec.serde import load_file
+    from ..spec.recipe import Recipe
+    from ..spec.serde import load_file, read_document
 
+    if _is_recipe(read_document(args.file)):
+        recipe = Recipe.load(args.file)
+        if args.json:
+            print_json({"ok": True, "kind": "recipe", "name": recipe.label, "model": recipe.model_name,
+                        "stages": [st.label for st in recipe.stages]})
+            return 0
+        stages = " + ".join(st.label for st in recipe.stages)
+        sys.stdout.write(f"ok: recipe {recipe.label} (model {recipe.model_name}, {stages}); "
+                         f"`check {args.file}` checks it against the machine\n")
+        return 0
     arch = load_file(args.file, ModelArch)
     if args.json:
-        print_json({"ok": True, **arch.summary()})
+        print_json({"ok": True, "kind": "architecture", **arch.summary()})
         return 0
     sys.stdout.write(
         f"ok: {arch.name} ({arch.kind}, family {arch.family}, {arch.num_layers} layers, "
         f"{_billions(arch.params_total)} params, {_billions(arch.params_active)} active)\n"
     )
     return 0
+
+
+def _is_recipe(data: Any) -> bool:
+    """A recipe has stages (or a source); an architecture has neither."""
+    return isinstance(data, dict) and bool({"stages", "source"} & set(data))
 
 
 def cmd_profiles(args: argparse.Namespace) -> int:

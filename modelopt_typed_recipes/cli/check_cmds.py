@@ -1,4 +1,4 @@
-"""``check RECIPE.yaml [--json]`` and ``recipes [--model M] [--technique T] [--json]``.
+"""``check RECIPE.yaml [--json]``, ``recipes [--model M] [--technique T] [--json]`` and ``cp NAME FILE.yaml``.
 
 Both stay in plain Python (no torch, no ModelOpt import) so they answer in well under a second.
 """
@@ -9,7 +9,8 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from .output import console, print_json, table
+from .output import print_json, say, table
+from .refs import load_ref
 
 if TYPE_CHECKING:
     from ..plan.run_plan import RunPlan
@@ -32,20 +33,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     r.add_argument("--json", action="store_true")
     r.set_defaults(handler=_recipes)
 
-
-def _load(ref: str) -> Recipe:
-    """A recipe file, or a named recipe (it carries its layout) checked as written against a placeholder source."""
-    from pathlib import Path
-
-    from ..spec.recipe import RandomInit, Recipe
-
-    if Path(ref).suffix in (".yaml", ".yml", ".json") or Path(ref).is_file():
-        return Recipe.load(ref)
-    from ..catalog.recipes import get_recipe
-
-    named = get_recipe(ref)
-    out = f"outputs/{named.name.replace('/', '_').replace(':', '-')}"
-    return named.to_recipe(source=RandomInit(), output_dir=out)
+    c = sub.add_parser("cp", help="write a named recipe out as a YAML file to edit (then run or check the file)")
+    c.add_argument("name", help="a named recipe (Qwen/Qwen3-8B:fp8; `recipes` lists them)")
+    c.add_argument("file", help="the YAML file to write")
+    c.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+    c.set_defaults(handler=_cp)
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -53,7 +45,7 @@ def _check(args: argparse.Namespace) -> int:
 
     from ..plan.check import Environment, check_recipe
 
-    recipe = _load(args.recipe)
+    recipe = load_ref(args.recipe)
     env = Environment.detect()
     if args.assume_gpu:
         env = attrs.evolve(env, cuda=True, gpu_count=max(env.gpu_count, 1))
@@ -66,27 +58,23 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _print_report(report: RunPlan) -> None:
-    from rich.table import Table
+    from rich.markup import escape as e  # messages hold brackets (stages[0]) that are not markup
 
-    out = console()
     status = "[green]ok[/green]" if report.ok else f"[red]{len(report.errors)} error(s)[/red]"
-    out.print(f"[bold]{report.recipe}[/bold] on backend {report.backend}: {status}")
+    say(f"[bold]{e(report.recipe)}[/bold] on backend {report.backend}: {status}")
     for err in report.errors:
-        line = f"  [red]error[/red] {err.path}: {err.message}" if err.path else f"  [red]error[/red] {err.message}"
-        out.print(line + (f" [dim]({err.hint})[/dim]" if err.hint else ""), highlight=False)
+        line = f"  [red]error[/red] {e(err.path)}: {e(err.message)}" if err.path else f"  [red]error[/red] {e(err.message)}"
+        say(line + (f" [dim]({e(err.hint)})[/dim]" if err.hint else ""))
     for w in report.warnings:
-        out.print(f"  [yellow]note[/yellow] {w}", highlight=False)
+        say(f"  [yellow]note[/yellow] {e(w)}")
     for st in report.stages:
         if st.coverage is None:
             continue
-        t = Table(title=f"stages[{st.index}] {st.label}: {st.config_source} ({st.coverage.naming} names)")
-        t.add_column("module kind")
-        t.add_column("quantized", justify="right")
-        t.add_column("total", justify="right")
-        for kind, v in st.coverage.modules.items():
-            t.add_row(kind, str(v["quantized"]), str(v["total"]))
-        out.print(t)
-        out.print("  enabled quantizers: " + ", ".join(f"{k}={v}" for k, v in sorted(st.coverage.quantizers.items())))
+        table(f"stages[{st.index}] {st.label}: {st.config_source} ({st.coverage.naming} names)",
+              ["module kind", "quantized", "total"],
+              ((kind, str(v["quantized"]), str(v["total"])) for kind, v in st.coverage.modules.items()),
+              right=("quantized", "total"))
+        say("  enabled quantizers: " + e(", ".join(f"{k}={v}" for k, v in sorted(st.coverage.quantizers.items()))))
     sys.stdout.flush()
 
 
@@ -100,4 +88,29 @@ def _recipes(args: argparse.Namespace) -> int:
         return 0
     table(f"{len(found)} named recipe(s)", ["name", "stages", "layout", "export layout"],
           ((s["name"], " + ".join(s["stages"]), s["layout"], s["export_layout"] or "re-planned") for s in summaries))
+    return 0
+
+
+def _cp(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..errors import SpecError
+    from ..spec.recipe import RandomInit
+    from .refs import RECIPE_SUFFIXES, named_recipe
+
+    target = Path(args.file)
+    if target.suffix not in RECIPE_SUFFIXES[:2]:
+        raise SpecError(f"{args.file!r} is not a .yaml or .yml file", path="file", hint=f"e.g. {target.stem}.yaml")
+    if target.exists() and not args.force:
+        raise SpecError(f"{args.file} exists", path="file", hint="choose a new name, or --force to overwrite it")
+    recipe = named_recipe(args.name)
+    head = [f"# {recipe.name}: written by `mtrecipes cp`; edit, then `mtrecipes check {target.name}` and "
+            f"`mtrecipes run {target.name}`"]
+    if isinstance(recipe.source, RandomInit):
+        head.append("# random weights (a dry run): for real ones, source: {type: hf, path: /path/to/hf_checkpoint}")
+    try:
+        target.write_text("\n".join(head) + "\n" + recipe.to_yaml(), encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(f"cannot write {args.file}: {exc.strerror}", path="file") from None
+    sys.stderr.write(f"wrote {target}\n")
     return 0

@@ -11,7 +11,7 @@ import argparse
 import shlex
 from typing import TYPE_CHECKING
 
-from .output import console, print_json
+from .output import print_json, table
 
 if TYPE_CHECKING:
     from ..plan.gpus import GpuSpec
@@ -112,42 +112,31 @@ def _gib(n: int) -> str:
 
 
 def _print_plan(lp: LaunchPlan) -> None:
-    from rich.table import Table
-
-    out = console()
     lay = lp.layout
-    head = Table(title=f"{lp.arch}: {lp.stage} on {lp.gpus} x {lp.gpu}", show_header=False)
-    head.add_column(style="bold")
-    head.add_column()
-    head.add_row("layout", f"{lay.short()}  ({lp.layout_source})")
-    head.add_row("world size", f"{lp.world_size} = {lp.nnodes} node(s) x {lp.nproc_per_node} processes")
-    head.add_row("expert data parallel", str(lay.expert_data_parallel))
     m = lp.memory
-    head.add_row("memory per rank", f"{_gib(m.per_rank_bytes)} of {_gib(m.usable_bytes)} usable "
-                 f"({_gib(m.capacity_bytes)} total) -> {'fits' if m.fits else 'DOES NOT FIT'}")
-    for k, v in m.terms.items():
-        if v:
-            head.add_row(f"  {k}", _gib(v))
-    if m.host_bytes:
-        head.add_row("host memory per rank", f"{_gib(m.host_bytes)} (model built on the CPU, as Megatron-LM's export)")
-    head.add_row("  exported weights", _gib(m.weights_quantized_bytes) + f" ({m.quant_format})")
-    head.add_row("torchrun", shlex.join(lp.argv))
-    if lp.nnodes > 1:
-        head.add_row("srun", shlex.join(lp.srun_argv))
-    head.add_row("env", " ".join(f"{k}={shlex.quote(v)}" for k, v in lp.env))
-    head.add_row("seed env", " ".join(f"{k}={shlex.quote(v)}" for k, v in lp.seed_env))
-    out.print(head)
+    head = [
+        ("layout", f"{lay.short()}  ({lp.layout_source})"),
+        ("world size", f"{lp.world_size} = {lp.nnodes} node(s) x {lp.nproc_per_node} processes"),
+        ("expert data parallel", str(lay.expert_data_parallel)),
+        ("memory per rank", f"{_gib(m.per_rank_bytes)} of {_gib(m.usable_bytes)} usable "
+                            f"({_gib(m.capacity_bytes)} total) -> {'fits' if m.fits else 'DOES NOT FIT'}"),
+        *((f"  {k}", _gib(v)) for k, v in m.terms.items() if v),
+        *((("host memory per rank", f"{_gib(m.host_bytes)} (model built on the CPU, as Megatron-LM's export)"),)
+          if m.host_bytes else ()),
+        ("  exported weights", _gib(m.weights_quantized_bytes) + f" ({m.quant_format})"),
+        ("torchrun", shlex.join(lp.argv)),
+        *((("srun", shlex.join(lp.srun_argv)),) if lp.nnodes > 1 else ()),
+        ("env", " ".join(f"{k}={shlex.quote(v)}" for k, v in lp.env)),
+        ("seed env", " ".join(f"{k}={shlex.quote(v)}" for k, v in lp.seed_env)),
+    ]
+    table(f"{lp.arch}: {lp.stage} on {lp.gpus} x {lp.gpu}", ["setting", "value"], head, header=False)
 
-    ranks = Table(title="rank map (Megatron-Core order tp-cp-ep-dp-pp)")
-    for col in ("rank", "node", "local", "tp", "pp", "cp", "dp", "ep", "etp", "edp"):
-        ranks.add_column(col, justify="right")
+    columns = ("rank", "node", "local", "tp", "pp", "cp", "dp", "ep", "etp", "edp")
     shown = lp.rank_map[:32]
-    for r in shown:
-        ranks.add_row(*(str(x) for x in (r.rank, r.node, r.local_rank, r.tensor, r.pipeline, r.context, r.data,
-                                         r.expert, r.expert_tensor, r.expert_data)))
-    if len(lp.rank_map) > len(shown):
-        ranks.caption = f"first {len(shown)} of {len(lp.rank_map)} ranks (--json prints the first 1024)"
-    out.print(ranks)
+    rows = ([str(x) for x in (r.rank, r.node, r.local_rank, r.tensor, r.pipeline, r.context, r.data, r.expert,
+                              r.expert_tensor, r.expert_data)] for r in shown)
+    caption = f"first {len(shown)} of {len(lp.rank_map)} ranks (--json prints the first 1024)" if len(lp.rank_map) > len(shown) else ""
+    table("rank map (Megatron-Core order tp-cp-ep-dp-pp)", columns, rows, right=columns, caption=caption)
 
 
 def cmd_env(args: argparse.Namespace) -> int:
@@ -157,15 +146,12 @@ def cmd_env(args: argparse.Namespace) -> int:
     if args.json:
         print_json(renv.to_dict())
         return 0
-    from rich.table import Table
-
-    table = Table(title="run environment (highest precedence first: argument, recipe, env, torchrun, slurm, default)")
-    table.add_column("setting", style="bold")
-    table.add_column("value")
-    table.add_column("source")
-    for name, r in renv.values.items():
+    rows, defaults = [], []
+    for i, (name, r) in enumerate(renv.values.items()):
         value = shlex.join(r.value) if isinstance(r.value, tuple) else ("-" if r.value is None else str(r.value))
-        style = "dim" if r.is_default else ""
-        table.add_row(name, value, r.source, style=style)
-    console().print(table)
+        rows.append((name, value, r.source))
+        if r.is_default:
+            defaults.append(i)
+    table("run environment (highest precedence first: argument, recipe, env, torchrun, slurm, default)",
+          ["setting", "value", "source"], rows, dim=defaults)
     return 0

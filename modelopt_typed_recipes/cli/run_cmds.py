@@ -11,10 +11,9 @@ prints the ``torchrun`` command to start it (``--launch`` starts it).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
+import shlex
 import sys
-import warnings
 from typing import TYPE_CHECKING, Any
 
 from .output import console, print_json
@@ -26,7 +25,8 @@ if TYPE_CHECKING:
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("run", help="run post-training recipes (quantize, auto-quantize, prune, export) and "
                                    "print perplexity before/after with wall times")
-    p.add_argument("recipes", nargs="+", metavar="RECIPE", help="recipe YAML/JSON files")
+    p.add_argument("recipes", nargs="+", metavar="RECIPE",
+                   help="recipe YAML/JSON files or named recipes (Qwen/Qwen3-8B:fp8; `recipes` lists them)")
     p.add_argument("--json", action="store_true", help="print the result(s) as JSON on stdout")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe field, dotted keys allowed (e.g. --set calibration.num_samples=16)")
@@ -34,20 +34,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--force", action="store_true",
                    help="redo a recipe even when its output folder already holds its finished outputs")
+    p.add_argument("--verbose", action="store_true", help="show the libraries' warnings and notes (ModelOpt, "
+                   "Megatron-Core, transformers, torch)")
     p.add_argument("--launch", action="store_true", help="start the torchrun command a multi-GPU recipe needs")
-    p.set_defaults(handler=_run)
+    p.set_defaults(handler=_run, run_parser=p)
 
 
-def _quiet_libraries() -> None:
-    """Library chatter (import-time UserWarnings, tokenizer length notes) hides the table; keep errors."""
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    for module in ("megatron", "modelopt", "transformers", "torch"):
-        warnings.filterwarnings("ignore", category=UserWarning, module=module)
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
-        warnings.filterwarnings("ignore", category=FutureWarning, module=module)
-
-
-def _launch_command(recipe: Recipe, path: str) -> list[str] | None:
+def _launch_command(recipe: Recipe, args: argparse.Namespace) -> list[str] | None:
     """``torchrun`` argv when the recipe's layout needs more processes than this one has."""
     need = recipe.layout.world_size if recipe.layout is not None else 1
     from ..plan.resolve import launch_world
@@ -56,13 +49,35 @@ def _launch_command(recipe: Recipe, path: str) -> list[str] | None:
     if need <= have or recipe.backend == "hf":
         return None
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={need}",
-            "-m", "modelopt_typed_recipes", "run", path]
+            "-m", "modelopt_typed_recipes", *child_argv(args)]
+
+
+def child_argv(args: argparse.Namespace) -> list[str]:
+    """The command line again, from the parsed arguments, without ``--launch``: every flag the user gave
+    (and any flag added later) reaches the launched processes, whatever abbreviation or order was typed."""
+    parser: argparse.ArgumentParser = args.run_parser
+    out = ["run"]
+    for action in parser._actions:  # noqa: SLF001 - argparse keeps its arguments here; no public accessor
+        value = getattr(args, action.dest, None)
+        if isinstance(action, argparse._HelpAction) or action.dest == "launch" or value == action.default:
+            continue
+        if not action.option_strings:  # the recipes
+            out += list(value)
+        elif isinstance(action, argparse._StoreTrueAction):
+            out.append(action.option_strings[-1])
+        elif isinstance(action, argparse._AppendAction):
+            for item in value:
+                out += [action.option_strings[-1], str(item)]
+        else:
+            out += [action.option_strings[-1], str(value)]
+    return out
 
 
 def _run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..runtime.api import load_recipe
+    from .refs import load_ref
 
     overrides: dict[str, Any] = {}
     from ..spec.serde import _parse_value
@@ -79,29 +94,39 @@ def _run(args: argparse.Namespace) -> int:
         extra = dict(overrides)
         if args.output_dir:
             extra["output_dir"] = args.output_dir if len(args.recipes) == 1 else str(
-                Path(args.output_dir) / Path(path).stem)
-        recipes.append((path, load_recipe(path, extra)))  # all recipes validated before the first runs
+                Path(args.output_dir) / Path(path).stem.replace(":", "-"))
+        recipes.append((path, load_recipe(load_ref(path), extra)))  # all recipes validated before the first runs
 
-    for path, recipe in recipes:
-        argv = _launch_command(recipe, path)
-        if argv is not None:
-            env = "NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1"
-            if not args.launch:
-                print(f"{path} needs {argv[4].split('=')[1]} processes; start it with:\n  {env} {' '.join(argv)}")
-                return 0
-            os.environ.update(NCCL_NVLS_ENABLE="0", TORCH_SYMM_MEM_DISABLE_MULTICAST="1")
-            os.execv(argv[0], argv)
+    launches = {path: argv for path, recipe in recipes if (argv := _launch_command(recipe, args)) is not None}
+    if launches:
+        sizes = {argv[4] for argv in launches.values()}
+        if len(launches) != len(recipes) or len(sizes) > 1:
+            from ..errors import LayoutError
 
-    _quiet_libraries()
+            raise LayoutError("these recipes need different numbers of processes: "
+                              + ", ".join(f"{p} {a[4].split('=')[1]}" for p, a in launches.items()),
+                              path="layout", hint="run them one command at a time")
+        argv = next(iter(launches.values()))
+        env = "NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1"
+        if not args.launch:
+            what = " ".join(args.recipes)
+            print(f"{what} needs {argv[4].split('=')[1]} processes; start it with:\n  {env} {shlex.join(argv)}")
+            return 0
+        os.environ.update(NCCL_NVLS_ENABLE="0", TORCH_SYMM_MEM_DISABLE_MULTICAST="1")
+        os.execv(argv[0], argv)
+
     from ..errors import RecipeError
     from ..runtime.api import run_post_training
 
     results: list[Any] = []
     failed: list[tuple[str, RecipeError]] = []
     for path, recipe in recipes:
+        if is_dry_run(recipe):
+            sys.stderr.write(f"note: {path} runs on random weights (a dry run); for real ones: "
+                             "--set 'source={type: hf, path: DIR}'\n")
         try:
-            with contextlib.redirect_stdout(sys.stderr):  # ModelOpt prints progress notes on stdout
-                result = run_post_training(recipe, progress=not args.no_progress, force=args.force)
+            result = run_post_training(recipe, progress=not args.no_progress, force=args.force,
+                                       verbose=args.verbose)
         except RecipeError as err:
             if len(recipes) == 1:
                 raise
@@ -132,6 +157,12 @@ def _run(args: argparse.Namespace) -> int:
         for p, error in failed:
             sys.stderr.write(f"error: {p}: {error}\n")
     return 2 if failed else 0
+
+
+def is_dry_run(recipe: Any) -> bool:
+    from ..spec.recipe import RandomInit
+
+    return isinstance(recipe.source, RandomInit)
 
 
 def _fmt(value: float | None, spec: str = ".2f") -> str:

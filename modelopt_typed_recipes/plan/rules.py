@@ -248,6 +248,7 @@ def check(arch: ModelArch, layout: ParallelLayout, stage: str = "quantize", *, s
         found.append(LayoutError(
             f"the layout needs TP*PP*CP*DP = {layout.world_size} GPUs but {gpus} are given",
             path="data_parallel" if layout.data_parallel > 1 else "tensor_parallel",
+            hint=_fewer_gpus_hint(layout, gpus),
         ))
     if not found:
         return layout
@@ -261,6 +262,15 @@ def check(arch: ModelArch, layout: ParallelLayout, stage: str = "quantize", *, s
             extra = f"a valid {stage} layout on {gpus} GPU(s): {proposal.short()}"
             err = LayoutError(err.message, path=err.path, hint=f"{err.hint}; {extra}" if err.hint else extra)
     raise err
+
+
+def _fewer_gpus_hint(layout: ParallelLayout, gpus: int) -> str:
+    """Name the setting to lower: data_parallel when the model fits without it, else the model's own split."""
+    dense = layout.model_parallel_size
+    if layout.data_parallel > 1 and gpus % dense == 0:
+        return f"data_parallel: {gpus // dense}"
+    return (f"lower tensor_parallel/pipeline_parallel/context_parallel so that TP*PP*CP = {dense} becomes "
+            f"at most {gpus}")
 
 
 def is_valid(arch: ModelArch, layout: ParallelLayout, stage: str = "quantize", *,

@@ -32,6 +32,7 @@ from ..spec.serde import apply_overrides, from_dict
 from .backend import RunPlan, load_backend
 from .data import check_text
 from .manifest import build_manifest, write_manifest
+from .quiet import library_output
 from .result import PostTrainingResult
 
 if TYPE_CHECKING:
@@ -102,7 +103,7 @@ RESUMING_BACKENDS = ("hf",)
 
 
 def run_post_training(recipe: Recipe | str | Path | Mapping[str, Any], *, progress: bool = True,
-                      force: bool = False, **overrides: Any) -> PostTrainingResult:
+                      force: bool = False, verbose: bool = False, **overrides: Any) -> PostTrainingResult:
     """Run a recipe end to end and return what happened.
 
     ``recipe``: a :class:`Recipe`, a YAML/JSON file or a dict. ``overrides``: field replacements, dotted
@@ -111,7 +112,15 @@ def run_post_training(recipe: Recipe | str | Path | Mapping[str, Any], *, progre
     model is built; leaves no output folder behind when anything fails. When ``output_dir`` already holds
     this recipe's finished outputs (same hash) nothing is redone (``result.reused``) unless ``force``; a run
     of the same recipe that was killed continues from its last finished stage (``result.notes`` says so).
+    Library warnings and ModelOpt's printed notes are kept off stdout (``verbose=True`` shows them as the
+    libraries emit them).
     """
+    with library_output(verbose=verbose):
+        return _run(recipe, progress=progress, force=force, overrides=overrides)
+
+
+def _run(recipe: Recipe | str | Path | Mapping[str, Any], *, progress: bool, force: bool,
+         overrides: Mapping[str, Any]) -> PostTrainingResult:
     t0 = time.perf_counter()
     rec = load_recipe(recipe, overrides)
     plan = plan_run(rec, progress=progress)

@@ -128,16 +128,7 @@ class ParallelLayout:
                 f"{self.pipeline_parallel} = {expert_side} does not divide the world size "
                 f"TP*PP*CP*DP = {self.world_size}",
                 path="expert_parallel",
-                hint="use expert_parallel in "
-                + _join(
-                    [
-                        e
-                        for e in divisors(self.world_size // self.pipeline_parallel)
-                        if expert_side_tiles(world_size=self.world_size, expert_tensor_parallel=self.expert_tensor_parallel,
-                                             expert_parallel=e, pipeline_parallel=self.pipeline_parallel)
-                    ]
-                    or [1]
-                ),
+                hint=self._expert_side_fix(),
             )
         if self.sequence_parallel and self.tensor_parallel == 1:
             raise LayoutError(
@@ -164,6 +155,20 @@ class ParallelLayout:
                 path="virtual_pipeline",
                 hint="unset virtual_pipeline or the first/last stage layer counts",
             )
+
+    def _expert_side_fix(self) -> str:
+        """The settings that make ETP*EP*PP divide the world. Expert parallelism borrows its ranks from data
+        parallelism (the experts' groups lie over the same TP*PP*CP*DP processes), so the usual fix is more
+        data_parallel; a smaller expert_parallel also works."""
+        side = self.expert_tensor_parallel * self.expert_parallel * self.pipeline_parallel
+        dense = self.world_size // self.data_parallel
+        dp = next(d for d in range(self.data_parallel, self.data_parallel + side + 1) if (dense * d) % side == 0)
+        smaller = [e for e in divisors(self.world_size // self.pipeline_parallel)
+                   if expert_side_tiles(world_size=self.world_size, expert_tensor_parallel=self.expert_tensor_parallel,
+                                        expert_parallel=e, pipeline_parallel=self.pipeline_parallel)] or [1]
+        return (f"data_parallel: {dp} (expert parallelism borrows its ranks from data parallelism: "
+                f"{self.expert_parallel} expert groups need TP*PP*CP*DP = "
+                f"{dense * dp} processes), or expert_parallel in {_join(smaller)}")
 
     # ------------------------------------------------------------------ derived sizes
     @property

@@ -18,6 +18,7 @@ from ..errors import RecipeError
 from ._validate import fail, non_empty_str, non_empty_strs, one_of, positive_int, seed_range
 from .arch import ModelArch
 from .layout import ParallelLayout
+from .serde import typed_fields
 from .techniques import AutoQuantize, Export, Quantize, Stage
 
 SCHEMA_VERSION = 1
@@ -34,7 +35,7 @@ BUILTIN_DATASETS: tuple[str, ...] = ("reference-train", "reference-heldout")
 
 
 # --------------------------------------------------------------------------- where the weights come from
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, field_transformer=typed_fields)
 class HFCheckpoint:
     """A local Hugging Face checkpoint directory (``config.json`` + safetensors + tokenizer)."""
 
@@ -42,7 +43,7 @@ class HFCheckpoint:
     path: str = attrs.field(validator=non_empty_str)
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, field_transformer=typed_fields)
 class MegatronCheckpoint:
     """A Megatron-Core distributed checkpoint directory (optionally with ModelOpt state)."""
 
@@ -56,7 +57,7 @@ class MegatronCheckpoint:
     ``plan.sources.saved_layer_spec``)."""
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, field_transformer=typed_fields)
 class RandomInit:
     """Random weights from the architecture (tests and dry runs; never for real results)."""
 
@@ -64,7 +65,7 @@ class RandomInit:
     seed: int = attrs.field(default=0, validator=seed_range)
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, field_transformer=typed_fields)
 class Builtin:
     """Weights and tokenizer that ship inside this package (the ``reference-llama`` model)."""
 
@@ -75,7 +76,7 @@ Source = HFCheckpoint | MegatronCheckpoint | RandomInit | Builtin
 
 
 # --------------------------------------------------------------------------- data
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, field_transformer=typed_fields)
 class TextData:
     """Text for calibration or evaluation: a built-in corpus, local ``.txt``/``.jsonl`` files, or a Hugging
     Face dataset already on this machine.
@@ -110,7 +111,7 @@ class TextData:
 
 
 # --------------------------------------------------------------------------- the recipe
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, field_transformer=typed_fields)
 class Recipe:
     """Everything one post-training run needs, validated at construction."""
 

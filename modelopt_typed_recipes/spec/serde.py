@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -18,6 +19,7 @@ from typing import Any, TypeVar
 
 import attrs
 import cattrs
+import cattrs.gen
 import yaml
 from cattrs.errors import (
     ClassValidationError,
@@ -130,8 +132,11 @@ def _structure_tagged(tp: Any) -> Callable[[Any, Any], Any]:
             return None
         if type(value) in tags.values():
             return value
+        if isinstance(value, str) and value in tags:  # `source: builtin`, a stage given as "export"
+            value = {name: value}
         if not isinstance(value, Mapping):
-            raise TypeError(f"expected a mapping, got {brief(value)}")
+            raise SpecError(f"expected a mapping with a {name} (one of {', '.join(tags)}), got {brief(value)}",
+                            hint=did_you_mean(str(value), tags) if isinstance(value, str) else "")
         if name not in value and required:
             raise SpecError(f"required field missing: say which {name} (one of {', '.join(tags)})", path=name)
         tag = value.get(name, default)
@@ -275,6 +280,42 @@ def structure(data: Any, cls: type[T], *, path: str = "") -> T:
     raise SpecErrors(errors) from None
 
 
+# --------------------------------------------------------------------------- Python construction
+def _attrs_instance_or_dict(cls: Any) -> Callable[[Any, Any], Any]:
+    """An attrs class: an instance passes as it is (it validated itself); anything else is structured."""
+    inner = cattrs.gen.make_dict_structure_fn(cls, converter, _cattrs_forbid_extra_keys=True,
+                                              _cattrs_detailed_validation=True)
+
+    def hook(value: Any, _t: Any) -> Any:
+        return value if isinstance(value, cls) else inner(value, cls)
+
+    return hook
+
+
+converter.register_structure_hook_factory(attrs.has, _attrs_instance_or_dict)
+
+
+def typed_fields(cls: type, fields: list[attrs.Attribute]) -> list[attrs.Attribute]:
+    """attrs ``field_transformer``: Python construction validates as YAML does.
+
+    Every field without a converter of its own gets one that passes values of its type and structures the
+    rest through this module's converter: lists become tuples, dicts become the nested spec classes, a
+    stage given by its tag alone (``"export"``) becomes that stage, and a wrong type is a SpecError naming
+    the field (``stages[1].format``) instead of a value kept unchecked or a bare exception later.
+    """
+    hints: dict[str, Any] = {}
+
+    def for_field(name: str) -> Callable[[Any], Any]:
+        def convert(value: Any) -> Any:
+            if not hints:  # annotations are strings until the module has finished defining its classes
+                hints.update(typing.get_type_hints(cls))
+            return structure(value, hints[name], path=name)
+
+        return convert
+
+    return [f if f.converter is not None else f.evolve(converter=for_field(f.name)) for f in fields]
+
+
 def to_dict(obj: Any) -> Any:
     return converter.unstructure(obj)
 
@@ -383,10 +424,15 @@ def from_yaml(text: str, cls: type[T], *, source: str = "") -> T:
 
 
 def load_file(path: str | Path, cls: type[T]) -> T:
-    """A YAML/JSON file, read through :mod:`.bounded` (UTF-8, size, depth, aliases, duplicate keys)."""
+    return from_dict(read_document(path), cls)
+
+
+def read_document(path: str | Path) -> Any:
+    """The parsed YAML/JSON of a file (JSON by its suffix), read through :mod:`.bounded` (UTF-8, size, depth,
+    aliases, duplicate keys), before any structuring."""
     p = Path(path)
     text = bounded.read_text(p)
-    return from_json(text, cls, source=str(p)) if p.suffix == ".json" else from_yaml(text, cls, source=str(p))
+    return bounded.load_json(text, source=str(p)) if p.suffix == ".json" else bounded.load_yaml(text, source=str(p))
 
 
 # --------------------------------------------------------------------------- overrides and hashes
@@ -399,6 +445,19 @@ def _parse_value(text: str) -> Any:
         raise
     except SpecError:
         return text
+
+
+def override_keys(dotted: str) -> list[str]:
+    """``stages[0].format`` (the form error paths print) or ``stages.0.format`` -> ``["stages", "0", "format"]``."""
+    return re.sub(r"\[(-?\d+)\]", r".\1", dotted.strip()).split(".")
+
+
+def field_path(keys: list[str]) -> str:
+    """The error-path form of override keys: ``["stages", "0", "format"]`` -> ``stages[0].format``."""
+    out = ""
+    for key in keys:
+        out += f"[{key}]" if key.lstrip("-").isdigit() else (f".{key}" if out else key)
+    return out
 
 
 def apply_overrides(obj: T, overrides: Mapping[str, Any] | list[str]) -> T:
@@ -414,9 +473,9 @@ def apply_overrides(obj: T, overrides: Mapping[str, Any] | list[str]) -> T:
     data = to_dict(obj)
     for dotted, value in overrides.items():
         node = data
-        keys = dotted.split(".")
+        keys = override_keys(dotted)
         for i, key in enumerate(keys):
-            where = ".".join(keys[: i + 1])
+            where = field_path(keys[: i + 1])
             if isinstance(node, list):
                 try:
                     idx = int(key)

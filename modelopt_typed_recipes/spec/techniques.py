@@ -18,6 +18,7 @@ from ..errors import SpecError, UnknownNameError, brief
 from ._validate import fail, non_empty_strs, one_of, optional_bool, positive_int
 from .arch import Attention, MLAttention, ModelArch, MoE
 from .formats import QuantFormat, get_format
+from .serde import typed_fields
 
 # ModelOpt 0.47 KV-cache presets (modelopt_recipes/configs/ptq/presets/kv); "none" keeps the KV cache as is.
 KV_CACHE_FORMATS: tuple[str, ...] = (
@@ -83,7 +84,7 @@ def _positive_bits(_inst: object, attr: attrs.Attribute, value: float | None) ->
 
 
 # --------------------------------------------------------------------------- quantize
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, field_transformer=typed_fields)
 class Quantize:
     """Post-training quantization with one ModelOpt preset or one ModelOpt YAML recipe."""
 
@@ -156,7 +157,7 @@ class Quantize:
 
 
 # --------------------------------------------------------------------------- auto-quantize
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, field_transformer=typed_fields)
 class AutoQuantize:
     """Per-layer format search under an effective-bits budget (``mtq.auto_quantize``)."""
 
@@ -253,7 +254,7 @@ PRUNE_DIMENSIONS: tuple[str, ...] = (
 )
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, field_transformer=typed_fields)
 class Prune:
     """Minitron structured pruning: target sizes (ModelOpt's ``export_config``) or a parameter budget.
 
@@ -482,7 +483,7 @@ def output_folder_problem(value: object) -> str:
     return ""
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, field_transformer=typed_fields)
 class Export:
     """Write a deployable checkpoint: the unified Hugging Face format, or vLLM's fake-quant variant."""
 

@@ -33,12 +33,12 @@ def export(model: Any, tokenizer: Any, directory: Path, *, fmt: str, dtype: str,
     import torch
 
     directory.mkdir(parents=True, exist_ok=True)
-    torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    weights_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     if fmt == "hf":
         from modelopt.torch.export import export_hf_checkpoint
 
         try:
-            export_hf_checkpoint(model, dtype=torch_dtype, export_dir=str(directory))
+            export_hf_checkpoint(model, dtype=weights_dtype, export_dir=str(directory))
         except (ValueError, NotImplementedError, AssertionError, TypeError, AttributeError, KeyError) as exc:
             raise CompatibilityError(
                 f"ModelOpt {_modelopt_version()}'s HF export failed for this model: {type(exc).__name__}: {exc}",
@@ -222,7 +222,8 @@ def load_export(directory: Path, *, device: str = "cpu") -> tuple[Any, dict[str,
 
     cfg = json.loads((directory / "config.json").read_text())
     cfg.pop("quantization_config", None)
-    cfg["dtype"] = cfg["torch_dtype"] = "float32"
+    cfg.pop("torch_dtype", None)  # transformers 5 reads ``dtype`` and warns that ``torch_dtype`` is deprecated
+    cfg["dtype"] = "float32"
     from ...plan.outputs import reload_scratch
 
     with reload_scratch() as tmp:
