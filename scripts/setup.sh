@@ -35,4 +35,5 @@ step "installing modelopt-typed-recipes with nvidia-modelopt, megatron-core, tra
 pip_install -e ".[test]"
 .venv/bin/python -c 'import os, site; open(os.path.join(site.getsitepackages()[0], "mtr_repo.pth"), "w").write(os.getcwd() + "\n")'  # a plain path entry: mypy and pyright see the package (they cannot follow the editable import hook)
 step "done: $(.venv/bin/python -c 'import sys; from importlib.metadata import version as v
-print(f"Python {sys.version.split()[0]}, torch {v(\"torch\")}, megatron-core {v(\"megatron-core\")}, nvidia-modelopt {v(\"nvidia-modelopt\")}")')"
+print(f"Python {sys.version.split()[0]}, torch", v("torch") + ", megatron-core", v("megatron-core") + ", nvidia-modelopt",
+      v("nvidia-modelopt"))')"

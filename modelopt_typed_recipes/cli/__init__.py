@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
-from typing import NoReturn
+import time
 from collections.abc import Sequence
+from typing import NoReturn
 
 from ..errors import RecipeError, one_line
 
@@ -22,6 +24,10 @@ COMMAND_MODULES = (
     "modelopt_typed_recipes.cli.run_cmds",
     "modelopt_typed_recipes.cli.check_cmds",
 )
+
+
+RANK_GRACE_S = 5.0
+"""How long a rank other than 0 waits after a typed error before it exits (all ranks check the same recipe)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,11 +68,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except RecipeError as err:
-        if getattr(args, "json", False):
+        if getattr(args, "json", False) and os.environ.get("RANK", "0") == "0":  # one document under torchrun
             from .output import print_json
 
             print_json({"ok": False, "errors": [err.to_dict()]})
         sys.stderr.write(f"error: {err}\n")
+        if os.environ.get("RANK", "0") != "0":
+            # torchrun stops every rank when the first exits: let rank 0, which reports (--json), go first
+            sys.stderr.flush()
+            time.sleep(RANK_GRACE_S)
         return 2
     except KeyboardInterrupt:
         return 130

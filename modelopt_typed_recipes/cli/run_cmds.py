@@ -16,7 +16,7 @@ import shlex
 import sys
 from typing import TYPE_CHECKING, Any
 
-from .output import console, print_json
+from .output import print_json, say, table
 
 if TYPE_CHECKING:
     from ..spec.recipe import Recipe
@@ -170,20 +170,18 @@ def _fmt(value: float | None, spec: str = ".2f") -> str:
 
 
 def _print_table(results: list[Any]) -> None:
-    from rich.table import Table
+    from rich.markup import escape
 
-    out = console()
-    table = Table(title="Held-out perplexity before and after (lower is better), wall times in seconds")
-    for col in ("recipe", "ppl before", "ppl after", "change", "ppl export", "bits/weight", "quantize s",
-                "export s", "total s"):
-        table.add_column(col, justify="left" if col == "recipe" else "right", no_wrap=col == "recipe")
+    columns = ("recipe", "ppl before", "ppl after", "change", "ppl export", "bits/weight", "quantize s", "export s",
+               "total s")
+    rows = []
     for r in results:
         m = r.metrics
         change = m.get("perplexity_change_pct")
         quant = [s for s in r.stages if s.technique in ("quantize", "auto_quantize")]
         export = [s for s in r.stages if s.technique == "export"]
         bits = next((s.effective_bits for s in quant if s.effective_bits is not None), None)
-        table.add_row(
+        rows.append((
             r.recipe_name,
             _fmt(m.get("perplexity_before")),
             _fmt(m.get("perplexity_after")),
@@ -193,10 +191,11 @@ def _print_table(results: list[Any]) -> None:
             _fmt(sum(s.seconds for s in quant) if quant else None, ".1f"),
             _fmt(sum(s.seconds for s in export) if export else None, ".1f"),
             f"{r.seconds:.1f}",
-        )
-    out.print(table)
-    out.print("ppl after: the fake-quantized model in memory; ppl export: the exported checkpoint re-loaded "
-                  "from disk (weights decoded from their stored low-precision values and scales).")
+        ))
+    table("Held-out perplexity before and after (lower is better), wall times in seconds", columns, rows,
+          right=columns[1:])
+    say("ppl after: the fake-quantized model in memory; ppl export: the exported checkpoint re-loaded "
+        "from disk (weights decoded from their stored low-precision values and scales).")
     for r in results:
         steps = ", ".join(f"{k} {v:.1f}s" for k, v in r.timings.items())
-        out.print(f"[bold]{r.recipe_name}[/] -> {r.output_dir}  ({steps})")
+        say(f"[bold]{escape(r.recipe_name)}[/] -> {escape(r.output_dir)}  ({steps})")
