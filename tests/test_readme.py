@@ -35,7 +35,7 @@ def runnable(command: str) -> bool:
 def readme_commands() -> list[str]:
     """Each command of each ```bash block: comments dropped, ``&&`` chains split, ``M=...`` expanded."""
     out: list[str] = []
-    for block in re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S):
+    for block in re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.DOTALL):
         variables: dict[str, str] = {}
         for line in block.splitlines():
             words = shlex.split(line, comments=True)
@@ -77,7 +77,7 @@ def test_readme_command_runs(command: str, tmp_path: Path) -> None:
         cwd = tmp_path
         (tmp_path / "examples").symlink_to(ROOT / "examples")
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
-    p = subprocess.run(argv, capture_output=True, text=True, cwd=cwd, timeout=3600, env=env)
+    p = subprocess.run(argv, check=False, capture_output=True, text=True, cwd=cwd, timeout=3600, env=env)
     if " check " in f" {command} " and "--backend megatron" in command and not _megatron_export_supported():
         # the Python 3.11 fallback set-up gets megatron-core 0.16.1: the version gate says so, typed
         assert p.returncode == 2 and "needs megatron-core >= 0.18" in p.stdout + p.stderr, p.stdout + p.stderr

@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         module.register(sub)
     # every `COMMAND --help` opens with what the command does: its one-line help, unless it has its own text
-    for action in sub._choices_actions:  # noqa: SLF001 - argparse's record of each sub-command's help
+    for action in sub._choices_actions:  # argparse's record of each sub-command's help
         command = sub.choices[action.dest]
         if not command.description and action.help:
             command.description = action.help[0].upper() + action.help[1:] + "."

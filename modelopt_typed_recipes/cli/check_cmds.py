@@ -104,8 +104,8 @@ def _cp(args: argparse.Namespace) -> int:
     if target.exists() and not args.force:
         raise SpecError(f"{args.file} exists", path="file", hint="choose a new name, or --force to overwrite it")
     recipe = named_recipe(args.name)
-    head = [f"# {recipe.name}: written by `mtrecipes cp`; edit, then `mtrecipes check {target.name}` and "
-            f"`mtrecipes run {target.name}`"]
+    head = [(f"# {recipe.name}: written by `mtrecipes cp`; edit, then `mtrecipes check {target.name}` and "
+             f"`mtrecipes run {target.name}`")]
     if isinstance(recipe.source, RandomInit):
         head.append("# random weights (a dry run): for real ones, source: {type: hf, path: /path/to/hf_checkpoint}")
     try:

@@ -118,8 +118,8 @@ def _print_plan(lp: LaunchPlan) -> None:
         ("layout", f"{lay.short()}  ({lp.layout_source})"),
         ("world size", f"{lp.world_size} = {lp.nnodes} node(s) x {lp.nproc_per_node} processes"),
         ("expert data parallel", str(lay.expert_data_parallel)),
-        ("memory per rank", f"{_gib(m.per_rank_bytes)} of {_gib(m.usable_bytes)} usable "
-                            f"({_gib(m.capacity_bytes)} total) -> {'fits' if m.fits else 'DOES NOT FIT'}"),
+        ("memory per rank", (f"{_gib(m.per_rank_bytes)} of {_gib(m.usable_bytes)} usable "
+                             f"({_gib(m.capacity_bytes)} total) -> {'fits' if m.fits else 'DOES NOT FIT'}")),
         *((f"  {k}", _gib(v)) for k, v in m.terms.items() if v),
         *((("host memory per rank", f"{_gib(m.host_bytes)} (model built on the CPU, as Megatron-LM's export)"),)
           if m.host_bytes else ()),

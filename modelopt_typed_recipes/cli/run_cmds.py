@@ -57,8 +57,8 @@ def child_argv(args: argparse.Namespace) -> list[str]:
     (and any flag added later) reaches the launched processes, whatever abbreviation or order was typed."""
     parser: argparse.ArgumentParser = args.run_parser
     out = ["run"]
-    for action in parser._actions:  # noqa: SLF001 - argparse keeps its arguments here; no public accessor
-        value = getattr(args, action.dest, None)
+    for action in parser._actions:  # argparse keeps its arguments here (no public accessor)
+        value: Any = getattr(args, action.dest, None)
         if isinstance(action, argparse._HelpAction) or action.dest == "launch" or value == action.default:
             continue
         if not action.option_strings:  # the recipes

@@ -295,7 +295,7 @@ def _attrs_instance_or_dict(cls: Any) -> Callable[[Any, Any], Any]:
 converter.register_structure_hook_factory(attrs.has, _attrs_instance_or_dict)
 
 
-def typed_fields(cls: type, fields: list[attrs.Attribute]) -> list[attrs.Attribute]:
+def typed_fields(cls: type, fields: list[attrs.Attribute[Any]]) -> list[attrs.Attribute[Any]]:
     """attrs ``field_transformer``: Python construction validates as YAML does.
 
     Every field without a converter of its own gets one that passes values of its type and structures the
