@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from modelopt_typed_recipes.catalog import ARCHITECTURES, get_arch, list_archs, register
 from modelopt_typed_recipes.errors import RecipeError, SpecError
+from modelopt_typed_recipes.plan.archs import stage_archs
 from modelopt_typed_recipes.spec.layout import ParallelLayout
 from modelopt_typed_recipes.spec.recipe import Builtin, RandomInit, Recipe, TextData
 from modelopt_typed_recipes.spec.techniques import AutoQuantize, Export, Quantize
@@ -121,7 +122,7 @@ FIELDS = {
 def test_random_python_values_give_typed_errors_only(kwargs: dict) -> None:
     try:
         r = Recipe(**kwargs)
-        r.archs_per_stage()
+        stage_archs(r)
         r.content_hash()
     except RecipeError as err:
         assert err.message, err
