@@ -56,7 +56,7 @@ def test_dicts_and_tags_are_structured_like_yaml() -> None:
     ({"calibration": {"dataset": "reference-train", "num_samples": "many"}}, "calibration.num_samples", "integer"),
     ({"layout": {"expert_parallel": 2}}, "layout.expert_parallel", "data_parallel: 2"),
     ({"backend": "trt"}, "backend", "is not one of"),
-    ({"model": 3}, "model", "expected a name or a mapping"),
+    ({"model": 3}, "model", "expected a registry name or an architecture"),
 ])
 def test_wrong_types_are_typed_errors_with_paths(changes: dict, path: str, words: str) -> None:
     err = error(**changes)

@@ -130,8 +130,8 @@ def _structure_tagged(tp: Any) -> Callable[[Any, Any], Any]:
     def hook(value: Any, _t: Any) -> Any:
         if value is None and optional:
             return None
-        if type(value) in tags.values():
-            return value
+        if type(value) in tags.values() or (attrs.has(type(value)) and hasattr(value, name)):
+            return value  # a member, or a class that registered itself elsewhere (a plugin technique)
         if isinstance(value, str) and value in tags:  # `source: builtin`, a stage given as "export"
             value = {name: value}
         if not isinstance(value, Mapping):
@@ -299,21 +299,24 @@ def typed_fields(cls: type, fields: list[attrs.Attribute[Any]]) -> list[attrs.At
     """attrs ``field_transformer``: Python construction validates as YAML does.
 
     Every field without a converter of its own gets one that passes values of its type and structures the
-    rest through this module's converter: lists become tuples, dicts become the nested spec classes, a
+    rest through this module's converter (a scalar in a field with a validator is left to that validator): lists become tuples, dicts become the nested spec classes, a
     stage given by its tag alone (``"export"``) becomes that stage, and a wrong type is a SpecError naming
     the field (``stages[1].format``) instead of a value kept unchecked or a bare exception later.
     """
     hints: dict[str, Any] = {}
 
-    def for_field(name: str) -> Callable[[Any], Any]:
+    def for_field(name: str, judged: bool) -> Callable[[Any], Any]:
         def convert(value: Any) -> Any:
+            if judged and not isinstance(value, list | tuple | Mapping):
+                return value  # a scalar: the field's own validator judges it, in its own words
             if not hints:  # annotations are strings until the module has finished defining its classes
                 hints.update(typing.get_type_hints(cls))
             return structure(value, hints[name], path=name)
 
         return convert
 
-    return [f if f.converter is not None else f.evolve(converter=for_field(f.name)) for f in fields]
+    return [f if f.converter is not None else f.evolve(converter=for_field(f.name, f.validator is not None))
+            for f in fields]
 
 
 def to_dict(obj: Any) -> Any:
