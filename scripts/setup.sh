@@ -13,7 +13,7 @@ step() { printf 'setup [%3ds] %s\n' "$((SECONDS - T0))" "$*" >&2; }
 works() { "$1" -c 'import sys; assert sys.version_info >= (3, 11)' >/dev/null 2>&1; }
 pick_python() {
     local c
-    for c in ${PYTHON:-} python3.12 "$HOME"/.pyenv/versions/3.12*/bin/python3.12 python3.11 python3; do
+    for c in ${PYTHON:-} python3.12 "${HOME:-/root}"/.pyenv/versions/3.12*/bin/python3.12 python3.11 python3; do
         [ -n "$c" ] && works "$c" && { echo "$c"; return; }
     done
     echo "setup: no Python >= 3.11 found (set PYTHON=/path/to/python3.12)" >&2
