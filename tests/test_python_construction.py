@@ -52,7 +52,7 @@ def test_dicts_and_tags_are_structured_like_yaml() -> None:
     ({"source": "hf"}, "source.path", "required field missing"),
     ({"source": "weights"}, "source", "expected a mapping with a type"),
     ({"name": ["a"]}, "name", "expected"),
-    ({"seed": "1"}, "seed", "expected an integer"),
+    ({"seed": "1"}, "seed", "integer"),
     ({"calibration": {"dataset": "reference-train", "num_samples": "many"}}, "calibration.num_samples", "integer"),
     ({"layout": {"expert_parallel": 2}}, "layout.expert_parallel", "data_parallel: 2"),
     ({"backend": "trt"}, "backend", "is not one of"),
