@@ -187,3 +187,9 @@ def test_the_activation_gate_follows_the_megatron_builder():
         except CompatibilityError:
             built = False
         assert built == (act in MEGATRON_ACTIVATIONS), act
+
+
+def test_a_modelopt_recipe_name_too_long_for_the_file_system_is_unknown():
+    """Found by benchmarks/fuzz.py: a 300-character recipe name raised ENAMETOOLONG from the file lookup."""
+    rep = check_recipe(recipe(AutoQuantize(recipe="general" + "x" * 300)), env=CPU)
+    assert ("UnknownNameError", "stages[0].recipe") in found(rep)

@@ -164,8 +164,11 @@ def _resolve_file(ref: str, *, base: Path | None = None) -> Path:
     for root in roots:
         for name in names:
             p = Path(name) if root is None else root / name
-            if p.is_file():
-                return p
+            try:
+                if p.is_file():
+                    return p
+            except (OSError, ValueError):  # a name the file system cannot hold (too long, NUL): not found
+                continue
     raise UnknownNameError(
         f"cannot find ModelOpt config {ref!r} (on disk or in the installed modelopt_recipes)",
         hint=did_you_mean(ref, BUILTIN_PTQ_RECIPES + BUILTIN_AUTO_QUANTIZE_RECIPES) or "",
