@@ -105,6 +105,11 @@ def brief(value: Any) -> str:
     return one_line(text, 300)
 
 
+class GateError(RecipeError):
+    """A measurement after compression missed a bar of the recipe's ``gate`` (Megatron-LM's ``mmlu.sh
+    --lower-bound``); raised before the output folder is put in place, so nothing is left behind."""
+
+
 def did_you_mean(word: str, choices: Iterable[str], *, n: int = 3) -> str:
     """A "did you mean ..." hint, or "" when nothing is close."""
     choices = list(choices)

@@ -26,6 +26,7 @@ from .environment import Environment
 from .run_plan import CalibrationWindows, RunPlan, StagePlan
 from .save import save_decisions
 from .sources import source_problems, weights_dir
+from .tasks import task_problems
 from .techniques import StageContext, technique_for
 from .techniques.quantize import quantize_config
 from .versions import MIN_MCORE_EXPORT, MIN_MCORE_PRUNE
@@ -72,6 +73,7 @@ def check_recipe(recipe: Recipe, *, env: Environment | None = None, layout: Para
     errors += run_gates.data_problems(recipe)
     if megatron:
         errors += run_gates.megatron_build_problems(archs[0])
+    errors += task_problems(recipe, backend)
 
     cal = recipe.calibration
     saves = save_decisions(recipe)

@@ -87,6 +87,10 @@ def plan_run(recipe: Recipe, *, progress: bool = True) -> RunPlan:
     check_text(recipe.calibration, path="calibration")
     if recipe.evaluation is not None:
         check_text(recipe.evaluation, path="evaluation")
+    if recipe.tasks:
+        from .tasks.items import check_tasks
+
+        check_tasks(recipe.tasks)
     output = outputs.user_path(recipe.output_dir, path="output_dir").resolve()
     outputs.check_output(output)
 
@@ -165,6 +169,8 @@ def _run(recipe: Recipe | str | Path | Mapping[str, Any], *, progress: bool, for
                                      "backend does not continue stopped runs yet, so this run started again")
                     staging.mkdir(parents=True, exist_ok=True)
                 result = backend.run(rec, plan)
+                if rec.gate is not None:  # before any manifest or rename: a model below the bar leaves nothing
+                    rec.gate.enforce(result.metrics)
                 timings = {"startup": _seconds_since_process_start() - (time.perf_counter() - t0), "plan": t_plan,
                            **result.timings}
                 result = attrs.evolve(result, output_dir=str(output), seconds=time.perf_counter() - t0,

@@ -169,6 +169,10 @@ class ByteTokenizer:
             return {"input_ids": [list(t.encode("utf-8")) for t in text]}
         return {"input_ids": list(text.encode("utf-8"))}
 
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        """The text of byte ids (the end-of-text id dropped; broken UTF-8 replaced)."""
+        return bytes(i for i in ids if 0 <= i < 256).decode("utf-8", errors="replace")
+
     def save_pretrained(self, directory: str | Path) -> None:
         """Nothing to write: a byte tokenizer has no files (the manifest records it)."""
 

@@ -92,12 +92,15 @@ class PostTrainingResult:
     """Absolute path of the finished output folder."""
     stages: tuple[StageResult, ...]
     metrics: dict[str, float | None] = attrs.field(factory=dict)
-    """``perplexity_before``, ``perplexity_after`` (fake-quantized model), ``perplexity_export`` (re-loaded)."""
+    """``perplexity_before``, ``perplexity_after`` (fake-quantized model), ``perplexity_export`` (re-loaded);
+    ``<task>_accuracy_<phase>`` for each evaluation task with an accuracy."""
     seconds: float = 0.0
     """Wall time of the whole run, loading and evaluation included."""
     timings: dict[str, float] = attrs.field(factory=dict)
     """Wall time of the steps outside stages (``load``, ``evaluate_before``, ``evaluate_after``...)."""
     calibration_hash: str | None = None
+    tasks: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+    """Evaluation tasks: name -> phase (``before``, ``after``, ``export``) -> accuracy, counts, scorer, texts."""
     manifest: str | None = None
     """Path of manifest.json, relative to ``output_dir``."""
     reused: bool = False
@@ -141,6 +144,7 @@ class PostTrainingResult:
             "reused": self.reused,
             "resumed_from": self.resumed_from,
             "notes": list(self.notes),
+            "tasks": _jsonable(self.tasks),
         }
 
     @classmethod
@@ -151,6 +155,7 @@ class PostTrainingResult:
             output_dir=d["output_dir"], stages=tuple(StageResult.from_dict(s) for s in d.get("stages", ())),
             metrics=dict(d.get("metrics") or {}), seconds=float(d.get("seconds") or 0.0),
             timings=dict(d.get("timings") or {}), calibration_hash=d.get("calibration_hash"),
+            tasks=dict(d.get("tasks") or {}),
             manifest="manifest.json" if d.get("outputs") else None, reused=bool(d.get("reused", False)),
             resumed_from=d.get("resumed_from"),
         )

@@ -17,6 +17,7 @@ import attrs
 from ..errors import RecipeError
 from ._validate import fail, non_empty_str, non_empty_strs, one_of, positive_int, seed_range
 from .arch import ModelArch
+from .evaluation import Gate, Generate, Task
 from .layout import ParallelLayout
 from .serde import typed_fields
 from .techniques import AutoQuantize, Export, Quantize, Stage
@@ -124,6 +125,10 @@ class Recipe:
     calibration: TextData = TextData(dataset="reference-train")
     evaluation: TextData | None = None
     """Held-out text for perplexity before and after; None skips the measurement."""
+    tasks: tuple[Task, ...] = ()
+    """Evaluation tasks (``next_sentence``, ``mmlu``, ``generate``), measured before and after the stages."""
+    gate: Gate | None = None
+    """Bars the compressed model must clear, or the run fails and writes nothing."""
     layout: ParallelLayout | None = None
     """Parallel layout of the Megatron-Core backend (None: one GPU); export re-plans its own."""
     output_dir: str = attrs.field(validator=non_empty_str)
@@ -170,10 +175,34 @@ class Recipe:
                 raise fail(f"stages[{i}]", f"{stage.technique} before quantizing: it works on the unquantized model")
         if self.evaluation is not None and self.evaluation.dataset == "reference-train":
             raise fail("evaluation.dataset", "evaluating on the training split says little", "use reference-heldout")
+        self._check_tasks()
         if self.layout is not None and self.layout.world_size > 1 and self.backend == "hf":
             raise fail("layout", "the Hugging Face backend runs in one process", "backend: megatron, or drop layout")
         if isinstance(self.source, Builtin) and isinstance(self.model, ModelArch):
             raise fail("source", "built-in weights belong to a registry model", "model: reference-llama")
+
+    def _check_tasks(self) -> None:
+        names: dict[str, int] = {}
+        for i, task in enumerate(self.tasks):
+            if task.name in names:
+                raise fail(f"tasks[{i}].name", f"tasks[{names[task.name]}] is already named {task.name!r}",
+                           "give each task its own name")
+            names[task.name] = i
+        if self.gate is None:
+            return
+        for field, name in self.gate.task_names():
+            if name not in names:
+                from ..errors import did_you_mean
+
+                raise fail(f"gate.{field}.{name}", f"no task named {name!r} in tasks",
+                           did_you_mean(name, names) or f"tasks: {', '.join(names) or 'none'}")
+            task = self.tasks[names[name]]
+            if isinstance(task, Generate) and not task.scored:
+                raise fail(f"gate.{field}.{name}", "a generate task has an accuracy only with references",
+                           f"add references to tasks[{names[name]}]")
+        if self.gate.max_perplexity_change_pct is not None and self.evaluation is None:
+            raise fail("gate.max_perplexity_change_pct", "the recipe measures no perplexity",
+                       "add an evaluation block (e.g. {dataset: reference-heldout})")
 
     # ----------------------------------------------------------------- derived
     @property

@@ -95,8 +95,9 @@ def _is_union(tp: Any) -> bool:
 
 # Tag fields a union member may carry, in order of preference; a union is tagged by the first name every
 # member has with a default. ``required``: whether a document must spell the tag out (``type`` defaults to
-# the first member for backwards compatibility; a recipe stage must say which ``technique`` it is).
-TAG_FIELDS: dict[str, bool] = {"type": False, "technique": True}
+# the first member for backwards compatibility; a recipe stage must say which ``technique`` it is, an
+# evaluation task which ``task``).
+TAG_FIELDS: dict[str, bool] = {"type": False, "technique": True, "task": True}
 
 
 def _tag_field(members: list[Any]) -> str | None:

@@ -17,10 +17,13 @@ from typing import Any
 from ...plan.run_plan import RunPlan
 from ...spec.recipe import RandomInit, Recipe
 from ..evaluate import add_change
+from ..tasks.run import TaskResult
 from ..result import PostTrainingResult, StageResult, peak_memory, reset_peak_memory
 
 # perplexity of an unmodified model on the same windows, kept for the process (several recipes, one model)
 _BASELINES: dict[tuple[str, ...], float] = {}
+# the same for evaluation tasks: (model, dtype, device, task content hash) -> the task's result before the stages
+_TASK_BASELINES: dict[tuple[str, ...], TaskResult] = {}
 
 
 def check(recipe: Recipe, plan: RunPlan) -> None:
@@ -39,7 +42,9 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
 
     from ...plan.journal import Journal
     from ...plan.techniques import technique_for
+    from ...spec.serde import content_hash
     from ..data import batches, data_hash, token_windows
+    from ..tasks.run import evaluate_tasks, record
     from . import evaluate, export
     from .model import count_params, load_model
     from .steps import HFRun
@@ -66,12 +71,12 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
     windows = token_windows(cal, tokenizer, path="calibration")
     cal_hash = data_hash(windows)
     eval_batches = None
+    model_key = str(folder or f"random:{getattr(recipe.source, 'seed', 0)}:{plan.arch.name}")
     if recipe.evaluation is not None:
         ev = recipe.evaluation
         eval_windows = token_windows(ev, tokenizer, path="evaluation")
         eval_batches = batches(eval_windows, ev.batch_size)
-        key = (str(folder or f"random:{getattr(recipe.source, 'seed', 0)}:{plan.arch.name}"), data_hash(eval_windows),
-               plan.dtype, device)
+        key = (model_key, data_hash(eval_windows), plan.dtype, device)
         t = time.perf_counter()
         if "perplexity_before" in metrics:  # measured before the stopped run's stages
             _BASELINES.setdefault(key, metrics["perplexity_before"])  # type: ignore[arg-type]
@@ -81,10 +86,22 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
         metrics["perplexity_before"] = _BASELINES[key]
         metrics["eval_tokens"] = float(eval_windows.shape[0] * (eval_windows.shape[1] - 1))
         timings["evaluate_before"] = time.perf_counter() - t
+    tasks: dict[str, dict[str, Any]] = {}
+    if recipe.tasks:
+        t = time.perf_counter()
+        keys = [(model_key, plan.dtype, device, content_hash(task)) for task in recipe.tasks]
+        todo = [i for i, k in enumerate(keys) if k not in _TASK_BASELINES]
+        fresh = evaluate_tasks(recipe.tasks, evaluate.HFTaskModel(model, device=device, progress=progress),
+                               tokenizer, seed=recipe.seed, only=todo)
+        for i in todo:
+            _TASK_BASELINES[keys[i]] = fresh[recipe.tasks[i].name]
+        record("before", {task.name: _TASK_BASELINES[k] for task, k in zip(recipe.tasks, keys, strict=True)},
+               metrics, tasks)
+        timings["tasks_before"] = time.perf_counter() - t
 
     run = HFRun(recipe=recipe, plan=plan, model=model, tokenizer=tokenizer, windows=windows,
                 eval_batches=eval_batches, metrics=metrics, timings=timings,
-                quantized=any(s.technique in ("quantize", "auto_quantize") for s in done))
+                tasks=tasks, quantized=any(s.technique in ("quantize", "auto_quantize") for s in done))
     stages: list[StageResult] = list(done)
     for sp in plan.stages[point.start:]:
         stage = sp.stage
@@ -104,17 +121,24 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
         journal.finish_stage(sp.index, stages[-1].to_dict(), _save_state(run.model, plan, sp.index, sp.label,
                                                                          len(plan.stages)))
 
-    if eval_batches is not None and run.quantized and "perplexity_after" not in metrics:
+    if run.quantized and not run.measured_after:
         run.evaluate_after()
     exp = recipe.export
-    if eval_batches is not None and exp is not None and exp.format == "hf":
+    if (eval_batches is not None or recipe.tasks) and exp is not None and exp.format == "hf":
         t = time.perf_counter()
         reloaded, counts = export.load_export(staging / exp.folder, device=device)
         timings["reload_export"] = time.perf_counter() - t
-        t = time.perf_counter()
-        metrics["perplexity_export"] = evaluate.perplexity(reloaded, eval_batches, device=device,
-                                                           label="evaluate re-loaded export", progress=progress)
-        timings["evaluate_export"] = time.perf_counter() - t
+        if eval_batches is not None:
+            t = time.perf_counter()
+            metrics["perplexity_export"] = evaluate.perplexity(reloaded, eval_batches, device=device,
+                                                               label="evaluate re-loaded export", progress=progress)
+            timings["evaluate_export"] = time.perf_counter() - t
+        if recipe.tasks:
+            t = time.perf_counter()
+            record("export", evaluate_tasks(recipe.tasks, evaluate.HFTaskModel(reloaded, device=device,
+                                                                                 progress=progress),
+                                            tokenizer, seed=recipe.seed), metrics, tasks)
+            timings["tasks_export"] = time.perf_counter() - t
         stages[-1].details["reloaded_layers"] = counts
     add_change(metrics)
 
@@ -122,7 +146,7 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
         recipe_name=recipe.label, recipe_hash=recipe.content_hash(), backend="hf", device=device,
         output_dir=str(staging), stages=tuple(stages), metrics=metrics, seconds=time.perf_counter() - t_run,
         timings=timings, calibration_hash=cal_hash, resumed_from=point.start or None,
-        notes=(point.note,) if point.note else (),
+        notes=(point.note,) if point.note else (), tasks=tasks,
     )
 
 

@@ -30,25 +30,34 @@ class HFRun:
     eval_batches: list[Any] | None = None
     metrics: dict[str, float | None] = attrs.Factory(dict)
     timings: dict[str, float] = attrs.Factory(dict)
+    tasks: dict[str, dict[str, Any]] = attrs.Factory(dict)
+    """Evaluation tasks' results by name and phase (``runtime.tasks.run.record``)."""
     quantized: bool = False
+    measured_after: bool = False
 
     def calibration_batches(self, sp: StagePlan) -> list[Any]:
         from ..data import stage_batches
 
         return stage_batches(sp.calibration, self.recipe.calibration, self.tokenizer, self.windows)
 
-    def evaluate_after(self) -> float:
-        """Perplexity of the quantized model, once (timed apart from the stages)."""
+    def evaluate_after(self) -> None:
+        """Perplexity and evaluation tasks of the quantized model, once (timed apart from the stages)."""
+        from ..tasks.run import evaluate_tasks, record
         from . import evaluate
 
-        t = time.perf_counter()
-        if self.eval_batches is None:
-            raise SpecError("no evaluation data", path="evaluation")
-        ppl = evaluate.perplexity(self.model, self.eval_batches, device=self.plan.device, label="evaluate quantized",
-                                  progress=self.plan.progress)
-        self.metrics["perplexity_after"] = ppl
-        self.timings["evaluate_after"] = time.perf_counter() - t
-        return ppl
+        if self.eval_batches is not None:
+            t = time.perf_counter()
+            self.metrics["perplexity_after"] = evaluate.perplexity(
+                self.model, self.eval_batches, device=self.plan.device, label="evaluate quantized",
+                progress=self.plan.progress)
+            self.timings["evaluate_after"] = time.perf_counter() - t
+        if self.recipe.tasks:
+            t = time.perf_counter()
+            lm = evaluate.HFTaskModel(self.model, device=self.plan.device, progress=self.plan.progress)
+            record("after", evaluate_tasks(self.recipe.tasks, lm, self.tokenizer, seed=self.recipe.seed),
+                   self.metrics, self.tasks)
+            self.timings["tasks_after"] = time.perf_counter() - t
+        self.measured_after = True
 
 
 def _quantized(run: HFRun, sp: StagePlan, details: dict[str, Any], batches: list[Any]) -> StepResult:
@@ -95,7 +104,7 @@ def export(run: HFRun, stage: Export, sp: StagePlan) -> StepResult:
     from . import export as ex
 
     excluded = 0.0
-    if run.eval_batches is not None and run.quantized:
+    if run.quantized and not run.measured_after:  # measured before the export changes nothing, for clarity
         t = time.perf_counter()
         run.evaluate_after()
         excluded = time.perf_counter() - t

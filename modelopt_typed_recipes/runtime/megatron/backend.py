@@ -93,6 +93,11 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
         t = time.perf_counter()
         metrics["perplexity_before"] = stages.perplexity(model, eval_batches, progress=plan.progress)
         timings["evaluate_before"] = time.perf_counter() - t
+    tasks: dict[str, dict[str, Any]] = {}
+    if recipe.tasks:
+        t = time.perf_counter()
+        _measure_tasks("before", recipe, model, arch, tokenizer, staging, plan.progress, metrics, tasks)
+        timings["tasks_before"] = time.perf_counter() - t
 
     run = MegatronRun(recipe=recipe, plan=plan, model=model, layout=current, spec=spec, tokenizer=tokenizer,
                       windows=calib, hf_reference=hf_ref, archs=list(plan.stage_archs), eval_batches=eval_batches)
@@ -133,12 +138,26 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
         metrics["perplexity_after"] = stages.perplexity(run.model, eval_batches, progress=plan.progress)
         timings["evaluate_after"] = time.perf_counter() - t
         add_change(metrics)
+    if recipe.tasks and (run.quantized or run.changed):
+        t = time.perf_counter()
+        _measure_tasks("after", recipe, run.model, run.archs[-1], tokenizer, staging, plan.progress, metrics, tasks)
+        timings["tasks_after"] = time.perf_counter() - t
     distributed.barrier()
     return PostTrainingResult(
         recipe_name=recipe.label, recipe_hash=recipe.content_hash(), backend="megatron", device=device,
         output_dir=str(plan.output_dir), stages=tuple(results), metrics=metrics,
-        seconds=time.perf_counter() - t_start, timings=timings, calibration_hash=data.data_hash(calib),
+        seconds=time.perf_counter() - t_start, timings=timings, calibration_hash=data.data_hash(calib), tasks=tasks,
     )
+
+
+def _measure_tasks(phase: str, recipe: Recipe, model: Any, arch: ModelArch, tokenizer: Any, staging: Path,
+                   progress: bool, metrics: dict[str, float | None], tasks: dict[str, dict[str, Any]]) -> None:
+    """The recipe's evaluation tasks on the model as it is now (every rank; the results agree)."""
+    from ..tasks.run import evaluate_tasks, record
+    from .tasks import MegatronTaskModel
+
+    lm = MegatronTaskModel(model, max_length=arch.max_position_embeddings, workspace=staging, progress=progress)
+    record(phase, evaluate_tasks(recipe.tasks, lm, tokenizer, seed=recipe.seed), metrics, tasks)
 
 
 def _reload(arch: ModelArch, new: ParallelLayout, tmp: Path, *, dtype: str, device: str, spec: str,

@@ -1,0 +1,1 @@
+"""Evaluation tasks beyond perplexity (next_sentence, mmlu, generate): items, scoring, executors."""
