@@ -9,10 +9,12 @@ same token windows:
 * ``direct``: a plain ModelOpt call on a freshly loaded model: ``mtq.quantize(model, deepcopy(mtq.<PRESET>),
   forward_loop)`` over the same calibration windows, evaluated the same way.
 
-Equal ``ours`` and ``direct`` numbers mean a missed target is the format's, not the wrapper's. Writes
-``benchmarks/accuracy.md`` (table + command) and ``benchmarks/accuracy.png`` (when matplotlib is there).
+Equal ``ours`` and ``direct`` numbers mean a missed target is the format's, not the wrapper's. Each run
+also measures the built-in ``next_sentence`` task (pick the true next sentence of a held-out passage among
+four; chance 25 %) before, after and on the re-loaded export. Writes ``benchmarks/accuracy.md`` (table +
+command) and ``benchmarks/accuracy.png`` (when matplotlib is there).
 
-    .venv/bin/python benchmarks/accuracy_cpu.py [--calib 64] [--eval 123]
+    .venv/bin/python benchmarks/accuracy_cpu.py [--calib 64] [--eval 123] [--items 200]
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calib", type=int, default=64, help="calibration windows of 256 tokens (train split)")
     parser.add_argument("--eval", type=int, default=123, help="held-out windows of 256 tokens (123 = all)")
+    parser.add_argument("--items", type=int, default=200, help="next_sentence items (0: no task)")
     parser.add_argument("--formats", nargs="+", default=list(FORMATS))
     parser.add_argument("--out", type=Path, default=HERE / "accuracy.md")
     args = parser.parse_args()
@@ -72,7 +75,9 @@ def main() -> None:
     t = time.perf_counter()
     base = perplexity(fresh(), eval_batches, device="cpu", label="full precision")
     rows.append({"format": "bf16 weights (no quantization)", "key": "bf16", "ours": base, "direct": base,
-                 "export": None, "seconds_ours": time.perf_counter() - t, "seconds_direct": None, "bits": 16.0})
+                 "export": None, "seconds_ours": time.perf_counter() - t, "seconds_direct": None, "bits": 16.0,
+                 "acc": None, "acc_export": None})
+    tasks = [{"task": "next_sentence", "num_items": args.items}] if args.items else []
     with tempfile.TemporaryDirectory(prefix="mtr-accuracy-") as tmp:
         for fmt in args.formats:
             preset = get_format(fmt).preset
@@ -84,8 +89,11 @@ def main() -> None:
                                 "batch_size": 8},
                 "evaluation": {"dataset": "reference-heldout", "num_samples": args.eval, "seq_length": 256,
                                "batch_size": 8},
-                "output_dir": f"{tmp}/{fmt}", "backend": "hf", "device": "cpu",
+                "tasks": tasks, "output_dir": f"{tmp}/{fmt}", "backend": "hf", "device": "cpu",
             })
+            if tasks and rows[0]["acc"] is None:
+                rows[0]["acc"] = result.metrics["next_sentence_accuracy_before"]
+                rows[0]["items"] = result.tasks["next_sentence"]["before"]["total"]
             seconds_ours = time.perf_counter() - t
             assert result.calibration_hash == data_hash(token_windows(calibration, tokenizer))
 
@@ -103,12 +111,18 @@ def main() -> None:
             rows.append({"format": f"{fmt} ({preset})", "key": fmt, "ours": result.metrics["perplexity_after"],
                          "direct": direct, "export": result.metrics.get("perplexity_export"),
                          "seconds_ours": seconds_ours, "seconds_direct": seconds_direct,
-                         "bits": result.stages[0].effective_bits})
+                         "bits": result.stages[0].effective_bits,
+                         "acc": result.metrics.get("next_sentence_accuracy_after"),
+                         "acc_export": result.metrics.get("next_sentence_accuracy_export")})
             print(json.dumps(rows[-1]), flush=True)
 
     tokens = int(eval_windows.shape[0] * (eval_windows.shape[1] - 1))
     write_markdown(args, rows, base, tokens)
     plot(rows, base, args.out.with_suffix(".png"))
+
+
+def acc(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f} %"
 
 
 def pct(value: float | None, base: float) -> str:
@@ -144,9 +158,13 @@ def write_markdown(args: argparse.Namespace, rows: list[dict], base: float, toke
         "- **direct**: `mtq.quantize(model, copy.deepcopy(mtq.<PRESET>), forward_loop)` on a freshly loaded model",
         "  with the same calibration windows.",
         "",
+        "- **next-sentence**: the built-in `next_sentence` task on the held-out split (pick the true next sentence",
+        f"  of a passage among four, the others from other documents; chance 25 %; {rows[0].get('items', 0)} items,",
+        "  seed 0), scored by pointwise mutual information; `ours` on the model in memory, `export` re-loaded.",
+        "",
         "| format | bits/weight | ppl ours | change | ppl export | ppl direct ModelOpt | change | target | met |"
-        " time ours (s) | time direct (s) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|:---:|---:|---:|",
+        " next-sentence ours | next-sentence export | time ours (s) | time direct (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|:---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         target = TARGETS.get(r["key"])
@@ -155,14 +173,15 @@ def write_markdown(args: argparse.Namespace, rows: list[dict], base: float, toke
             f"| {r['format']} | {r['bits']:.2f} | {r['ours']:.3f} | {pct(r['ours'], base)} | "
             f"{'-' if r['export'] is None else format(r['export'], '.3f')} | {r['direct']:.3f} | "
             f"{pct(r['direct'], base)} | {'-' if target is None else f'<= +{target:g} %'} | {met} | "
-            f"{r['seconds_ours']:.1f} | {'-' if r['seconds_direct'] is None else format(r['seconds_direct'], '.1f')} |"
+            f"{acc(r['acc'])} | {acc(r['acc_export'])} | {r['seconds_ours']:.1f} | {'-' if r['seconds_direct'] is None else format(r['seconds_direct'], '.1f')} |"
         )
     lines += [
         "",
-        "`time ours` covers loading, calibration, quantization, export, re-load and three evaluations (before is",
-        "cached after the first format); `time direct` covers loading, calibration, quantization and one evaluation.
-Times are indicative only: the 2-core machine was shared with other jobs during the run. Accuracy is the
-point here: the wrapper's perplexity equals the direct ModelOpt call's to every printed digit for every format.",
+        "`time ours` covers loading, calibration, quantization, export, re-load, three perplexity evaluations and",
+        "three of the next-sentence task (before is cached after the first format); `time direct` covers loading,",
+        "calibration, quantization and one perplexity evaluation. Times are indicative only: the 2-core machine was",
+        "shared with other jobs during the run. Accuracy is the point here: the wrapper's perplexity equals the",
+        "direct ModelOpt call's to every printed digit for every format.",
         "NVFP4 and MX formats need CUDA for their fake-quant kernels: the HF backend refuses them on the CPU",
         "(`CompatibilityError` at `stages[0].format`), so their rows are in the GPU section.",
         "",

@@ -21,7 +21,8 @@ def megatron_on_cpu() -> Iterator[None]:
 
     tracker = tensor_parallel.get_cuda_rng_tracker()
     saved = (torch.cuda.synchronize, torch.cuda.current_device, type(tracker).fork,
-             getattr(tutils, "get_default_causal_mask", None), comm._is_cuda)
+             getattr(tutils, "get_default_causal_mask", None), comm._is_cuda, torch.cuda.mem_get_info)
+    torch.cuda.mem_get_info = lambda *a, **k: (0, 1)  # megatron_generate shows free memory in its progress bar
     comm._is_cuda = lambda tensor: None  # megatron_prefill broadcasts logits; gloo takes CPU tensors
     torch.cuda.synchronize = lambda *a, **k: None
     torch.cuda.current_device = lambda: "cpu"
@@ -38,3 +39,4 @@ def megatron_on_cpu() -> Iterator[None]:
         if saved[3] is not None:
             tutils.get_default_causal_mask = saved[3]
         comm._is_cuda = saved[4]
+        torch.cuda.mem_get_info = saved[5]

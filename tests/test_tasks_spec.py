@@ -120,6 +120,9 @@ def test_gate_judges_after_and_export_and_names_the_bar() -> None:
     with pytest.raises(GateError) as info:
         gate.enforce({**ok, "perplexity_export": 10.2})
     assert info.value.path == "gate.max_perplexity_change_pct" and "+2.00 %" in str(info.value)
+    with pytest.raises(GateError) as info:  # a bar on a task that was never measured cannot pass silently
+        gate.enforce({"perplexity_before": 10.0})
+    assert info.value.path == "gate.min_accuracy.mmlu" and "not measured" in str(info.value)
     # nothing compressed: the model as loaded is judged
     with pytest.raises(GateError):
         Gate(min_accuracy={"mmlu": 0.6}).enforce({metric_key("mmlu", "before"): 0.5})

@@ -195,6 +195,9 @@ class Gate:
     def enforce(self, metrics: Mapping[str, float | None]) -> None:
         """Raise a :class:`GateError` naming the first bar a measurement missed (all misses in the message)."""
         misses: list[tuple[str, str]] = []
+        for field, task in self.task_names():
+            if not _judged(metrics, task):
+                misses.append((f"gate.{field}.{task}", f"{task} was not measured, so the gate cannot pass"))
         for task, bar in self.min_accuracy.items():
             for phase, value in _judged(metrics, task):
                 if value < bar:

@@ -1,0 +1,124 @@
+"""Evaluation tasks on the Megatron-Core backend: on the CPU through the TEST-ONLY shim (ModelOpt's
+``megatron_prefill`` and ``megatron_generate`` over the reference model imported from its HF weights give
+the same answers as the Hugging Face backend), and on a GPU (``pytest -m gpu tests/test_tasks_megatron.py``)
+with ModelOpt's ``megatron_mmlu`` through the whole backend."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from _dist import init_gloo_world
+from megatron_cpu_shim import megatron_on_cpu
+from modelopt_typed_recipes.catalog import get_arch
+from modelopt_typed_recipes.errors import CompatibilityError
+from modelopt_typed_recipes.spec.evaluation import Generate, NextSentence, metric_key
+from modelopt_typed_recipes.spec.layout import ParallelLayout
+from modelopt_typed_recipes.spec.recipe import Builtin, Recipe, TextData
+from modelopt_typed_recipes.spec.techniques import Quantize
+
+torch = pytest.importorskip("torch")
+PROMPTS = ("The \"assert\" statement", "Assignment statements are used to")
+
+
+@pytest.fixture(scope="module")
+def reference_on_megatron():
+    """(Megatron-Core model with the reference weights, the same model in transformers, tokenizer)."""
+    from transformers import AutoModelForCausalLM
+
+    from modelopt_typed_recipes.runtime import distributed
+    from modelopt_typed_recipes.runtime.data import REFERENCE_DIR, load_tokenizer
+    from modelopt_typed_recipes.runtime.megatron import build
+
+    init_gloo_world()
+    distributed.set_layout(ParallelLayout(), device="cpu")
+    with megatron_on_cpu():
+        mc = build.build_model(get_arch("reference-llama"), ParallelLayout(), dtype="fp32", device="cpu", spec="local")
+        build.import_hf(mc, str(REFERENCE_DIR), dtype="fp32")
+        hf = AutoModelForCausalLM.from_pretrained(str(REFERENCE_DIR), dtype=torch.float32).eval()
+        yield mc, hf, load_tokenizer(REFERENCE_DIR)
+
+
+def test_megatron_scores_and_generates_as_transformers_does(reference_on_megatron, tmp_path: Path) -> None:
+    from modelopt_typed_recipes.runtime.hf.evaluate import HFTaskModel
+    from modelopt_typed_recipes.runtime.megatron.tasks import MegatronTaskModel
+    from modelopt_typed_recipes.runtime.tasks.run import evaluate_tasks
+
+    mc, hf, tok = reference_on_megatron
+    tasks = (NextSentence(num_items=32, seed=5), Generate(prompts=PROMPTS, max_new_tokens=8))
+    ours = evaluate_tasks(tasks, MegatronTaskModel(mc, max_length=1024, workspace=tmp_path, progress=False), tok)
+    ref = evaluate_tasks(tasks, HFTaskModel(hf, device="cpu", progress=False), tok)
+    assert ours["next_sentence"].correct == ref["next_sentence"].correct
+    assert ours["next_sentence"].accuracy >= 0.6  # the reference model's signal survives the import
+    assert ours["generate"].texts == ref["generate"].texts and all(ours["generate"].texts)
+
+
+def test_megatron_backend_measures_tasks_before_and_after(reference_on_megatron, tmp_path: Path) -> None:
+    import attrs
+
+    from modelopt_typed_recipes.plan.check import Environment, check_recipe
+    from modelopt_typed_recipes.runtime.megatron import backend
+
+    gpu = Environment(megatron_core="0.16.1", modelopt="0.47.0", cuda=True, gpu_count=1)
+    recipe = Recipe(name="t", model="reference-llama", source=Builtin(), stages=(Quantize(format="fp8"),),
+                    calibration=TextData(dataset="reference-train", num_samples=4, seq_length=128, batch_size=4),
+                    tasks=(NextSentence(num_items=16), Generate(prompts=PROMPTS[:1], max_new_tokens=4)),
+                    output_dir=str(tmp_path / "o"), backend="megatron", device="cuda")
+    plan = check_recipe(recipe, env=gpu, backend="megatron")
+    plan.raise_first()
+    plan = attrs.evolve(plan, device="cpu", dtype="fp32", output_dir=tmp_path / "out",
+                        staging_dir=tmp_path / "staging", progress=False)
+    res = backend.run(recipe, plan)
+    for phase in ("before", "after"):
+        assert 0 <= res.metrics[metric_key("next_sentence", phase)] <= 1
+        assert len(res.tasks["generate"][phase]["texts"]) == 1
+    assert res.metrics[metric_key("next_sentence", "before")] >= 0.5
+    # sampling is refused with the rest of the plan, before any model
+    sampled = attrs.evolve(recipe, tasks=(Generate(prompts=("a",), greedy=False),))
+    errors = check_recipe(sampled, env=gpu, backend="megatron").errors
+    assert [e.path for e in errors if isinstance(e, CompatibilityError)] == ["tasks[0].greedy"]
+    assert check_recipe(sampled, env=gpu, backend="hf").ok
+
+
+# --------------------------------------------------------------------------- GPU
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_megatron_mmlu_and_gate_on_gpu(tmp_path: Path) -> None:
+    """ModelOpt's megatron_mmlu on the fixture (0-shot: the same prompt as the HF backend's scorer), a
+    generation check and next_sentence through the whole backend, then a gate that fails it."""
+    from modelopt_typed_recipes.errors import GateError
+    from modelopt_typed_recipes.runtime import api
+    from modelopt_typed_recipes.runtime.tasks.items import (
+        next_sentence_items,
+        questions_from_items,
+        task_documents,
+        write_mmlu_folder,
+    )
+
+    task = NextSentence(num_items=44, seed=11)
+    qs = questions_from_items(next_sentence_items(task, task_documents(task, path="t")),
+                              subjects=("python_language", "python_library"))
+    mmlu = write_mmlu_folder(qs[10:], tmp_path / "mmlu", dev=qs[:10])
+    doc = {"model": "reference-llama", "source": {"type": "builtin"},
+           "stages": [{"technique": "quantize", "format": "fp8"}],
+           "calibration": {"dataset": "reference-train", "num_samples": 16, "seq_length": 256, "batch_size": 8},
+           "evaluation": {"dataset": "reference-heldout", "num_samples": 16, "seq_length": 256, "batch_size": 8},
+           "tasks": [{"task": "mmlu", "path": str(mmlu), "batch_size": 4},
+                     {"task": "next_sentence", "num_items": 100},
+                     {"task": "generate", "prompts": list(PROMPTS), "max_new_tokens": 16}],
+           "output_dir": str(tmp_path / "mc"), "backend": "megatron", "device": "cuda"}
+    res = api.run_post_training(doc, progress=False)
+    hf = api.run_post_training({**doc, "backend": "hf", "output_dir": str(tmp_path / "hf")}, progress=False)
+    for phase in ("before", "after"):
+        assert res.tasks["mmlu"][phase]["scorer"] == "megatron_mmlu" and res.tasks["mmlu"][phase]["total"] == 34
+        for name in ("mmlu", "next_sentence"):
+            a, b = res.metrics[metric_key(name, phase)], hf.metrics[metric_key(name, phase)]
+            assert math.isfinite(a) and abs(a - b) <= 0.1, (name, phase, a, b)  # bf16 vs fp32 may flip near-ties
+    assert res.metrics[metric_key("next_sentence", "before")] >= 0.6
+    assert not (tmp_path / "mc" / ".mmlu-mmlu").exists()
+    with pytest.raises(GateError):
+        api.run_post_training({**doc, "output_dir": str(tmp_path / "gated"),
+                               "gate": {"min_accuracy": {"next_sentence": 0.99}}}, progress=False)
+    assert not (tmp_path / "gated").exists()
