@@ -37,18 +37,18 @@ PHASES: tuple[str, ...] = ("before", "after", "export")
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
-def _task_name(_inst: object, attr: attrs.Attribute, value: str) -> None:  # type: ignore[type-arg]
+def _task_name(_inst: object, attr: attrs.Attribute, value: str) -> None:
     if not isinstance(value, str) or not _NAME.match(value):
         raise fail(attr.name, f"must be a lower-case identifier (letters, digits, _), got {value!r}",
                    "e.g. name: mmlu_5shot")
 
 
-def _fraction(_inst: object, attr: attrs.Attribute, value: float) -> None:  # type: ignore[type-arg]
+def _fraction(_inst: object, attr: attrs.Attribute, value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
         raise fail(attr.name, f"must be in (0, 1], got {value!r}", "e.g. 0.05 evaluates 5 % of each subject")
 
 
-def _non_negative_int(_inst: object, attr: attrs.Attribute, value: int) -> None:  # type: ignore[type-arg]
+def _non_negative_int(_inst: object, attr: attrs.Attribute, value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise fail(attr.name, f"must be zero or a positive integer, got {value!r}")
 
@@ -160,14 +160,14 @@ TASK_TYPES: tuple[type, ...] = (NextSentence, MMLU, Generate)
 
 
 # --------------------------------------------------------------------------- the gate
-def _accuracies(_inst: object, attr: attrs.Attribute, value: Mapping[str, float]) -> None:  # type: ignore[type-arg]
+def _accuracies(_inst: object, attr: attrs.Attribute, value: Mapping[str, float]) -> None:
     for key, v in value.items():
         if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 1:
             raise fail(f"{attr.name}.{key}", f"an accuracy is a fraction in [0, 1], got {v!r}",
                        "e.g. 0.38 for 38 %")
 
 
-def _optional_pct(_inst: object, attr: attrs.Attribute, value: float | None) -> None:  # type: ignore[type-arg]
+def _optional_pct(_inst: object, attr: attrs.Attribute, value: float | None) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value != value):
         raise fail(attr.name, f"must be a number (percent), got {value!r}")
 
@@ -213,14 +213,14 @@ class Gate:
                                    f"{task} accuracy fell from {before:.4f} to {value:.4f} ({phase}), "
                                    f"more than the gate's {drop:g}"))
         limit = self.max_perplexity_change_pct
-        before = metrics.get("perplexity_before")
-        if limit is not None and before:
+        ppl = metrics.get("perplexity_before")
+        if limit is not None and ppl:
             for phase in ("after", "export"):
-                value = metrics.get(f"perplexity_{phase}")
-                if value is not None and 100.0 * (value / before - 1) > limit:
+                now = metrics.get(f"perplexity_{phase}")
+                if now is not None and 100.0 * (now / ppl - 1) > limit:
                     misses.append(("gate.max_perplexity_change_pct",
-                                   f"held-out perplexity rose {100.0 * (value / before - 1):+.2f} % ({phase}: "
-                                   f"{before:.3f} -> {value:.3f}), more than the gate's {limit:+g} %"))
+                                   f"held-out perplexity rose {100.0 * (now / ppl - 1):+.2f} % ({phase}: "
+                                   f"{ppl:.3f} -> {now:.3f}), more than the gate's {limit:+g} %"))
         if misses:
             from ..errors import GateError
 
