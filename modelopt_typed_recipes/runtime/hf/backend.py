@@ -101,7 +101,8 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
 
     run = HFRun(recipe=recipe, plan=plan, model=model, tokenizer=tokenizer, windows=windows,
                 eval_batches=eval_batches, metrics=metrics, timings=timings,
-                tasks=tasks, quantized=any(s.technique in ("quantize", "auto_quantize") for s in done))
+                tasks=tasks, measured_after="perplexity_after" in metrics,  # a resumed run measured it
+                quantized=any(s.technique in ("quantize", "auto_quantize") for s in done))
     stages: list[StageResult] = list(done)
     for sp in plan.stages[point.start:]:
         stage = sp.stage
