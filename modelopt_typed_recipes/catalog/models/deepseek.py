@@ -1,5 +1,5 @@
 """DeepSeek-V2-Lite and DeepSeek-R1 (V3 architecture): multi-latent attention + MoE with YaRN
-(seed: conf/deepseek-ai/*.sh; facts: HF config.json in shared/reference/hf-config-facts.json)."""
+(seed: conf/deepseek-ai/*.sh; facts: each model's config.json on the Hugging Face Hub)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""OpenAI gpt-oss (seed: conf/openai/*.sh; facts: HF config.json in shared/reference/hf-config-facts.json).
+"""OpenAI gpt-oss (seed: conf/openai/*.sh; facts: each model's config.json on the Hugging Face Hub).
 
 Alternating sliding-window (128 incl. self = Megatron window (127, 0)) and full attention, attention sinks
 (learnable softmax offset), biases on every linear, MoE with clamped quick-GeGLU experts, YaRN RoPE

@@ -1,5 +1,5 @@
 """EleutherAI GPT-NeoX (the seed's early-layout family `gptneox`; no conf file at HEAD; facts: HF config.json
-of EleutherAI/gpt-neox-20b in shared/reference/hf-config-facts.json)."""
+of EleutherAI/gpt-neox-20b on the Hugging Face Hub)."""
 
 from __future__ import annotations
 

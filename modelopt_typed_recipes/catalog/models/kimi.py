@@ -1,5 +1,5 @@
 """Moonshot Kimi-K2 (DeepSeek-V3 architecture at 1T parameters) (seed: conf/moonshotai/Kimi-K2-Instruct.sh;
-facts: HF config.json in shared/reference/hf-config-facts.json). The two ``kimi_k2_instruct*`` files beside it
+facts: each model's config.json on the Hugging Face Hub). The two ``kimi_k2_instruct*`` files beside it
 are launch profiles, not models: see ``catalog/profiles.py``."""
 
 from __future__ import annotations

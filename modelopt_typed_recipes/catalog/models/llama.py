@@ -1,5 +1,5 @@
-"""Meta Llama 3.x and Llama 4 (seed: conf/meta-llama/*.sh; facts: each model's HF config.json as quoted in
-shared/reference/hf-config-facts.json)."""
+"""Meta Llama 3.x and Llama 4 (seed: conf/meta-llama/*.sh; facts: each
+model's config.json on the Hugging Face Hub)."""
 
 from __future__ import annotations
 

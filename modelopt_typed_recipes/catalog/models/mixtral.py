@@ -1,5 +1,5 @@
 """Mistral Mixtral (the seed's early-layout family `mixtral`; no conf file at HEAD; facts: HF config.json
-of mistralai/Mixtral-8x7B-v0.1 in shared/reference/hf-config-facts.json)."""
+of mistralai/Mixtral-8x7B-v0.1 on the Hugging Face Hub)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """NVIDIA Nemotron: Nemotron-Mini (dense), Nemotron-H and Nemotron-Nano-v2 (hybrid Mamba-2), Nemotron-3
-(hybrid Mamba-2 + MoE, latent MoE for Super/Ultra) (seed: conf/nvidia/*.sh; facts: HF config.json in
-shared/reference/hf-config-facts.json, Megatron-side values where no HF config was readable).
+(hybrid Mamba-2 + MoE, latent MoE for Super/Ultra) (seed: conf/nvidia/*.sh; facts: each model's
+config.json on the Hugging Face Hub, Megatron-side values where no HF config was readable).
 
 Pattern symbols: M Mamba-2, * attention, - MLP, E MoE. The attention layers of the hybrids use no
 position embedding (Megatron-Bridge: "Mamba doesn't use position embeddings")."""

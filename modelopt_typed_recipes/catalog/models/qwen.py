@@ -1,5 +1,5 @@
-"""Qwen2.5 and Qwen3, dense and MoE (seed: conf/Qwen/*.sh; facts: HF config.json in
-shared/reference/hf-config-facts.json). All use RMSNorm eps 1e-6, SwiGLU and rope_theta 1e6."""
+"""Qwen2.5 and Qwen3, dense and MoE (seed: conf/Qwen/*.sh; facts: each model's
+config.json on the Hugging Face Hub). All use RMSNorm eps 1e-6, SwiGLU and rope_theta 1e6."""
 
 from __future__ import annotations
 
