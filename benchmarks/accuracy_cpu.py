@@ -10,9 +10,11 @@ same token windows:
   forward_loop)`` over the same calibration windows, evaluated the same way.
 
 Equal ``ours`` and ``direct`` numbers mean a missed target is the format's, not the wrapper's. Each run
-also measures the built-in ``next_sentence`` task (pick the true next sentence of a held-out passage among
-four; chance 25 %) before, after and on the re-loaded export. Writes ``benchmarks/accuracy.md`` (table +
-command) and ``benchmarks/accuracy.png`` (when matplotlib is there).
+also measures two tasks before, after and on the re-loaded export: the built-in ``next_sentence`` task
+(pick the true next sentence of a held-out passage among four; chance 25 %) and ``mmlu`` on an MMLU-format
+fixture written from other held-out items (the ``cais/mmlu`` layout; the answer letter's logit, 0-shot).
+Writes ``benchmarks/accuracy.md`` (table + command), ``benchmarks/accuracy.png`` (when matplotlib is there)
+and one JSON line per format to ``--raw`` (the results as measured).
 
     .venv/bin/python benchmarks/accuracy_cpu.py [--calib 64] [--eval 123] [--items 200]
 """
@@ -43,7 +45,12 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=200, help="next_sentence items (0: no task)")
     parser.add_argument("--formats", nargs="+", default=list(FORMATS))
     parser.add_argument("--out", type=Path, default=HERE / "accuracy.md")
+    parser.add_argument("--raw", type=Path, default=HERE / "raw" / "session5" / "accuracy",
+                        help="folder for the raw results (rows.jsonl, the MMLU fixture's size)")
     args = parser.parse_args()
+    args.raw.mkdir(parents=True, exist_ok=True)
+    raw_rows = args.raw / "rows.jsonl"
+    raw_rows.write_text("")
 
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     warnings.filterwarnings("ignore")
@@ -55,6 +62,13 @@ def main() -> None:
     from modelopt_typed_recipes.runtime.api import run_post_training
     from modelopt_typed_recipes.runtime.data import batches, data_hash, load_tokenizer, token_windows
     from modelopt_typed_recipes.runtime.hf.evaluate import perplexity
+    from modelopt_typed_recipes.runtime.tasks.items import (
+        next_sentence_items,
+        questions_from_items,
+        task_documents,
+        write_mmlu_folder,
+    )
+    from modelopt_typed_recipes.spec.evaluation import NextSentence
     from modelopt_typed_recipes.spec.formats import get_format
     from modelopt_typed_recipes.spec.recipe import TextData
 
@@ -76,9 +90,17 @@ def main() -> None:
     base = perplexity(fresh(), eval_batches, device="cpu", label="full precision")
     rows.append({"format": "bf16 weights (no quantization)", "key": "bf16", "ours": base, "direct": base,
                  "export": None, "seconds_ours": time.perf_counter() - t, "seconds_direct": None, "bits": 16.0,
-                 "acc": None, "acc_export": None})
-    tasks = [{"task": "next_sentence", "num_items": args.items}] if args.items else []
+                 "acc": None, "acc_export": None, "mmlu": None, "mmlu_export": None})
     with tempfile.TemporaryDirectory(prefix="mtr-accuracy-") as tmp:
+        tasks: list[dict] = []
+        if args.items:
+            # the MMLU fixture: held-out items of another seed as cais/mmlu questions (10 dev, the rest test)
+            source = NextSentence(num_items=args.items + 10, seed=11)
+            qs = questions_from_items(next_sentence_items(source, task_documents(source, path="fixture")),
+                                      subjects=("python_language", "python_library"))
+            mmlu = write_mmlu_folder(qs[10:], Path(tmp) / "mmlu", dev=qs[:10])
+            tasks = [{"task": "next_sentence", "num_items": args.items},
+                     {"task": "mmlu", "path": str(mmlu), "batch_size": 8}]
         for fmt in args.formats:
             preset = get_format(fmt).preset
             t = time.perf_counter()
@@ -94,6 +116,10 @@ def main() -> None:
             if tasks and rows[0]["acc"] is None:
                 rows[0]["acc"] = result.metrics["next_sentence_accuracy_before"]
                 rows[0]["items"] = result.tasks["next_sentence"]["before"]["total"]
+                rows[0]["mmlu"] = result.metrics["mmlu_accuracy_before"]
+                rows[0]["mmlu_items"] = result.tasks["mmlu"]["before"]["total"]
+                with raw_rows.open("a") as f:
+                    f.write(json.dumps(rows[0]) + "\n")
             seconds_ours = time.perf_counter() - t
             assert result.calibration_hash == data_hash(token_windows(calibration, tokenizer))
 
@@ -113,8 +139,13 @@ def main() -> None:
                          "seconds_ours": seconds_ours, "seconds_direct": seconds_direct,
                          "bits": result.stages[0].effective_bits,
                          "acc": result.metrics.get("next_sentence_accuracy_after"),
-                         "acc_export": result.metrics.get("next_sentence_accuracy_export")})
-            print(json.dumps(rows[-1]), flush=True)
+                         "acc_export": result.metrics.get("next_sentence_accuracy_export"),
+                         "mmlu": result.metrics.get("mmlu_accuracy_after"),
+                         "mmlu_export": result.metrics.get("mmlu_accuracy_export"),
+                         "tasks": result.tasks, "metrics": result.metrics})
+            print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("tasks", "metrics")}), flush=True)
+            with raw_rows.open("a") as f:
+                f.write(json.dumps(rows[-1]) + "\n")
 
     tokens = int(eval_windows.shape[0] * (eval_windows.shape[1] - 1))
     write_markdown(args, rows, base, tokens)
@@ -144,7 +175,7 @@ def write_markdown(args: argparse.Namespace, rows: list[dict], base: float, toke
         "Command (2-core CPU, no GPU):",
         "",
         "```",
-        f".venv/bin/python benchmarks/accuracy_cpu.py --calib {args.calib} --eval {args.eval}",
+        f".venv/bin/python benchmarks/accuracy_cpu.py --calib {args.calib} --eval {args.eval} --items {args.items}",
         "```",
         "",
         f"Calibration: {args.calib} windows x 256 tokens of the training split; evaluation: {args.eval} windows x",
@@ -161,10 +192,14 @@ def write_markdown(args: argparse.Namespace, rows: list[dict], base: float, toke
         "- **next-sentence**: the built-in `next_sentence` task on the held-out split (pick the true next sentence",
         f"  of a passage among four, the others from other documents; chance 25 %; {rows[0].get('items', 0)} items,",
         "  seed 0), scored by pointwise mutual information; `ours` on the model in memory, `export` re-loaded.",
+        "- **MMLU fixture**: the `mmlu` task on a folder in the `cais/mmlu` layout written from other held-out",
+        f"  items (seed 11; {rows[0].get('mmlu_items', 0)} test questions over two subjects, 10 dev questions), 0-shot,",
+        "  the answer letter with the highest next-token logit (the prompt ModelOpt's `megatron_mmlu` builds).",
         "",
         "| format | bits/weight | ppl ours | change | ppl export | ppl direct ModelOpt | change | target | met |"
-        " next-sentence ours | next-sentence export | time ours (s) | time direct (s) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|:---:|---:|---:|---:|---:|",
+        " next-sentence ours | next-sentence export | MMLU fixture ours | MMLU fixture export |"
+        " time ours (s) | time direct (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|:---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         target = TARGETS.get(r["key"])
@@ -173,12 +208,13 @@ def write_markdown(args: argparse.Namespace, rows: list[dict], base: float, toke
             f"| {r['format']} | {r['bits']:.2f} | {r['ours']:.3f} | {pct(r['ours'], base)} | "
             f"{'-' if r['export'] is None else format(r['export'], '.3f')} | {r['direct']:.3f} | "
             f"{pct(r['direct'], base)} | {'-' if target is None else f'<= +{target:g} %'} | {met} | "
-            f"{acc(r['acc'])} | {acc(r['acc_export'])} | {r['seconds_ours']:.1f} | {'-' if r['seconds_direct'] is None else format(r['seconds_direct'], '.1f')} |"
+            f"{acc(r['acc'])} | {acc(r['acc_export'])} | {acc(r['mmlu'])} | {acc(r['mmlu_export'])} | "
+            f"{r['seconds_ours']:.1f} | {'-' if r['seconds_direct'] is None else format(r['seconds_direct'], '.1f')} |"
         )
     lines += [
         "",
         "`time ours` covers loading, calibration, quantization, export, re-load, three perplexity evaluations and",
-        "three of the next-sentence task (before is cached after the first format); `time direct` covers loading,",
+        "three passes of each task (before, after, export); `time direct` covers loading,",
         "calibration, quantization and one perplexity evaluation. Times are indicative only: the 2-core machine was",
         "shared with other jobs during the run. Accuracy is the point here: the wrapper's perplexity equals the",
         "direct ModelOpt call's to every printed digit for every format.",
@@ -187,11 +223,11 @@ def write_markdown(args: argparse.Namespace, rows: list[dict], base: float, toke
         "",
         "![perplexity change per format](accuracy.png)",
         "",
-        "## GPU: Megatron-Core backend (H100)",
+        "## GPU: Megatron-Core backend",
         "",
         "FP8, NVFP4, INT4-AWQ, INT8-SmoothQuant, W4A8, MXFP8 and an auto-quantize target through the",
-        "Megatron-Core backend on an H100, same weights: see [accuracy_gpu.md](accuracy_gpu.md) (table, plot,",
-        "command and raw output).",
+        "Megatron-Core backend on an H200, same weights, with the tasks per format: see",
+        "[accuracy_gpu.md](accuracy_gpu.md) (table, plot, command and raw output).",
         "",
     ]
     Path(args.out).write_text("\n".join(lines) + "\n")
