@@ -30,6 +30,11 @@ PY
 ok = getattr(e, '$ext')(raise_if_failed=True) is not None; print('$ext', ok, round(time.time()-t, 1), 's', flush=True)" &
       done; wait ;;
     # --- parts added by the session's work below this line (keep one case per part) ---
+    evalres)  # issue 14: the tasks' GPU test, then task accuracy per format (Megatron-Core backend); ~3 min
+      python3 -m pytest -q -m gpu -p no:cacheprovider -s --durations=5 tests/test_tasks_megatron.py 2>&1 \
+        | grep -v -i "warn\|parquet" | tail -n 40 | tee "$OUT/evalres/pytest.log"
+      OUT="$OUT" python3 benchmarks/tasks_gpu.py --budget 80 2>&1 | grep -v -i "warn\|parquet\|MMLU:" \
+        | tee "$OUT/evalres/tasks_gpu.log" ;;
     *) echo "unknown part $part" ;;
   esac
   echo "=== $part took $(( $(date +%s) - start )) s"
