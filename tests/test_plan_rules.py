@@ -149,6 +149,8 @@ def brute_force_accepts(arch: ModelArch, lay: dict, stage: str, seq: int) -> boo
         return False
     if stage == "auto_quantize" and pp != 1:
         return False
+    if stage == "distill" and (pp, ep) != (1, 1):
+        return False
     if stage == "prune" and (tp, cp, ep, etp, sp) != (1, 1, 1, 1, False):
         return False
     if stage == "export" and (tp, etp, ep, cp, dp, sp) != (1, 1, 1, 1, 1, False):
@@ -307,8 +309,8 @@ def test_replan_returns_a_valid_layout_for_its_stage(arch, gpus, lay, stage):
     try:
         out = rules.replan(arch, start, stage, gpus)
     except LayoutError:
-        # the only impossible case: a '|'-split hybrid pattern needs more stages than GPUs (or PP=1 for auto-quantize)
-        assert segments is not None and (len(segments) > gpus or stage == "auto_quantize")
+        # the only impossible case: a "|"-split hybrid pattern needs more stages than GPUs (or PP=1: auto-quantize, distill)
+        assert segments is not None and (len(segments) > gpus or stage in ("auto_quantize", "distill"))
         return
     assert out.world_size <= gpus
     as_dict = {"tp": out.tensor_parallel, "pp": out.pipeline_parallel, "cp": out.context_parallel,

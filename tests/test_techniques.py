@@ -26,7 +26,7 @@ def test_every_stage_class_has_one_technique_with_its_one_name() -> None:
         tech = T._BY_CLASS[cls]
         assert tech.spec is cls
         assert tech.name == attrs.fields_dict(cls)["technique"].default  # recipes, plan rules and CLI agree
-    assert T.names() == ("quantize", "auto_quantize", "prune", "export")
+    assert T.names() == ("quantize", "auto_quantize", "prune", "distill", "export")
 
 
 def test_every_executor_resolves() -> None:
@@ -47,7 +47,7 @@ def test_a_technique_without_an_executor_is_refused_by_name() -> None:
 
 
 @attrs.frozen(kw_only=True)
-class Distill:
+class Sparsify:
     """A stand-in for a new technique: only its spec class and its registration below."""
 
     quantizes: ClassVar[bool] = False
@@ -55,7 +55,7 @@ class Distill:
     must_be_last: ClassVar[bool] = False
     needs_cuda: ClassVar[bool] = False
 
-    technique: Literal["distill"] = "distill"
+    technique: Literal["sparsify"] = "sparsify"
     steps: int = 10
     calibration_samples: int | None = None
 
@@ -64,32 +64,32 @@ class Distill:
 
     @property
     def label(self) -> str:
-        return f"distill-{self.steps}"
+        return f"sparsify-{self.steps}"
 
 
-def _check_distill(stage: Distill, ctx: T.StageContext) -> T.Findings:
+def _check_sparsify(stage: Sparsify, ctx: T.StageContext) -> T.Findings:
     if stage.steps > 100:
         return T.Findings(errors=(SpecError("too many steps for this test", path=f"{ctx.path}.steps"),))
-    return T.Findings(warnings=(f"{ctx.path}: distilling {ctx.arch.name}",))
+    return T.Findings(warnings=(f"{ctx.path}: sparsifying {ctx.arch.name}",))
 
 
 def test_a_new_technique_plugs_into_the_plan(monkeypatch: pytest.MonkeyPatch) -> None:
-    tech = T.Technique(name="distill", spec=Distill, title="distillation", check=_check_distill,
+    tech = T.Technique(name="sparsify", spec=Sparsify, title="sparsity", check=_check_sparsify,
                        executors={"megatron": "builtins:print"})
-    monkeypatch.setitem(T._BY_CLASS, Distill, tech)
-    monkeypatch.setitem(T._BY_NAME, "distill", tech)
-    rec = Recipe(model="tiny-dense", source=RandomInit(), stages=(Distill(), Quantize(format="fp8"), Export()),  # type: ignore[arg-type]
+    monkeypatch.setitem(T._BY_CLASS, Sparsify, tech)
+    monkeypatch.setitem(T._BY_NAME, "sparsify", tech)
+    rec = Recipe(model="tiny-dense", source=RandomInit(), stages=(Sparsify(), Quantize(format="fp8"), Export()),  # type: ignore[arg-type]
                  output_dir="/tmp/x", backend="megatron")
     plan = check_recipe(rec, env=GPU)
     assert plan.ok, plan.errors
     first = plan.stages[0]
-    assert (first.technique, first.label, first.layout is not None) == ("distill", "distill-10", True)
+    assert (first.technique, first.label, first.layout is not None) == ("sparsify", "sparsify-10", True)
     assert first.calibration is not None and first.calibration.num_samples == rec.calibration.num_samples
-    assert "stages[0]: distilling tiny-dense" in plan.warnings
-    bad = check_recipe(attrs.evolve(rec, stages=(Distill(steps=1000),)), env=GPU)
+    assert "stages[0]: sparsifying tiny-dense" in plan.warnings
+    bad = check_recipe(attrs.evolve(rec, stages=(Sparsify(steps=1000),)), env=GPU)
     assert [e.path for e in bad.errors] == ["stages[0].steps"]
-    hf = check_recipe(attrs.evolve(rec, backend="hf", stages=(Distill(),)), env=GPU)
-    assert [e.message for e in hf.errors] == ["distillation runs on the Megatron-Core backend only"]
+    hf = check_recipe(attrs.evolve(rec, backend="hf", stages=(Sparsify(),)), env=GPU)
+    assert [e.message for e in hf.errors] == ["sparsity runs on the Megatron-Core backend only"]
 
 
 def test_no_isinstance_dispatch_on_stage_classes_outside_the_registry() -> None:

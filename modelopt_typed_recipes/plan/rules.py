@@ -201,6 +201,18 @@ def stage_problems(layout: ParallelLayout, stage: str) -> list[LayoutError]:
             f"auto-quantize needs PP=1 (ModelOpt scores every layer in one process), got PP={layout.pipeline_parallel}",
             path="pipeline_parallel", hint="use pipeline_parallel=1 with tensor or expert parallelism",
         ))
+    if stage == "distill":
+        # the distillation executors train with one pipeline stage: ModelOpt's Megatron-Core plugin needs the
+        # P2P shapes widened for the teacher's outputs (get_tensor_shapes_adjust_fn_for_distillation) and a
+        # pipelined training schedule, which the runtime does not drive; expert parallelism needs the
+        # expert-data-parallel gradient reduction of a Megatron-LM training loop
+        for field, value, flag in (("pipeline_parallel", layout.pipeline_parallel, "PP"),
+                                   ("expert_parallel", layout.expert_parallel, "EP")):
+            if value > 1:
+                out.append(LayoutError(
+                    f"distill: {flag}={value} is not supported: the distillation loop trains one pipeline stage "
+                    "without expert parallelism", path=field,
+                    hint="use 1; spread the model with tensor_parallel and data_parallel instead"))
     if stage == "prune":
         why = {
             "tensor_parallel": (layout.tensor_parallel != 1, f"TP={layout.tensor_parallel}", "use 1 (PP is allowed)"),
@@ -417,12 +429,14 @@ def replan(arch: ModelArch, layout: ParallelLayout | None, stage: str, gpus: int
 def _adapt(arch: ModelArch, start: ParallelLayout, stage: str, gpus: int,
            seq_length: int | None) -> ParallelLayout | None:
     changes: dict[str, object] = {"virtual_pipeline": None}
-    if stage == "auto_quantize":
+    if stage in ("auto_quantize", "distill"):
         changes.update(pipeline_parallel=1, first_stage_layers=None, last_stage_layers=None)
+    if stage == "distill":
+        changes.update(expert_parallel=1)
     pp = int(changes.get("pipeline_parallel", start.pipeline_parallel))  # type: ignore[call-overload]
     stages = arch.mamba.pipeline_stages if arch.mamba is not None else None
     if stages:
-        if stage == "auto_quantize" and len(stages) != 1:
+        if stage in ("auto_quantize", "distill") and len(stages) != 1:
             return None
         changes.update(pipeline_parallel=len(stages), first_stage_layers=None, last_stage_layers=None)
     elif pp > 1 and not start.uneven and arch.num_layers % pp and pp <= arch.num_layers:

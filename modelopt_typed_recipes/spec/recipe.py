@@ -10,17 +10,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Literal
 
 import attrs
 
 from ..errors import RecipeError
-from ._validate import fail, non_empty_str, non_empty_strs, one_of, positive_int, seed_range
+from ._validate import fail, non_empty_str, one_of, seed_range
 from .arch import ModelArch
 from .evaluation import Gate, Generate, Task
 from .layout import ParallelLayout
 from .serde import typed_fields
+# the sources and text classes live in their own modules (a distillation stage names a teacher and training
+# text too); importing them from here keeps working
+from .sources import Builtin, HFCheckpoint, MegatronCheckpoint, RandomInit, Source  # noqa: F401
 from .techniques import AutoQuantize, Export, Quantize, Stage
+from .text import BUILTIN_DATASETS, TextData  # noqa: F401
 
 SCHEMA_VERSION = 1
 
@@ -31,84 +35,6 @@ ArchResolver = Callable[[str], ModelArch]
 # ModelOpt's state file on the Hugging Face backend); plan/save.py decides per stage.
 SAVE_POLICIES: tuple[str, ...] = ("auto", "final", "all", "none")
 
-# Text corpora shipped with the package (the reference model's training and held-out splits).
-BUILTIN_DATASETS: tuple[str, ...] = ("reference-train", "reference-heldout")
-
-
-# --------------------------------------------------------------------------- where the weights come from
-@attrs.frozen(kw_only=True, field_transformer=typed_fields)
-class HFCheckpoint:
-    """A local Hugging Face checkpoint directory (``config.json`` + safetensors + tokenizer)."""
-
-    type: Literal["hf"] = attrs.field(default="hf", validator=one_of(["hf"]))
-    path: str = attrs.field(validator=non_empty_str)
-
-
-@attrs.frozen(kw_only=True, field_transformer=typed_fields)
-class MegatronCheckpoint:
-    """A Megatron-Core distributed checkpoint directory (optionally with ModelOpt state)."""
-
-    type: Literal["megatron"] = attrs.field(default="megatron", validator=one_of(["megatron"]))
-    path: str = attrs.field(validator=non_empty_str)
-    hf_reference: str | None = None
-    """HF directory or id holding the config and tokenizer that export and calibration need."""
-
-    INFO_FILE: ClassVar[str] = "mtr_checkpoint.json"
-    """Written beside the shards by this package: the layer spec the weights were saved with (read by
-    ``plan.sources.saved_layer_spec``)."""
-
-
-@attrs.frozen(kw_only=True, field_transformer=typed_fields)
-class RandomInit:
-    """Random weights from the architecture (tests and dry runs; never for real results)."""
-
-    type: Literal["random"] = attrs.field(default="random", validator=one_of(["random"]))
-    seed: int = attrs.field(default=0, validator=seed_range)
-
-
-@attrs.frozen(kw_only=True, field_transformer=typed_fields)
-class Builtin:
-    """Weights and tokenizer that ship inside this package (the ``reference-llama`` model)."""
-
-    type: Literal["builtin"] = attrs.field(default="builtin", validator=one_of(["builtin"]))
-
-
-Source = HFCheckpoint | MegatronCheckpoint | RandomInit | Builtin
-
-
-# --------------------------------------------------------------------------- data
-@attrs.frozen(kw_only=True, field_transformer=typed_fields)
-class TextData:
-    """Text for calibration or evaluation: a built-in corpus, local ``.txt``/``.jsonl`` files, or a Hugging
-    Face dataset already on this machine.
-
-    Documents are tokenised with the model's tokenizer, joined with end-of-text tokens and cut into
-    ``num_samples`` windows of ``seq_length`` tokens (fewer when the text runs out).
-    """
-
-    dataset: str | None = attrs.field(default=None, validator=one_of(BUILTIN_DATASETS))
-    files: tuple[str, ...] = attrs.field(default=(), validator=non_empty_strs)
-    """``.txt`` (one document per file) or ``.jsonl`` (one document per line, under ``text_field``)."""
-    hf_dataset: str | None = attrs.field(default=None, validator=attrs.validators.optional(non_empty_str))
-    """A folder written by ``datasets``' ``save_to_disk``, or a dataset name that ``datasets.load_dataset``
-    finds in the local cache (as the seed's ``--calib-dataset`` names do); needs the ``datasets`` package."""
-    split: str = attrs.field(default="train", validator=non_empty_str)
-    """The split of ``hf_dataset`` to read."""
-    text_field: str = attrs.field(default="text", validator=non_empty_str)
-    """The key (``.jsonl``) or column (``hf_dataset``) that holds the text."""
-    num_samples: int = attrs.field(default=128, validator=positive_int)
-    seq_length: int = attrs.field(default=256, validator=positive_int)
-    batch_size: int = attrs.field(default=8, validator=positive_int)
-
-    def __attrs_post_init__(self) -> None:
-        given = [k for k, v in (("dataset", self.dataset), ("files", self.files), ("hf_dataset", self.hf_dataset)) if v]
-        if len(given) != 1:
-            raise fail(
-                given[0] if given else "dataset",
-                "give exactly one of dataset (a built-in corpus), files (local text) and hf_dataset "
-                f"(a Hugging Face dataset on this machine); got {', '.join(given) or 'none'}",
-                f"built-in: {', '.join(BUILTIN_DATASETS)}",
-            )
 
 
 # --------------------------------------------------------------------------- the recipe

@@ -265,6 +265,10 @@ class SpecErrors(SpecError):
         extra = f" (and {len(errors) - 1} more: " + "; ".join(str(e) for e in errors[1:4]) + ")" if len(errors) > 1 else ""
         super().__init__(first.message + extra, path=first.path, hint=first.hint)
 
+    def under(self, prefix: str) -> RecipeError:
+        """Each problem seen from the enclosing object (a nested spec that a field's converter structured)."""
+        return SpecErrors([e.under(prefix) for e in self.errors])
+
 
 def structure(data: Any, cls: type[T], *, path: str = "") -> T:
     """dict -> validated instance, or a SpecError naming the field path."""

@@ -15,10 +15,12 @@ from typing import Any, ClassVar, Literal
 import attrs
 
 from ..errors import SpecError, UnknownNameError, brief
-from ._validate import fail, non_empty_strs, one_of, optional_bool, positive_int
+from ._validate import fail, non_empty_strs, non_negative, one_of, optional_bool, positive, positive_int, to_float
 from .arch import Attention, MLAttention, ModelArch, MoE
 from .formats import QuantFormat, get_format
-from .serde import typed_fields
+from .serde import structure, typed_fields
+from .sources import Builtin, HFCheckpoint, MegatronCheckpoint
+from .text import TrainingText
 
 # ModelOpt 0.47 KV-cache presets (modelopt_recipes/configs/ptq/presets/kv); "none" keeps the KV cache as is.
 KV_CACHE_FORMATS: tuple[str, ...] = (
@@ -454,6 +456,200 @@ def _human(n: int | None) -> str:
     return str(n)
 
 
+# --------------------------------------------------------------------------- distill
+TEACHER_CHOICES: tuple[str, ...] = ("before_compression", "none")
+"""``before_compression``: the model as it was before the recipe's first compression stage; ``none``: no teacher
+(quantization-aware training, or plain finetuning, on the language-model loss)."""
+COMPRESSING_TECHNIQUES: tuple[str, ...] = ("quantize", "auto_quantize", "prune")
+"""Stages after which a ``before_compression`` teacher differs from the student."""
+LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine", "linear")
+"""Megatron-LM's ``--lr-decay-style`` names (warm-up first, linear from 0, then the decay)."""
+INTERMEDIATE_LOSSES: tuple[str, ...] = ("cosine", "mse")
+"""ModelOpt's criteria for a pair of hidden states (``HiddenStateCosineLoss``, ``MSELoss``)."""
+
+TeacherSource = HFCheckpoint | MegatronCheckpoint | Builtin
+
+
+def _teacher(value: object) -> object:
+    """``before_compression``/``none`` as given (None reads as ``none``); a mapping or ``builtin`` becomes a
+    source class, as the recipe's ``source`` does."""
+    if value is None:
+        return "none"
+    if isinstance(value, str) and value in TEACHER_CHOICES:
+        return value
+    if isinstance(value, str) and value not in ("hf", "megatron", "builtin"):
+        from ..errors import did_you_mean
+
+        raise fail("teacher", f"{brief(value)} is not a teacher", did_you_mean(value[:200], TEACHER_CHOICES) or
+                   "before_compression, none, or a source such as {type: hf, path: /ckpt/teacher}")
+    out: object = structure(value, TeacherSource, path="teacher")  # type: ignore[arg-type]
+    if not isinstance(out, HFCheckpoint | MegatronCheckpoint | Builtin):
+        raise fail("teacher", f"a {type(out).__name__} cannot teach: random weights know nothing",
+                   "before_compression, none, or a checkpoint {type: hf, path: ...}")
+    return out
+
+
+def _required(check: Any) -> Any:
+    """``check`` for a field that must hold a value (the shared validators let None through)."""
+
+    def validate(inst: object, attr: attrs.Attribute, value: object) -> None:
+        if value is None:
+            raise fail(attr.name, "must be set, got null")
+        check(inst, attr, value)
+
+    return validate
+
+
+def _layer_pair(_inst: object, attr: attrs.Attribute, value: tuple[str, ...]) -> None:
+    if not isinstance(value, tuple) or len(value) != 2 or not all(isinstance(v, str) and v.strip() for v in value):
+        raise fail(attr.name, f"must be [student layer, teacher layer], got {brief(value)}",
+                   "e.g. [output_layer, output_layer] (Megatron-Core) or [lm_head, lm_head] (Hugging Face)")
+
+
+def _intermediate_pairs(_inst: object, attr: attrs.Attribute, value: tuple[tuple[str, ...], ...]) -> None:
+    if not isinstance(value, tuple):
+        raise fail(attr.name, f"must be a list of layer pairs, got {brief(value)}",
+                   "e.g. [[decoder.layers.3, decoder.layers.5, cosine]]")
+    for i, pair in enumerate(value):
+        where = f"{attr.name}[{i}]"
+        if not isinstance(pair, tuple) or len(pair) not in (2, 3) or not all(isinstance(v, str) and v.strip() for v in pair):
+            raise fail(where, f"must be [student layer, teacher layer] or [student, teacher, loss], got "
+                              f"{brief(pair)}", "e.g. [decoder.layers.3, decoder.layers.5, cosine]")
+        if len(pair) == 3 and pair[2] not in INTERMEDIATE_LOSSES:
+            from ..errors import did_you_mean
+
+            raise fail(f"{where}[2]", f"{brief(pair[2])} is not one of {', '.join(map(repr, INTERMEDIATE_LOSSES))}",
+                       did_you_mean(pair[2][:200], INTERMEDIATE_LOSSES))
+
+
+def _token_count(value: object) -> int | None:
+    try:
+        return parse_count(value)
+    except SpecError as err:
+        raise fail("tokens", err.message, "e.g. 2M or 2000000") from None
+
+
+@attrs.frozen(kw_only=True, field_transformer=typed_fields)
+class Distill:
+    """Knowledge distillation (``modelopt.torch.distill``): the model learns to match a teacher's logits.
+
+    After a quantize stage it is quantization-aware distillation (QAD: the quantizers stay in place, the
+    weights learn through them, a later export writes the quantized format); after a prune stage it is
+    Minitron's distillation; with ``teacher: none`` it is quantization-aware training or plain finetuning on
+    the language-model loss. The loss fields carry the names of Megatron-LM's distillation config
+    (``--export-kd-cfg``); the training fields those of its ``finetune.sh`` flags, and its defaults.
+
+    Precision: bf16 compute with fp32 master weights. On the Hugging Face backend the parameters stay fp32
+    and the forward runs under ``torch.autocast(bfloat16)`` on CUDA (fp32 on the CPU); the optimizer (AdamW)
+    updates the fp32 parameters.
+    """
+
+    quantizes: ClassVar[bool] = False
+    must_come_before_quantization: ClassVar[bool] = False
+    """QAD comes after the quantize stage; Minitron's distillation after prune; both are allowed."""
+    must_be_last: ClassVar[bool] = False
+    needs_cuda: ClassVar[bool] = False
+
+    technique: Literal["distill"] = attrs.field(default="distill", validator=one_of(["distill"]))
+    teacher: str | HFCheckpoint | MegatronCheckpoint | Builtin = attrs.field(default="before_compression",
+                                                                             converter=_teacher)
+    """``before_compression`` (the model before the recipe's first compression stage; the run keeps a copy),
+    ``none`` (no teacher: train on the language-model loss), or a checkpoint of the same model family
+    (``{type: hf, path: ...}``, ``{type: megatron, path: ...}``, ``builtin``)."""
+    logit_layers: tuple[str, ...] = attrs.field(default=("output_layer", "output_layer"), validator=_layer_pair)
+    """[student, teacher] layers whose outputs are the logits compared (Megatron-Core names; the Hugging Face
+    backend compares the ``lm_head`` logits and takes ``[lm_head, lm_head]`` or this default)."""
+    intermediate_layer_pairs: tuple[tuple[str, ...], ...] = attrs.field(default=(), validator=_intermediate_pairs)
+    """[student layer, teacher layer] or [student, teacher, cosine|mse] whose outputs are also compared
+    (default loss: cosine, as Megatron-LM's)."""
+    skip_lm_loss: bool = True
+    """Train on the distillation loss only (true), or add the language-model loss of the training text."""
+    kd_loss_scale: float = attrs.field(default=1.0, converter=to_float, validator=_required(non_negative))
+    """Weight of the distillation loss against the language-model loss when both count (ModelOpt's loss
+    balancer: the KD loss is scaled so that it is ``kd_loss_scale`` times the LM loss)."""
+    logit_kl_temperature: float = attrs.field(default=1.0, converter=to_float, validator=_required(positive))
+    """Softmax temperature of the logits KL divergence."""
+    data: TrainingText | None = None
+    """Training text (built-in corpus, files, ``hf_dataset``), packed into windows; None: the recipe's
+    calibration text."""
+    seq_length: int | None = attrs.field(default=None, validator=positive_int)
+    """Tokens per training window; None: the recipe's ``calibration.seq_length``."""
+    micro_batch_size: int = attrs.field(default=1, validator=_required(positive_int))
+    gradient_accumulation_steps: int = attrs.field(default=1, validator=_required(positive_int))
+    """Micro batches per optimizer step (Megatron-LM: global batch = micro batch x accumulation x DP)."""
+    steps: int | None = attrs.field(default=None, validator=positive_int)
+    """Optimizer steps (Megatron-LM's ``--train-iters``); give steps or tokens."""
+    tokens: int | str | None = attrs.field(default=None, converter=_token_count, validator=positive_int)
+    """Training tokens (``2M``): the steps are this divided by the tokens of one optimizer step, rounded up."""
+    learning_rate: float = attrs.field(default=5e-5, converter=to_float, validator=_required(positive))
+    lr_schedule: Literal["constant", "cosine", "linear"] = attrs.field(default="cosine",
+                                                                      validator=one_of(LR_SCHEDULES))
+    warmup_steps: int = attrs.field(default=0, validator=_required(non_negative))
+    min_learning_rate: float = attrs.field(default=1e-7, converter=to_float, validator=_required(non_negative))
+    """Where ``cosine``/``linear`` decay to (Megatron-LM's ``--min-lr``)."""
+    weight_decay: float = attrs.field(default=0.0, converter=to_float, validator=_required(non_negative))
+    adam_beta1: float = attrs.field(default=0.9, converter=to_float, validator=_required(non_negative))
+    adam_beta2: float = attrs.field(default=0.95, converter=to_float, validator=_required(non_negative))
+    clip_grad: float = attrs.field(default=1.0, converter=to_float, validator=_required(non_negative))
+    """Gradient-norm clip (0: no clipping)."""
+    save: bool | None = attrs.field(default=None, validator=optional_bool)
+    """Write this stage's model as a checkpoint: ``true`` always, ``false`` never, unset: the recipe's ``save``."""
+
+    def __attrs_post_init__(self) -> None:
+        if (self.steps is None) == (self.tokens is None):
+            raise fail("steps", "give exactly one of steps and tokens", "e.g. steps: 200, or tokens: 2M")
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int):
+            raise fail("warmup_steps", f"must be an integer, got {brief(self.warmup_steps)}")
+        if self.steps is not None and self.warmup_steps >= self.steps and self.warmup_steps:
+            raise fail("warmup_steps", f"warmup_steps={self.warmup_steps} leaves no step after the warm-up "
+                                       f"(steps={self.steps})", f"use fewer than {self.steps}")
+        if self.min_learning_rate > self.learning_rate:
+            raise fail("min_learning_rate", f"min_learning_rate={self.min_learning_rate:g} is above "
+                                            f"learning_rate={self.learning_rate:g}", "decay to a lower rate")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not getattr(self, name) < 1:
+                raise fail(name, f"must be in [0, 1), got {getattr(self, name)!r}", "0.9 and 0.95 are usual")
+        if self.teacher == "none":
+            if self.skip_lm_loss:
+                raise fail("skip_lm_loss", "with teacher: none there is no distillation loss; the language-model "
+                                           "loss is all the stage trains on", "set skip_lm_loss: false")
+            if self.intermediate_layer_pairs:
+                raise fail("intermediate_layer_pairs", "with teacher: none there is no teacher layer to compare",
+                           "drop intermediate_layer_pairs, or name a teacher")
+        elif self.kd_loss_scale == 0 and self.skip_lm_loss:
+            raise fail("kd_loss_scale", "kd_loss_scale=0 with skip_lm_loss leaves no loss to train on",
+                       "use kd_loss_scale > 0, or skip_lm_loss: false")
+
+    @property
+    def has_teacher(self) -> bool:
+        return self.teacher != "none"
+
+    @property
+    def teacher_source(self) -> HFCheckpoint | MegatronCheckpoint | Builtin | None:
+        """The named teacher checkpoint (None: ``before_compression`` or ``none``)."""
+        return None if isinstance(self.teacher, str) else self.teacher
+
+    def window_length(self, default: int) -> int:
+        """Tokens per training window (the recipe's calibration length when unset)."""
+        return self.seq_length or default
+
+    def total_steps(self, seq_length: int, data_parallel: int = 1) -> int:
+        """Optimizer steps: ``steps``, or ``tokens`` over the tokens of one step (rounded up)."""
+        if self.steps is not None:
+            return self.steps
+        per_step = self.micro_batch_size * self.gradient_accumulation_steps * data_parallel * seq_length
+        return max(1, -(-int(self.tokens or 0) // per_step))
+
+    def arch_after(self, arch: ModelArch) -> ModelArch:
+        """Distillation trains the weights; the shapes stay."""
+        return arch
+
+    @property
+    def label(self) -> str:
+        what = "distill" if self.has_teacher else "finetune"
+        return f"{what}-{self.steps}steps" if self.steps is not None else f"{what}-{_human(parse_count(self.tokens))}tokens"
+
+
 # --------------------------------------------------------------------------- export
 OWN_OUTPUT_NAMES = ("manifest.json",)
 """Files this package writes at the top of ``output_dir``; names starting with ``.`` (the run's journal and
@@ -521,5 +717,5 @@ class Export:
         return self.subdir or "export"
 
 
-Stage = Quantize | AutoQuantize | Prune | Export
-STAGE_TYPES: tuple[type, ...] = (Quantize, AutoQuantize, Prune, Export)
+Stage = Quantize | AutoQuantize | Prune | Distill | Export
+STAGE_TYPES: tuple[type, ...] = (Quantize, AutoQuantize, Prune, Distill, Export)

@@ -155,7 +155,7 @@ def _register_builtin() -> None:
         importlib.import_module(f"{__name__}.{info.name}")
 
 
-_ORDER = {"quantize": 0, "auto_quantize": 1, "prune": 2, "export": 3}
+_ORDER = {"quantize": 0, "auto_quantize": 1, "prune": 2, "distill": 3, "export": 4}
 """Registration order of the built-in techniques (the order ``names()`` lists them in)."""
 
 _register_builtin()

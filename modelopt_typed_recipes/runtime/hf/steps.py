@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ...errors import SpecError
+from ...errors import CompatibilityError, SpecError
 from ..result import StepResult
 
 if TYPE_CHECKING:
     from ...plan.run_plan import RunPlan, StagePlan
     from ...spec.recipe import Recipe
-    from ...spec.techniques import AutoQuantize, Export, Quantize
+    from ...spec.techniques import AutoQuantize, Distill, Export, Quantize
 
 
 @attrs.define(kw_only=True)
@@ -112,3 +112,8 @@ def export(run: HFRun, stage: Export, sp: StagePlan) -> StepResult:
     files = ex.export(run.model, run.tokenizer, out, fmt=stage.format, dtype=stage.dtype, path=sp.path)
     return StepResult(details={"format": stage.format, "files": files, "quant_config": ex.read_quant_config(out)},
                       outputs=(stage.folder,), excluded_seconds=excluded)
+
+
+def distill(run: HFRun, stage: Distill, sp: StagePlan) -> StepResult:
+    """Distillation on the Hugging Face backend: not built yet."""
+    raise CompatibilityError("distillation on the Hugging Face backend is not built yet", path=sp.path)

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from ...spec.arch import ModelArch
     from ...spec.layout import ParallelLayout
     from ...spec.recipe import Recipe
-    from ...spec.techniques import AutoQuantize, Export, Prune, Quantize
+    from ...spec.techniques import AutoQuantize, Distill, Export, Prune, Quantize
 
 
 @attrs.define(kw_only=True)
@@ -157,3 +157,9 @@ def export(run: MegatronRun, stage: Export, sp: StagePlan) -> StepResult:
             details["config_synced"] = {k: list(v) for k, v in fixed.items()}
     distributed.barrier()
     return StepResult(details=details, outputs=(str(out_dir.relative_to(run.plan.staging())),))
+
+
+def distill(run: MegatronRun, stage: Distill, sp: StagePlan) -> StepResult:
+    """Distillation on Megatron-Core (ModelOpt's Megatron plugin): not built yet."""
+    raise CompatibilityError("distillation on the Megatron-Core backend is not built yet", path=sp.path,
+                             hint="backend: hf runs it (one process)")

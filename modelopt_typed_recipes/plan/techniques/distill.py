@@ -1,0 +1,196 @@
+"""Distill (``modelopt.torch.distill``: logits KL against a teacher, optional intermediate pairs and LM loss):
+every check of a Distill stage that needs no model, and its registration.
+
+What is checked here, before any GPU work: that the teacher exists (``before_compression`` needs a compression
+stage before this one; a named checkpoint must be of the student's family and vocabulary), that the layer names
+fit the backend's naming and the architecture this stage starts from (a pruned model has fewer layers), and the
+backend's limits (the Megatron-Core layout rules are in :mod:`..rules`).
+"""
+
+from __future__ import annotations
+
+import re
+
+from ...errors import CompatibilityError, RecipeError, SpecError
+from ...spec.arch import ModelArch
+from ...spec.sources import Builtin, HFCheckpoint, MegatronCheckpoint
+from ...spec.techniques import COMPRESSING_TECHNIQUES, Distill
+from . import Findings, StageContext, Technique, register
+
+HF_LOGIT_LAYERS = (("output_layer", "output_layer"), ("lm_head", "lm_head"))
+"""What the Hugging Face backend takes as ``logit_layers``: it compares the ``lm_head`` logits, and accepts the
+Megatron-Core spelling of the default so that one recipe reads the same on both backends."""
+
+LAYER_PREFIX = {"megatron": "decoder.layers", "hf": "model.layers"}
+"""How each backend's model names its decoder layers (Megatron-Core's GPTModel, transformers' Llama-style)."""
+_LAYER = re.compile(r"^(?P<prefix>[A-Za-z_][\w.]*?\.layers)\.(?P<index>\d+)(?:\.|$)")
+
+
+def first_compression(stages: tuple[object, ...], before: int) -> int | None:
+    """The index of the first quantize/auto_quantize/prune stage before ``before`` (None: there is none)."""
+    return next((i for i, s in enumerate(stages[:before])
+                 if getattr(s, "technique", None) in COMPRESSING_TECHNIQUES), None)
+
+
+def teacher_arch(stage: Distill, ctx: StageContext) -> tuple[ModelArch | None, list[RecipeError], list[str]]:
+    """The teacher's architecture (None when it cannot be known before the run), problems and notes."""
+    path = f"{ctx.path}.teacher"
+    if stage.teacher == "none":
+        return None, [], []
+    if stage.teacher == "before_compression":
+        first = first_compression(ctx.recipe.stages, ctx.index)
+        if first is None:
+            return None, [SpecError(
+                "teacher: before_compression is the model before the recipe's first quantize/prune stage, and no "
+                "such stage comes before this one (the teacher would be the student itself)", path=path,
+                hint="put the distill stage after a quantize or prune stage, say teacher: none (finetune on the "
+                     "language-model loss), or name a teacher checkpoint {type: hf, path: ...}")], []
+        return ctx.archs[first], [], []
+    src = stage.teacher_source
+    if isinstance(src, Builtin):
+        from ..sources import builtin_weights
+
+        student = ctx.archs[0]
+        if builtin_weights(student) is None:
+            return None, [SpecError(f"{student.name} ships no weights with this package", path=path,
+                                    hint="name a checkpoint: {type: hf, path: ...}")], []
+        return student, [], []
+    if isinstance(src, HFCheckpoint):
+        return _hf_teacher(src.path, path, f"{path}.path")
+    if isinstance(src, MegatronCheckpoint):
+        errors: list[RecipeError] = []
+        if not ctx.megatron:
+            errors.append(CompatibilityError(
+                "the Hugging Face backend reads Hugging Face checkpoints, not Megatron distributed checkpoints",
+                path=f"{path}.type", hint="name the teacher's Hugging Face folder, or backend: megatron"))
+        errors += _folder_problems(src.path, f"{path}.path", marker="metadata.json",
+                                   what="a Megatron distributed checkpoint")
+        if src.hf_reference is None:
+            return None, errors, [f"{path}: the Megatron teacher's architecture is read at run time (set "
+                                  "hf_reference to its Hugging Face folder to check it now)"]
+        arch, more, notes = _hf_teacher(src.hf_reference, path, f"{path}.hf_reference")
+        return arch, errors + more, notes
+    return None, [SpecError(f"unknown teacher {stage.teacher!r}", path=path)], []  # pragma: no cover
+
+
+def _folder_problems(folder: str, path: str, *, marker: str, what: str) -> list[RecipeError]:
+    from ..outputs import user_path
+
+    try:
+        p = user_path(folder, path=path)
+    except SpecError as err:
+        return [err]
+    if not p.is_dir():
+        return [SpecError(f"{folder[:300]!r} is not a directory", path=path, hint=f"point at {what}")]
+    if not (p / marker).is_file():
+        return [SpecError(f"{folder[:300]!r} has no {marker}: not {what}", path=path, hint=f"point at {what}")]
+    return []
+
+
+def _hf_teacher(folder: str, path: str, field: str) -> tuple[ModelArch | None, list[RecipeError], list[str]]:
+    from ...bridges.hf_config import load_hf_config
+    from ..outputs import user_path
+
+    errors = _folder_problems(folder, field, marker="config.json", what="a Hugging Face checkpoint")
+    if errors:
+        return None, errors, []
+    try:
+        arch = load_hf_config(user_path(folder, path=field))
+    except RecipeError as err:
+        return None, [type(err)(f"the teacher's config.json: {err.message}", path=field, hint=err.hint)], []
+    return arch, [], []
+
+
+def _family(arch: ModelArch) -> str:
+    from ...bridges.hf_config import hf_model_type
+
+    try:
+        return hf_model_type(arch)
+    except RecipeError:
+        return arch.kind
+
+
+def teacher_problems(student: ModelArch, teacher: ModelArch, path: str) -> list[RecipeError]:
+    """A teacher whose logits cannot be compared with the student's: another vocabulary or model family."""
+    out: list[RecipeError] = []
+    if teacher.vocab.size != student.vocab.size:
+        out.append(CompatibilityError(
+            f"the teacher's vocabulary has {teacher.vocab.size} tokens and the student's {student.vocab.size}: "
+            "their logits cannot be compared token by token", path=path,
+            hint="distil from a model of the same family and tokenizer"))
+    if _family(teacher) != _family(student):
+        out.append(CompatibilityError(
+            f"the teacher is a {_family(teacher)} model and the student a {_family(student)} model", path=path,
+            hint="distil from a model of the same family (the same architecture and tokenizer)"))
+    return out
+
+
+def layer_problems(stage: Distill, ctx: StageContext, teacher: ModelArch | None) -> list[RecipeError]:
+    """Layer names that do not exist in the backend's model of the student (or teacher) architecture."""
+    out: list[RecipeError] = []
+    backend = "megatron" if ctx.megatron else "hf"
+    if not ctx.megatron and tuple(stage.logit_layers) not in HF_LOGIT_LAYERS:
+        out.append(CompatibilityError(
+            f"the Hugging Face backend compares the lm_head logits, not {list(stage.logit_layers)}",
+            path=f"{ctx.path}.logit_layers", hint="drop logit_layers (or write [lm_head, lm_head])"))
+    for i, pair in enumerate(stage.intermediate_layer_pairs):
+        for side, (name, arch) in enumerate(((pair[0], ctx.arch), (pair[1], teacher))):
+            where = f"{ctx.path}.intermediate_layer_pairs[{i}][{side}]"
+            m = _LAYER.match(name)
+            if m is None:
+                continue
+            prefix, index = m["prefix"], int(m["index"])
+            if prefix != LAYER_PREFIX[backend]:
+                other = "hf" if backend == "megatron" else "megatron"
+                fix = name.replace(prefix, LAYER_PREFIX[backend], 1) if prefix == LAYER_PREFIX[other] else ""
+                out.append(SpecError(
+                    f"{name!r} is not a layer of the {'Megatron-Core' if ctx.megatron else 'Hugging Face'} model "
+                    f"(its layers are {LAYER_PREFIX[backend]}.N)", path=where,
+                    hint=f"write {fix!r}" if fix else f"name a layer as {LAYER_PREFIX[backend]}.N"))
+            elif arch is not None and index >= arch.num_layers:
+                who = "student" if side == 0 else "teacher"
+                out.append(SpecError(
+                    f"layer {index} does not exist: the {who} ({arch.name}) has {arch.num_layers} layers here",
+                    path=where, hint=f"use an index below {arch.num_layers}"))
+    if stage.intermediate_layer_pairs and not ctx.megatron and teacher is not None \
+            and teacher.hidden_size != ctx.arch.hidden_size:
+        out.append(CompatibilityError(
+            f"intermediate layers of different widths ({ctx.arch.hidden_size} and {teacher.hidden_size}) need a "
+            "learned projection, which the Hugging Face backend does not add", path=f"{ctx.path}.intermediate_layer_pairs",
+            hint="compare logits only (drop intermediate_layer_pairs), or run on the Megatron-Core backend"))
+    return out
+
+
+def check(stage: Distill, ctx: StageContext) -> Findings:
+    errors: list[RecipeError] = []
+    warnings: list[str] = []
+    teacher, errs, notes = teacher_arch(stage, ctx)
+    errors += errs
+    warnings += notes
+    if teacher is not None and stage.teacher_source is not None:
+        errors += teacher_problems(ctx.arch, teacher, f"{ctx.path}.teacher")
+    errors += layer_problems(stage, ctx, teacher)
+    data = stage.data
+    if data is not None:
+        from ..outputs import user_path
+
+        for i, name in enumerate(data.files):
+            where = f"{ctx.path}.data.files[{i}]"
+            try:
+                p = user_path(name, path=where)
+            except RecipeError as err:
+                errors.append(err)
+                continue
+            if not p.is_file():
+                from ...errors import DataError
+
+                errors.append(DataError(f"{name[:300]!r} does not exist or is not a file", path=where,
+                                        hint="point at .txt or .jsonl files on this machine"))
+    return Findings(errors=tuple(errors), warnings=tuple(warnings))
+
+
+TECHNIQUE = register(Technique(
+    name="distill", spec=Distill, title="distillation", check=check, calibrates=False,
+    executors={"hf": "modelopt_typed_recipes.runtime.hf.steps:distill",
+               "megatron": "modelopt_typed_recipes.runtime.megatron.steps:distill"},
+))
