@@ -1,0 +1,679 @@
+"""Megatron-LM's own post-training scripts next to one recipe: same model, same GPU, same calibration text.
+
+Their flow is what a Megatron-LM user runs today: ``quantize.sh`` (HF import, calibration, a Megatron
+distributed checkpoint) then ``export.sh`` (that checkpoint -> unified HF checkpoint), from
+``examples/post_training/modelopt`` at commit d98e8a6, each a ``torchrun`` process, configured through their
+environment variables (``HF_MODEL_CKPT``, ``MLM_MODEL_SAVE``, ``MLM_MODEL_CKPT``, ``EXPORT_DIR``,
+``MLM_EXTRA_ARGS``; ``MLM_SKIP_INSTALL=1`` because the machine has no network and the packages are
+installed). Their Python runs against Megatron-LM's own ``megatron`` package (core, training,
+post_training) from that commit, first on ``PYTHONPATH``; the files come from a git mirror through
+``benchmarks/vs_megatron_lm_fetch.sh`` into the git-ignored ``.mlm/`` folder, never into the package.
+
+Ours is one process, ``python -m modelopt_typed_recipes run RECIPE.yaml``, with the same two stages
+(quantize, export) and the same calibration windows. The calibration text is the built-in
+``reference-train`` corpus: our recipe cuts ``--windows`` windows of ``--seq`` tokens from it; their
+``--calib-dataset-path-or-name`` gets the same windows decoded to text, one ``.jsonl`` line each, with
+``--calib-size``/``--calib-max-sequence-length``/``--calib-batch-size`` equal to ours (the JSON records how
+many lines their tokenizer call turns back into exactly our token ids). Their ``quantize.sh`` runs with
+``--skip-generate`` (its default sanity generation of two prompts is not part of our recipe).
+
+Models: ``reference-llama`` (the HF folder shipped with the package; its Megatron-LM conf file is written
+at run time from ``mtrecipes flags reference-llama`` into ``conf/mtrecipes/``) and a Qwen3-0.6B-shaped
+model with random bf16 weights (transformers' initialisation, seed 0) saved as an HF checkpoint with the
+package's reference tokenizer (4,096 ids inside Qwen3's 151,936-entry embedding); for it their own
+``conf/Qwen/Qwen3-0.6B.sh`` runs, with ``--padded-vocab-size 151936`` (their conf derives the vocabulary
+from Qwen's tokenizer, which is not on this machine) and ``--norm-epsilon 1e-6`` (the model's
+``config.json``; their conf leaves Megatron's 1e-5) in ``MLM_EXTRA_ARGS``.
+
+Per repetition (the order alternates: ours first on even repetitions) and step: wall (each process timed
+from outside), peak GPU memory (``nvidia-smi`` sampled every 50 ms, above the idle level, and the
+process's own ``torch.cuda.max_memory_allocated`` from an exit hook), and after each pair the exported
+tensors compared (bitwise; where they differ, the largest relative difference of scales and of the
+dequantized weights). Held-out perplexity of both exports (decoded by ``runtime.hf.export.load_export``,
+the package's export check) once per case. Medians of the repetitions. Writes ``$OUT/vsmlm/vs_megatron_lm.json``
+and a log of everything the processes printed.
+
+    bash benchmarks/vs_megatron_lm_fetch.sh MIRROR.git          # once, where a mirror exists
+    python3 benchmarks/vs_megatron_lm.py --reps 3               # on the GPU machine (TE installed)
+    python3 benchmarks/vs_megatron_lm.py --smoke                # no TE: reference-llama FP8, 1 repetition
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+MLM_COMMIT = "d98e8a6"
+EXAMPLES = Path("examples/post_training/modelopt")
+FORMATS = {"fp8": "FP8_DEFAULT_CFG", "nvfp4": "NVFP4_DEFAULT_CFG"}
+CASES: dict[str, dict[str, Any]] = {
+    # conf: Megatron-LM conf name (None: written from `mtrecipes flags`); extra: model flags their run adds
+    "reference-llama": {"conf": None, "extra": []},
+    "qwen3-0.6b": {"conf": "Qwen/Qwen3-0.6B", "extra": ["--padded-vocab-size", "151936", "--norm-epsilon", "1e-6"]},
+}
+CONF_DIR = "mtrecipes"  # conf/<CONF_DIR>/<name>.sh: files this benchmark writes
+ENV = {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
+       "TRANSFORMERS_OFFLINE": "1", "NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"}
+
+
+# --------------------------------------------------------------------------- Megatron-LM files
+
+def mlm_root(path: str | Path) -> Path:
+    """The ``.mlm`` folder; SystemExit naming the fetch script when it is missing or from another commit."""
+    root = Path(path).resolve()
+    commit = root / "COMMIT"
+    if not commit.is_file() or not commit.read_text().startswith(MLM_COMMIT):
+        raise SystemExit(f"{root}: no Megatron-LM {MLM_COMMIT} files; run benchmarks/vs_megatron_lm_fetch.sh MIRROR")
+    return root
+
+
+def conf_text(name: str, flags: list[str], hf_dir: str) -> str:
+    """A Megatron-LM conf file (``conf/<org>/<model>.sh``) for ``name``: their layout (``HF_MODEL_CKPT``
+    default, ``TOKENIZER_MODEL`` from it, ``MODEL_ARGS``) with our flags, plus the two run-control flags every
+    one of their conf files carries (``mtrecipes flags`` prints only what describes the model)."""
+    pairs: list[str] = []
+    i = 0
+    while i < len(flags):
+        if i + 1 < len(flags) and not flags[i + 1].startswith("--"):
+            pairs.append(f"{flags[i]} {shlex.quote(flags[i + 1])}")
+            i += 2
+        else:
+            pairs.append(flags[i])
+            i += 1
+    body = "".join(f"    {p} \\\n" for p in ["--save-interval 100000", "--micro-batch-size 1", *pairs])
+    return (f"#!/bin/bash\n# {name}: written by benchmarks/vs_megatron_lm.py from `mtrecipes flags {name}`\n\n"
+            f"if [ -z ${{HF_MODEL_CKPT}} ]; then\n    HF_MODEL_CKPT={shlex.quote(hf_dir)}\n"
+            f"    TOKENIZER_MODEL={shlex.quote(hf_dir)}\nelse\n    TOKENIZER_MODEL=${{HF_MODEL_CKPT}}\nfi\n\n"
+            f'MODEL_ARGS=" \\\n{body}"\n')
+
+
+def our_flags(name: str) -> list[str]:
+    """``mtrecipes flags NAME --json``, through the CLI as a user would call it."""
+    out = subprocess.run([sys.executable, "-m", "modelopt_typed_recipes", "flags", name, "--json"], check=True,
+                         capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": _pythonpath()})
+    return json.loads(out.stdout)
+
+
+def write_conf(mlm: Path, name: str, hf_dir: str) -> str:
+    """Write ``conf/mtrecipes/<name>.sh`` into the Megatron-LM files; returns the conf name for the scripts."""
+    folder = mlm / EXAMPLES / "conf" / CONF_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.sh").write_text(conf_text(name, our_flags(name), hf_dir))
+    return f"{CONF_DIR}/{name}"
+
+
+def source_conf(mlm: Path, conf: str, hf_dir: str | None = None) -> list[str]:
+    """``MODEL_ARGS`` as bash splits it after sourcing a conf file (with ``HF_MODEL_CKPT`` set, as the runs do)."""
+    env = {k: v for k, v in os.environ.items() if k != "HF_MODEL_CKPT"}
+    if hf_dir:
+        env["HF_MODEL_CKPT"] = hf_dir
+    script = f'source {shlex.quote(str(mlm / EXAMPLES / "conf" / conf))}.sh; printf "%s\\0" ${{MODEL_ARGS}}'
+    out = subprocess.run(["bash", "-c", script], check=True, capture_output=True, text=True, env=env)
+    return [a for a in out.stdout.split("\0") if a]
+
+
+# --------------------------------------------------------------------------- calibration text
+
+def calibration_jsonl(windows: Any, tokenizer: Any, path: Path) -> dict[str, int]:
+    """Our calibration windows as text, one ``{"text": ...}`` line per window, for their
+    ``--calib-dataset-path-or-name``; and how many lines their tokenizer call (ModelOpt's calibration loader:
+    ``tokenizer(texts, padding=True, truncation=True, max_length=seq)``) gives back as exactly our ids."""
+    rows = windows.tolist()
+    seq = len(rows[0])
+    texts = [tokenizer.decode(r, skip_special_tokens=False, clean_up_tokenization_spaces=False) for r in rows]
+    path.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8")
+    back = tokenizer(texts, truncation=True, max_length=seq)["input_ids"]
+    exact = sum(1 for a, b in zip(back, rows) if a == b)
+    return {"lines": len(rows), "seq_length": seq, "lines_equal_to_our_ids": exact,
+            "tokens_equal": sum(sum(1 for x, y in zip(a, b) if x == y) for a, b in zip(back, rows)),
+            "tokens": len(rows) * seq}
+
+
+# --------------------------------------------------------------------------- the two flows
+
+def their_extra_args(case: str, *, windows: int, seq: int, batch: int, calib: Path, local_attention: bool,
+                     generate: bool) -> tuple[str, str]:
+    """``MLM_EXTRA_ARGS`` of their quantize.sh and export.sh runs (export.py takes no calibration flags)."""
+    model = list(CASES[case]["extra"]) + (["--export-force-local-attention"] if local_attention else [])
+    quant = [*model, "--calib-dataset-path-or-name", str(calib), "--calib-size", str(windows),
+             "--calib-max-sequence-length", str(seq), "--calib-batch-size", str(batch)]
+    if not generate:
+        quant.append("--skip-generate")
+    return " ".join(quant), " ".join(model)
+
+
+def their_env(mlm: Path, hf_dir: str, work: Path, extra: str, **paths: str) -> dict[str, str]:
+    """The environment of one of their scripts: Megatron-LM's ``megatron`` first on the path (its core, not
+    the wheel's, under their scripts), no pip at launch, one GPU."""
+    env = {**os.environ, **ENV, "HF_MODEL_CKPT": hf_dir, "MLM_WORK_DIR": str(work / "mlm_workspace"),
+           "MLM_SKIP_INSTALL": "1", "MLM_EXTRA_ARGS": extra, "TP": "1", "NO_VCS_VERSION": "1",
+           "PYTHONPATH": f"{mlm}:{_pythonpath()}", **paths}
+    if shutil.which("torchrun", path=env.get("PATH")) is None:  # their default launcher, from this Python
+        env["LAUNCH_SCRIPT"] = f"{sys.executable} -m torch.distributed.run --nproc_per_node=1"
+    return env
+
+
+def their_commands(mlm: Path, conf: str, fmt: str) -> dict[str, list[str]]:
+    ex = mlm / EXAMPLES
+    return {"quantize": ["bash", str(ex / "quantize.sh"), conf, FORMATS[fmt]],
+            "export": ["bash", str(ex / "export.sh"), conf]}
+
+
+RECORDER = '''#!/usr/bin/env python3
+"""Stands in for torchrun (their LAUNCH_SCRIPT): writes the command line a script would launch."""
+import json, os, sys
+with open(os.environ["VSMLM_ARGV_FILE"], "w") as f:
+    json.dump(sys.argv[1:], f)
+'''
+
+
+def recorded_argv(cmd: list[str], env: dict[str, str], folder: Path) -> list[str]:
+    """The ``entry.py ARGS...`` one of their scripts launches, recorded through their ``LAUNCH_SCRIPT``
+    variable instead of torchrun (nothing runs)."""
+    rec = folder / "record_argv.py"
+    rec.write_text(RECORDER)
+    rec.chmod(0o755)
+    target = folder / "argv.json"
+    target.unlink(missing_ok=True)
+    subprocess.run(cmd, env={**env, "LAUNCH_SCRIPT": str(rec), "VSMLM_ARGV_FILE": str(target)}, check=True,
+                   capture_output=True, text=True)
+    return json.loads(target.read_text())
+
+
+PARSE = '''
+import json, os, sys
+sys.dont_write_bytecode = True
+entry = sys.argv[1]
+sys.path.insert(0, os.path.dirname(entry))
+import importlib
+mod = importlib.import_module(os.path.basename(entry)[:-3])
+from megatron.training.arguments import parse_and_validate_args
+provider = mod.add_text_generate_ptq_args if hasattr(mod, "add_text_generate_ptq_args") else mod.add_modelopt_export_args
+sys.argv = [entry, *sys.argv[2:]]
+args = parse_and_validate_args(extra_args_provider=provider, args_defaults={
+    "tokenizer_type": "HuggingFaceTokenizer", "no_load_rng": True, "no_load_optim": True})
+import megatron.core
+print("VSMLM_ARGS " + json.dumps({k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, type(None)))}
+                                  | {"megatron_core_file": megatron.core.__file__}))
+'''
+
+
+def parse_their_args(argv: list[str], env: dict[str, str]) -> dict[str, Any]:
+    """Megatron-LM's own argument parsing and validation (``parse_and_validate_args`` with the entry point's
+    extra flags and defaults, which also builds the tokenizer) of a recorded command line, on the CPU."""
+    env = {**env, "WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0", "PYTHONDONTWRITEBYTECODE": "1"}
+    out = subprocess.run([sys.executable, "-c", PARSE, *argv], env=env, capture_output=True, text=True)
+    for line in out.stdout.splitlines():
+        if line.startswith("VSMLM_ARGS "):
+            return json.loads(line[len("VSMLM_ARGS "):])
+    raise RuntimeError(f"their parser refused the command line (rc {out.returncode}):\n{out.stderr[-3000:]}")
+
+
+def our_recipe(case: str, fmt: str, hf_dir: str, *, windows: int, seq: int, batch: int, out: Path) -> dict[str, Any]:
+    """The recipe of our run: the same two stages and calibration windows, Megatron-Core backend, one GPU."""
+    return {"name": f"vsmlm-{case}-{fmt}", "model": case, "source": {"type": "hf", "path": hf_dir},
+            "stages": [{"technique": "quantize", "format": fmt}, {"technique": "export", "format": "hf"}],
+            "calibration": {"dataset": "reference-train", "num_samples": windows, "seq_length": seq,
+                            "batch_size": batch},
+            "output_dir": str(out), "backend": "megatron", "device": "cuda"}
+
+
+def _pythonpath() -> str:
+    parts = [p for p in os.environ.get("PYTHONPATH", "").split(":") if p and ".mlm" not in p]
+    return ":".join(dict.fromkeys([*parts, str(ROOT)]))
+
+
+# --------------------------------------------------------------------------- measuring a process
+
+PEAK_HOOK = '''"""Written by benchmarks/vs_megatron_lm.py: at exit, the process's peak CUDA allocation (if it used CUDA)."""
+import atexit, json, os, sys
+
+
+def _vsmlm_peak():
+    torch = sys.modules.get("torch")
+    folder = os.environ.get("VSMLM_PEAK_DIR")
+    if torch is None or folder is None or not torch.cuda.is_initialized():
+        return
+    with open(os.path.join(folder, f"{os.getpid()}.json"), "w") as f:
+        json.dump({"argv": sys.argv[:2], "max_allocated": torch.cuda.max_memory_allocated(),
+                   "max_reserved": torch.cuda.max_memory_reserved()}, f)
+
+
+atexit.register(_vsmlm_peak)
+'''
+
+
+class GpuSampler:
+    """``nvidia-smi`` memory.used of GPU 0 every 50 ms in the background; ``peak()`` since ``start``."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, int]] = []
+        self.proc: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> GpuSampler:
+        if shutil.which("nvidia-smi"):
+            self.proc = subprocess.Popen(["nvidia-smi", "-i", "0", "--query-gpu=memory.used",
+                                          "--format=csv,noheader,nounits", "-lms", "50"],
+                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            threading.Thread(target=self._read, daemon=True).start()
+        return self
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                self.samples.append((time.perf_counter(), int(line.strip()) * 2**20))
+            except ValueError:
+                pass
+
+    def peak(self, start: float, end: float) -> int | None:
+        inside = [m for t, m in self.samples if start <= t <= end]
+        return max(inside) if inside else None
+
+    def idle(self) -> int | None:
+        return self.samples[-1][1] if self.samples else None
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait()
+
+
+def timed(cmd: list[str], env: dict[str, str], *, log: Path, label: str, sampler: GpuSampler, peak_dir: Path,
+          timeout: float) -> dict[str, Any]:
+    """Run one process; its wall, return code, GPU peak above idle (nvidia-smi) and torch peaks (exit hook)."""
+    shutil.rmtree(peak_dir, ignore_errors=True)
+    peak_dir.mkdir(parents=True)
+    env = {**env, "VSMLM_PEAK_DIR": str(peak_dir),
+           "PYTHONPATH": f"{peak_dir.parent / 'hook'}:{env.get('PYTHONPATH', '')}"}
+    idle = sampler.idle()
+    with open(log, "a") as f:
+        f.write(f"\n----- {label}: {' '.join(shlex.quote(c) for c in cmd)}\n")
+        f.flush()
+        t = time.perf_counter()
+        try:
+            rc = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            rc = 124
+        end = time.perf_counter()
+    time.sleep(0.1)
+    smi = sampler.peak(t, end)
+    hooks = [json.loads(p.read_text()) for p in peak_dir.glob("*.json")]
+    return {"wall_s": round(end - t, 2), "rc": rc,
+            "gpu_used_peak_bytes": smi - idle if smi is not None and idle is not None else None,
+            "torch_max_allocated_bytes": max((h["max_allocated"] for h in hooks), default=None),
+            "torch_max_reserved_bytes": max((h["max_reserved"] for h in hooks), default=None)}
+
+
+# --------------------------------------------------------------------------- comparing the exports
+
+SCALE_SUFFIXES = ("weight_scale_2", "weight_scale", "input_scale", "pre_quant_scale", "k_scale", "v_scale")
+
+
+def _kind(key: str) -> str:
+    for suf in SCALE_SUFFIXES:
+        if key.endswith("." + suf):
+            return suf
+    return "weight" if key.endswith(".weight") else "other"
+
+
+def _rel(a: Any, b: Any) -> float:
+    """Largest element-wise relative difference |a-b| / max(|b|, tiny), in float64."""
+    import torch
+
+    a, b = a.double(), b.double()
+    return float(((a - b).abs() / b.abs().clamp_min(torch.finfo(torch.float32).tiny)).max())
+
+
+def compare_exports(ours: Path, theirs: Path) -> dict[str, Any]:
+    """Tensor by tensor: bitwise equal (dtype, shape, bytes); where not, the largest relative difference per
+    kind (scales element-wise; weights after dequantization, relative to the layer's largest weight); and
+    whether ``config.json`` and ``hf_quant_config.json`` agree (file locations and producer left out)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from modelopt_typed_recipes.runtime.hf.export import decode_weight
+
+    def tensors(folder: Path) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in sorted(folder.glob("*.safetensors")):
+            out.update(load_file(str(f)))
+        return out
+
+    a, b = tensors(ours), tensors(theirs)
+    keys = sorted(set(a) & set(b))
+    equal = [k for k in keys if a[k].dtype == b[k].dtype and a[k].shape == b[k].shape
+             and torch.equal(a[k].view(-1).view(torch.uint8), b[k].view(-1).view(torch.uint8))]
+    differing = sorted(set(keys) - set(equal))
+    worst: dict[str, dict[str, Any]] = {}
+
+    def note(kind: str, key: str, value: float) -> None:
+        if kind not in worst or value > worst[kind]["max_rel_diff"]:
+            worst[kind] = {"max_rel_diff": value, "at": key}
+
+    for k in differing:
+        kind = _kind(k)
+        if a[k].shape != b[k].shape:
+            note(kind, k, float("inf"))
+        elif kind == "weight":
+            prefix = k[: -len(".weight")]
+            ea = {s: a[f"{prefix}.{s}"] for s in SCALE_SUFFIXES if f"{prefix}.{s}" in a}
+            eb = {s: b[f"{prefix}.{s}"] for s in SCALE_SUFFIXES if f"{prefix}.{s}" in b}
+            wa = decode_weight({"weight": a[k], **ea})[0] if "weight_scale" in ea else a[k].float()
+            wb = decode_weight({"weight": b[k], **eb})[0] if "weight_scale" in eb else b[k].float()
+            note("weight (dequantized, relative to the layer's largest)", k,
+                 float((wa.double() - wb.double()).abs().max() / wb.double().abs().max().clamp_min(1e-30)))
+        else:
+            note(kind, k, _rel(a[k], b[k]))
+    counts: dict[str, list[int]] = {}
+    for k in keys:
+        c = counts.setdefault(_kind(k), [0, 0])
+        c[0] += 1
+        c[1] += k in set(equal)
+
+    def meta(folder: Path, name: str) -> Any:
+        p = folder / name
+        if not p.is_file():
+            return None
+        d = json.loads(p.read_text())
+        if isinstance(d, dict):
+            d.pop("_name_or_path", None)
+            d.pop("producer", None)
+        return d
+
+    jsons = {n: meta(ours, n) == meta(theirs, n) for n in ("config.json", "hf_quant_config.json")}
+    return {"tensors": len(keys), "bitwise_equal_tensors": len(equal), "only_ours": sorted(set(a) - set(b))[:10],
+            "only_theirs": sorted(set(b) - set(a))[:10], "by_kind": {k: {"tensors": v[0], "bitwise_equal": v[1]}
+                                                                      for k, v in sorted(counts.items())},
+            "differing": worst, "json_equal": jsons,
+            "bitwise_equal": not differing and set(a) == set(b) and all(jsons.values())}
+
+
+def export_perplexity(folder: Path, tokenizer_dir: str, *, windows: int, seq: int, device: str) -> dict[str, Any]:
+    """Held-out perplexity (``reference-heldout``) of an exported checkpoint, decoded by the package's export
+    check (``runtime.hf.export.load_export``: weights dequantized, activations fake-quantized at their scales)."""
+    import torch
+
+    from modelopt_typed_recipes.runtime import data
+    from modelopt_typed_recipes.runtime.hf.evaluate import perplexity
+    from modelopt_typed_recipes.runtime.hf.export import load_export
+    from modelopt_typed_recipes.spec.recipe import TextData
+
+    tok = data.load_tokenizer(tokenizer_dir)
+    ev = data.token_windows(TextData(dataset="reference-heldout", num_samples=windows, seq_length=seq), tok,
+                            path="evaluation")
+    model, counts = load_export(folder, device=device)
+    try:
+        with torch.no_grad():
+            ppl = perplexity(model, data.batches(ev, 8), device=device, progress=False)
+    finally:
+        del model
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    return {"perplexity": ppl, "layers": counts, "windows": int(ev.shape[0]), "seq_length": seq}
+
+
+# --------------------------------------------------------------------------- models
+
+def reference_hf_dir() -> str:
+    from modelopt_typed_recipes.runtime.data import REFERENCE_DIR
+
+    return str(REFERENCE_DIR)
+
+
+def make_random_hf(arch_name: str, folder: Path, *, device: str) -> dict[str, Any]:
+    """An HF checkpoint of the architecture with transformers' random initialisation (seed 0) in bf16, and
+    the package's reference tokenizer (its ids fit the vocabulary)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from modelopt_typed_recipes.bridges.hf_config import to_hf_config
+    from modelopt_typed_recipes.catalog import get_arch
+    from modelopt_typed_recipes.runtime import data
+
+    t = time.perf_counter()
+    arch = get_arch(arch_name)
+    tok = data.load_tokenizer(None)
+    cfg = to_hf_config(arch)
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        cfg[key] = getattr(tok, key, None)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg), dtype=torch.bfloat16)
+    model.save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    params = sum(p.numel() for p in model.parameters())
+    del model
+    return {"seconds": round(time.perf_counter() - t, 2), "params": params, "device": device,
+            "tokenizer": "the package's reference tokenizer (4,096 ids)"}
+
+
+# --------------------------------------------------------------------------- one case
+
+def run_case(case: str, fmt: str, reps: int, a: argparse.Namespace, mlm: Path, work: Path, out: Path,
+             sampler: GpuSampler, deadline: float, te: bool) -> dict[str, Any]:
+    import torch
+
+    from modelopt_typed_recipes.runtime import data
+    from modelopt_typed_recipes.spec.recipe import Recipe, TextData
+    from modelopt_typed_recipes.spec.serde import to_yaml
+
+    log = out / "vs_megatron_lm.log"
+    cw = work / f"{case}-{fmt}"
+    shutil.rmtree(cw, ignore_errors=True)
+    cw.mkdir(parents=True)
+    row: dict[str, Any] = {"case": case, "format": fmt, "preset": FORMATS[fmt], "windows": a.windows, "seq": a.seq,
+                           "batch": a.batch, "te": te, "reps": []}
+    if case == "reference-llama":
+        hf_dir = reference_hf_dir()
+        conf = write_conf(mlm, case, hf_dir)
+        row["conf"] = f"conf/{conf}.sh (from `mtrecipes flags {case}`)"
+    else:
+        hf_dir = str(work / f"hf-{case}")
+        if not (Path(hf_dir) / "config.json").is_file():
+            row["hf_checkpoint"] = make_random_hf(case, Path(hf_dir), device="cuda")
+            torch.cuda.empty_cache()
+        conf = CASES[case]["conf"]
+        row["conf"] = f"conf/{conf}.sh (Megatron-LM's own)"
+    row["their_model_args"] = source_conf(mlm, conf, hf_dir)
+    tok = data.load_tokenizer(hf_dir)
+    windows = data.token_windows(TextData(dataset="reference-train", num_samples=a.windows, seq_length=a.seq), tok)
+    calib = cw / "calibration.jsonl"
+    row["calibration"] = calibration_jsonl(windows, tok, calib) | {"hash": data.data_hash(windows)}
+    q_extra, e_extra = their_extra_args(case, windows=a.windows, seq=a.seq, batch=a.batch, calib=calib,
+                                        local_attention=not te, generate=a.their_generate)
+    row["their_extra_args"] = {"quantize": q_extra, "export": e_extra}
+    recipe = Recipe.from_dict(our_recipe(case, fmt, hf_dir, windows=a.windows, seq=a.seq, batch=a.batch,
+                                         out=cw / "ours"))
+    (cw / "recipe.yaml").write_text(to_yaml(recipe))
+    ours_env = {**os.environ, **ENV, "PYTHONPATH": _pythonpath()}
+    ours_cmd = [sys.executable, "-m", "modelopt_typed_recipes", "run", str(cw / "recipe.yaml"), "--json",
+                "--no-progress"]
+    cmds = their_commands(mlm, conf, fmt)
+    paths = {"MLM_MODEL_SAVE": str(cw / "theirs-quant"), "MLM_MODEL_CKPT": "", "EXPORT_DIR": str(cw / "theirs-export")}
+    for rep in range(reps):
+        order = ("ours", "theirs") if rep % 2 == 0 else ("theirs", "ours")
+        r: dict[str, Any] = {"rep": rep, "order": list(order)}
+        guess = max([x.get("ours", {}).get("wall_s", 0) + sum(s.get("wall_s", 0) for s in x.get("theirs", {}).values())
+                     for x in row["reps"]] or [a.first_guess_s]) * 1.15
+        if deadline - time.time() < guess:
+            row["stopped"] = f"rep {rep} not started: {deadline - time.time():.0f} s left, a pair takes about {guess:.0f} s"
+            break
+        for who in order:
+            left = max(deadline - time.time(), 10)
+            if who == "ours":
+                shutil.rmtree(cw / "ours", ignore_errors=True)
+                r["ours"] = timed(ours_cmd, ours_env, log=log, label=f"{case} {fmt} rep{rep} ours", sampler=sampler,
+                                  peak_dir=work / "peaks", timeout=left)
+                manifest = cw / "ours" / "manifest.json"
+                if manifest.is_file():
+                    res = json.loads(manifest.read_text())["result"]
+                    r["ours"]["stages"] = {s["name"]: {"seconds": round(s["seconds"], 3),
+                                                       "peak_memory_bytes": s["peak_memory_bytes"]} for s in res["stages"]}
+                    r["ours"]["timings"] = {k: round(v, 3) for k, v in res["timings"].items()}
+                    r["ours"]["in_process_s"] = round(res["seconds"], 3)
+                    r["ours"]["calibration_hash"] = res["calibration_hash"]
+                    r["ours"]["export"] = str(cw / "ours" / res["stages"][-1]["outputs"][0])
+            else:
+                shutil.rmtree(cw / "theirs-quant", ignore_errors=True)
+                shutil.rmtree(cw / "theirs-export", ignore_errors=True)
+                r["theirs"] = {}
+                for step, extra in (("quantize", q_extra), ("export", e_extra)):
+                    env = their_env(mlm, hf_dir, cw, extra, **paths)
+                    if step == "export":
+                        env["MLM_MODEL_CKPT"] = paths["MLM_MODEL_SAVE"]
+                    left = max(deadline - time.time(), 10)
+                    r["theirs"][step] = timed(cmds[step], env, log=log, label=f"{case} {fmt} rep{rep} theirs {step}",
+                                              sampler=sampler, peak_dir=work / "peaks", timeout=left)
+                    if r["theirs"][step]["rc"] != 0:
+                        break
+        ours_export = Path(r.get("ours", {}).get("export", cw / "missing"))
+        theirs_export = cw / "theirs-export"
+        if ours_export.is_dir() and (theirs_export / "config.json").is_file():
+            r["compare"] = compare_exports(ours_export, theirs_export)
+            if "perplexity" not in row and a.eval_windows:
+                row["perplexity"] = {
+                    who: export_perplexity(folder, hf_dir, windows=a.eval_windows, seq=a.seq, device="cuda")
+                    for who, folder in (("ours", ours_export), ("theirs", theirs_export))}
+        row["reps"].append(r)
+        summarize(row)
+        with open(log, "a") as f:
+            f.write(f"[{time.strftime('%H:%M:%S')}] {case} {fmt} rep {rep}: {json.dumps(r, default=str)}\n")
+        print(f"[{time.strftime('%H:%M:%S')}] {case} {fmt} rep {rep}: ours {r.get('ours', {}).get('wall_s')} s, "
+              f"theirs {[(k, v.get('wall_s'), v.get('rc')) for k, v in r.get('theirs', {}).items()]}, "
+              f"bitwise {r.get('compare', {}).get('bitwise_equal_tensors')}/{r.get('compare', {}).get('tensors')}",
+              flush=True)
+    shutil.rmtree(cw, ignore_errors=True)
+    return row
+
+
+def summarize(row: dict[str, Any]) -> None:
+    done = [r for r in row["reps"] if r.get("ours", {}).get("rc") == 0
+            and all(s.get("rc") == 0 for s in r.get("theirs", {}).values()) and len(r.get("theirs", {})) == 2]
+    row["reps_done"] = len(done)
+    if not done:
+        return
+
+    def med(values: list[float | None]) -> float | None:
+        v = [x for x in values if x is not None]
+        return round(statistics.median(v), 3) if v else None
+
+    theirs_total = [sum(s["wall_s"] for s in r["theirs"].values()) for r in done]
+    ours_total = [r["ours"]["wall_s"] for r in done]
+    stage_names = list(done[-1]["ours"].get("stages", {}))
+    row["median"] = {
+        "ours_wall_s": med(ours_total), "theirs_wall_s": med(theirs_total),
+        "ratio": round(statistics.median(ours_total) / statistics.median(theirs_total), 4),
+        "theirs_step_wall_s": {s: med([r["theirs"][s]["wall_s"] for r in done]) for s in ("quantize", "export")},
+        "ours_stage_s": {s: med([r["ours"].get("stages", {}).get(s, {}).get("seconds") for r in done])
+                         for s in stage_names},
+        "ours_timings_s": {k: med([r["ours"].get("timings", {}).get(k) for r in done])
+                           for k in done[-1]["ours"].get("timings", {})},
+        "ours_in_process_s": med([r["ours"].get("in_process_s") for r in done]),
+    }
+    row["peak"] = {
+        "ours_gpu_used_bytes": max((r["ours"]["gpu_used_peak_bytes"] or 0) for r in done),
+        "ours_torch_stage_peak_bytes": {s: max(r["ours"].get("stages", {}).get(s, {}).get("peak_memory_bytes") or 0
+                                               for r in done) for s in stage_names},
+        "theirs_gpu_used_bytes": {s: max((r["theirs"][s]["gpu_used_peak_bytes"] or 0) for r in done)
+                                  for s in ("quantize", "export")},
+        "theirs_torch_max_allocated_bytes": {s: max((r["theirs"][s]["torch_max_allocated_bytes"] or 0) for r in done)
+                                             for s in ("quantize", "export")},
+    }
+    compared = [r["compare"] for r in done if "compare" in r]
+    if compared:
+        row["bitwise_equal"] = all(c["bitwise_equal"] for c in compared)
+        row["compare_last"] = compared[-1]
+
+
+# --------------------------------------------------------------------------- main
+
+def has_te() -> bool:
+    import importlib.util
+
+    if importlib.util.find_spec("transformer_engine") is None:
+        return False
+    try:
+        import transformer_engine.pytorch  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cases", default="reference-llama:fp8,reference-llama:nvfp4,qwen3-0.6b:fp8,qwen3-0.6b:nvfp4",
+                   help="CASE:FORMAT,... (cases: %s; formats: %s)" % (", ".join(CASES), ", ".join(FORMATS)))
+    p.add_argument("--reps", type=int, default=3, help="repetitions per case (the order alternates)")
+    p.add_argument("--windows", type=int, default=128, help="calibration windows (both flows)")
+    p.add_argument("--seq", type=int, default=256, help="calibration sequence length (both flows)")
+    p.add_argument("--batch", type=int, default=8, help="calibration batch size (both flows)")
+    p.add_argument("--eval-windows", type=int, default=32, help="held-out windows for the exports' perplexity (0: none)")
+    p.add_argument("--their-generate", action="store_true", help="let quantize.sh run its sanity generation")
+    p.add_argument("--smoke", action="store_true", help="reference-llama FP8, one repetition, and the Qwen3 checkpoint")
+    p.add_argument("--mlm", default=str(ROOT / ".mlm"), help="the Megatron-LM files (vs_megatron_lm_fetch.sh)")
+    p.add_argument("--work", default="/tmp/vsmlm_work")
+    p.add_argument("--budget-s", type=float, default=520, help="start no repetition that would end after this")
+    p.add_argument("--first-guess-s", type=float, default=60, help="assumed wall of a first pair")
+    a = p.parse_args(argv)
+    deadline = time.time() + a.budget_s
+    mlm = mlm_root(a.mlm)
+    out = Path(os.environ.get("OUT") or ROOT / "benchmarks" / "raw" / "session5") / "vsmlm"
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(a.work)
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "hook").mkdir(parents=True)
+    (work / "hook" / "sitecustomize.py").write_text(PEAK_HOOK)
+    te = has_te()
+    cases = "reference-llama:fp8" if a.smoke else a.cases
+    reps = 1 if a.smoke else a.reps
+    import torch
+
+    smi = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                         capture_output=True, text=True).stdout.strip()
+    info = {"gpu": smi, "python": sys.version.split()[0], "torch": torch.__version__, "transformer_engine": te,
+            "megatron_lm_commit": (mlm / "COMMIT").read_text().strip(), "args": vars(a),
+            "torchrun": shutil.which("torchrun"), "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    print(json.dumps(info), flush=True)
+    result: dict[str, Any] = {"info": info, "cases": []}
+    path = out / "vs_megatron_lm.json"
+    with GpuSampler() as sampler:
+        time.sleep(0.5)
+        if a.smoke:
+            t = time.perf_counter()
+            qdir = work / "hf-qwen3-0.6b"
+            result["qwen3_checkpoint"] = make_random_hf("qwen3-0.6b", qdir, device="cuda")
+            result["qwen3_checkpoint"]["files"] = sorted(f.name for f in qdir.iterdir())
+            result["qwen3_checkpoint"]["wall_s"] = round(time.perf_counter() - t, 2)
+            torch.cuda.empty_cache()
+            print(json.dumps(result["qwen3_checkpoint"]), flush=True)
+        for spec in cases.split(","):
+            case, fmt = spec.split(":")
+            if time.time() > deadline - 20:
+                result["cases"].append({"case": case, "format": fmt, "stopped": "not started (budget)"})
+                continue
+            row = run_case(case, fmt, reps, a, mlm, work, out, sampler, deadline, te)
+            result["cases"].append(row)
+            path.write_text(json.dumps(result, indent=1, default=str))
+            print(json.dumps({k: row.get(k) for k in ("case", "format", "reps_done", "median", "bitwise_equal",
+                                                      "perplexity", "stopped")}, default=str), flush=True)
+    result["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    path.write_text(json.dumps(result, indent=1, default=str))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

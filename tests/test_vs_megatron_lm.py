@@ -1,0 +1,204 @@
+"""The CPU pieces of ``benchmarks/vs_megatron_lm.py`` (Megatron-LM's quantize.sh/export.sh next to a recipe).
+
+What needs no Megatron-LM files runs everywhere: the conf file written from ``mtrecipes flags`` as bash reads
+it, the calibration ``.jsonl`` (read back by ModelOpt's own reader, tokenised back to our ids), the two
+recipes' checks, the export comparison on our own exports, the process timer. What needs the Megatron-LM
+files (``.mlm/``, made by ``benchmarks/vs_megatron_lm_fetch.sh`` from a git mirror; CI has none) is skipped
+without them: their shell scripts' command lines and Megatron-LM's own argument parser on them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import vs_megatron_lm as V  # noqa: E402
+
+MLM = ROOT / ".mlm"
+HAVE_MLM = (MLM / "COMMIT").is_file() and (MLM / "COMMIT").read_text().startswith(V.MLM_COMMIT)
+needs_mlm = pytest.mark.skipif(not HAVE_MLM, reason="no Megatron-LM files in .mlm/ (benchmarks/vs_megatron_lm_fetch.sh)")
+
+
+def _qwen_hf(folder: Path) -> str:
+    """A Qwen3-0.6B-shaped HF folder without weights (config and tokenizer: what checks and parsers read)."""
+    from modelopt_typed_recipes.catalog import get_arch
+    from modelopt_typed_recipes.runtime import data
+    from modelopt_typed_recipes.runtime.megatron.stages import write_hf_reference
+
+    write_hf_reference(folder, get_arch("qwen3-0.6b"), data.load_tokenizer(None))
+    return str(folder)
+
+
+def test_conf_file_gives_bash_our_flags(tmp_path: Path) -> None:
+    flags = V.our_flags("reference-llama")
+    assert "--num-layers" in flags and "--padded-vocab-size" in flags
+    hf = "/models/with space/ref"  # quoted in the file
+    conf = tmp_path / V.EXAMPLES / "conf" / "x" / "ref.sh"
+    conf.parent.mkdir(parents=True)
+    conf.write_text(V.conf_text("reference-llama", flags, hf))
+    assert V.source_conf(tmp_path, "x/ref") == ["--save-interval", "100000", "--micro-batch-size", "1", *flags]
+    # HF_MODEL_CKPT unset: the file's default checkpoint and tokenizer; set: the tokenizer follows it
+    script = f"source {conf}; echo \"$HF_MODEL_CKPT|$TOKENIZER_MODEL\""
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "HF_MODEL_CKPT"}
+    assert subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True).stdout.strip() == f"{hf}|{hf}"
+    env["HF_MODEL_CKPT"] = "/elsewhere"
+    assert subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True).stdout.strip() == \
+        "/elsewhere|/elsewhere"
+
+
+def test_calibration_jsonl_reads_back_as_our_windows(tmp_path: Path) -> None:
+    from modelopt.torch.utils.dataset_utils import get_dataset_samples
+
+    from modelopt_typed_recipes.runtime import data
+    from modelopt_typed_recipes.spec.recipe import TextData
+
+    tok = data.load_tokenizer(None)
+    windows = data.token_windows(TextData(dataset="reference-train", num_samples=128, seq_length=256), tok)
+    path = tmp_path / "calibration.jsonl"
+    stats = V.calibration_jsonl(windows, tok, path)
+    assert stats["lines"] == 128 and stats["lines_equal_to_our_ids"] == 128 and stats["tokens_equal"] == 128 * 256
+    # ModelOpt's reader (the one their quantize.py's calibration loop uses) gives the same texts back
+    texts = get_dataset_samples(str(path), 128)
+    assert len(texts) == 128
+    back = tok(texts, truncation=True, max_length=256)["input_ids"]
+    assert back == windows.tolist()
+
+
+@pytest.mark.parametrize("case", list(V.CASES))
+@pytest.mark.parametrize("fmt", list(V.FORMATS))
+def test_our_recipe_passes_check(case: str, fmt: str, tmp_path: Path) -> None:
+    from modelopt_typed_recipes.plan.check import Environment, check_recipe
+    from modelopt_typed_recipes.spec.recipe import Recipe
+
+    hf = V.reference_hf_dir() if case == "reference-llama" else _qwen_hf(tmp_path / "hf")
+    recipe = Recipe.from_dict(V.our_recipe(case, fmt, hf, windows=128, seq=256, batch=8, out=tmp_path / "out"))
+    plan = check_recipe(recipe, env=Environment(megatron_core="0.19.2", modelopt="0.47.0", cuda=True, gpu_count=1,
+                                                transformer_engine=True))
+    assert plan.ok, [str(e) for e in plan.errors]
+    assert [s.stage.technique for s in plan.stages] == ["quantize", "export"]
+
+
+@pytest.fixture(scope="module")
+def fp8_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from modelopt_typed_recipes import run_post_training
+    from modelopt_typed_recipes.spec.recipe import Recipe
+
+    out = tmp_path_factory.mktemp("vsmlm") / "ours"
+    d = V.our_recipe("reference-llama", "fp8", V.reference_hf_dir(), windows=8, seq=256, batch=8, out=out)
+    d.update(backend="hf", device="cpu")  # the same recipe on the CPU backend: an export to compare
+    res = run_post_training(Recipe.from_dict(d), progress=False)
+    return Path(res.output_dir) / res.stages[-1].outputs[0]
+
+
+def test_compare_exports_bitwise_and_relative(fp8_export: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    same = V.compare_exports(fp8_export, fp8_export)
+    assert same["bitwise_equal"] and same["tensors"] == same["bitwise_equal_tensors"] == 141
+    assert same["by_kind"]["weight_scale"] == {"tensors": 42, "bitwise_equal": 42}
+
+    other = tmp_path / "other"
+    shutil.copytree(fp8_export, other)
+    (f,) = sorted(other.glob("*.safetensors"))
+    state = load_file(str(f))
+    state["model.layers.1.mlp.down_proj.weight_scale"] = state["model.layers.1.mlp.down_proj.weight_scale"] * 1.5
+    state["model.layers.2.self_attn.q_proj.input_scale"] = state["model.layers.2.self_attn.q_proj.input_scale"] * 1.25
+    save_file(state, str(f), metadata={"format": "pt"})
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["_name_or_path"] = "/somewhere/else"  # where the source was: not a difference
+    (other / "config.json").write_text(json.dumps(cfg))
+
+    diff = V.compare_exports(fp8_export, other)
+    assert not diff["bitwise_equal"] and diff["bitwise_equal_tensors"] == 139
+    assert diff["json_equal"] == {"config.json": True, "hf_quant_config.json": True}
+    assert diff["differing"]["weight_scale"]["at"] == "model.layers.1.mlp.down_proj.weight_scale"
+    assert diff["differing"]["weight_scale"]["max_rel_diff"] == pytest.approx(1 / 3, rel=1e-3)  # |a-b|/|b|, b=1.5a
+    assert diff["differing"]["input_scale"]["max_rel_diff"] == pytest.approx(0.2, rel=1e-3)
+    # the FP8 weight bytes are equal, so its tensor counts as equal; the scale change shows up in the scale
+
+
+def test_export_perplexity_on_the_cpu(fp8_export: Path) -> None:
+    ppl = V.export_perplexity(fp8_export, V.reference_hf_dir(), windows=4, seq=256, device="cpu")
+    assert ppl["layers"] == {"fp8": 42} and ppl["windows"] == 4
+    assert 5 < ppl["perplexity"] < 200  # the reference model's held-out perplexity is about 37
+
+
+def test_timed_process_and_summary(tmp_path: Path) -> None:
+    import os
+
+    with V.GpuSampler() as sampler:
+        ok = V.timed([sys.executable, "-c", "print('hi')"], dict(os.environ), log=tmp_path / "log", label="ok",
+                     sampler=sampler, peak_dir=tmp_path / "peaks", timeout=60)
+        bad = V.timed([sys.executable, "-c", "raise SystemExit(3)"], dict(os.environ), log=tmp_path / "log",
+                      label="bad", sampler=sampler, peak_dir=tmp_path / "peaks", timeout=60)
+    assert ok["rc"] == 0 and bad["rc"] == 3 and ok["wall_s"] > 0
+    assert ok["torch_max_allocated_bytes"] is None  # no CUDA used
+    assert "----- ok:" in (tmp_path / "log").read_text()
+
+    def rep(ours: float, q: float, e: float) -> dict:
+        step = {"rc": 0, "gpu_used_peak_bytes": 10, "torch_max_allocated_bytes": 5}
+        return {"ours": {"rc": 0, "wall_s": ours, "gpu_used_peak_bytes": 7, "stages": {"quantize-fp8": {
+            "seconds": 1.0, "peak_memory_bytes": 3}}}, "theirs": {"quantize": {**step, "wall_s": q},
+                                                                  "export": {**step, "wall_s": e}}}
+
+    row = {"reps": [rep(10, 20, 10), rep(12, 30, 10), rep(11, 25, 5), {"ours": {"rc": 1}}]}
+    V.summarize(row)
+    assert row["reps_done"] == 3
+    assert row["median"]["ours_wall_s"] == 11 and row["median"]["theirs_wall_s"] == 30
+    assert row["median"]["ratio"] == pytest.approx(11 / 30, abs=1e-4)
+    assert row["median"]["theirs_step_wall_s"] == {"quantize": 25, "export": 10}
+
+
+@needs_mlm
+@pytest.mark.parametrize("case", list(V.CASES))
+def test_their_parser_accepts_the_runs(case: str, tmp_path: Path) -> None:
+    """Their shell scripts (conf/arguments.sh, the conf file, quantize.sh / export.sh) build the command lines,
+    recorded through their LAUNCH_SCRIPT; Megatron-LM's own parse_and_validate_args accepts them with the
+    entry points' extra flags, builds the tokenizer from the local folder, and describes our architecture."""
+    from modelopt_typed_recipes.catalog import get_arch
+
+    mlm = V.mlm_root(MLM)
+    arch = get_arch(case)
+    if case == "reference-llama":
+        hf = V.reference_hf_dir()
+        conf = V.write_conf(mlm, case, hf)
+    else:
+        hf = _qwen_hf(tmp_path / "hf")
+        conf = V.CASES[case]["conf"]
+    q, e = V.their_extra_args(case, windows=128, seq=256, batch=8, calib=tmp_path / "c.jsonl", local_attention=False,
+                              generate=False)
+    paths = {"MLM_MODEL_SAVE": str(tmp_path / "quant"), "MLM_MODEL_CKPT": "", "EXPORT_DIR": str(tmp_path / "export")}
+    cmds = V.their_commands(mlm, conf, "nvfp4")
+    seen = {}
+    for step, extra in (("quantize", q), ("export", e)):
+        env = V.their_env(mlm, hf, tmp_path, extra, **paths)
+        if step == "export":
+            env["MLM_MODEL_CKPT"] = paths["MLM_MODEL_SAVE"]
+        argv = V.recorded_argv(cmds[step], env, tmp_path)
+        assert argv[0].endswith(f"{step}.py")
+        seen[step] = V.parse_their_args(argv, env)
+    qa, ea = seen["quantize"], seen["export"]
+    for args in (qa, ea):
+        assert args["megatron_core_file"].startswith(str(mlm))  # their core, not the wheel's
+        assert (args["num_layers"], args["hidden_size"], args["ffn_hidden_size"]) == \
+            (arch.num_layers, arch.hidden_size, arch.ffn_hidden_size)
+        assert (args["num_attention_heads"], args["num_query_groups"]) == \
+            (arch.attention.num_heads, arch.attention.num_query_groups)
+        assert args["padded_vocab_size"] == arch.vocab.padded(1)
+        assert args["layernorm_epsilon"] == pytest.approx(arch.norm.epsilon)
+        assert args["untie_embeddings_and_output_weights"] == (not arch.tie_embeddings)
+        assert args["export_te_mcore_model"] and args["tokenizer_model"] == hf
+    assert (qa["calib_size"], qa["calib_max_sequence_length"], qa["calib_batch_size"]) == (128, 256, 8)
+    assert qa["export_quant_cfg"] == "NVFP4_DEFAULT_CFG" and qa["skip_generate"] and qa["pretrained_model_path"] == hf
+    assert qa["save"] == paths["MLM_MODEL_SAVE"] and ea["load"] == paths["MLM_MODEL_SAVE"]
+    assert ea["export_dir"] == paths["EXPORT_DIR"] and ea["pretrained_model_name"] == hf
