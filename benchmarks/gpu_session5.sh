@@ -35,6 +35,11 @@ ok = getattr(e, '$ext')(raise_if_failed=True) is not None; print('$ext', ok, rou
         | grep -v -i "warn\|parquet" | tail -n 40 | tee "$OUT/evalres/pytest.log"
       OUT="$OUT" python3 benchmarks/tasks_gpu.py --budget 80 2>&1 | grep -v -i "warn\|parquet\|MMLU:" \
         | tee "$OUT/evalres/tasks_gpu.log" ;;
+    vsmlm)  # issue 15: Megatron-LM's quantize.sh + export.sh (.mlm/ carried) next to one recipe; TE when present.
+      # VSMLM_ARGS: the dev smoke is `--smoke --budget-s 110` (no TE), the final run `--reps 3 --budget-s 520`
+      if [ -n "${MTR_TE_SITE:-}" ]; then run=te; else run=; fi
+      OUT="$OUT" $run python3 benchmarks/vs_megatron_lm.py ${VSMLM_ARGS:---reps 3 --budget-s 520} 2>&1 \
+        | grep -v -i "warn" | tail -n 60 | tee "$OUT/vsmlm/run.log" ;;
     *) echo "unknown part $part" ;;
   esac
   echo "=== $part took $(( $(date +%s) - start )) s"

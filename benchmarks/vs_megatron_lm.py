@@ -35,7 +35,7 @@ and a log of everything the processes printed.
 
     bash benchmarks/vs_megatron_lm_fetch.sh MIRROR.git          # once, where a mirror exists
     python3 benchmarks/vs_megatron_lm.py --reps 3               # on the GPU machine (TE installed)
-    python3 benchmarks/vs_megatron_lm.py --smoke                # no TE: reference-llama FP8, 1 repetition
+    python3 benchmarks/vs_megatron_lm.py --smoke --budget-s 110 # no TE: Qwen3 checkpoint, reference-llama
 """
 
 from __future__ import annotations
@@ -215,7 +215,7 @@ def parse_their_args(argv: list[str], env: dict[str, str]) -> dict[str, Any]:
     """Megatron-LM's own argument parsing and validation (``parse_and_validate_args`` with the entry point's
     extra flags and defaults, which also builds the tokenizer) of a recorded command line, on the CPU."""
     env = {**env, "WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0", "PYTHONDONTWRITEBYTECODE": "1"}
-    out = subprocess.run([sys.executable, "-c", PARSE, *argv], env=env, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", PARSE, *argv], env=env, capture_output=True, text=True, check=False)
     for line in out.stdout.splitlines():
         if line.startswith("VSMLM_ARGS "):
             return json.loads(line[len("VSMLM_ARGS "):])
@@ -263,7 +263,7 @@ class GpuSampler:
         self.samples: list[tuple[float, int]] = []
         self.proc: subprocess.Popen[str] | None = None
 
-    def __enter__(self) -> GpuSampler:
+    def __enter__(self) -> GpuSampler:  # noqa: PYI034
         if shutil.which("nvidia-smi"):
             self.proc = subprocess.Popen(["nvidia-smi", "-i", "0", "--query-gpu=memory.used",
                                           "--format=csv,noheader,nounits", "-lms", "50"],
@@ -304,9 +304,12 @@ def timed(cmd: list[str], env: dict[str, str], *, log: Path, label: str, sampler
         f.write(f"\n----- {label}: {' '.join(shlex.quote(c) for c in cmd)}\n")
         f.flush()
         t = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
         try:
-            rc = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, timeout=timeout).returncode
-        except subprocess.TimeoutExpired:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:  # the whole group: bash, torchrun and its worker
+            os.killpg(proc.pid, 9)
+            proc.wait()
             rc = 124
         end = time.perf_counter()
     time.sleep(0.1)
@@ -608,7 +611,7 @@ def has_te() -> bool:
         return False
     try:
         import transformer_engine.pytorch  # noqa: F401
-    except Exception:
+    except Exception:  # noqa: BLE001  (a broken TE install is no TE)
         return False
     return True
 
@@ -616,14 +619,14 @@ def has_te() -> bool:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", default="reference-llama:fp8,reference-llama:nvfp4,qwen3-0.6b:fp8,qwen3-0.6b:nvfp4",
-                   help="CASE:FORMAT,... (cases: %s; formats: %s)" % (", ".join(CASES), ", ".join(FORMATS)))
+                   help=f"CASE:FORMAT,... (cases: {', '.join(CASES)}; formats: {', '.join(FORMATS)})")
     p.add_argument("--reps", type=int, default=3, help="repetitions per case (the order alternates)")
     p.add_argument("--windows", type=int, default=128, help="calibration windows (both flows)")
     p.add_argument("--seq", type=int, default=256, help="calibration sequence length (both flows)")
     p.add_argument("--batch", type=int, default=8, help="calibration batch size (both flows)")
     p.add_argument("--eval-windows", type=int, default=32, help="held-out windows for the exports' perplexity (0: none)")
     p.add_argument("--their-generate", action="store_true", help="let quantize.sh run its sanity generation")
-    p.add_argument("--smoke", action="store_true", help="reference-llama FP8, one repetition, and the Qwen3 checkpoint")
+    p.add_argument("--smoke", action="store_true", help="the Qwen3 checkpoint, then reference-llama NVFP4 and FP8, one repetition each")
     p.add_argument("--mlm", default=str(ROOT / ".mlm"), help="the Megatron-LM files (vs_megatron_lm_fetch.sh)")
     p.add_argument("--work", default="/tmp/vsmlm_work")
     p.add_argument("--budget-s", type=float, default=520, help="start no repetition that would end after this")
@@ -638,12 +641,12 @@ def main(argv: list[str] | None = None) -> None:
     (work / "hook").mkdir(parents=True)
     (work / "hook" / "sitecustomize.py").write_text(PEAK_HOOK)
     te = has_te()
-    cases = "reference-llama:fp8" if a.smoke else a.cases
+    cases = "reference-llama:nvfp4,reference-llama:fp8" if a.smoke else a.cases
     reps = 1 if a.smoke else a.reps
     import torch
 
     smi = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                         capture_output=True, text=True).stdout.strip()
+                         capture_output=True, text=True, check=False).stdout.strip()
     info = {"gpu": smi, "python": sys.version.split()[0], "torch": torch.__version__, "transformer_engine": te,
             "megatron_lm_commit": (mlm / "COMMIT").read_text().strip(), "args": vars(a),
             "torchrun": shutil.which("torchrun"), "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}

@@ -19,7 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import vs_megatron_lm as V  # noqa: E402
+import vs_megatron_lm as V
 
 MLM = ROOT / ".mlm"
 HAVE_MLM = (MLM / "COMMIT").is_file() and (MLM / "COMMIT").read_text().startswith(V.MLM_COMMIT)
@@ -50,9 +50,9 @@ def test_conf_file_gives_bash_our_flags(tmp_path: Path) -> None:
     import subprocess
 
     env = {k: v for k, v in os.environ.items() if k != "HF_MODEL_CKPT"}
-    assert subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True).stdout.strip() == f"{hf}|{hf}"
+    assert subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, check=True).stdout.strip() == f"{hf}|{hf}"
     env["HF_MODEL_CKPT"] = "/elsewhere"
-    assert subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True).stdout.strip() == \
+    assert subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, check=True).stdout.strip() == \
         "/elsewhere|/elsewhere"
 
 
@@ -202,3 +202,22 @@ def test_their_parser_accepts_the_runs(case: str, tmp_path: Path) -> None:
     assert qa["export_quant_cfg"] == "NVFP4_DEFAULT_CFG" and qa["skip_generate"] and qa["pretrained_model_path"] == hf
     assert qa["save"] == paths["MLM_MODEL_SAVE"] and ea["load"] == paths["MLM_MODEL_SAVE"]
     assert ea["export_dir"] == paths["EXPORT_DIR"] and ea["pretrained_model_name"] == hf
+
+
+def test_timed_kills_the_whole_group_at_its_timeout(tmp_path: Path) -> None:
+    """A process that outlives its time is stopped with its children (torchrun's worker), rc 124."""
+    import os
+    import time
+
+    pidfile = tmp_path / "child.pid"
+    script = f"import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); " \
+             f"open({str(pidfile)!r}, 'w').write(str(p.pid)); time.sleep(60)"
+    with V.GpuSampler() as sampler:
+        r = V.timed([sys.executable, "-c", script], dict(os.environ), log=tmp_path / "log", label="slow",
+                    sampler=sampler, peak_dir=tmp_path / "peaks", timeout=3)
+    assert r["rc"] == 124 and r["wall_s"] < 10
+    child = int(pidfile.read_text())
+    time.sleep(0.2)
+    status = Path(f"/proc/{child}/status")
+    state = status.read_text().split("State:")[1].split()[0] if status.exists() else "gone"
+    assert state in ("gone", "Z", "X")  # killed (a zombie until its new parent reaps it)
