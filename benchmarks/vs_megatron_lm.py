@@ -147,7 +147,8 @@ def calibration_jsonl(windows: Any, tokenizer: Any, path: Path) -> dict[str, int
 def their_extra_args(case: str, *, windows: int, seq: int, batch: int, calib: Path, local_attention: bool,
                      generate: bool) -> tuple[str, str]:
     """``MLM_EXTRA_ARGS`` of their quantize.sh and export.sh runs (export.py takes no calibration flags)."""
-    model = list(CASES[case]["extra"]) + (["--export-force-local-attention"] if local_attention else [])
+    smoke = ["--export-force-local-attention", "--no-persist-layer-norm"]  # no TE: local attention, torch norms
+    model = list(CASES[case]["extra"]) + (smoke if local_attention else [])
     quant = [*model, "--calib-dataset-path-or-name", str(calib), "--calib-size", str(windows),
              "--calib-max-sequence-length", str(seq), "--calib-batch-size", str(batch)]
     if not generate:
@@ -155,15 +156,58 @@ def their_extra_args(case: str, *, windows: int, seq: int, batch: int, calib: Pa
     return " ".join(quant), " ".join(model)
 
 
-def their_env(mlm: Path, hf_dir: str, work: Path, extra: str, **paths: str) -> dict[str, str]:
+def their_env(mlm: Path, hf_dir: str, work: Path, extra: str, *, torch_norm: bool = False,
+              **paths: str) -> dict[str, str]:
     """The environment of one of their scripts: Megatron-LM's ``megatron`` first on the path (its core, not
     the wheel's, under their scripts), no pip at launch, one GPU."""
     env = {**os.environ, **ENV, "HF_MODEL_CKPT": hf_dir, "MLM_WORK_DIR": str(work / "mlm_workspace"),
            "MLM_SKIP_INSTALL": "1", "MLM_EXTRA_ARGS": extra, "TP": "1", "NO_VCS_VERSION": "1",
-           "PYTHONPATH": f"{mlm}:{_pythonpath()}", **paths}
+           "PYTHONPATH": ":".join([str(mlm), *THEIR_EXTRA_PATH, _pythonpath()]), **paths}
+    if torch_norm:
+        env["VSMLM_TORCH_NORM"] = "1"
     if shutil.which("torchrun", path=env.get("PATH")) is None:  # their default launcher, from this Python
         env["LAUNCH_SCRIPT"] = f"{sys.executable} -m torch.distributed.run --nproc_per_node=1"
     return env
+
+
+THEIR_EXTRA_PATH: list[str] = []
+"""Folders their processes also need on ``PYTHONPATH`` (pybind11 for the helper build, when installed here)."""
+
+
+def prepare_megatron_lm(mlm: Path, work: Path) -> dict[str, Any]:
+    """Once, untimed: the C++ dataset helper that Megatron-LM's ``initialize_megatron()`` builds with ``make`` at
+    every launch (up to date afterwards, as in a user's checkout after the first run), with pybind11 from
+    ``.mlm/wheels`` when this Python has none. Should the build still fail (no compiler or Python headers), an
+    empty stand-in lets their make step pass: quantize.py and export.py never load the helper (it indexes
+    training data); the result says which happened."""
+    env = {**os.environ, "PYTHONPATH": ":".join([*THEIR_EXTRA_PATH, _pythonpath()])}
+    info: dict[str, Any] = {}
+    probe = subprocess.run(["python3", "-c", "import pybind11; print(pybind11.__version__)"], env=env,
+                           capture_output=True, text=True, check=False)
+    if probe.returncode != 0:
+        wheels = sorted((mlm / "wheels").glob("pybind11-*.whl"))
+        target = work / "pybind11"
+        if wheels:
+            subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--target",
+                            str(target), str(wheels[-1])], check=False, capture_output=True)
+            THEIR_EXTRA_PATH.append(str(target))
+            env["PYTHONPATH"] = ":".join([*THEIR_EXTRA_PATH, _pythonpath()])
+        info["pybind11"] = f"installed from {wheels[-1].name}" if wheels else "missing"
+    else:
+        info["pybind11"] = probe.stdout.strip()
+    folder = mlm / "megatron" / "core" / "datasets"
+    t = time.perf_counter()
+    make = subprocess.run(["make", "-C", str(folder)], env=env, capture_output=True, text=True, check=False)
+    info["helper_build_s"] = round(time.perf_counter() - t, 2)
+    info["helper_build_rc"] = make.returncode
+    if make.returncode != 0:
+        info["helper_build_error"] = (make.stdout + make.stderr)[-1500:]
+        cfg = subprocess.run(["python3-config", "--extension-suffix"], capture_output=True, text=True, check=False) \
+            if shutil.which("python3-config") else None
+        stub = folder / f"helpers_cpp{cfg.stdout.strip() if cfg and cfg.returncode == 0 else ''}"
+        stub.touch()
+        info["helper_stand_in"] = str(stub.name)
+    return info
 
 
 def their_commands(mlm: Path, conf: str, fmt: str) -> dict[str, list[str]]:
@@ -253,6 +297,37 @@ def _vsmlm_peak():
 
 
 atexit.register(_vsmlm_peak)
+
+if os.environ.get("VSMLM_TORCH_NORM") == "1":
+    # Smoke runs without Transformer Engine only: ModelOpt's layer spec takes its norms from TE; here they are
+    # Megatron-Core's torch norms, so the rest of the scripts' flow can be exercised. Never in a measured run.
+    import importlib.abc
+    import importlib.util
+
+    _SPECS = "megatron.core.post_training.modelopt.gpt.model_specs"
+
+    class _TorchNorm(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name != _SPECS:
+                return None
+            sys.meta_path.remove(self)
+            try:
+                spec = importlib.util.find_spec(name)
+            finally:
+                sys.meta_path.insert(0, self)
+            run = spec.loader.exec_module
+
+            def exec_module(module):
+                run(module)
+                from megatron.core.transformer.torch_norm import WrappedTorchNorm
+
+                module.Norm = WrappedTorchNorm
+                print("vsmlm smoke: ModelOpt spec norms are torch norms (no Transformer Engine)", flush=True)
+
+            spec.loader.exec_module = exec_module
+            return spec
+
+    sys.meta_path.insert(0, _TorchNorm())
 '''
 
 
@@ -491,6 +566,9 @@ def run_case(case: str, fmt: str, reps: int, a: argparse.Namespace, mlm: Path, w
             torch.cuda.empty_cache()
         conf = CASES[case]["conf"]
         row["conf"] = f"conf/{conf}.sh (Megatron-LM's own)"
+    if not te:
+        row["no_te"] = ("smoke only: their scripts ran with --export-force-local-attention --no-persist-layer-norm and "
+                        "torch norms in ModelOpt's layer spec (it takes them from Transformer Engine)")
     row["their_model_args"] = source_conf(mlm, conf, hf_dir)
     tok = data.load_tokenizer(hf_dir)
     windows = data.token_windows(TextData(dataset="reference-train", num_samples=a.windows, seq_length=a.seq), tok)
@@ -535,7 +613,7 @@ def run_case(case: str, fmt: str, reps: int, a: argparse.Namespace, mlm: Path, w
                 shutil.rmtree(cw / "theirs-export", ignore_errors=True)
                 r["theirs"] = {}
                 for step, extra in (("quantize", q_extra), ("export", e_extra)):
-                    env = their_env(mlm, hf_dir, cw, extra, **paths)
+                    env = their_env(mlm, hf_dir, cw, extra, torch_norm=not te, **paths)
                     if step == "export":
                         env["MLM_MODEL_CKPT"] = paths["MLM_MODEL_SAVE"]
                     left = max(deadline - time.time(), 10)
@@ -653,6 +731,8 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(info), flush=True)
     result: dict[str, Any] = {"info": info, "cases": []}
     path = out / "vs_megatron_lm.json"
+    result["megatron_lm_prepare"] = prepare_megatron_lm(mlm, work)
+    print(json.dumps(result["megatron_lm_prepare"]), flush=True)
     with GpuSampler() as sampler:
         time.sleep(0.5)
         if a.smoke:

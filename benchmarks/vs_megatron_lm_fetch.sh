@@ -30,8 +30,12 @@ PATHS=(
 rm -rf "$DEST.tmp"
 mkdir -p "$DEST.tmp"
 git -C "$MIRROR" archive --format=tar "$FULL" -- "${PATHS[@]}" | tar -x -C "$DEST.tmp"
-# documentation and C++ sources are not run by the two scripts (the datasets' C++ helper is for training data)
-find "$DEST.tmp/megatron" -type f \( -name '*.md' -o -name '*.cpp' -o -name '*.png' -o -name 'Makefile' \) -delete
+# documentation is not run; the datasets' C++ helper stays: initialize_megatron() builds it with make on every
+# launch (g++, `python3 -m pybind11 --includes`), so pybind11's wheel comes along for machines without it
+find "$DEST.tmp/megatron" -type f \( -name '*.md' -o -name '*.png' \) -delete
+mkdir -p "$DEST.tmp/wheels"
+PY=${PYTHON:-python3}
+"$PY" -m pip download -q pybind11==3.1.0 --no-deps --only-binary=:all: -d "$DEST.tmp/wheels"
 echo "$FULL" > "$DEST.tmp/COMMIT"
 rm -rf "$DEST"
 mv "$DEST.tmp" "$DEST"
