@@ -10,7 +10,8 @@
 # checkout runs them.
 set -euo pipefail
 MIRROR=${1:?usage: vs_megatron_lm_fetch.sh MIRROR_GIT_DIR [DEST]}
-DEST=${2:-$(cd "$(dirname "$0")/.." && pwd)/.mlm}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+DEST=${2:-$ROOT/.mlm}
 COMMIT=d98e8a6
 FULL=$(git -C "$MIRROR" rev-parse --verify "${COMMIT}^{commit}")
 PATHS=(
@@ -34,7 +35,8 @@ git -C "$MIRROR" archive --format=tar "$FULL" -- "${PATHS[@]}" | tar -x -C "$DES
 # launch (g++, `python3 -m pybind11 --includes`), so pybind11's wheel comes along for machines without it
 find "$DEST.tmp/megatron" -type f \( -name '*.md' -o -name '*.png' \) -delete
 mkdir -p "$DEST.tmp/wheels"
-PY=${PYTHON:-python3}
+PY=${PYTHON:-$ROOT/.venv/bin/python}
+[ -x "$PY" ] || PY=python3
 "$PY" -m pip download -q pybind11==3.1.0 --no-deps --only-binary=:all: -d "$DEST.tmp/wheels"
 echo "$FULL" > "$DEST.tmp/COMMIT"
 rm -rf "$DEST"
