@@ -601,7 +601,10 @@ def run_case(case: str, fmt: str, reps: int, a: argparse.Namespace, mlm: Path, w
                                   peak_dir=work / "peaks", timeout=left)
                 manifest = cw / "ours" / "manifest.json"
                 if manifest.is_file():
-                    res = json.loads(manifest.read_text())["result"]
+                    man = json.loads(manifest.read_text())
+                    res = man["result"]
+                    r["ours"]["saved"] = man.get("saved")
+                    r["ours"]["versions"] = man.get("versions")
                     r["ours"]["stages"] = {s["name"]: {"seconds": round(s["seconds"], 3),
                                                        "peak_memory_bytes": s["peak_memory_bytes"]} for s in res["stages"]}
                     r["ours"]["timings"] = {k: round(v, 3) for k, v in res["timings"].items()}
