@@ -685,6 +685,45 @@ def summarize(row: dict[str, Any]) -> None:
 
 # --------------------------------------------------------------------------- main
 
+def _mib(b: Any) -> str:
+    return "-" if not b else f"{b / 2**20:,.0f}"
+
+
+def table(result: dict[str, Any]) -> str:
+    """Markdown tables of a result JSON (``--table FILE``): medians per case, peaks, exports, perplexity."""
+    lines = ["| case | reps | ours total s | theirs total s (quantize.sh + export.sh) | ratio | ours stages s "
+             "(in-process total) | bitwise equal tensors | largest relative difference |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in result["cases"]:
+        m = row.get("median")
+        if not m:
+            lines.append(f"| {row['case']} {row['format']} | 0 | - | - | - | - | - | {row.get('stopped', 'failed')} |")
+            continue
+        c = row.get("compare_last", {})
+        worst = "; ".join(f"{k}: {v['max_rel_diff']:.3g}" for k, v in c.get("differing", {}).items()) or "none"
+        stages = ", ".join(f"{k} {v}" for k, v in m["ours_stage_s"].items())
+        lines.append(f"| {row['case']} {row['format']} | {row['reps_done']} | {m['ours_wall_s']} | {m['theirs_wall_s']} "
+                     f"({m['theirs_step_wall_s']['quantize']} + {m['theirs_step_wall_s']['export']}) | {m['ratio']} | "
+                     f"{stages} ({m['ours_in_process_s']}) | {c.get('bitwise_equal_tensors')}/{c.get('tensors')} | {worst} |")
+    lines += ["", "| case | ours GPU used MiB (nvidia-smi) | ours torch peak MiB per stage | theirs GPU used MiB "
+              "quantize / export | theirs torch peak MiB quantize / export |", "|---|---|---|---|---|"]
+    for row in result["cases"]:
+        pk = row.get("peak")
+        if not pk:
+            continue
+        ours_st = ", ".join(f"{k} {_mib(v)}" for k, v in pk["ours_torch_stage_peak_bytes"].items())
+        tg, tt = pk["theirs_gpu_used_bytes"], pk["theirs_torch_max_allocated_bytes"]
+        lines.append(f"| {row['case']} {row['format']} | {_mib(pk['ours_gpu_used_bytes'])} | {ours_st} | "
+                     f"{_mib(tg['quantize'])} / {_mib(tg['export'])} | {_mib(tt['quantize'])} / {_mib(tt['export'])} |")
+    lines += ["", "| case | held-out perplexity, our export | their export | layers decoded |", "|---|---|---|---|"]
+    for row in result["cases"]:
+        ppl = row.get("perplexity")
+        if ppl:
+            lines.append(f"| {row['case']} {row['format']} | {ppl['ours']['perplexity']:.4f} | "
+                         f"{ppl['theirs']['perplexity']:.4f} | {ppl['ours']['layers']} / {ppl['theirs']['layers']} |")
+    return "\n".join(lines)
+
+
 def has_te() -> bool:
     import importlib.util
 
@@ -712,7 +751,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--work", default="/tmp/vsmlm_work")
     p.add_argument("--budget-s", type=float, default=520, help="start no repetition that would end after this")
     p.add_argument("--first-guess-s", type=float, default=60, help="assumed wall of a first pair")
+    p.add_argument("--table", type=Path, help="print the markdown tables of a result JSON (no GPU) and exit")
     a = p.parse_args(argv)
+    if a.table:
+        print(table(json.loads(a.table.read_text())))
+        return
     deadline = time.time() + a.budget_s
     mlm = mlm_root(a.mlm)
     out = Path(os.environ.get("OUT") or ROOT / "benchmarks" / "raw" / "session5") / "vsmlm"

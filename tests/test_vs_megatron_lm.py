@@ -157,6 +157,10 @@ def test_timed_process_and_summary(tmp_path: Path) -> None:
     assert row["median"]["ours_wall_s"] == 11 and row["median"]["theirs_wall_s"] == 30
     assert row["median"]["ratio"] == pytest.approx(11 / 30, abs=1e-4)
     assert row["median"]["theirs_step_wall_s"] == {"quantize": 25, "export": 10}
+    row.update(case="reference-llama", format="fp8")
+    md = V.table({"cases": [row, {"case": "qwen3-0.6b", "format": "nvfp4", "reps": [], "stopped": "budget"}]})
+    assert "| reference-llama fp8 | 3 | 11 | 30 (25 + 10) | 0.3667 |" in md
+    assert "| qwen3-0.6b nvfp4 | 0 |" in md and "budget" in md
 
 
 @needs_mlm
