@@ -691,9 +691,9 @@ def _mib(b: Any) -> str:
 
 def table(result: dict[str, Any]) -> str:
     """Markdown tables of a result JSON (``--table FILE``): medians per case, peaks, exports, perplexity."""
-    lines = ["| case | reps | ours total s | theirs total s (quantize.sh + export.sh) | ratio | ours stages s "
-             "(in-process total) | bitwise equal tensors | largest relative difference |",
-             "|---|---|---|---|---|---|---|---|"]
+    head = ("| case | reps | ours total s | theirs total s (quantize.sh + export.sh) | ratio | ours stages s "
+            "(in-process total) | bitwise equal tensors | largest relative difference |")
+    lines = [head, "|---|---|---|---|---|---|---|---|"]
     for row in result["cases"]:
         m = row.get("median")
         if not m:
@@ -705,8 +705,9 @@ def table(result: dict[str, Any]) -> str:
         lines.append(f"| {row['case']} {row['format']} | {row['reps_done']} | {m['ours_wall_s']} | {m['theirs_wall_s']} "
                      f"({m['theirs_step_wall_s']['quantize']} + {m['theirs_step_wall_s']['export']}) | {m['ratio']} | "
                      f"{stages} ({m['ours_in_process_s']}) | {c.get('bitwise_equal_tensors')}/{c.get('tensors')} | {worst} |")
-    lines += ["", "| case | ours GPU used MiB (nvidia-smi) | ours torch peak MiB per stage | theirs GPU used MiB "
-              "quantize / export | theirs torch peak MiB quantize / export |", "|---|---|---|---|---|"]
+    head = ("| case | ours GPU used MiB (nvidia-smi) | ours torch peak MiB per stage | theirs GPU used MiB "
+            "quantize / export | theirs torch peak MiB quantize / export |")
+    lines += ["", head, "|---|---|---|---|---|"]
     for row in result["cases"]:
         pk = row.get("peak")
         if not pk:
