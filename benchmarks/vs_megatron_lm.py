@@ -588,8 +588,8 @@ def run_case(case: str, fmt: str, reps: int, a: argparse.Namespace, mlm: Path, w
     for rep in range(reps):
         order = ("ours", "theirs") if rep % 2 == 0 else ("theirs", "ours")
         r: dict[str, Any] = {"rep": rep, "order": list(order)}
-        guess = max([x.get("ours", {}).get("wall_s", 0) + sum(s.get("wall_s", 0) for s in x.get("theirs", {}).values())
-                     for x in row["reps"]] or [a.first_guess_s]) * 1.15
+        rep_start = time.time()
+        guess = max([x["elapsed_s"] for x in row["reps"]] or [a.first_guess_s]) * 1.1
         if deadline - time.time() < guess:
             row["stopped"] = f"rep {rep} not started: {deadline - time.time():.0f} s left, a pair takes about {guess:.0f} s"
             break
@@ -632,6 +632,7 @@ def run_case(case: str, fmt: str, reps: int, a: argparse.Namespace, mlm: Path, w
                 row["perplexity"] = {
                     who: export_perplexity(folder, hf_dir, windows=a.eval_windows, seq=a.seq, device="cuda")
                     for who, folder in (("ours", ours_export), ("theirs", theirs_export))}
+        r["elapsed_s"] = round(time.time() - rep_start, 1)  # the pair, the comparison and (first) the perplexities
         row["reps"].append(r)
         summarize(row)
         with open(log, "a") as f:
