@@ -772,7 +772,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     smi = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                         capture_output=True, text=True, check=False).stdout.strip()
+                         capture_output=True, text=True, check=False).stdout.strip() if shutil.which("nvidia-smi") else None
     info = {"gpu": smi, "python": sys.version.split()[0], "torch": torch.__version__, "transformer_engine": te,
             "megatron_lm_commit": (mlm / "COMMIT").read_text().strip(), "args": vars(a),
             "torchrun": shutil.which("torchrun"), "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
