@@ -726,6 +726,15 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _their_core_version(mlm: Path) -> str:
+    """``megatron.core``'s version in the Megatron-LM files (their scripts import it, not the wheel's)."""
+    import re
+
+    text = (mlm / "megatron" / "core" / "package_info.py").read_text()
+    parts = [re.search(rf"^{k} = (\d+)", text, re.MULTILINE) for k in ("MAJOR", "MINOR", "PATCH")]
+    return ".".join(m.group(1) for m in parts if m) or "unknown"
+
+
 def has_te() -> bool:
     import importlib.util
 
@@ -774,7 +783,8 @@ def main(argv: list[str] | None = None) -> None:
     smi = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
                          capture_output=True, text=True, check=False).stdout.strip() if shutil.which("nvidia-smi") else None
     info = {"gpu": smi, "python": sys.version.split()[0], "torch": torch.__version__, "transformer_engine": te,
-            "megatron_lm_commit": (mlm / "COMMIT").read_text().strip(), "args": vars(a),
+            "megatron_lm_commit": (mlm / "COMMIT").read_text().strip(), "args": {k: str(v) for k, v in vars(a).items()},
+            "their_megatron_core": _their_core_version(mlm),
             "torchrun": shutil.which("torchrun"), "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     print(json.dumps(info), flush=True)
     result: dict[str, Any] = {"info": info, "cases": []}
