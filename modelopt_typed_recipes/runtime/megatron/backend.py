@@ -103,6 +103,7 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
                       windows=calib, hf_reference=hf_ref, archs=list(plan.stage_archs), eval_batches=eval_batches)
     del model  # the run holds it now (a hand-over between layouts must be able to free it)
     results: list[StageResult] = []
+    keep_teacher_at = _keep_teacher_at(recipe)
     for sp in plan.stages:
         stage = sp.stage
         stage_arch = run.archs[sp.index]
@@ -117,6 +118,8 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
             handover = {"from": run.layout.short(), "to": sp.layout.short(), "seconds": time.perf_counter() - t,
                         "via": "a temporary Megatron distributed checkpoint, deleted once re-loaded"}
             run.layout = sp.layout
+        if sp.index == keep_teacher_at:
+            run.keep_teacher(sp)
         reset_peak_memory(device)
         t = time.perf_counter()
         step = technique_for(stage).executor("megatron")(run, stage, sp)
@@ -148,6 +151,17 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
         output_dir=str(plan.output_dir), stages=tuple(results), metrics=metrics,
         seconds=time.perf_counter() - t_start, timings=timings, calibration_hash=data.data_hash(calib), tasks=tasks,
     )
+
+
+def _keep_teacher_at(recipe: Recipe) -> int | None:
+    """The stage before which the run keeps a copy of the model: the first compression stage, when a later
+    distill stage learns from the model as it was before compression."""
+    from ...plan.techniques.distill import first_compression
+
+    for j, stage in enumerate(recipe.stages):
+        if getattr(stage, "teacher", None) == "before_compression":
+            return first_compression(recipe.stages, j)
+    return None
 
 
 def _measure_tasks(phase: str, recipe: Recipe, model: Any, arch: ModelArch, tokenizer: Any, staging: Path,

@@ -46,6 +46,25 @@ class MegatronRun:
     eval_batches: list[Any] | None = None
     quantized: bool = False
     changed: bool = False
+    teacher: Any = None
+    """The model as it was before the first compression stage, kept when a later distill stage learns from it."""
+    teacher_info: dict[str, Any] = attrs.field(factory=dict)
+    """What keeping it cost (bytes on each rank, seconds), for the distill stage's details."""
+    teacher_layout: ParallelLayout | None = None
+
+    def keep_teacher(self, sp: StagePlan) -> None:
+        """Keep a copy of the model as it is now (before stage ``sp``, the first compression stage)."""
+        import time
+
+        from . import distill as md
+
+        t = time.perf_counter()
+        self.teacher = md.copy_model(self.model, self.archs[sp.index], self.layout, dtype=self.plan.dtype,
+                                     device=self.plan.device, spec=self.spec)
+        self.teacher_layout = self.layout
+        self.teacher_info = {"teacher": "before_compression", "kept_before": sp.label,
+                             "bytes_per_rank": md.model_bytes(self.teacher), "where": self.plan.device,
+                             "copy_seconds": round(time.perf_counter() - t, 3)}
 
     def calibration_batches(self, sp: StagePlan) -> list[Any]:
         from ..data import stage_batches
@@ -119,6 +138,106 @@ def prune(run: MegatronRun, stage: Prune, sp: StagePlan) -> StepResult:
     outputs, saved = run.save_checkpoint(sp, new_arch)
     return StepResult(details={"pruned_arch": pruned, "layer_spec": run.spec, **saved},
                       params_after=new_arch.params_total, outputs=outputs)
+
+
+def _teacher_for(run: MegatronRun, stage: Distill, sp: StagePlan) -> tuple[Any, dict[str, Any]]:
+    """The teacher of a distill stage: the copy kept before compression, a named checkpoint built for this
+    layout, or None (train on the language-model loss)."""
+    import time
+
+    from . import build
+    from . import distill as md
+
+    if not stage.has_teacher:
+        return None, {"teacher": "none"}
+    if stage.teacher == "before_compression":
+        if run.teacher is None:
+            raise SpecError("no teacher was kept: teacher: before_compression needs a quantize or prune stage "
+                            "before this one", path=f"{sp.path}.teacher")
+        if run.teacher_layout != run.layout:
+            raise CompatibilityError(
+                f"the teacher was kept at {run.teacher_layout.short() if run.teacher_layout else '?'} and this stage "
+                f"runs at {run.layout.short()}", path=f"{sp.path}.teacher",
+                hint="run the stages from the compression stage to the distill stage with one layout")
+        return run.teacher, dict(run.teacher_info)
+    src = stage.teacher_source
+    t = time.perf_counter()
+    arch, load = _teacher_source(src, sp, dtype=run.plan.dtype)
+    teacher = build.build_model(arch, run.layout, dtype=run.plan.dtype, device=run.plan.device, spec=run.spec)
+    teacher = load(teacher)
+    teacher.requires_grad_(False)
+    return teacher.eval(), {"teacher": type(src).__name__, "arch": arch.name, "bytes_per_rank": md.model_bytes(teacher),
+                            "load_seconds": round(time.perf_counter() - t, 3)}
+
+
+def _teacher_source(src: Any, sp: StagePlan, *, dtype: str) -> tuple[ModelArch, Callable[[Any], Any]]:
+    """The architecture of a named teacher checkpoint and the function that loads its weights into a model."""
+    from pathlib import Path
+
+    from ...bridges.hf_config import load_hf_config
+    from ...spec.arch import ModelArch
+    from ...spec.recipe import Builtin, HFCheckpoint, MegatronCheckpoint
+    from ...spec.serde import from_yaml
+    from ..data import REFERENCE_DIR
+    from . import build
+
+    where = f"{sp.path}.teacher"
+    if isinstance(src, Builtin | HFCheckpoint):
+        folder = str(REFERENCE_DIR) if isinstance(src, Builtin) else src.path
+        return load_hf_config(folder), lambda m: (build.import_hf(m, folder, dtype=dtype), m)[1]
+    if isinstance(src, MegatronCheckpoint):
+        saved = Path(src.path) / "model_arch.yaml"
+        if saved.is_file():
+            arch = from_yaml(saved.read_text(), ModelArch, source=str(saved))
+        elif src.hf_reference is not None:
+            arch = load_hf_config(src.hf_reference)
+        else:
+            raise SpecError(f"{src.path!r} does not say its architecture (no model_arch.yaml)", path=f"{where}.path",
+                            hint="set teacher.hf_reference to the teacher's Hugging Face folder")
+        return arch, lambda m: build.load_checkpoint(m, src.path)
+    raise SpecError(f"unknown teacher {src!r}", path=where)
+
+
+def _training_windows(run: MegatronRun, stage: Distill, sp: StagePlan, steps: int) -> Any:
+    """The stage's training text (default: the recipe's calibration text) as windows of its length: as many as
+    the steps read, fewer when the text is shorter (the loop repeats them in order)."""
+    from ...spec.text import TrainingText
+    from ..data import token_windows
+
+    seq = stage.window_length(run.recipe.calibration.seq_length)
+    text = stage.data or TrainingText.like(run.recipe.calibration)
+    count = steps * stage.micro_batch_size * stage.gradient_accumulation_steps
+    return token_windows(text.windows(count, seq), run.tokenizer, path=f"{sp.path}.data")
+
+
+def distill(run: MegatronRun, stage: Distill, sp: StagePlan) -> StepResult:
+    from . import distill as md
+    from . import stages
+
+    teacher, info = _teacher_for(run, stage, sp)
+    steps = stage.total_steps(stage.window_length(run.recipe.calibration.seq_length))
+    train = md.Training.of(stage, steps)
+    windows = _training_windows(run, stage, sp, steps)
+    details: dict[str, Any] = {"teacher": info, "qad": run.quantized, "after_prune": run.changed}
+    if run.eval_batches is not None:
+        details["perplexity_before"] = stages.perplexity(run.model, run.eval_batches, progress=False)
+    run.model, report = md.distill(run.model, teacher, windows, train, md.KDLoss.of(stage),
+                                   progress=run.plan.progress)
+    if teacher is not None and teacher is not run.teacher:
+        del teacher
+    if stage.teacher == "before_compression" and not _later_needs_kept_teacher(run, sp):
+        run.teacher = None  # freed before the next stage (its memory is the model's size again)
+    run.changed = True
+    curve = report.pop("curve")
+    details.update(report, windows=int(windows.shape[0]), window_tokens=int(windows.shape[1]),
+                   loss_curve=[round(r["loss"], 5) for r in curve[:: max(1, len(curve) // 50)]])
+    outputs, saved = run.save_checkpoint(sp, run.archs[sp.index])
+    return StepResult(details={**details, **saved}, outputs=outputs)
+
+
+def _later_needs_kept_teacher(run: MegatronRun, sp: StagePlan) -> bool:
+    return any(getattr(later.stage, "teacher", None) == "before_compression"
+               for later in run.plan.stages[sp.index + 1:])
 
 
 def export(run: MegatronRun, stage: Export, sp: StagePlan) -> StepResult:
