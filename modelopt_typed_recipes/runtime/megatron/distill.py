@@ -128,7 +128,18 @@ def wrap(student: Any, teacher: Any, loss: KDLoss) -> Any:
     kd = mtd.convert(student, mode=[("kd_loss", {"teacher_model": teacher, "criterion": cfg.criterion,
                                                  "loss_balancer": cfg.loss_balancer})])
     mtd_mcore.adjust_distillation_model_for_mcore(kd, cfg)
+    kd._lm_loss_of_logits = kd.compute_language_model_loss
+    kd.compute_language_model_loss = MethodType(_lm_loss_on_a_copy, kd)
     return kd
+
+
+def _lm_loss_on_a_copy(self: Any, labels: Any, logits: Any) -> Any:
+    """The student's LM loss on a copy of fp32 logits: Megatron-Core's ``vocab_parallel_cross_entropy`` works
+    in place on fp32 logits (bf16 ones it casts first), which would overwrite the logits the distillation hook
+    captured for the KL loss."""
+    import torch
+
+    return self._lm_loss_of_logits(labels, logits.clone() if logits.dtype == torch.float32 else logits)
 
 
 def unwrap(kd: Any) -> Any:
@@ -138,8 +149,8 @@ def unwrap(kd: Any) -> Any:
     import modelopt.torch.opt as mto
 
     student = mtd.export(kd)
-    for name, value in list(vars(student).items()):  # the plugin's per-instance forward and loss overrides
-        if isinstance(value, MethodType) and value.__func__.__module__.startswith("modelopt.torch.distill"):
+    for name, value in list(vars(student).items()):  # the plugin's (and wrap's) per-instance overrides
+        if isinstance(value, MethodType) and value.__func__.__module__.startswith(("modelopt.torch.distill", __name__)):
             delattr(student, name)
     key = mto.ModeloptStateManager._state_key
     state = getattr(student, key, None)
