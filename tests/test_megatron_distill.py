@@ -200,3 +200,46 @@ def test_micro_batches_repeat_the_windows_in_order():
     assert got == [[0, 1], [2, 3], [4, 0], [1, 2]]
     with pytest.raises(SpecError):
         next(md.micro_batches(w[:0], 2))
+
+
+@pytest.fixture
+def gpu_env(monkeypatch):
+    import importlib
+
+    check_mod = importlib.import_module("modelopt_typed_recipes.plan.check")
+    env = check_mod.Environment(megatron_core="0.16.1", modelopt="0.47.0", cuda=True, gpu_count=1)
+    monkeypatch.setattr(check_mod.Environment, "detect", classmethod(lambda cls: env))
+    return env
+
+
+def test_recipe_quantize_then_distill_on_the_backend(dist_cpu, tmp_path, gpu_env):
+    """The executor as a recipe runs it: the teacher kept before the quantize stage, QAD, the stage's facts."""
+    from modelopt_typed_recipes.plan.check import Environment, check_recipe
+    from modelopt_typed_recipes.runtime.data import REFERENCE_DIR
+    from modelopt_typed_recipes.runtime.megatron import backend
+    from modelopt_typed_recipes.spec.recipe import HFCheckpoint, Recipe
+    from modelopt_typed_recipes.spec.techniques import Distill, Quantize
+    from modelopt_typed_recipes.spec.text import TrainingText
+
+    r = Recipe(name="qad", model=get_arch("reference-llama"), source=HFCheckpoint(path=str(REFERENCE_DIR)),
+               stages=(Quantize(format="fp8"),
+                       Distill(steps=3, micro_batch_size=2, seq_length=SEQ, learning_rate=1e-5,
+                               data=TrainingText(dataset="reference-train"), save=True)),
+               calibration=TextData(dataset="reference-train", num_samples=4, seq_length=SEQ, batch_size=4),
+               evaluation=TextData(dataset="reference-heldout", num_samples=4, seq_length=SEQ, batch_size=4),
+               output_dir=str(tmp_path / "o"), backend="megatron", device="cuda")
+    plan = check_recipe(r, env=Environment.detect(), backend="megatron")
+    plan.raise_first()
+    plan = attrs.evolve(plan, device="cpu", dtype=DTYPE, output_dir=tmp_path / "out", staging_dir=tmp_path / "s",
+                        progress=False)
+    res = backend.run(r, plan)
+    q, d = res.stages
+    assert d.technique == "distill" and d.quantizer_summary == q.quantizer_summary  # QAD: quantizers kept
+    det = d.details
+    assert det["qad"] is True and det["steps"] == 3 and det["windows"] == 6 and det["window_tokens"] == SEQ
+    teacher = det["teacher"]
+    assert teacher["teacher"] == "before_compression" and teacher["kept_before"] == q.name
+    assert teacher["bytes_per_rank"] == 4 * get_arch("reference-llama").params_total  # fp32 copy, no quantizers
+    ppl_q, ppl_after = det["perplexity_before"], res.metrics["perplexity_after"]
+    assert ppl_after != ppl_q and abs(ppl_after / ppl_q - 1) < 0.05
+    assert (tmp_path / "s" / d.outputs[0] / "metadata.json").is_file()  # save: true wrote the distilled model

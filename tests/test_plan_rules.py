@@ -149,7 +149,7 @@ def brute_force_accepts(arch: ModelArch, lay: dict, stage: str, seq: int) -> boo
         return False
     if stage == "auto_quantize" and pp != 1:
         return False
-    if stage == "distill" and (pp, ep) != (1, 1):
+    if stage == "distill" and (pp, ep, cp) != (1, 1, 1):
         return False
     if stage == "prune" and (tp, cp, ep, etp, sp) != (1, 1, 1, 1, False):
         return False

@@ -206,12 +206,14 @@ def stage_problems(layout: ParallelLayout, stage: str) -> list[LayoutError]:
         # P2P shapes widened for the teacher's outputs (get_tensor_shapes_adjust_fn_for_distillation) and a
         # pipelined training schedule, which the runtime does not drive; expert parallelism needs the
         # expert-data-parallel gradient reduction of a Megatron-LM training loop
+        # (context parallelism: the loss mask is not split over context ranks)
         for field, value, flag in (("pipeline_parallel", layout.pipeline_parallel, "PP"),
-                                   ("expert_parallel", layout.expert_parallel, "EP")):
+                                   ("expert_parallel", layout.expert_parallel, "EP"),
+                                   ("context_parallel", layout.context_parallel, "CP")):
             if value > 1:
                 out.append(LayoutError(
                     f"distill: {flag}={value} is not supported: the distillation loop trains one pipeline stage "
-                    "without expert parallelism", path=field,
+                    "without expert or context parallelism", path=field,
                     hint="use 1; spread the model with tensor_parallel and data_parallel instead"))
     if stage == "prune":
         why = {
@@ -432,7 +434,7 @@ def _adapt(arch: ModelArch, start: ParallelLayout, stage: str, gpus: int,
     if stage in ("auto_quantize", "distill"):
         changes.update(pipeline_parallel=1, first_stage_layers=None, last_stage_layers=None)
     if stage == "distill":
-        changes.update(expert_parallel=1)
+        changes.update(expert_parallel=1, context_parallel=1)
     pp = int(changes.get("pipeline_parallel", start.pipeline_parallel))  # type: ignore[call-overload]
     stages = arch.mamba.pipeline_stages if arch.mamba is not None else None
     if stages:

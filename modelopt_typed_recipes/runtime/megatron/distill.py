@@ -232,6 +232,13 @@ class MasterAdamW:
                 dist.all_reduce(g, group=tp_group)
             p.grad = None
             m.grad = g.float() if g.dtype != torch.float32 else g
+        dp = parallel_state.get_data_parallel_world_size()
+        if dp > 1:  # the replicas' gradients averaged (one flat all-reduce)
+            grads = [m.grad for m in self.masters]
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            dist.all_reduce(flat, group=parallel_state.get_data_parallel_group())
+            flat /= dp
+            torch._foreach_copy_(grads, [f.view_as(g) for f, g in zip(flat.split([g.numel() for g in grads]), grads, strict=True)])
         counted = [m.grad for m, c in zip(self.masters, self._counted, strict=True) if c]
         sq = torch.stack([n.float() ** 2 for n in torch._foreach_norm(counted)]).sum() if counted else \
             torch.zeros((), device=self.masters[0].device)
@@ -252,16 +259,17 @@ class MasterAdamW:
 
 
 # --------------------------------------------------------------------------- the loop
-def micro_batches(windows: Any, size: int) -> Iterator[Any]:
+def micro_batches(windows: Any, size: int, *, replicas: int = 1, replica: int = 0) -> Iterator[Any]:
     """Micro-batches of ``size`` whole windows, in order; the windows repeat, in order, when they run out
-    (the stage's training text is read the same way on both backends)."""
+    (the stage's training text is read the same way on both backends). With data-parallel ``replicas``, each
+    global micro-batch of ``size * replicas`` windows is split among them and this yields ``replica``'s part."""
     n = windows.shape[0]
     if n == 0:
         raise SpecError("the training text gives no window", path="stages.distill.data")
     i = 0
     while True:
-        idx = [(i + k) % n for k in range(size)]
-        i = (i + size) % n
+        idx = [(i + replica * size + k) % n for k in range(size)]
+        i = (i + size * replicas) % n
         yield windows[idx]
 
 
@@ -287,14 +295,16 @@ def train_loop(model: Any, windows: Any, train: Training, *, distilling: bool, p
     if parallel_state.get_pipeline_model_parallel_world_size() > 1:
         raise LayoutError("distillation on Megatron-Core runs with PP=1 (the pipeline schedule is not driven "
                           "by this loop)", path="layout.pipeline_parallel", hint="use tensor parallelism")
-    if parallel_state.get_data_parallel_world_size() > 1:
-        raise LayoutError("distillation on Megatron-Core runs with one data-parallel replica",
-                          path="layout", hint="start as many processes as TP")
+    if parallel_state.get_context_parallel_world_size() > 1:
+        raise LayoutError("distillation on Megatron-Core runs with CP=1 (the loss mask is not split over context "
+                          "ranks)", path="layout.context_parallel", hint="use tensor or data parallelism")
     device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
     opt = MasterAdamW(params, train)
     model.train()
-    batches = micro_batches(windows, train.micro_batch_size)
+    batches = micro_batches(windows, train.micro_batch_size,
+                            replicas=parallel_state.get_data_parallel_world_size(),
+                            replica=parallel_state.get_data_parallel_rank())
     curve: list[dict[str, float]] = []
     tokens = 0
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)

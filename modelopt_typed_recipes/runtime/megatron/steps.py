@@ -200,7 +200,8 @@ def _teacher_source(src: Any, sp: StagePlan, *, dtype: str) -> tuple[ModelArch, 
 
 def _training_windows(run: MegatronRun, stage: Distill, sp: StagePlan, steps: int) -> Any:
     """The stage's training text (default: the recipe's calibration text) as windows of its length: as many as
-    the steps read, fewer when the text is shorter (the loop repeats them in order)."""
+    the steps read (``steps`` counts each data-parallel replica's), fewer when the text is shorter (the loop
+    repeats them in order)."""
     from ...spec.text import TrainingText
     from ..data import token_windows
 
@@ -214,10 +215,13 @@ def distill(run: MegatronRun, stage: Distill, sp: StagePlan) -> StepResult:
     from . import distill as md
     from . import stages
 
+    from megatron.core import parallel_state
+
     teacher, info = _teacher_for(run, stage, sp)
-    steps = stage.total_steps(stage.window_length(run.recipe.calibration.seq_length))
+    dp = parallel_state.get_data_parallel_world_size()
+    steps = stage.total_steps(stage.window_length(run.recipe.calibration.seq_length), dp)
     train = md.Training.of(stage, steps)
-    windows = _training_windows(run, stage, sp, steps)
+    windows = _training_windows(run, stage, sp, steps * dp)
     details: dict[str, Any] = {"teacher": info, "qad": run.quantized, "after_prune": run.changed}
     if run.eval_batches is not None:
         details["perplexity_before"] = stages.perplexity(run.model, run.eval_batches, progress=False)
@@ -277,8 +281,3 @@ def export(run: MegatronRun, stage: Export, sp: StagePlan) -> StepResult:
     distributed.barrier()
     return StepResult(details=details, outputs=(str(out_dir.relative_to(run.plan.staging())),))
 
-
-def distill(run: MegatronRun, stage: Distill, sp: StagePlan) -> StepResult:
-    """Distillation on Megatron-Core (ModelOpt's Megatron plugin): not built yet."""
-    raise CompatibilityError("distillation on the Megatron-Core backend is not built yet", path=sp.path,
-                             hint="backend: hf runs it (one process)")
