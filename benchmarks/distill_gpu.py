@@ -42,6 +42,10 @@ OUT = Path(os.environ.get("OUT", str(ROOT / "benchmarks" / "raw" / "session5")))
 WORK = Path(os.environ.get("MTR_WORK", "/tmp/mtr_work")) / "distill"
 SEQ = 256
 MBS = int(os.environ.get("DISTILL_MBS", "16"))
+DEVICE = os.environ.get("DISTILL_DEVICE", "cuda")
+"""``cpu``: a smoke run of this script's code paths on a CPU machine (FP8 instead of NVFP4, no export: the
+CPU machine's megatron-core cannot export), driven with the tests' CPU shim; the figures mean nothing."""
+QAD_FORMAT = "nvfp4" if DEVICE == "cuda" else "fp8"
 
 
 def env_list(name: str, default: str) -> list[float]:
@@ -97,7 +101,7 @@ def run_recipe(r):
     staging = out.with_name(out.name + ".staging")
     plan = check_recipe(r, backend="megatron")
     plan.raise_first()
-    plan = attrs.evolve(plan, output_dir=out, staging_dir=staging, progress=False)
+    plan = attrs.evolve(plan, output_dir=out, staging_dir=staging, progress=False, device=DEVICE)
     for d in (staging, out):
         if d.exists():
             shutil.rmtree(d)
@@ -116,9 +120,9 @@ def export_perplexity(export_dir: Path) -> tuple[float, dict]:
 
     ev = evaluation()
     batches = data.batches(data.token_windows(ev, data.load_tokenizer(None), path="evaluation"), ev.batch_size)
-    model, counts = load_export(export_dir, device="cuda")
+    model, counts = load_export(export_dir, device=DEVICE)
     try:
-        return perplexity(model, batches, device="cuda", progress=False), counts
+        return perplexity(model, batches, device=DEVICE, progress=False), counts
     finally:
         del model
         torch.cuda.empty_cache()
@@ -146,18 +150,20 @@ def part_qad() -> list[dict]:
         t = time.perf_counter()
         try:
             out = WORK / f"qad-{lr:g}"
-            res = run_recipe(recipe(f"qad-{lr:g}", (Quantize(format="nvfp4"), distill_stage(steps, lr), Export()),
+            export = (Export(),) if DEVICE == "cuda" else ()
+            res = run_recipe(recipe(f"qad-{lr:g}", (Quantize(format=QAD_FORMAT), distill_stage(steps, lr), *export),
                                     out))
             row.update(stage_row(res))
             b, p, q = row["ppl_bf16"], row["ppl_compressed"], row["ppl_distilled"]
             row["gap_ptq_pct"] = round(100 * (p / b - 1), 3)
             row["gap_qad_pct"] = round(100 * (q / b - 1), 3)
-            edir = next(x for x in out.iterdir() if x.name.startswith("export"))
-            cfg = json.loads((edir / "hf_quant_config.json").read_text())["quantization"]
-            row["export_quant_algo"] = cfg.get("quant_algo")
-            ppl_disk, counts = export_perplexity(edir)
-            row.update(ppl_export_reloaded=ppl_disk, export_layers=counts,
-                       export_vs_memory_pct=round(100 * (ppl_disk / q - 1), 3))
+            if export:
+                edir = next(x for x in out.iterdir() if x.name.endswith("export-hf"))
+                cfg = json.loads((edir / "hf_quant_config.json").read_text())["quantization"]
+                row["export_quant_algo"] = cfg.get("quant_algo")
+                ppl_disk, counts = export_perplexity(edir)
+                row.update(ppl_export_reloaded=ppl_disk, export_layers=counts,
+                           export_vs_memory_pct=round(100 * (ppl_disk / q - 1), 3))
             row["status"] = "ok"
         except Exception as exc:
             row.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:600], trace=traceback.format_exc()[-2500:])
@@ -179,12 +185,12 @@ def _reference_model(num_layers: int | None = None, keep: tuple[int, ...] | None
     from modelopt_typed_recipes.spec.layout import ParallelLayout
 
     arch = get_arch("reference-llama")
-    full = build.build_model(arch, ParallelLayout(), dtype="bf16", device="cuda", spec="local")
+    full = build.build_model(arch, ParallelLayout(), dtype="bf16", device=DEVICE, spec="local")
     build.import_hf(full, str(REFERENCE_DIR), dtype="bf16")
     if keep is None:
         return full, arch
     small_arch = attrs.evolve(arch, num_layers=len(keep))
-    small = build.build_model(small_arch, ParallelLayout(), dtype="bf16", device="cuda", spec="local")
+    small = build.build_model(small_arch, ParallelLayout(), dtype="bf16", device=DEVICE, spec="local")
     src = full.state_dict()
     dst = {}
     for k in small.state_dict():
@@ -262,7 +268,7 @@ def part_minitron() -> list[dict]:
         res = run_recipe(recipe("minitron-distill", (Prune(num_layers=4), distill_stage(steps, lr), Export()), out))
         row.update(stage_row(res))
         row["params"] = [res.stages[0].params_before, res.stages[0].params_after]
-        edir = next(x for x in out.iterdir() if x.name.startswith("export"))
+        edir = next(x for x in out.iterdir() if x.name.endswith("export-hf"))
         row["ppl_export_reloaded"], row["export_layers"] = export_perplexity(edir)
         row["status"] = "ok"
     except Exception as exc:
@@ -279,10 +285,11 @@ def hand_loop(kd, windows, *, steps: int, mbs: int, lr: float) -> float:
 
     params = [p for p in kd.parameters() if p.requires_grad]
     masters = [p.detach().float().clone().requires_grad_(True) for p in params]
-    opt = torch.optim.AdamW(masters, lr=lr, betas=(0.9, 0.95), weight_decay=0.0, fused=True)
+    opt = torch.optim.AdamW(masters, lr=lr, betas=(0.9, 0.95), weight_decay=0.0, fused=DEVICE == "cuda")
     s = windows.shape[1] - 1
-    pos = torch.arange(s, device="cuda").unsqueeze(0).expand(mbs, -1)
-    mask = torch.triu(torch.ones((1, 1, s, s), device="cuda"), diagonal=1).bool()
+    pos = torch.arange(s, device=DEVICE).unsqueeze(0).expand(mbs, -1)
+    mask = torch.triu(torch.ones((1, 1, s, s), device=DEVICE), diagonal=1).bool()
+    sync = torch.cuda.synchronize if DEVICE == "cuda" else (lambda: None)
 
     def reduce(out):
         loss = out[0] if isinstance(out, tuple) else out
@@ -290,12 +297,12 @@ def hand_loop(kd, windows, *, steps: int, mbs: int, lr: float) -> float:
 
     kd.train()
     n = windows.shape[0]
-    torch.cuda.synchronize()
+    sync()
     t = time.perf_counter()
     tokens = 0
     for step in range(steps):
         idx = [(step * mbs + k) % n for k in range(mbs)]
-        ids = windows[idx].cuda(non_blocking=True)
+        ids = windows[idx].to(DEVICE, non_blocking=True)
         x, y = ids[:, :-1].contiguous(), ids[:, 1:].contiguous()
         out = kd(x, pos, mask, labels=y)
         losses = kd.compute_kd_loss(student_loss=reduce(out), loss_reduction_fn=reduce)
@@ -312,7 +319,7 @@ def hand_loop(kd, windows, *, steps: int, mbs: int, lr: float) -> float:
                 p.copy_(m)
         _ = loss.item()
         tokens += y.numel()
-    torch.cuda.synchronize()
+    sync()
     kd.eval()
     return tokens / (time.perf_counter() - t)
 
@@ -339,7 +346,7 @@ def part_speed() -> dict:
     students = []
     for _ in range(2):
         s, _a = _reference_model()
-        mtq.quantize(s, copy.deepcopy(mtq.NVFP4_DEFAULT_CFG), loop)
+        mtq.quantize(s, copy.deepcopy(mtq.NVFP4_DEFAULT_CFG if DEVICE == "cuda" else mtq.FP8_DEFAULT_CFG), loop)
         students.append(s)
     windows = _train_windows(steps * MBS)
     ours_kd = md.wrap(students[0], teacher, md.KDLoss())
@@ -381,10 +388,10 @@ def main() -> None:
     import torch
 
     env = {p: im.version(p) for p in ("torch", "megatron-core", "nvidia-modelopt", "transformers")}
-    env.update(gpu=torch.cuda.get_device_name(0), transformer_engine=has_te())
+    env.update(gpu=torch.cuda.get_device_name(0) if DEVICE == "cuda" else "cpu", transformer_engine=has_te())
     log(json.dumps(env))
-    distributed.init_process_group(device="cuda", ranks=(0, 1, 0))
-    distributed.set_layout(ParallelLayout(), device="cuda")
+    distributed.init_process_group(device=DEVICE, ranks=(0, 1, 0))
+    distributed.set_layout(ParallelLayout(), device=DEVICE)
     results: dict = {"env": env}
     t0 = time.perf_counter()
     parts = {"qad": part_qad, "depth": part_depth, "minitron": part_minitron, "speed": part_speed}
