@@ -243,3 +243,27 @@ def test_recipe_quantize_then_distill_on_the_backend(dist_cpu, tmp_path, gpu_env
     ppl_q, ppl_after = det["perplexity_before"], res.metrics["perplexity_after"]
     assert ppl_after != ppl_q and abs(ppl_after / ppl_q - 1) < 0.05
     assert (tmp_path / "s" / d.outputs[0] / "metadata.json").is_file()  # save: true wrote the distilled model
+
+
+def test_recipe_named_teacher_then_finetune(dist_cpu, tmp_path, gpu_env):
+    """A teacher named by its checkpoint (built and loaded for the stage), then a stage with no teacher."""
+    from modelopt_typed_recipes.plan.check import Environment, check_recipe
+    from modelopt_typed_recipes.runtime.data import REFERENCE_DIR
+    from modelopt_typed_recipes.runtime.megatron import backend
+    from modelopt_typed_recipes.spec.recipe import HFCheckpoint, Recipe
+    from modelopt_typed_recipes.spec.techniques import Distill
+
+    kw = dict(steps=2, micro_batch_size=2, seq_length=SEQ, learning_rate=1e-5)
+    r = Recipe(name="named", model=get_arch("reference-llama"), source=HFCheckpoint(path=str(REFERENCE_DIR)),
+               stages=(Distill(teacher=HFCheckpoint(path=str(REFERENCE_DIR)), **kw),
+                       Distill(teacher="none", skip_lm_loss=False, **kw)),
+               calibration=TextData(dataset="reference-train", num_samples=4, seq_length=SEQ, batch_size=4),
+               output_dir=str(tmp_path / "o"), backend="megatron", device="cuda")
+    plan = check_recipe(r, env=Environment.detect(), backend="megatron")
+    plan.raise_first()
+    plan = attrs.evolve(plan, device="cpu", dtype=DTYPE, output_dir=tmp_path / "out", staging_dir=tmp_path / "s",
+                        progress=False)
+    named, finetune = backend.run(r, plan).stages
+    assert named.details["teacher"]["teacher"] == "HFCheckpoint" and named.details["teacher"]["arch"]
+    assert named.details["loss_first"] < 1e-3  # the student starts as its teacher: KL ~ 0
+    assert finetune.details["teacher"] == {"teacher": "none"} and 1 < finetune.details["loss_first"] < 10

@@ -114,7 +114,7 @@ def wrap(student: Any, teacher: Any, loss: KDLoss) -> Any:
 
     cfg = mtd_mcore.DistillationConfig(
         intermediate_layer_pairs=[tuple(p) for p in loss.intermediate_layer_pairs],
-        logit_layers=tuple(loss.logit_layers),  # type: ignore[arg-type]
+        logit_layers=loss.logit_layers,
         skip_lm_loss=loss.skip_lm_loss, kd_loss_scale=loss.kd_loss_scale,
         logit_kl_temperature=loss.logit_kl_temperature)
     cfg = mtd_mcore.setup_distillation_config(cfg, student.config, teacher.config)
@@ -198,7 +198,7 @@ class MasterAdamW:
         decay = [m for p, m in zip(self.params, self.masters, strict=True) if p.ndim > 1]
         no_decay = [m for p, m in zip(self.params, self.masters, strict=True) if p.ndim <= 1]
         fused = bool(self.masters) and self.masters[0].is_cuda
-        groups = [{"params": decay}, {"params": no_decay, "wd_mult": 0.0}]
+        groups: list[dict[str, Any]] = [{"params": decay}, {"params": no_decay, "wd_mult": 0.0}]
         self.opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=train.learning_rate,
                                      betas=(train.adam_beta1, train.adam_beta2),
                                      eps=1e-8, weight_decay=train.weight_decay, fused=fused)

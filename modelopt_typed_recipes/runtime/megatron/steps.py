@@ -184,7 +184,11 @@ def _teacher_source(src: Any, sp: StagePlan, *, dtype: str) -> tuple[ModelArch, 
     where = f"{sp.path}.teacher"
     if isinstance(src, Builtin | HFCheckpoint):
         folder = str(REFERENCE_DIR) if isinstance(src, Builtin) else src.path
-        return load_hf_config(folder), lambda m: (build.import_hf(m, folder, dtype=dtype), m)[1]
+        def load_hf(m: Any) -> Any:
+            build.import_hf(m, folder, dtype=dtype)
+            return m
+
+        return load_hf_config(folder), load_hf
     if isinstance(src, MegatronCheckpoint):
         saved = Path(src.path) / "model_arch.yaml"
         if saved.is_file():
