@@ -267,3 +267,30 @@ def test_recipe_named_teacher_then_finetune(dist_cpu, tmp_path, gpu_env):
     assert named.details["teacher"]["teacher"] == "HFCheckpoint" and named.details["teacher"]["arch"]
     assert named.details["loss_first"] < 1e-3  # the student starts as its teacher: KL ~ 0
     assert finetune.details["teacher"] == {"teacher": "none"} and 1 < finetune.details["loss_first"] < 10
+
+
+@pytest.mark.parametrize("kind", ["tp", "dp"])
+def test_two_processes_match_one(dist_cpu, tmp_path, kind):
+    """TP=2 (logits KL reduced over the vocabulary shards, norm counted once per duplicate) gives the losses and
+    gradient norms of TP=1; DP=2 (each replica half of a global micro-batch, gradients averaged) gives the
+    gradient norms of one process with the whole micro-batch."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from _distill_worker import run
+    from modelopt_typed_recipes.runtime.distributed import free_port
+
+    out = tmp_path / "curve.json"
+    worker = Path(__file__).resolve().parent / "_distill_worker.py"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", str(free_port()), str(worker), kind, str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads(out.read_text())
+    one = run("one", 2 if kind == "tp" else 4)
+    for a, b in zip(two, one, strict=True):
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+        if kind == "tp":
+            assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
