@@ -15,7 +15,6 @@ gave it (quantizers stay; the distillation modes are dropped), so checkpoints an
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from types import MethodType
@@ -218,8 +217,9 @@ class MasterAdamW:
     def lr(self) -> float:
         return float(self.opt.param_groups[0]["lr"])
 
-    def step(self) -> float:
-        """One optimizer step from the gradients the model holds; returns the gradient norm (before clipping)."""
+    def step(self) -> Any:
+        """One optimizer step from the gradients the model holds; returns the gradient norm before clipping (a
+        tensor: the caller reads it with the step's other figures, one device synchronisation per step)."""
         import torch
         import torch.distributed as dist
         from megatron.core import parallel_state
@@ -255,7 +255,7 @@ class MasterAdamW:
             if pairs:
                 torch._foreach_copy_([p for p, _ in pairs], [m for _, m in pairs])
         self.scheduler.step(1)
-        return float(norm)
+        return norm
 
 
 # --------------------------------------------------------------------------- the loop
@@ -273,14 +273,17 @@ def micro_batches(windows: Any, size: int, *, replicas: int = 1, replica: int = 
         yield windows[idx]
 
 
-def _inputs(ids: Any) -> tuple[Any, Any, Any, Any]:
-    """Inputs, positions, causal mask and next-token labels of a window batch (the last token only labels)."""
+def _inputs(ids: Any, cache: dict[tuple[int, ...], tuple[Any, Any]]) -> tuple[Any, Any, Any, Any]:
+    """Inputs, positions, causal mask and next-token labels of a window batch (the last token only labels);
+    positions and mask are built once per shape."""
     import torch
 
     x, labels = ids[:, :-1].contiguous(), ids[:, 1:].contiguous()
-    s = x.shape[1]
-    pos = torch.arange(s, device=x.device).unsqueeze(0).expand(x.shape[0], -1)
-    mask = torch.triu(torch.ones((1, 1, s, s), device=x.device), diagonal=1).bool()
+    if x.shape not in cache:
+        s = x.shape[1]
+        pos = torch.arange(s, device=x.device).unsqueeze(0).expand(x.shape[0], -1)
+        cache[x.shape] = (pos, torch.triu(torch.ones((1, 1, s, s), device=x.device), diagonal=1).bool())
+    pos, mask = cache[x.shape]
     return x, pos, mask, labels
 
 
@@ -306,6 +309,7 @@ def train_loop(model: Any, windows: Any, train: Training, *, distilling: bool, p
                             replicas=parallel_state.get_data_parallel_world_size(),
                             replica=parallel_state.get_data_parallel_rank())
     curve: list[dict[str, float]] = []
+    shapes: dict[tuple[int, ...], tuple[Any, Any]] = {}
     tokens = 0
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()
@@ -315,7 +319,7 @@ def train_loop(model: Any, windows: Any, train: Training, *, distilling: bool, p
         logits_total = torch.zeros((), device=device)
         for _ in range(train.gradient_accumulation_steps):
             ids = next(batches).to(device, non_blocking=True)
-            x, pos, mask, labels = _inputs(ids)
+            x, pos, mask, labels = _inputs(ids, shapes)
             loss_mask = torch.ones_like(labels, dtype=torch.float32)
             n = loss_mask.sum()
             out = model(x, pos, mask, labels=labels)  # per-token LM loss [b, s] (zeros when skip_lm_loss)
@@ -332,9 +336,10 @@ def train_loop(model: Any, windows: Any, train: Training, *, distilling: bool, p
         lr = opt.lr
         norm = opt.step()
         acc = train.gradient_accumulation_steps
-        row = {"step": step + 1, "loss": float(total) / acc, "grad_norm": norm, "lr": lr}
+        loss_v, logits_v, norm_v = torch.stack([total, logits_total, norm.to(total.dtype)]).tolist()
+        row = {"step": step + 1, "loss": loss_v / acc, "grad_norm": norm_v, "lr": lr}
         if distilling:
-            row["logits_loss"] = float(logits_total) / acc
+            row["logits_loss"] = logits_v / acc
         curve.append(row)
         if on_step is not None:
             on_step(step + 1, row)
@@ -362,7 +367,3 @@ def distill(student: Any, teacher: Any | None, windows: Any, train: Training, lo
         student = unwrap(kd)
     return student, report
 
-
-def steps_for(tokens: int, train_window_tokens: int) -> int:
-    """Optimizer steps that see at least ``tokens`` labelled tokens (``train_window_tokens`` per step)."""
-    return max(1, math.ceil(tokens / train_window_tokens))
