@@ -402,3 +402,77 @@ def test_layout_handover_frees_the_old_model_before_building_the_new(dist_cpu, t
     assert gone() is None and not (tmp_path / "h").exists()
     after = stages.amax_state(fresh)
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in after)
+
+
+class _Killed(BaseException):
+    """Stands in for a kill in-process: not an Exception, so nothing on the way catches it."""
+
+
+def test_a_stopped_run_continues_from_the_last_stage_checkpoint(dist_cpu, hf_dense, tmp_path, export_env, monkeypatch):
+    """FP8 (save: all) -> export, stopped after the quantize stage is recorded, then inside the export, then after
+    the export: each next run loads the recorded checkpoint, skips the finished stages and ends with the numbers
+    of a run never stopped. Under ``save: auto`` (the quantized model handed over in memory) it starts again and
+    says why."""
+    from modelopt_typed_recipes.plan.journal import JOURNAL_NAME, Journal
+    from modelopt_typed_recipes.runtime.megatron import stages
+
+    r = Recipe(name="t", model=arch_4k(), source=HFCheckpoint(path=str(hf_dense)), stages=(Quantize(format="fp8"), Export()),
+               calibration=CALIB, evaluation=EVAL, output_dir=str(tmp_path / "o"), backend="megatron", device="cuda",
+               save="all")
+    straight = _run(r, tmp_path / "straight")
+    quantized = []
+    real_quantize, real_finish, real_export = stages.quantize, Journal.finish_stage, stages.export_hf
+    monkeypatch.setattr(stages, "quantize", lambda *a, **k: quantized.append(1) or real_quantize(*a, **k))
+
+    def journal_of(run_dir):
+        return json.loads((run_dir / "staging" / JOURNAL_NAME).read_text())["stages"]
+
+    def kill_after(index):
+        def finish(self, i, *a, **k):
+            real_finish(self, i, *a, **k)
+            if i == index:
+                raise _Killed
+        monkeypatch.setattr(Journal, "finish_stage", finish)
+
+    run_dir = tmp_path / "killed"
+    kill_after(0)
+    with pytest.raises(_Killed):
+        _run(r, run_dir)
+    assert [(s["result"]["name"], s["state"]) for s in journal_of(run_dir)] == [
+        ("quantize-fp8", "01-quantize-fp8/checkpoint")]
+
+    monkeypatch.setattr(Journal, "finish_stage", real_finish)
+    def export_then_die(*a, **k):
+        real_export(*a, **k)
+        raise _Killed
+    monkeypatch.setattr(stages, "export_hf", export_then_die)
+    with pytest.raises(_Killed):
+        _run(r, run_dir)
+    assert len(quantized) == 1  # the first killed run's: the second skipped stage 0
+    assert (run_dir / "staging" / "02-export-hf" / "model.safetensors").exists()  # half a stage: redone next
+
+    monkeypatch.setattr(stages, "export_hf", real_export)
+    kill_after(1)
+    with pytest.raises(_Killed):
+        _run(r, run_dir)
+    assert [s["state"] for s in journal_of(run_dir)] == ["01-quantize-fp8/checkpoint"] * 2  # export: the model it wrote
+    monkeypatch.setattr(Journal, "finish_stage", real_finish)
+    res = _run(r, run_dir)  # every stage done: the checkpoint is loaded only to measure after the stages
+    assert len(quantized) == 1 and res.resumed_from == 2
+    assert res.notes == ("resuming a stopped run of this recipe: 2 stage(s) done, all stages were finished",)
+    assert [s.name for s in res.stages] == ["quantize-fp8", "export-hf"]
+    assert res.stages[0].details["checkpoint"]["saved"] is True
+    for key in ("perplexity_before", "perplexity_after"):
+        assert res.metrics[key] == pytest.approx(straight.metrics[key], rel=1e-6), key
+
+    # save: auto hands the quantized model to the export in memory: nothing to continue from
+    auto = attrs.evolve(r, save="auto")
+    kill_after(0)
+    with pytest.raises(_Killed):
+        _run(auto, tmp_path / "auto")
+    monkeypatch.setattr(Journal, "finish_stage", real_finish)
+    res = _run(auto, tmp_path / "auto")
+    assert res.resumed_from is None and len(quantized) == 3
+    assert "did not save the model after it (the save policy handed it over in memory; save: all" in res.notes[0]
+    assert res.notes[0].endswith("starting from the beginning")
+    assert res.metrics["perplexity_after"] == pytest.approx(straight.metrics["perplexity_after"], rel=1e-6)

@@ -70,9 +70,10 @@ class Journal:
         return cls(staging=staging, recipe_hash=recipe_hash, backend=backend, stages=stages,
                    extra=dict(doc.get("extra") or {}))
 
-    def resume_point(self, n_stages: int, *, final_model_needed: bool = False) -> ResumePoint:
+    def resume_point(self, n_stages: int, *, final_model_needed: bool = False, unsaved: str = "") -> ResumePoint:
         """Where to start: after the last finished stage whose model is on disk (see the module text).
-        ``final_model_needed``: the work after the last stage (an evaluation) needs the model it left."""
+        ``final_model_needed``: the work after the last stage (an evaluation) needs the model it left;
+        ``unsaved``: why a backend may not have saved it (added to the note, with what to change)."""
         done = min(len(self.stages), n_stages)
         if done == 0:
             note = f"a stopped run was found in {self.staging} but {self.found}; starting from the beginning" \
@@ -82,7 +83,7 @@ class Journal:
         label = self.stages[done - 1]["result"].get("name", f"stage {done - 1}")
         if state is None and (done < n_stages or final_model_needed):
             return ResumePoint(note=f"a stopped run finished stages[{done - 1}] ({label}) but did not save the "
-                                    "model after it; starting from the beginning")
+                                    f"model after it{f' ({unsaved})' if unsaved else ''}; starting from the beginning")
         path = self.staging / state if state is not None else None
         if path is not None and not path.exists():
             return ResumePoint(note=f"the model saved after stages[{done - 1}] ({label}) is missing ({path}); "
@@ -91,10 +92,10 @@ class Journal:
         return ResumePoint(start=done, state=path,
                            note=f"resuming a stopped run of this recipe: {done} stage(s) done, {what}")
 
-    def begin(self, n_stages: int, *, final_model_needed: bool = False) -> ResumePoint:
+    def begin(self, n_stages: int, *, final_model_needed: bool = False, unsaved: str = "") -> ResumePoint:
         """The resume point; when it is the beginning, whatever a stopped run left in the staging folder is
         cleared first (stage folders half written)."""
-        point = self.resume_point(n_stages, final_model_needed=final_model_needed)
+        point = self.resume_point(n_stages, final_model_needed=final_model_needed, unsaved=unsaved)
         if point.start == 0:
             import shutil
 

@@ -102,7 +102,7 @@ def plan_run(recipe: Recipe, *, progress: bool = True) -> RunPlan:
 
 
 # --------------------------------------------------------------------------- the run
-RESUMING_BACKENDS = ("hf",)
+RESUMING_BACKENDS = ("hf", "megatron")
 """Backends that journal their stages (``plan.journal``) and continue a stopped run; the others start again."""
 
 

@@ -8,6 +8,14 @@ layouts differ (a TP=2 quantization followed by a pipeline-only export) the mode
 checkpoint with its ModelOpt state (the hand-over the stage's details report), the parallel groups are
 rebuilt and the model is re-loaded resharded. Everything is written under ``plan.staging_dir``; the caller
 renames it to the output folder when ``run`` returns.
+
+Each finished stage is recorded in the staging folder's journal (``plan.journal``) with the checkpoint its
+save decision wrote (an export records the checkpoint of the model it exported). After a kill the same
+command builds the model from the last recorded checkpoint (its own architecture, a pruned one included, in
+the layout of the next stage) and skips the finished stages. No extra checkpoint is written for resuming: at
+real size one costs minutes, so what a stopped run can reuse is what the recipe's ``save`` policy kept; a
+stage handed over in memory (``save: none``, or ``auto`` before an export) means starting again, and the
+run's notes say so.
 """
 
 from __future__ import annotations
@@ -51,30 +59,37 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
     device = plan.device
     spec = build.spec_for_run(recipe, te_available=build.has_transformer_engine())
     distributed.init_process_group(device=device, ranks=(plan.rank, plan.world_size, plan.local_rank))
-    timings: dict[str, float] = {}
     staging = plan.staging()
-    if distributed.is_main():
-        staging.mkdir(parents=True, exist_ok=True)
-    distributed.barrier()
+    journal, point = _open_journal(recipe, plan, staging)
+    start = point.start
+    done = [StageResult.from_dict(s["result"]) for s in journal.stages[:start]]
+    timings: dict[str, float] = dict(journal.extra.get("timings", {}))
+    metrics: dict[str, float | None] = dict(journal.extra.get("metrics", {}))
+    tasks: dict[str, dict[str, Any]] = {k: dict(v) for k, v in journal.extra.get("tasks", {}).items()}
 
     arch = plan.arch
-    current = plan.stages[0].layout or recipe.layout or ParallelLayout()
+    current = _layout_at(recipe, plan, start)
     distributed.set_layout(current, seed=recipe.seed, device=device)
     timings["setup"] = time.perf_counter() - t_start  # torch and Megatron-Core are first imported here
 
     # ---- model and weights
     t = time.perf_counter()
     src = recipe.source
-    if isinstance(src, RandomInit):
-        distributed.seed_weights(src.seed, device=device)
-    model = build.build_model(arch, current, dtype=dtype, device=device, spec=spec)
     hf_ref = _hf_reference(recipe)
-    if hf_ref is not None and isinstance(src, HFCheckpoint | Builtin):
-        build.import_hf(model, hf_ref, dtype=dtype, workspace=str(staging / ".import"))
-    elif isinstance(src, MegatronCheckpoint):
-        model = build.load_checkpoint(model, src.path)
-    elif isinstance(src, Builtin):
-        raise SpecError("the built-in reference weights are not installed", path="source")
+    if point.state is not None:  # the model as the last finished stage's checkpoint holds it
+        arch = _saved_arch(point.state)
+        model = build.build_model(arch, current, dtype=dtype, device=device, spec=spec)
+        model = build.load_checkpoint(model, point.state)
+    else:
+        if isinstance(src, RandomInit):
+            distributed.seed_weights(src.seed, device=device)
+        model = build.build_model(arch, current, dtype=dtype, device=device, spec=spec)
+        if hf_ref is not None and isinstance(src, HFCheckpoint | Builtin):
+            build.import_hf(model, hf_ref, dtype=dtype, workspace=str(staging / ".import"))
+        elif isinstance(src, MegatronCheckpoint):
+            model = build.load_checkpoint(model, src.path)
+        elif isinstance(src, Builtin):
+            raise SpecError("the built-in reference weights are not installed", path="source")
     timings["load"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -86,26 +101,35 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
     calib = data.token_windows(recipe.calibration, tokenizer)
     timings["data"] = time.perf_counter() - t
     eval_batches = None
-    metrics: dict[str, float | None] = {}
     if recipe.evaluation is not None:
         ev = data.token_windows(recipe.evaluation, tokenizer, path="evaluation")
         eval_batches = data.batches(ev, recipe.evaluation.batch_size)
-        t = time.perf_counter()
-        metrics["perplexity_before"] = stages.perplexity(model, eval_batches, progress=plan.progress)
-        timings["evaluate_before"] = time.perf_counter() - t
-    tasks: dict[str, dict[str, Any]] = {}
-    if recipe.tasks:
+        if "perplexity_before" not in metrics:  # a resumed run measured it before its first stage
+            t = time.perf_counter()
+            metrics["perplexity_before"] = stages.perplexity(model, eval_batches, progress=plan.progress)
+            timings["evaluate_before"] = time.perf_counter() - t
+    if recipe.tasks and not all("before" in tasks.get(task.name, {}) for task in recipe.tasks):
         t = time.perf_counter()
         _measure_tasks("before", recipe, model, arch, tokenizer, staging, plan.progress, metrics, tasks)
         timings["tasks_before"] = time.perf_counter() - t
 
+    archs = list(plan.stage_archs)
+    if start:  # resumed: the checkpoint's architecture (a pruned size may have been chosen at run time)
+        archs[start:] = [arch] * (len(archs) - start)
     run = MegatronRun(recipe=recipe, plan=plan, model=model, layout=current, spec=spec, tokenizer=tokenizer,
-                      windows=calib, hf_reference=hf_ref, archs=list(plan.stage_archs), eval_batches=eval_batches)
+                      windows=calib, hf_reference=hf_ref, archs=archs, eval_batches=eval_batches)
+    run.quantized = any(r.technique in ("quantize", "auto_quantize") for r in done)
+    run.changed = any(r.technique == "prune" for r in done)
     del model  # the run holds it now (a hand-over between layouts must be able to free it)
-    results: list[StageResult] = []
+    results: list[StageResult] = list(done)
     keep_teacher_at = _keep_teacher_at(recipe)
-    for sp in plan.stages:
+    for sp in plan.stages[start:]:
         stage = sp.stage
+        if distributed.is_main():
+            import shutil
+
+            shutil.rmtree(run.out_dir(sp), ignore_errors=True)  # what a stopped run left of this stage
+        distributed.barrier()
         stage_arch = run.archs[sp.index]
         handover = None
         if sp.layout is not None and sp.layout != run.layout:
@@ -135,6 +159,10 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
             effective_bits=step.effective_bits, quantizer_summary=summary, outputs=step.outputs,
             details={"layout": run.layout.short(), **({"handover": handover} if handover else {}), **step.details},
         ))
+        if distributed.is_main():
+            journal.extra.update(metrics=metrics, timings=timings, tasks=tasks)
+            journal.finish_stage(sp.index, results[-1].to_dict(), _state_after(journal, plan, sp.index, step.outputs))
+        distributed.barrier()
 
     if eval_batches is not None and (run.quantized or run.changed):
         t = time.perf_counter()
@@ -150,6 +178,7 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
         recipe_name=recipe.label, recipe_hash=recipe.content_hash(), backend="megatron", device=device,
         output_dir=str(plan.output_dir), stages=tuple(results), metrics=metrics,
         seconds=time.perf_counter() - t_start, timings=timings, calibration_hash=data.data_hash(calib), tasks=tasks,
+        resumed_from=start or None, notes=(point.note,) if point.note else (),
     )
 
 
@@ -162,6 +191,61 @@ def _keep_teacher_at(recipe: Recipe) -> int | None:
         if getattr(stage, "teacher", None) == "before_compression":
             return first_compression(recipe.stages, j)
     return None
+
+
+UNSAVED = ("the save policy handed it over in memory; save: all writes each stage's checkpoint, so a stopped "
+           "Megatron-Core run continues after any stage")
+
+
+def _open_journal(recipe: Recipe, plan: RunPlan, staging: Path) -> tuple[Any, Any]:
+    """The staging folder's journal and where this run starts, decided on rank 0 and the same on every rank."""
+    from ...plan.journal import Journal, ResumePoint
+    from .. import distributed
+
+    journal = Journal.open(staging, recipe_hash=recipe.content_hash(), backend="megatron")
+    shared = None
+    if distributed.is_main():
+        staging.mkdir(parents=True, exist_ok=True)
+        # the model is measured after the last stage: a resumed run needs it again
+        point = journal.begin(len(plan.stages), final_model_needed=recipe.evaluation is not None or bool(recipe.tasks),
+                              unsaved=UNSAVED)
+        for p in staging.glob(".relayout-*"):  # a hand-over between layouts a kill interrupted
+            import shutil
+
+            shutil.rmtree(p, ignore_errors=True)
+        shared = (point.start, None if point.state is None else str(point.state), point.note, journal.stages,
+                  journal.extra)
+    start, state, note, journal.stages, journal.extra = distributed.broadcast_object(shared)
+    return journal, ResumePoint(start=start, state=None if state is None else Path(state), note=note)
+
+
+def _layout_at(recipe: Recipe, plan: RunPlan, index: int) -> ParallelLayout:
+    """The layout stage ``index`` runs in (the last one a stage up to it set; the first stage's otherwise)."""
+    layout = plan.stages[0].layout or recipe.layout or ParallelLayout()
+    for sp in plan.stages[: index + 1]:
+        if sp.layout is not None:
+            layout = sp.layout
+    return layout
+
+
+def _saved_arch(checkpoint: Path) -> ModelArch:
+    """The architecture a stage checkpoint was written with (``build.save_checkpoint`` stores it beside)."""
+    from ...spec.serde import load_file
+
+    return load_file(checkpoint / "model_arch.yaml", ModelArch)
+
+
+def _state_after(journal: Any, plan: RunPlan, index: int, outputs: tuple[str, ...]) -> Path | None:
+    """The checkpoint of the model after stage ``index``: the one it wrote, else (a stage that leaves the model
+    as it is, such as export) the one the stage before it recorded; None when the model is only in memory."""
+    from ...plan.save import changes_model
+
+    staging = plan.staging()
+    own = next((staging / o for o in outputs if o.endswith("/checkpoint")), None)
+    if own is not None or changes_model(plan.stages[index].stage) or index == 0:
+        return own
+    before = journal.stages[index - 1].get("state") if len(journal.stages) >= index else None
+    return staging / before if before else None
 
 
 def _measure_tasks(phase: str, recipe: Recipe, model: Any, arch: ModelArch, tokenizer: Any, staging: Path,
