@@ -10,7 +10,7 @@ measures, before and after quantization, on the same weights:
 * ``mmlu`` on an MMLU-format fixture (the ``cais/mmlu`` layout, written from held-out items of another seed)
   through ModelOpt's ``megatron_mmlu``, as Megatron-LM's ``mmlu.sh`` runs it (0-shot).
 
-Rows are appended to ``$OUT/evalres/tasks_gpu.jsonl`` as they finish, and no new format starts after
+Rows are appended to ``$OUT/tasks_gpu.jsonl`` as they finish, and no new format starts after
 ``--budget`` seconds, so a call cut short still leaves every finished row. With ``--cpu-smoke`` it runs one
 small case on the CPU through the test-only Megatron shim (to try the script before a GPU call).
 
@@ -66,7 +66,7 @@ def main() -> None:
     ap.add_argument("--formats", nargs="+", default=list(FORMATS))
     ap.add_argument("--cpu-smoke", action="store_true", help="one small case on the CPU (the Megatron shim)")
     args = ap.parse_args()
-    out = Path(os.environ.get("OUT", ROOT / "benchmarks" / "raw" / "session5")) / "evalres"
+    out = Path(os.environ.get("OUT", ROOT / "benchmarks" / "raw" / "session5" / "evalres"))
     out.mkdir(parents=True, exist_ok=True)
     raw = out / ("tasks_cpu_smoke.jsonl" if args.cpu_smoke else "tasks_gpu.jsonl")
     raw.write_text("")

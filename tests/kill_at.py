@@ -7,7 +7,8 @@ the test is not a race. Moments (HF backend, a quantize -> export recipe):
 - ``after:stages[N]``: just after stage N is recorded in the journal;
 - ``inside:stages[1]``: the export files are written, the stage is not yet recorded;
 - ``evaluating-export``: every stage done, the re-loaded export about to be measured;
-- ``before-swap``: the manifests written, the finished folder about to be put in place.
+- ``before-swap``: the manifests written, the finished folder about to be put in place;
+- ``inside:megatron-export``: the Megatron-Core backend's export files written, the stage not yet recorded.
 """
 
 from __future__ import annotations
@@ -53,6 +54,15 @@ def main() -> int:
         export.export = export_then_die
     elif moment == "evaluating-export":
         export.load_export = lambda *a, **k: _die()
+    elif moment == "inside:megatron-export":
+        from modelopt_typed_recipes.runtime.megatron import stages
+
+        write_hf = stages.export_hf
+
+        def export_hf_then_die(*a, **k):  # noqa: ANN002, ANN003, ANN202
+            write_hf(*a, **k)
+            _die()
+        stages.export_hf = export_hf_then_die
     elif moment == "before-swap":
         outputs.publish = lambda *a, **k: _die()
     else:

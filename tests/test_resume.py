@@ -124,3 +124,58 @@ def test_a_second_run_to_a_locked_folder_is_refused_naming_the_holder(tmp_path: 
     assert f"is being written by another run (pid {os.getpid()}" in proc.stderr
     assert json.loads(proc.stdout)["errors"][0]["type"] == "OutputLockedError"
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- GPU: the Megatron-Core backend
+MEGATRON_RECIPE = """\
+name: megatron-resume
+model: reference-llama
+source: {type: builtin}
+stages: [{technique: quantize, format: fp8}, {technique: export}]
+calibration: {dataset: reference-train, num_samples: 16, seq_length: 256, batch_size: 8}
+evaluation: {dataset: reference-heldout, num_samples: 16, seq_length: 256, batch_size: 8}
+backend: megatron
+device: cuda
+save: all
+"""
+
+
+@pytest.mark.gpu
+def test_megatron_run_killed_after_a_stage_and_inside_export_continues(tmp_path: Path) -> None:
+    """A real kill -9 of a Megatron-Core run (FP8 with save: all, then export): after the quantize stage is
+    recorded, then inside the export; the next run loads the quantize stage's checkpoint, skips the stage and
+    ends with the perplexities of a run never stopped."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("megatron.core")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(MEGATRON_RECIPE)
+
+    def cli(out: Path, kill_at: str | None = None) -> subprocess.CompletedProcess[str]:
+        head = [sys.executable, "tests/kill_at.py", kill_at] if kill_at else [sys.executable, "-m",
+                                                                               "modelopt_typed_recipes"]
+        return subprocess.run([*head, "run", str(recipe), "--no-progress", "--json", "--output-dir", str(out)],
+                              capture_output=True, text=True, timeout=600, cwd=ROOT, env=ENV)
+
+    straight = cli(tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    expected = json.loads(straight.stdout)["metrics"]
+    out = tmp_path / "out"
+    proc = cli(out, "after:stages[0]")
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    assert _journal(out) == ["quantize-fp8"]
+    assert (_staging(out) / "01-quantize-fp8" / "checkpoint" / "metadata.json").is_file()
+    proc = cli(out, "inside:megatron-export")
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    assert _journal(out) == ["quantize-fp8"] and not out.exists()
+    assert (_staging(out) / "02-export-hf" / "config.json").is_file()  # half a stage, redone by the next run
+    proc = cli(out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming a stopped run of this recipe: 1 stage(s) done, continuing with stages[1]" in proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["resumed_from"] == 1 and [s["name"] for s in result["stages"]] == ["quantize-fp8", "export-hf"]
+    for key in ("perplexity_before", "perplexity_after"):
+        assert result["metrics"][key] == pytest.approx(expected[key], rel=1e-4), key
+    assert (out / "02-export-hf" / "config.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "r.yaml", "straight"]
