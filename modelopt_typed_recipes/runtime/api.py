@@ -19,9 +19,9 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
@@ -37,6 +37,8 @@ from .result import PostTrainingResult
 
 if TYPE_CHECKING:
     from ..plan.environment import Environment
+
+T = TypeVar("T")
 
 
 def load_recipe(recipe: Recipe | str | Path | Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> Recipe:
@@ -147,40 +149,55 @@ def _run(recipe: Recipe | str | Path | Mapping[str, Any], *, progress: bool, for
     main = plan.rank == 0
     identity = outputs.run_identity(recipe_hash)
     notes: list[str] = []
+    if plan.world_size > 1:  # the ranks agree on the output folder through the process group (below)
+        from . import distributed
+
+        distributed.init_process_group(device=plan.device, ranks=(plan.rank, plan.world_size, plan.local_rank))
     try:
-        if main:
-            with outputs.faults_as_errors(output.parent):
-                output.parent.mkdir(parents=True, exist_ok=True)
-        with (outputs.OutputLock(output, identity) if main else contextlib.nullcontext()), \
-                outputs.faults_as_errors(output.parent):
-            if main:
-                outputs.clean_leftovers(output, keep=staging)
-                outputs.check_output(output)
-            ready = outputs.read_manifest(staging)
-            if ready is not None and ready["run"].get("recipe_hash") == recipe_hash and ready.get("result"):
-                # a run finished but was stopped before its swap: only the swap is left
-                result = PostTrainingResult.from_dict(ready["result"], output_dir=str(output))
-                notes.append(f"a finished run of this recipe was waiting in {staging}; put in place")
-            else:
-                if main:
+        with contextlib.ExitStack() as held:
+            def claim() -> tuple[dict[str, Any] | None, list[str]]:
+                """Rank 0 takes the folder: the lock, leftovers, whose folder it is, a finished run waiting."""
+                said: list[str] = []
+                with outputs.faults_as_errors(output.parent):
+                    output.parent.mkdir(parents=True, exist_ok=True)
+                    held.enter_context(outputs.OutputLock(output, identity))
+                    outputs.clean_leftovers(output, keep=staging)
+                    outputs.check_output(output)
+                    ready = outputs.read_manifest(staging)
+                    if ready is not None and ready["run"].get("recipe_hash") == recipe_hash and ready.get("result"):
+                        return ready, said
                     if plan.backend not in RESUMING_BACKENDS and staging.is_dir() and any(staging.iterdir()):
                         shutil.rmtree(staging)
-                        notes.append(f"a stopped run of this recipe was found in {staging}; the {plan.backend} "
-                                     "backend does not continue stopped runs yet, so this run started again")
+                        said.append(f"a stopped run of this recipe was found in {staging}; the {plan.backend} "
+                                    "backend does not continue stopped runs yet, so this run started again")
                     staging.mkdir(parents=True, exist_ok=True)
-                result = backend.run(rec, plan)
-                if rec.gate is not None:  # before any manifest or rename: a model below the bar leaves nothing
-                    rec.gate.enforce(result.metrics)
-                timings = {"startup": _seconds_since_process_start() - (time.perf_counter() - t0), "plan": t_plan,
-                           **result.timings}
-                result = attrs.evolve(result, output_dir=str(output), seconds=time.perf_counter() - t0,
-                                      timings=timings)
-                if main:
-                    _write_manifests(rec, plan, result, identity)
-            if main:
-                kept = outputs.publish(staging, output)
-                if kept:
-                    notes.append(f"files that no run of ours wrote were kept: {', '.join(kept[:5])}")
+                return None, said
+
+            ready, said = on_main(plan, claim)
+            notes += said
+            with outputs.faults_as_errors(output.parent):
+                if ready is not None:
+                    # a run finished but was stopped before its swap: only the swap is left
+                    result = PostTrainingResult.from_dict(ready["result"], output_dir=str(output))
+                    notes.append(f"a finished run of this recipe was waiting in {staging}; put in place")
+                else:
+                    result = backend.run(rec, plan)
+                    if rec.gate is not None:  # before any manifest or rename: a model below the bar leaves nothing
+                        rec.gate.enforce(result.metrics)
+                    timings = {"startup": _seconds_since_process_start() - (time.perf_counter() - t0),
+                               "plan": t_plan, **result.timings}
+                    result = attrs.evolve(result, output_dir=str(output), seconds=time.perf_counter() - t0,
+                                          timings=timings)
+
+            def put_in_place() -> list[str]:
+                with outputs.faults_as_errors(output.parent):
+                    if ready is None:
+                        _write_manifests(rec, plan, result, identity)
+                    return outputs.publish(staging, output)
+
+            kept = on_main(plan, put_in_place)
+            if kept:
+                notes.append(f"files that no run of ours wrote were kept: {', '.join(kept[:5])}")
     except BaseException as exc:
         waiting = isinstance(exc, OutputError) and "finished run waits" in exc.hint
         if main and not waiting and not isinstance(exc, KeyboardInterrupt | outputs.OutputLockedError):
@@ -190,6 +207,39 @@ def _run(recipe: Recipe | str | Path | Mapping[str, Any], *, progress: bool, for
                     p.rmdir()
         raise
     return attrs.evolve(result, manifest=outputs.MANIFEST_NAME, notes=(*result.notes, *notes))
+
+
+def on_main(plan: RunPlan, work: Callable[[], T]) -> T:
+    """``work()`` on rank 0 alone, its result or its typed error the same on every rank.
+
+    The output folder is rank 0's to hold (its lock, its swap); the other ranks wait here, in the process
+    group, for what it found: a second launch to a locked folder fails on every rank with the same
+    :class:`OutputLockedError`, instead of rank 0 failing while the others wait for it forever."""
+    if plan.world_size == 1:
+        return work()
+    from . import distributed
+
+    value: Any = None
+    failure: dict[str, str] | None = None
+    if plan.rank == 0:
+        try:
+            value = work()
+        except RecipeError as exc:
+            failure = exc.to_dict()
+            distributed.broadcast_object((None, failure))
+            raise
+        except BaseException as exc:
+            failure = OutputError(f"rank 0 stopped with {type(exc).__name__}: {exc}", path="output_dir").to_dict()
+            distributed.broadcast_object((None, failure))
+            raise
+    value, failure = distributed.broadcast_object((value, failure))
+    if failure is not None:
+        from .. import errors
+
+        kind = getattr(errors, failure["type"], None)
+        kind = kind if isinstance(kind, type) and issubclass(kind, RecipeError) else RecipeError
+        raise kind(failure["message"], path=failure["path"], hint=failure["hint"])
+    return value
 
 
 def _seconds_since_process_start() -> float:
