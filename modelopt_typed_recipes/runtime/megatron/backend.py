@@ -47,6 +47,7 @@ def _hf_reference(recipe: Recipe) -> str | None:
 
 
 def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
+    from ...plan.save import changes_model
     from ...plan.techniques import technique_for
     from .. import data, distributed
     from . import build, stages
@@ -118,8 +119,9 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
         archs[start:] = [arch] * (len(archs) - start)
     run = MegatronRun(recipe=recipe, plan=plan, model=model, layout=current, spec=spec, tokenizer=tokenizer,
                       windows=calib, hf_reference=hf_ref, archs=archs, eval_batches=eval_batches)
-    run.quantized = any(r.technique in ("quantize", "auto_quantize") for r in done)
-    run.changed = any(r.technique == "prune" for r in done)
+    finished = [sp.stage for sp in plan.stages[:start]]
+    run.quantized = any(st.technique in ("quantize", "auto_quantize") for st in finished)
+    run.changed = any(changes_model(st) and st.technique not in ("quantize", "auto_quantize") for st in finished)
     del model  # the run holds it now (a hand-over between layouts must be able to free it)
     results: list[StageResult] = list(done)
     keep_teacher_at = _keep_teacher_at(recipe)
@@ -236,13 +238,11 @@ def _saved_arch(checkpoint: Path) -> ModelArch:
 
 
 def _state_after(journal: Any, plan: RunPlan, index: int, outputs: tuple[str, ...]) -> Path | None:
-    """The checkpoint of the model after stage ``index``: the one it wrote, else (a stage that leaves the model
-    as it is, such as export) the one the stage before it recorded; None when the model is only in memory."""
-    from ...plan.save import changes_model
-
+    """The checkpoint of the model after stage ``index``: the one it wrote, else (an export, which leaves the
+    model as it is) the one the stage before it recorded; None when the model is only in memory."""
     staging = plan.staging()
     own = next((staging / o for o in outputs if o.endswith("/checkpoint")), None)
-    if own is not None or changes_model(plan.stages[index].stage) or index == 0:
+    if own is not None or plan.stages[index].stage.technique != "export" or index == 0:
         return own
     before = journal.stages[index - 1].get("state") if len(journal.stages) >= index else None
     return staging / before if before else None
