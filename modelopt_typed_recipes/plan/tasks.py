@@ -6,9 +6,14 @@ folders by the runtime's pre-flight (``runtime/tasks/items.check_tasks``), which
 
 from __future__ import annotations
 
+import importlib.util
+
 from ..errors import CompatibilityError, RecipeError
-from ..spec.evaluation import Generate
+from ..spec.evaluation import Generate, LMEval
 from ..spec.recipe import Recipe
+
+LM_EVAL_NEEDS = ("lm_eval", "accelerate")
+"""What lm-eval's Hugging Face model class imports (the ``lm-eval`` extra installs both)."""
 
 
 def task_problems(recipe: Recipe, backend: str) -> list[RecipeError]:
@@ -19,4 +24,14 @@ def task_problems(recipe: Recipe, backend: str) -> list[RecipeError]:
             out.append(CompatibilityError(
                 "the Megatron-Core backend generates greedily (ModelOpt's megatron_generate)",
                 path=f"tasks[{i}].greedy", hint="greedy: true, or backend: hf"))
+        if isinstance(task, LMEval):
+            if backend != "hf":
+                out.append(CompatibilityError(
+                    "lm-eval's Python API scores Hugging Face models; the Megatron-Core backend runs next_sentence, "
+                    "mmlu and generate", path=f"tasks[{i}].task", hint="backend: hf, or task: mmlu"))
+            missing = [m for m in LM_EVAL_NEEDS if importlib.util.find_spec(m) is None]
+            if missing:
+                out.append(CompatibilityError(
+                    f"the lm_eval task needs {' and '.join(missing)}, not installed here", path=f"tasks[{i}].task",
+                    hint="pip install 'modelopt-typed-recipes[lm-eval]'"))
     return out

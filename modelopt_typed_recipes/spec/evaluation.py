@@ -14,6 +14,9 @@ backend does). Held-out perplexity stays where it was (the recipe's ``evaluation
 - ``generate``: greedy continuations of ``prompts`` (Megatron-LM's ``quantize.py --prompts``); with
   ``references``, accuracy is the share of continuations that begin with their reference text.
 
+- ``lm_eval``: tasks of EleutherAI's lm-evaluation-harness through its Python API (Hugging Face backend; an
+  optional extra), on data that is on this machine.
+
 The ``gate`` (Megatron-LM's ``mmlu.sh --lower-bound``, generalised) checks the measurements after
 compression and fails the run with a :class:`~modelopt_typed_recipes.errors.GateError` before the output
 folder is put in place: a model below the bar leaves nothing behind.
@@ -155,8 +158,51 @@ class Generate:
         return bool(self.references)
 
 
-Task = NextSentence | MMLU | Generate
-TASK_TYPES: tuple[type, ...] = (NextSentence, MMLU, Generate)
+def _optional_non_negative(_inst: object, attr: attrs.Attribute, value: int | None) -> None:
+    if value is not None:
+        _non_negative_int(_inst, attr, value)
+
+
+def _optional_positive(_inst: object, attr: attrs.Attribute, value: int | None) -> None:
+    if value is not None:
+        positive_int(_inst, attr, value)
+
+
+@attrs.frozen(kw_only=True)
+class LMEval:
+    """Tasks of EleutherAI's lm-evaluation-harness, run by its Python API (``lm_eval.simple_evaluate``) on the
+    Hugging Face model in memory and on the re-loaded export, as ModelOpt's ``hf_ptq.py --tasks lm_eval`` does.
+
+    Optional (``pip install 'modelopt-typed-recipes[lm-eval]'``) and Hugging Face backend only. The tasks' data
+    must be on this machine: tasks whose YAML files lie in ``include_path`` with a ``dataset_path`` of local
+    files (``json``, ``csv``, ``parquet`` with ``dataset_kwargs.data_files``), or lm-eval's own tasks whose
+    datasets are in the local Hugging Face cache (set ``HF_DATASETS_OFFLINE=1`` where the Hub is unreachable).
+    The accuracy is the mean of ``metric`` over ``tasks``; each task's value is in the result too.
+    """
+
+    task: Literal["lm_eval"] = attrs.field(default="lm_eval", validator=one_of(["lm_eval"]))
+    name: str = attrs.field(default="lm_eval", validator=_task_name)
+    tasks: tuple[str, ...] = attrs.field(validator=non_empty_strs)
+    """lm-eval task names (``hellaswag``, or the ``task:`` of a YAML file in ``include_path``)."""
+    include_path: str | None = attrs.field(default=None)
+    """A folder of lm-eval task YAML files (lm-eval's ``--include_path``)."""
+    num_fewshot: int | None = attrs.field(default=None, validator=_optional_non_negative)
+    """Solved examples before each item (None: each task's own default)."""
+    limit: int | None = attrs.field(default=None, validator=_optional_positive)
+    """At most this many items per task (None: all)."""
+    batch_size: int = attrs.field(default=8, validator=positive_int)
+    metric: str = attrs.field(default="acc", validator=non_empty_str)
+    """The metric of each task that is this task's accuracy (``acc``, ``acc_norm``, ``exact_match``)."""
+
+    def __attrs_post_init__(self) -> None:
+        if not self.tasks:
+            raise fail("tasks", "give at least one lm-eval task", "e.g. tasks: [hellaswag]")
+        if self.include_path is not None and not str(self.include_path).strip():
+            raise fail("include_path", "must be a folder path", "or leave it out")
+
+
+Task = NextSentence | MMLU | Generate | LMEval
+TASK_TYPES: tuple[type, ...] = (NextSentence, MMLU, Generate, LMEval)
 
 
 # --------------------------------------------------------------------------- the gate
@@ -244,4 +290,4 @@ def _judged(metrics: Mapping[str, float | None], task: str) -> list[tuple[str, f
     return [] if before is None else [("before", before)]
 
 
-__all__ = ["MMLU", "PHASES", "TASK_TYPES", "Gate", "Generate", "NextSentence", "Task", "metric_key"]
+__all__ = ["MMLU", "PHASES", "TASK_TYPES", "Gate", "Generate", "LMEval", "NextSentence", "Task", "metric_key"]

@@ -19,7 +19,7 @@ from pathlib import Path
 import attrs
 
 from ...errors import DataError
-from ...spec.evaluation import MMLU, Generate, NextSentence, Task
+from ...spec.evaluation import MMLU, Generate, LMEval, NextSentence, Task
 from ...spec.recipe import TextData
 
 LETTERS = "ABCD"
@@ -269,6 +269,10 @@ def check_tasks(tasks: Sequence[Task]) -> None:
             load_mmlu(task, path=path)
         elif isinstance(task, Generate):
             pass  # prompts and references are checked by the spec
+        elif isinstance(task, LMEval):
+            from . import harness  # lm-eval's index and its data loaders (the optional extra)
+
+            harness.check(task, path=path)
 
 
 __all__ = ["ChoiceItem", "MMLUData", "Question", "check_tasks", "load_mmlu", "mmlu_prompt",

@@ -15,7 +15,8 @@ from typing import Any, Protocol
 
 import attrs
 
-from ...spec.evaluation import MMLU, Generate, NextSentence, Task, metric_key
+from ...errors import CompatibilityError
+from ...spec.evaluation import MMLU, Generate, LMEval, NextSentence, Task, metric_key
 from . import items as _items
 from .score import continuation_logprobs, fit, last_token_choices
 
@@ -51,12 +52,16 @@ class TaskResult:
     """Who scored it: ``log-likelihood`` (ours), ``megatron_mmlu`` (ModelOpt), ``generate``."""
     texts: tuple[str, ...] = ()
     """Generated continuations (generate tasks)."""
+    per_task: dict[str, float] = attrs.field(factory=dict)
+    """Each lm-eval task's value of the metric (lm_eval tasks; ``accuracy`` is their mean)."""
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"accuracy": self.accuracy, "correct": self.correct, "total": self.total,
                                "seconds": round(self.seconds, 3), "scorer": self.scorer}
         if self.texts:
             out["texts"] = list(self.texts)
+        if self.per_task:
+            out["per_task"] = dict(self.per_task)
         return out
 
 
@@ -129,13 +134,26 @@ def run_generate(task: Generate, lm: TaskModel, tokenizer: Any, *, path: str, se
                       scorer="generate", texts=tuple(texts))
 
 
+def run_lm_eval(task: LMEval, lm: TaskModel, tokenizer: Any, *, path: str, seed: int) -> TaskResult:
+    """lm-eval's ``simple_evaluate`` on the backend's Hugging Face model (the plan refuses other backends)."""
+    from . import harness
+
+    model = getattr(lm, "model", None)
+    if model is None or not hasattr(model, "config"):
+        raise CompatibilityError("lm-eval scores Hugging Face models", path=f"{path}.task", hint="backend: hf")
+    accuracy, total, values = harness.run(task, model, tokenizer, device=lm.device, max_length=lm.max_length,
+                                          path=path, seed=seed)
+    return TaskResult(accuracy=accuracy, correct=None, total=total, seconds=0.0, scorer="lm-eval", per_task=values)
+
+
 def matches(generated: str, reference: str) -> bool:
     """A continuation matches when it begins with the reference (white space at the start ignored)."""
     return generated.lstrip().startswith(reference.strip())
 
 
 Executor = Callable[..., TaskResult]
-EXECUTORS: Mapping[type, Executor] = {NextSentence: run_next_sentence, MMLU: run_mmlu, Generate: run_generate}
+EXECUTORS: Mapping[type, Executor] = {NextSentence: run_next_sentence, MMLU: run_mmlu, Generate: run_generate,
+                                      LMEval: run_lm_eval}
 """One executor per task class: a new task is one spec class and one function here."""
 
 
