@@ -65,7 +65,11 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=100.0, help="seconds after which no new format starts")
     ap.add_argument("--formats", nargs="+", default=list(FORMATS))
     ap.add_argument("--cpu-smoke", action="store_true", help="one small case on the CPU (the Megatron shim)")
+    ap.add_argument("--render", type=Path, help="print the markdown table of a tasks_gpu.jsonl (no measurement)")
     args = ap.parse_args()
+    if args.render:
+        print(render(args.render))
+        return
     out = Path(os.environ.get("OUT", ROOT / "benchmarks" / "raw" / "session5" / "evalres"))
     out.mkdir(parents=True, exist_ok=True)
     raw = out / ("tasks_cpu_smoke.jsonl" if args.cpu_smoke else "tasks_gpu.jsonl")
@@ -144,6 +148,26 @@ def main() -> None:
     if smoke is not None:
         smoke.__exit__(None, None, None)
     print(json.dumps({"wall_s": round(time.perf_counter() - t0, 1), "raw": str(raw)}), flush=True)
+
+
+def render(raw: Path) -> str:
+    """The table ``accuracy_gpu.md`` shows: perplexity and both tasks, before and after, per format."""
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.1f} %"
+
+    lines = ["| format | ppl before | ppl after | change | next-sentence before | after | MMLU fixture before "
+             "| after | seconds |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for line in raw.read_text().splitlines():
+        r = json.loads(line)
+        if "metrics" not in r:
+            lines.append(f"| {r['format']} | {r.get('skipped') or r.get('error', '?')} |" + " |" * 7)
+            continue
+        m = r["metrics"]
+        lines.append(f"| {r['format']} | {m['perplexity_before']:.3f} | {m['perplexity_after']:.3f} | "
+                     f"{100 * (m['perplexity_after'] / m['perplexity_before'] - 1):+.2f} % | "
+                     f"{pct(m.get('next_sentence_accuracy_before'))} | {pct(m.get('next_sentence_accuracy_after'))} | "
+                     f"{pct(m.get('mmlu_accuracy_before'))} | {pct(m.get('mmlu_accuracy_after'))} | {r['seconds']} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
