@@ -211,6 +211,13 @@ def _open_journal(recipe: Recipe, plan: RunPlan, staging: Path) -> tuple[Any, An
         # the model is measured after the last stage: a resumed run needs it again
         point = journal.begin(len(plan.stages), final_model_needed=recipe.evaluation is not None or bool(recipe.tasks),
                               unsaved=UNSAVED)
+        teacher_at = _keep_teacher_at(recipe)
+        if point.start and teacher_at is not None and point.start > teacher_at:
+            journal.stages.clear()  # the teacher is the model before compression: only the source gives it again
+            journal.begin(len(plan.stages))
+            point = ResumePoint(note=f"a stopped run finished {point.start} stage(s), but a distill stage learns from "
+                                     f"the model before stages[{teacher_at}], which only a run from the beginning "
+                                     "has; starting from the beginning")
         for p in staging.glob(".relayout-*"):  # a hand-over between layouts a kill interrupted
             import shutil
 
