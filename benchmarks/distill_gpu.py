@@ -20,7 +20,7 @@ Parts (``--parts``, comma-separated; default ``qad,depth,minitron,speed``):
 
 Knobs (environment): DISTILL_QAD_STEPS, DISTILL_QAD_LRS, DISTILL_DEPTH_STEPS, DISTILL_DEPTH_LRS,
 DISTILL_MINITRON_STEPS, DISTILL_MINITRON_LR, DISTILL_SPEED_STEPS, DISTILL_SPEED_REPS, DISTILL_MBS.
-Writes ``$OUT/distill/distill_gpu.json`` (OUT defaults to benchmarks/raw/session5) and prints one JSON line
+Writes ``$OUT/distill/distill_gpu_<parts>.json`` (OUT defaults to benchmarks/raw/session5) and prints one JSON line
 per case. Run: ``python3 benchmarks/distill_gpu.py``.
 """
 
@@ -143,9 +143,9 @@ def stage_row(res) -> dict:
 def part_qad() -> list[dict]:
     from modelopt_typed_recipes.spec.techniques import Export, Quantize
 
-    steps = int(os.environ.get("DISTILL_QAD_STEPS", "200"))
-    rows = []
-    for lr in env_list("DISTILL_QAD_LRS", "1e-4"):
+    steps = int(os.environ.get("DISTILL_QAD_STEPS", "300"))
+    rows = [ptq_export_row()] if DEVICE == "cuda" else []
+    for lr in env_list("DISTILL_QAD_LRS", "1e-5"):
         row: dict = {"case": "qad-nvfp4", "steps": steps, "lr": lr, "micro_batch_size": MBS}
         t = time.perf_counter()
         try:
@@ -171,6 +171,28 @@ def part_qad() -> list[dict]:
         log(json.dumps(row, default=str))
         rows.append(row)
     return rows
+
+
+def ptq_export_row() -> dict:
+    """NVFP4 PTQ alone, exported and re-loaded: how closely the decoded file matches the fake-quantized model in
+    memory when no training happened (the yardstick for the QAD export's match)."""
+    from modelopt_typed_recipes.spec.techniques import Export, Quantize
+
+    row: dict = {"case": "ptq-nvfp4-export"}
+    t = time.perf_counter()
+    try:
+        out = WORK / "ptq"
+        res = run_recipe(recipe("ptq", (Quantize(format=QAD_FORMAT), Export()), out))
+        ppl = res.metrics.get("perplexity_after")
+        edir = next(x for x in out.iterdir() if x.name.endswith("export-hf"))
+        disk, counts = export_perplexity(edir)
+        row.update(ppl_bf16=res.metrics.get("perplexity_before"), ppl_ptq=ppl, ppl_export_reloaded=disk,
+                   export_layers=counts, export_vs_memory_pct=round(100 * (disk / ppl - 1), 3), status="ok")
+    except Exception as exc:
+        row.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:600], trace=traceback.format_exc()[-2500:])
+    row["wall_s"] = round(time.perf_counter() - t, 1)
+    log(json.dumps(row, default=str))
+    return row
 
 
 def _reference_model(num_layers: int | None = None, keep: tuple[int, ...] | None = None):
@@ -259,7 +281,7 @@ def part_minitron() -> list[dict]:
                "note": "Transformer Engine does not import here: Minitron pruning needs it (final session only)"}
         log(json.dumps(row))
         return [row]
-    steps = int(os.environ.get("DISTILL_MINITRON_STEPS", "1500"))
+    steps = int(os.environ.get("DISTILL_MINITRON_STEPS", "300"))
     lr = float(os.environ.get("DISTILL_MINITRON_LR", "3e-4"))
     row: dict = {"case": "minitron-depth-6to4", "steps": steps, "lr": lr, "micro_batch_size": MBS}
     t = time.perf_counter()
@@ -404,7 +426,7 @@ def main() -> None:
                              "trace": traceback.format_exc()[-2500:]}
             log(json.dumps(results[name]))
         log(f"=== {name} took {time.perf_counter() - t:.1f} s")
-        (OUT / "distill_gpu.json").write_text(json.dumps({**results, "wall_s": round(time.perf_counter() - t0, 1)},
+        (OUT / f"distill_gpu_{args.parts.replace(',', '_')}.json").write_text(json.dumps({**results, "wall_s": round(time.perf_counter() - t0, 1)},
                                                          indent=2, default=str))
 
 

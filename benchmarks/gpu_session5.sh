@@ -41,18 +41,27 @@ ok = getattr(e, '$ext')(raise_if_failed=True) is not None; print('$ext', ok, rou
       if [ -n "${MTR_TE_SITE:-}" ]; then run=te; else run=; fi
       OUT="$OUT" $run python3 benchmarks/vs_megatron_lm.py ${VSMLM_ARGS:---reps 3 --budget-s 520} 2>&1 \
         | grep -v -i "warn" | tail -n 60 | tee "$OUT/vsmlm/run.log" ;;
-    mdistill)  # issue 13: distillation on Megatron-Core: its GPU tests, then benchmarks/distill_gpu.py (QAD, depth, Minitron, speed)
-      # MDISTILL_DEV=1: the dev call's short settings (~3 min, no TE needed); unset: the final run (~8 min, TE when present)
-      mkdir -p "$OUT/distill"
-      if [ -n "${MTR_TE_SITE:-}" ]; then run=te; else run=; fi
+    mdistill)  # issue 13: distillation on Megatron-Core: benchmarks/distill_gpu.py and its GPU tests
+      # MDISTILL_DEV=1: the dev call's settings (learning-rate sweeps, no TE); unset: the final run (~3.5 min):
+      # QAD + speed on the local spec, then Minitron pruning + distillation and its GPU test with TE when present
+      mkdir -p "$OUT/distill"; export OUT
       if [ -n "${MDISTILL_DEV:-}" ]; then
         export DISTILL_QAD_STEPS=150 DISTILL_QAD_LRS=1e-5,5e-5,2e-4 DISTILL_DEPTH_STEPS=300 \
-               DISTILL_DEPTH_LRS=1e-4,3e-4,1e-3 DISTILL_SPEED_STEPS=40 DISTILL_SPEED_REPS=5 limit=150
-      else limit=420; fi
-      $run timeout 120 python3 -m pytest -q -m gpu -p no:cacheprovider -s --durations=5 tests/test_megatron_distill_gpu.py \
-        2>&1 | grep -v -i "warning" | tail -n 40 | tee "$OUT/distill/pytest.log"
-      OUT="$OUT" $run timeout $limit python3 benchmarks/distill_gpu.py 2>&1 | grep -v -i "warning" \
-        | tee "$OUT/distill/distill_gpu.log" ;;
+               DISTILL_DEPTH_LRS=1e-4,3e-4,1e-3 DISTILL_SPEED_STEPS=40 DISTILL_SPEED_REPS=5
+        timeout 120 python3 -m pytest -q -m gpu -p no:cacheprovider -s --durations=5 tests/test_megatron_distill_gpu.py \
+          2>&1 | grep -v -i "warning" | tail -n 40 | tee "$OUT/distill/pytest.log"
+        OUT="$OUT" timeout 150 python3 benchmarks/distill_gpu.py 2>&1 | grep -v -i "warning" \
+          | tee "$OUT/distill/distill_gpu.log"
+      else
+        timeout 160 python3 benchmarks/distill_gpu.py --parts qad,speed 2>&1 | grep -v -i "warning" \
+          | tee "$OUT/distill/distill_gpu_qad_speed.log"
+        if [ -n "${MTR_TE_SITE:-}" ]; then
+          te timeout 80 python3 benchmarks/distill_gpu.py --parts minitron 2>&1 | grep -v -i "warning" \
+            | tee "$OUT/distill/distill_gpu_minitron.log"
+          te timeout 60 python3 -m pytest -q -m gpu -p no:cacheprovider -s --durations=5 -k minitron \
+            tests/test_megatron_distill_gpu.py 2>&1 | grep -v -i "warning" | tail -n 30 | tee "$OUT/distill/pytest_te.log"
+        else echo "Transformer Engine is not on this machine: Minitron part skipped"; fi
+      fi ;;
     *) echo "unknown part $part" ;;
   esac
   echo "=== $part took $(( $(date +%s) - start )) s"
