@@ -147,7 +147,8 @@ def calibration_jsonl(windows: Any, tokenizer: Any, path: Path) -> dict[str, int
 def their_extra_args(case: str, *, windows: int, seq: int, batch: int, calib: Path, local_attention: bool,
                      generate: bool) -> tuple[str, str]:
     """``MLM_EXTRA_ARGS`` of their quantize.sh and export.sh runs (export.py takes no calibration flags)."""
-    smoke = ["--export-force-local-attention", "--no-persist-layer-norm"]  # no TE: local attention, torch norms
+    # without TE: local attention, torch norms (no persistent-LN kernel), no fused RoPE
+    smoke = ["--export-force-local-attention", "--no-persist-layer-norm", "--no-rope-fusion"]
     model = list(CASES[case]["extra"]) + (smoke if local_attention else [])
     quant = [*model, "--calib-dataset-path-or-name", str(calib), "--calib-size", str(windows),
              "--calib-max-sequence-length", str(seq), "--calib-batch-size", str(batch)]
@@ -169,6 +170,9 @@ def their_env(mlm: Path, hf_dir: str, work: Path, extra: str, *, torch_norm: boo
         env["LAUNCH_SCRIPT"] = f"{sys.executable} -m torch.distributed.run --nproc_per_node=1"
     return env
 
+
+AS_SHIPPED_FAILED: list[str] = []
+"""The case where their flow as shipped failed under TE (later cases then run the patched variant at once)."""
 
 THEIR_EXTRA_PATH: list[str] = []
 """Folders their processes also need on ``PYTHONPATH`` (pybind11 for the helper build, when installed here)."""
@@ -195,6 +199,20 @@ def prepare_megatron_lm(mlm: Path, work: Path) -> dict[str, Any]:
         info["pybind11"] = f"installed from {wheels[-1].name}" if wheels else "missing"
     else:
         info["pybind11"] = probe.stdout.strip()
+    # byte-compiled once, as pip does for installed packages and a checkout's first run does for its files
+    import importlib.util
+
+    roots = [mlm]
+    for pkg in ("modelopt", "megatron"):
+        spec = importlib.util.find_spec(pkg)
+        for loc in (spec.submodule_search_locations or []) if spec else []:
+            if os.access(loc, os.W_OK) and ".mlm" not in loc:
+                roots.append(Path(loc))
+    t = time.perf_counter()
+    subprocess.run(["python3", "-m", "compileall", "-q", "-j", "0", *map(str, roots)], env=env,
+                   capture_output=True, check=False)
+    info["byte_compile_s"] = round(time.perf_counter() - t, 2)
+    info["byte_compiled"] = [str(r) for r in roots]
     folder = mlm / "megatron" / "core" / "datasets"
     t = time.perf_counter()
     make = subprocess.run(["make", "-C", str(folder)], env=env, capture_output=True, text=True, check=False)
@@ -378,6 +396,7 @@ def timed(cmd: list[str], env: dict[str, str], *, log: Path, label: str, sampler
     with open(log, "a") as f:
         f.write(f"\n----- {label}: {' '.join(shlex.quote(c) for c in cmd)}\n")
         f.flush()
+        begin = f.tell()
         t = time.perf_counter()
         proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
         try:
@@ -390,7 +409,12 @@ def timed(cmd: list[str], env: dict[str, str], *, log: Path, label: str, sampler
     time.sleep(0.1)
     smi = sampler.peak(t, end)
     hooks = [json.loads(p.read_text()) for p in peak_dir.glob("*.json")]
-    return {"wall_s": round(end - t, 2), "rc": rc,
+    tail = None
+    if rc != 0:  # what the process printed last (its traceback), without the warnings
+        with open(log, errors="replace") as f:
+            f.seek(begin)
+            tail = [ln.rstrip()[:300] for ln in f.read().splitlines() if "warn" not in ln.lower()][-25:]
+    return {"wall_s": round(end - t, 2), "rc": rc, **({"failure_tail": tail} if tail else {}),
             "gpu_used_peak_bytes": smi - idle if smi is not None and idle is not None else None,
             "torch_max_allocated_bytes": max((h["max_allocated"] for h in hooks), default=None),
             "torch_max_reserved_bytes": max((h["max_reserved"] for h in hooks), default=None)}
@@ -566,17 +590,26 @@ def run_case(case: str, fmt: str, reps: int, a: argparse.Namespace, mlm: Path, w
             torch.cuda.empty_cache()
         conf = CASES[case]["conf"]
         row["conf"] = f"conf/{conf}.sh (Megatron-LM's own)"
-    if not te:
-        row["no_te"] = ("smoke only: their scripts ran with --export-force-local-attention --no-persist-layer-norm and "
-                        "torch norms in ModelOpt's layer spec (it takes them from Transformer Engine)")
+    if AS_SHIPPED_FAILED:
+        row["no_te"] = (f"their flow as shipped failed under TE in {AS_SHIPPED_FAILED[0]}; here their scripts ran with "
+                        "--export-force-local-attention --no-persist-layer-norm --no-rope-fusion and torch norms in "
+                        "ModelOpt's layer spec")
+    elif not te:
+        row["no_te"] = ("smoke only: their scripts ran with --export-force-local-attention --no-persist-layer-norm "
+                        "--no-rope-fusion and torch norms in ModelOpt's layer spec (it takes them from TE)")
     row["their_model_args"] = source_conf(mlm, conf, hf_dir)
     tok = data.load_tokenizer(hf_dir)
     windows = data.token_windows(TextData(dataset="reference-train", num_samples=a.windows, seq_length=a.seq), tok)
     calib = cw / "calibration.jsonl"
     row["calibration"] = calibration_jsonl(windows, tok, calib) | {"hash": data.data_hash(windows)}
-    q_extra, e_extra = their_extra_args(case, windows=a.windows, seq=a.seq, batch=a.batch, calib=calib,
-                                        local_attention=not te, generate=a.their_generate)
-    row["their_extra_args"] = {"quantize": q_extra, "export": e_extra}
+    # their flow as shipped needs TE; without it (or once it failed with TE): the smoke variant
+    patched = not te or bool(AS_SHIPPED_FAILED)
+
+    def extras() -> tuple[str, str]:
+        return their_extra_args(case, windows=a.windows, seq=a.seq, batch=a.batch, calib=calib,
+                                local_attention=patched, generate=a.their_generate)
+
+    row["their_extra_args"] = dict(zip(("quantize", "export"), extras()))
     recipe = Recipe.from_dict(our_recipe(case, fmt, hf_dir, windows=a.windows, seq=a.seq, batch=a.batch,
                                          out=cw / "ours"))
     (cw / "recipe.yaml").write_text(to_yaml(recipe))
@@ -585,6 +618,20 @@ def run_case(case: str, fmt: str, reps: int, a: argparse.Namespace, mlm: Path, w
                 "--no-progress"]
     cmds = their_commands(mlm, conf, fmt)
     paths = {"MLM_MODEL_SAVE": str(cw / "theirs-quant"), "MLM_MODEL_CKPT": "", "EXPORT_DIR": str(cw / "theirs-export")}
+    def theirs(rep: int) -> dict[str, Any]:
+        shutil.rmtree(cw / "theirs-quant", ignore_errors=True)
+        shutil.rmtree(cw / "theirs-export", ignore_errors=True)
+        steps: dict[str, Any] = {}
+        for step, extra in zip(("quantize", "export"), extras()):
+            env = their_env(mlm, hf_dir, cw, extra, torch_norm=patched, **paths)
+            if step == "export":
+                env["MLM_MODEL_CKPT"] = paths["MLM_MODEL_SAVE"]
+            steps[step] = timed(cmds[step], env, log=log, label=f"{case} {fmt} rep{rep} theirs {step}",
+                                sampler=sampler, peak_dir=work / "peaks", timeout=max(deadline - time.time(), 10))
+            if steps[step]["rc"] != 0:
+                break
+        return steps
+
     for rep in range(reps):
         order = ("ours", "theirs") if rep % 2 == 0 else ("theirs", "ours")
         r: dict[str, Any] = {"rep": rep, "order": list(order)}
@@ -612,18 +659,18 @@ def run_case(case: str, fmt: str, reps: int, a: argparse.Namespace, mlm: Path, w
                     r["ours"]["calibration_hash"] = res["calibration_hash"]
                     r["ours"]["export"] = str(cw / "ours" / res["stages"][-1]["outputs"][0])
             else:
-                shutil.rmtree(cw / "theirs-quant", ignore_errors=True)
-                shutil.rmtree(cw / "theirs-export", ignore_errors=True)
-                r["theirs"] = {}
-                for step, extra in (("quantize", q_extra), ("export", e_extra)):
-                    env = their_env(mlm, hf_dir, cw, extra, torch_norm=not te, **paths)
-                    if step == "export":
-                        env["MLM_MODEL_CKPT"] = paths["MLM_MODEL_SAVE"]
-                    left = max(deadline - time.time(), 10)
-                    r["theirs"][step] = timed(cmds[step], env, log=log, label=f"{case} {fmt} rep{rep} theirs {step}",
-                                              sampler=sampler, peak_dir=work / "peaks", timeout=left)
-                    if r["theirs"][step]["rc"] != 0:
-                        break
+                r["theirs"] = theirs(rep)
+                failed = any(v["rc"] != 0 for v in r["theirs"].values())
+                if failed and not patched and rep == 0 and deadline - time.time() > 60:
+                    # their flow as shipped failed under TE: record it, then once more with the smoke variant
+                    row["their_failure_as_shipped"] = r["theirs"]
+                    AS_SHIPPED_FAILED.append(f"{case} {fmt}")
+                    patched = True
+                    row["their_extra_args"] = dict(zip(("quantize", "export"), extras()))
+                    row["no_te"] = ("after their flow failed as shipped (their_failure_as_shipped): their scripts ran "
+                                    "with --export-force-local-attention --no-persist-layer-norm --no-rope-fusion and "
+                                    "torch norms in ModelOpt's layer spec")
+                    r["theirs"] = theirs(rep)
         ours_export = Path(r.get("ours", {}).get("export", cw / "missing"))
         theirs_export = cw / "theirs-export"
         if ours_export.is_dir() and (theirs_export / "config.json").is_file():
@@ -641,6 +688,12 @@ def run_case(case: str, fmt: str, reps: int, a: argparse.Namespace, mlm: Path, w
               f"theirs {[(k, v.get('wall_s'), v.get('rc')) for k, v in r.get('theirs', {}).items()]}, "
               f"bitwise {r.get('compare', {}).get('bitwise_equal_tensors')}/{r.get('compare', {}).get('tensors')}",
               flush=True)
+        bad = [v for v in (r.get("ours"), *r.get("theirs", {}).values()) if v and v["rc"] != 0]
+        if bad or "theirs" not in r or "ours" not in r:
+            for v in bad:
+                print("\n".join(v.get("failure_tail") or []), flush=True)
+            row["stopped"] = f"rep {rep} failed; no further repetitions of this case"
+            break
     shutil.rmtree(cw, ignore_errors=True)
     return row
 
@@ -703,7 +756,8 @@ def table(result: dict[str, Any]) -> str:
         c = row.get("compare_last", {})
         worst = "; ".join(f"{k}: {v['max_rel_diff']:.3g}" for k, v in c.get("differing", {}).items()) or "none"
         stages = ", ".join(f"{k} {v}" for k, v in m["ours_stage_s"].items())
-        lines.append(f"| {row['case']} {row['format']} | {row['reps_done']} | {m['ours_wall_s']} | {m['theirs_wall_s']} "
+        mark = " (their flow patched: see no_te)" if row.get("no_te") else ""
+        lines.append(f"| {row['case']} {row['format']}{mark} | {row['reps_done']} | {m['ours_wall_s']} | {m['theirs_wall_s']} "
                      f"({m['theirs_step_wall_s']['quantize']} + {m['theirs_step_wall_s']['export']}) | {m['ratio']} | "
                      f"{stages} ({m['ours_in_process_s']}) | {c.get('bitwise_equal_tensors')}/{c.get('tensors')} | {worst} |")
     head = ("| case | ours GPU used MiB (nvidia-smi) | ours torch peak MiB per stage | theirs GPU used MiB "
