@@ -171,6 +171,9 @@ def their_env(mlm: Path, hf_dir: str, work: Path, extra: str, *, torch_norm: boo
     return env
 
 
+ELAPSED: list[float] = []
+"""Every repetition's elapsed seconds so far (a new case's first guess)."""
+
 AS_SHIPPED_FAILED: list[str] = []
 """The case where their flow as shipped failed under TE (later cases then run the patched variant at once)."""
 
@@ -636,7 +639,7 @@ def run_case(case: str, fmt: str, reps: int, a: argparse.Namespace, mlm: Path, w
         order = ("ours", "theirs") if rep % 2 == 0 else ("theirs", "ours")
         r: dict[str, Any] = {"rep": rep, "order": list(order)}
         rep_start = time.time()
-        guess = max([x["elapsed_s"] for x in row["reps"]] or [a.first_guess_s]) * 1.1
+        guess = max([x["elapsed_s"] for x in row["reps"]] or ELAPSED or [a.first_guess_s]) * 1.1
         if deadline - time.time() < guess:
             row["stopped"] = f"rep {rep} not started: {deadline - time.time():.0f} s left, a pair takes about {guess:.0f} s"
             break
@@ -680,6 +683,7 @@ def run_case(case: str, fmt: str, reps: int, a: argparse.Namespace, mlm: Path, w
                     who: export_perplexity(folder, hf_dir, windows=a.eval_windows, seq=a.seq, device="cuda")
                     for who, folder in (("ours", ours_export), ("theirs", theirs_export))}
         r["elapsed_s"] = round(time.time() - rep_start, 1)  # the pair, the comparison and (first) the perplexities
+        ELAPSED.append(r["elapsed_s"])
         row["reps"].append(r)
         summarize(row)
         with open(log, "a") as f:
