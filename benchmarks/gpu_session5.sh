@@ -62,6 +62,12 @@ ok = getattr(e, '$ext')(raise_if_failed=True) is not None; print('$ext', ok, rou
             tests/test_megatron_distill_gpu.py 2>&1 | grep -v -i "warning" | tail -n 30 | tee "$OUT/distill/pytest_te.log"
         else echo "Transformer Engine is not on this machine: Minitron part skipped"; fi
       fi ;;
+    mdistill-te)  # the Transformer Engine half of mdistill alone (after scripts/device_te.sh install)
+      mkdir -p "$OUT/distill"; export OUT
+      te timeout 80 python3 benchmarks/distill_gpu.py --parts minitron 2>&1 | grep -v -i "warning" \
+        | tee "$OUT/distill/distill_gpu_minitron.log"
+      te timeout 60 python3 -m pytest -q -m gpu -p no:cacheprovider -s --durations=5 -k minitron \
+        tests/test_megatron_distill_gpu.py 2>&1 | grep -v -i "warning" | tail -n 30 | tee "$OUT/distill/pytest_te.log" ;;
     *) echo "unknown part $part" ;;
   esac
   echo "=== $part took $(( $(date +%s) - start )) s"
