@@ -130,9 +130,10 @@ def export_perplexity(export_dir: Path) -> tuple[float, dict]:
 
 def stage_row(res) -> dict:
     d = res.stages[1]
-    keep = ("teacher", "perplexity_before", "steps", "tokens", "seconds", "tokens_per_second", "loss_first",
-            "loss_last", "loss_curve", "windows")
-    return {"ppl_bf16": res.metrics.get("perplexity_before"), "ppl_compressed": d.details.get("perplexity_before"),
+    keep = ("teacher", "steps", "tokens", "train_seconds", "tokens_per_second", "loss_first", "loss_last",
+            "loss_curve", "training_windows", "epochs", "lr_first", "lr_last")
+    return {"ppl_bf16": res.metrics.get("perplexity_before"),
+            "ppl_compressed": d.details.get("perplexity_before_stage"),
             "ppl_distilled": res.metrics.get("perplexity_after"), "distill_stage_seconds": round(d.seconds, 2),
             "distill_peak_gib": round((d.peak_memory_bytes or 0) / 2**30, 3),
             "distill": {k: d.details.get(k) for k in keep},

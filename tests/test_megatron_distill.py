@@ -236,12 +236,13 @@ def test_recipe_quantize_then_distill_on_the_backend(dist_cpu, tmp_path, gpu_env
     q, d = res.stages
     assert d.technique == "distill" and d.quantizer_summary == q.quantizer_summary  # QAD: quantizers kept
     det = d.details
-    assert det["qad"] is True and det["steps"] == 3 and det["windows"] == 6 and det["window_tokens"] == SEQ
+    assert det["qad"] is True and det["steps"] == 3 and det["tokens"] == 3 * 2 * (SEQ - 1)
+    assert det["seq_length"] == SEQ and det["lr_first"] == 1e-5 and det["epochs"] >= 1
     teacher = det["teacher"]
     assert teacher["teacher"] == "before_compression" and teacher["kept_before"] == q.name
     assert teacher["bytes_per_rank"] == 4 * get_arch("reference-llama").params_total  # fp32 copy, no quantizers
-    ppl_q, ppl_after = det["perplexity_before"], res.metrics["perplexity_after"]
-    assert ppl_after != ppl_q and abs(ppl_after / ppl_q - 1) < 0.05
+    ppl_q, ppl_after = det["perplexity_before_stage"], res.metrics["perplexity_after"]
+    assert ppl_after == det["perplexity_after_stage"] != ppl_q and abs(ppl_after / ppl_q - 1) < 0.05
     assert (tmp_path / "s" / d.outputs[0] / "metadata.json").is_file()  # save: true wrote the distilled model
 
 

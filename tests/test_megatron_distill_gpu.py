@@ -27,7 +27,7 @@ def test_nvfp4_qad_exports_what_it_computes(tmp_path):
     assert d.details["teacher"]["kept_before"] == q.name and d.details["steps"] == 30
     assert all(0 < x < 1 for x in d.details["loss_curve"])  # the KL of an NVFP4 student to its bf16 self
     ppl = res.metrics["perplexity_after"]
-    assert abs(ppl / d.details["perplexity_before"] - 1) < 0.05
+    assert abs(ppl / d.details["perplexity_before_stage"] - 1) < 0.05
     edir = next(p for p in out.iterdir() if p.name.endswith("export-hf"))
     disk, counts = G.export_perplexity(edir)
     assert counts.get("nvfp4", 0) > 0
@@ -47,7 +47,7 @@ def test_minitron_depth_prune_then_distill(tmp_path):
     res = G.run_recipe(G.recipe("gpu-minitron", (Prune(num_layers=4), G.distill_stage(60, 3e-4), Export()), out))
     p, d, _e = res.stages
     assert d.details["after_prune"] and d.details["teacher"]["kept_before"] == p.name
-    assert res.metrics["perplexity_after"] < d.details["perplexity_before"]  # distillation recovers some loss
+    assert res.metrics["perplexity_after"] < d.details["perplexity_before_stage"]  # distillation recovers some loss
     edir = next(x for x in out.iterdir() if x.name.endswith("export-hf"))
     disk, _ = G.export_perplexity(edir)
     assert abs(disk / res.metrics["perplexity_after"] - 1) < 0.02

@@ -202,33 +202,47 @@ def _teacher_source(src: Any, sp: StagePlan, *, dtype: str) -> tuple[ModelArch, 
     raise SpecError(f"unknown teacher {src!r}", path=where)
 
 
-def _training_windows(run: MegatronRun, stage: Distill, sp: StagePlan, steps: int) -> Any:
-    """The stage's training text (default: the recipe's calibration text) as windows of its length: as many as
-    the steps read (``steps`` counts each data-parallel replica's), fewer when the text is shorter (the loop
-    repeats them in order)."""
+def _training_windows(run: MegatronRun, stage: Distill, sp: StagePlan, needed: int) -> tuple[Any, int]:
+    """``needed`` windows of the stage's training text (default: the recipe's calibration text) at its window
+    length: the text's windows repeated in order when it is shorter, then shuffled once with the recipe's seed
+    (as the Hugging Face backend does, so one recipe trains on the same windows on both). Returns them and how
+    many distinct windows the text gave."""
+    import torch
+
+    from ...errors import DataError
     from ...spec.text import TrainingText
     from ..data import token_windows
 
     seq = stage.window_length(run.recipe.calibration.seq_length)
     text = stage.data or TrainingText.like(run.recipe.calibration)
-    count = steps * stage.micro_batch_size * stage.gradient_accumulation_steps
-    return token_windows(text.windows(count, seq), run.tokenizer, path=f"{sp.path}.data")
+    where = f"{sp.path}.data" if stage.data is not None else "calibration"
+    try:
+        distinct = token_windows(text.windows(needed, seq), run.tokenizer, path=where)
+    except DataError as err:
+        if err.path.endswith(".seq_length"):
+            raise DataError(err.message, path=f"{sp.path}.seq_length", hint=err.hint) from None
+        raise
+    n = int(distinct.shape[0])
+    windows = distinct.repeat(-(-needed // n), 1)[:needed]
+    order = torch.randperm(needed, generator=torch.Generator().manual_seed(run.recipe.seed))
+    return windows[order], n
 
 
 def distill(run: MegatronRun, stage: Distill, sp: StagePlan) -> StepResult:
+    from megatron.core import parallel_state
+
     from . import distill as md
     from . import stages
 
-    from megatron.core import parallel_state
-
     teacher, info = _teacher_for(run, stage, sp)
     dp = parallel_state.get_data_parallel_world_size()
-    steps = stage.total_steps(stage.window_length(run.recipe.calibration.seq_length), dp)
+    seq = stage.window_length(run.recipe.calibration.seq_length)
+    steps = stage.total_steps(seq, dp)
     train = md.Training.of(stage, steps)
-    windows = _training_windows(run, stage, sp, steps * dp)
+    windows, distinct = _training_windows(run, stage, sp, steps * train.windows_per_step * dp)
     details: dict[str, Any] = {"teacher": info, "qad": run.quantized, "after_prune": run.changed}
     if run.eval_batches is not None:
-        details["perplexity_before"] = stages.perplexity(run.model, run.eval_batches, progress=False)
+        details["perplexity_before_stage"] = stages.perplexity(run.model, run.eval_batches, progress=False)
     run.model, report = md.distill(run.model, teacher, windows, train, md.KDLoss.of(stage),
                                    progress=run.plan.progress)
     if teacher is not None and teacher is not run.teacher:
@@ -236,9 +250,19 @@ def distill(run: MegatronRun, stage: Distill, sp: StagePlan) -> StepResult:
     if stage.teacher == "before_compression" and not _later_needs_kept_teacher(run, sp):
         run.teacher = None  # freed before the next stage (its memory is the model's size again)
     run.changed = True
+    if run.eval_batches is not None:
+        details["perplexity_after_stage"] = stages.perplexity(run.model, run.eval_batches, progress=False)
     curve = report.pop("curve")
-    details.update(report, windows=int(windows.shape[0]), window_tokens=int(windows.shape[1]),
-                   loss_curve=[round(r["loss"], 5) for r in curve[:: max(1, len(curve) // 50)]])
+    details.update(
+        steps=report["steps"], tokens=report["tokens"], seq_length=seq, micro_batch_size=stage.micro_batch_size,
+        gradient_accumulation_steps=stage.gradient_accumulation_steps, data_parallel=dp,
+        training_windows=distinct, epochs=round(windows.shape[0] / distinct, 3),
+        tokens_per_second=report["tokens_per_second"], train_seconds=report["seconds"],
+        loss_first=report["loss_first"], loss_last=report["loss_last"],
+        loss_curve=[round(r["loss"], 5) for r in curve[:: max(1, len(curve) // 50)]],
+        lr_first=curve[0]["lr"] if curve else None, lr_last=curve[-1]["lr"] if curve else None,
+        grad_norm_last=curve[-1]["grad_norm"] if curve else None, precision="bf16 weights, fp32 master weights"
+        if run.plan.dtype == "bf16" else run.plan.dtype)
     outputs, saved = run.save_checkpoint(sp, run.archs[sp.index])
     return StepResult(details={**details, **saved}, outputs=outputs)
 
