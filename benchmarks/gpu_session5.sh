@@ -43,7 +43,7 @@ ok = getattr(e, '$ext')(raise_if_failed=True) is not None; print('$ext', ok, rou
         | grep -v -i "warn" | tail -n 60 | tee "$OUT/vsmlm/run.log" ;;
     mdistill)  # issue 13: distillation on Megatron-Core: benchmarks/distill_gpu.py and its GPU tests
       # MDISTILL_DEV=1: the dev call's settings (learning-rate sweeps, no TE); unset: the final run (~3.5 min):
-      # QAD + speed on the local spec, then Minitron pruning + distillation and its GPU test with TE when present
+      # speed + QAD on the local spec, then Minitron pruning + distillation and its GPU test with TE when present
       mkdir -p "$OUT/distill"; export OUT
       if [ -n "${MDISTILL_DEV:-}" ]; then
         export DISTILL_QAD_STEPS=150 DISTILL_QAD_LRS=1e-5,5e-5,2e-4 DISTILL_DEPTH_STEPS=300 \
@@ -53,8 +53,8 @@ ok = getattr(e, '$ext')(raise_if_failed=True) is not None; print('$ext', ok, rou
         OUT="$OUT" timeout 150 python3 benchmarks/distill_gpu.py 2>&1 | grep -v -i "warning" \
           | tee "$OUT/distill/distill_gpu.log"
       else
-        timeout 160 python3 benchmarks/distill_gpu.py --parts qad,speed 2>&1 | grep -v -i "warning" \
-          | tee "$OUT/distill/distill_gpu_qad_speed.log"
+        timeout 160 python3 benchmarks/distill_gpu.py --parts speed,qad 2>&1 | grep -v -i "warning" \
+          | tee "$OUT/distill/distill_gpu_speed_qad.log"
         if [ -n "${MTR_TE_SITE:-}" ]; then
           te timeout 80 python3 benchmarks/distill_gpu.py --parts minitron 2>&1 | grep -v -i "warning" \
             | tee "$OUT/distill/distill_gpu_minitron.log"
