@@ -240,7 +240,7 @@ class MasterAdamW:
             flat /= dp
             torch._foreach_copy_(grads, [f.view_as(g) for f, g in zip(flat.split([g.numel() for g in grads]), grads, strict=True)])
         counted = [m.grad for m, c in zip(self.masters, self._counted, strict=True) if c]
-        sq = torch.stack([n.float() ** 2 for n in torch._foreach_norm(counted)]).sum() if counted else \
+        sq = torch.stack(torch._foreach_norm(counted)).float().pow(2).sum() if counted else \
             torch.zeros((), device=self.masters[0].device)
         if parallel_state.get_model_parallel_group() is not None and dist.get_world_size() > 1:
             dist.all_reduce(sq, group=parallel_state.get_model_parallel_group())
