@@ -1,8 +1,9 @@
 """The stage journal: which stages of a run are finished, so a stopped run continues where it stopped.
 
 A run keeps ``journal.json`` in its staging folder (named by the recipe hash, so the same command finds it
-again). After each stage the backend records the stage's result and, for every stage but the last, where
-the model after that stage was saved. After a crash or ``kill -9`` the same command reads the journal and
+again). After each stage the backend records the stage's result and where the model after that stage was
+saved: the Hugging Face backend saves it for every stage but the last; the Megatron-Core backend records the
+checkpoint the recipe's ``save`` policy wrote, and none when the stage handed the model over in memory. After a crash or ``kill -9`` the same command reads the journal and
 continues with the first unfinished stage from the model the stage before it left on disk; when that model
 was not saved, :meth:`Journal.resume_point` says why the run starts again from the beginning.
 
