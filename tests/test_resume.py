@@ -137,6 +137,7 @@ evaluation: {dataset: reference-heldout, num_samples: 8, seq_length: 256, batch_
 backend: megatron
 device: cuda
 save: all
+output_dir: outputs/megatron-resume   # each run gives --output-dir
 """
 
 
