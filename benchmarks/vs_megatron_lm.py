@@ -149,7 +149,8 @@ def their_extra_args(case: str, *, windows: int, seq: int, batch: int, calib: Pa
     """``MLM_EXTRA_ARGS`` of their quantize.sh and export.sh runs (export.py takes no calibration flags)."""
     # without TE: local attention, torch norms (no persistent-LN kernel), no fused RoPE
     smoke = ["--export-force-local-attention", "--no-persist-layer-norm", "--no-rope-fusion"]
-    model = list(CASES[case]["extra"]) + (smoke if local_attention else [])
+    # no APEX on the machine: Megatron-LM's own prune.sh passes this flag too
+    model = list(CASES[case]["extra"]) + ["--no-gradient-accumulation-fusion"] + (smoke if local_attention else [])
     quant = [*model, "--calib-dataset-path-or-name", str(calib), "--calib-size", str(windows),
              "--calib-max-sequence-length", str(seq), "--calib-batch-size", str(batch)]
     if not generate:
