@@ -477,3 +477,36 @@ def test_a_stopped_run_continues_from_the_last_stage_checkpoint(dist_cpu, hf_den
     assert "did not save the model after it (the save policy handed it over in memory; save: all" in res.notes[0]
     assert res.notes[0].endswith("starting from the beginning")
     assert res.metrics["perplexity_after"] == pytest.approx(straight.metrics["perplexity_after"], rel=1e-6)
+
+
+def test_run_post_training_continues_a_stopped_megatron_run(dist_cpu, hf_dense, tmp_path, export_env, monkeypatch):
+    """The whole of run_post_training (lock, staging folder, journal, manifest, swap) around a Megatron-Core run
+    stopped inside its export (Ctrl-C keeps the staging folder, as a kill does): the same call continues with the
+    export from the quantize stage's checkpoint and puts one finished folder in place, journal left out."""
+    from modelopt_typed_recipes.plan import outputs
+    from modelopt_typed_recipes.runtime import api
+    from modelopt_typed_recipes.runtime.megatron import stages
+
+    real_plan = api.plan_run
+    monkeypatch.setattr(api, "plan_run", lambda *a, **k: attrs.evolve(real_plan(*a, **k), device="cpu", dtype="fp32"))
+    out = tmp_path / "out"
+    r = Recipe(name="t", model=arch_4k(), source=HFCheckpoint(path=str(hf_dense)), stages=(Quantize(format="fp8"), Export()),
+               calibration=CALIB, evaluation=EVAL, output_dir=str(out), backend="megatron", device="cuda", save="all")
+    real_export = stages.export_hf
+
+    def export_then_stop(*a, **k):
+        real_export(*a, **k)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(stages, "export_hf", export_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        api.run_post_training(r, progress=False)
+    [staging] = tmp_path.glob(".out.partial-*")
+    assert json.loads((staging / "journal.json").read_text())["stages"][0]["state"] == "01-quantize-fp8/checkpoint"
+    assert not out.exists() and not outputs.lock_path(out).exists()
+    monkeypatch.setattr(stages, "export_hf", real_export)
+    res = api.run_post_training(r, progress=False)
+    assert res.resumed_from == 1 and "continuing with stages[1]" in " ".join(res.notes)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    manifest = outputs.read_manifest(out)
+    assert manifest is not None and set(manifest["files"]) == set(outputs.inventory(out))
+    assert "journal.json" not in manifest["files"] and (out / "01-quantize-fp8" / "checkpoint" / "metadata.json").is_file()
