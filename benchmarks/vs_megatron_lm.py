@@ -41,6 +41,7 @@ and a log of everything the processes printed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -389,6 +390,24 @@ class GpuSampler:
             self.proc.wait()
 
 
+def kill_tree(proc: subprocess.Popen[Any]) -> None:
+    """Kill a process and every descendant, those in other sessions included: a worker left running after its
+    launcher was killed would go on using the GPU and the files (the final call's NVFP4 try lost its export so)."""
+    import psutil
+
+    try:
+        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        family = []
+    for p in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, 9)
+    proc.wait()
+    psutil.wait_procs(family, timeout=10)
+
+
 def timed(cmd: list[str], env: dict[str, str], *, log: Path, label: str, sampler: GpuSampler, peak_dir: Path,
           timeout: float) -> dict[str, Any]:
     """Run one process; its wall, return code, GPU peak above idle (nvidia-smi) and torch peaks (exit hook)."""
@@ -405,9 +424,8 @@ def timed(cmd: list[str], env: dict[str, str], *, log: Path, label: str, sampler
         proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
         try:
             rc = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:  # the whole group: bash, torchrun and its worker
-            os.killpg(proc.pid, 9)
-            proc.wait()
+        except subprocess.TimeoutExpired:  # bash, torchrun and its worker (torchrun starts it in its own session)
+            kill_tree(proc)
             rc = 124
         end = time.perf_counter()
     time.sleep(0.1)

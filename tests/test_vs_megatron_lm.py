@@ -214,7 +214,9 @@ def test_timed_kills_the_whole_group_at_its_timeout(tmp_path: Path) -> None:
     import time
 
     pidfile = tmp_path / "child.pid"
-    script = f"import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); " \
+    # the child in a session of its own, as torchrun starts its worker: a process-group kill alone misses it
+    script = f"import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], " \
+             f"start_new_session=True); " \
              f"open({str(pidfile)!r}, 'w').write(str(p.pid)); time.sleep(60)"
     with V.GpuSampler() as sampler:
         r = V.timed([sys.executable, "-c", script], dict(os.environ), log=tmp_path / "log", label="slow",
