@@ -5,7 +5,7 @@ distributed checkpoint) then ``export.sh`` (that checkpoint -> unified HF checkp
 ``examples/post_training/modelopt`` at commit d98e8a6, each a ``torchrun`` process, configured through their
 environment variables (``HF_MODEL_CKPT``, ``MLM_MODEL_SAVE``, ``MLM_MODEL_CKPT``, ``EXPORT_DIR``,
 ``MLM_EXTRA_ARGS``; ``MLM_SKIP_INSTALL=1`` because the machine has no network and the packages are
-installed). Their Python runs against Megatron-LM's own ``megatron`` package (core, training,
+installed; ``--no-gradient-accumulation-fusion`` because APEX is not there). Their Python runs against Megatron-LM's own ``megatron`` package (core, training,
 post_training) from that commit, first on ``PYTHONPATH``; the files come from a git mirror through
 ``benchmarks/vs_megatron_lm_fetch.sh`` into the git-ignored ``.mlm/`` folder, never into the package.
 
