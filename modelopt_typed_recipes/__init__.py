@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from .spec.arch import ModelArch
     from .spec.layout import ParallelLayout
     from .spec.recipe import Builtin, HFCheckpoint, MegatronCheckpoint, RandomInit, Recipe, TextData
-    from .spec.techniques import AutoQuantize, Export, Prune, Quantize
+    from .spec.techniques import AutoQuantize, Distill, Export, Prune, Quantize
 
 _LAZY: dict[str, tuple[str, str]] = {
     # architectures and named recipes
@@ -57,6 +57,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "Quantize": ("spec.techniques", "Quantize"),
     "AutoQuantize": ("spec.techniques", "AutoQuantize"),
     "Prune": ("spec.techniques", "Prune"),
+    "Distill": ("spec.techniques", "Distill"),
     "Export": ("spec.techniques", "Export"),
     "ParallelLayout": ("spec.layout", "ParallelLayout"),
     # checking, planning, running
@@ -79,7 +80,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "DataError": ("errors", "DataError"),
 }
 
-__all__ = ["AutoQuantize", "Builtin", "CompatibilityError", "DataError", "Environment", "Export", "HFCheckpoint",
+__all__ = ["AutoQuantize", "Builtin", "CompatibilityError", "DataError", "Distill", "Environment", "Export", "HFCheckpoint",
     "LaunchPlan", "LayoutError", "MegatronCheckpoint", "ModelArch", "NamedRecipe", "ParallelLayout",
     "PostTrainingResult", "Prune", "Quantize", "RandomInit", "Recipe", "RecipeError", "ResourceError", "RunPlan",
     "SpecError", "StagePlan", "StageResult", "TextData", "UnknownNameError", "__version__", "check", "get_arch",

@@ -103,7 +103,7 @@ def check_recipe(recipe: Recipe, *, env: Environment | None = None, layout: Para
         errors += found.errors
         warnings += found.warnings
         stages_out.append(attrs.evolve(planned, coverage=found.coverage, config_source=found.config_source,
-                                       quant_config=found.quant_config))
+                                       quant_config=found.quant_config, memory=found.memory))
     return attrs.evolve(base, errors=tuple(errors), warnings=tuple(warnings), stages=tuple(stages_out),
                         weights_dir=weights_dir(recipe, archs[0]))
 

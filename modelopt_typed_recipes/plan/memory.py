@@ -17,8 +17,10 @@ Terms, for the most loaded rank (the pipeline stage holding the most bytes):
   output format, next to the resident model. Megatron-LM's export builds the model with CPU
   initialisation (``--use-cpu-initialization``, Kimi-K2's export also ``--init-model-with-meta-device``)
   and never moves it to the GPU: then both terms live in host memory (``host_bytes``), not on the GPU.
-* ``optimizer``: distillation trains: fp32 master weights, gradients and Adam moments (distributed
-  optimizer: divided by DP), plus the bf16 teacher.
+* ``optimizer``: distillation trains: fp32 gradients, fp32 master weights and the two fp32 Adam moments
+  (the last three divided by DP: Megatron-LM's distributed optimizer).
+* ``teacher``: a distillation stage's frozen bf16 teacher (its own architecture: the unpruned model after a
+  prune stage) and its logits, kept for the loss; its forward runs without autograd, so no activations stay.
 
 The coefficients live in :class:`MemoryModel`; ``benchmarks/memory_plan.md`` compares the estimate
 with ``torch.cuda.max_memory_allocated`` on an H100 and records how the defaults were calibrated.
@@ -306,12 +308,14 @@ def training_activation_bytes(arch: ModelArch, layout: ParallelLayout, params: R
 # --------------------------------------------------------------------------- the plan
 def estimate(arch: ModelArch, layout: ParallelLayout, gpu: GpuSpec, *, stage: str = "quantize",
              batch: int = 1, seq_length: int | None = None, quant_format: str = "fp8",
-             generate_tokens: int = 0, weights_on_host: bool = False,
-             model: MemoryModel = DEFAULT_MODEL) -> MemoryPlan:
+             generate_tokens: int = 0, weights_on_host: bool = False, teacher: ModelArch | None = None,
+             with_teacher: bool = True, model: MemoryModel = DEFAULT_MODEL) -> MemoryPlan:
     """The memory plan of the most loaded rank of ``layout`` for ``stage`` on ``gpu``.
 
     ``weights_on_host``: an export whose model is built with CPU initialisation (Megatron-LM's export flow):
-    the weights and the per-layer reshard stay in host memory and count as ``host_bytes``."""
+    the weights and the per-layer reshard stay in host memory and count as ``host_bytes``. ``teacher``: the
+    architecture of a distillation stage's teacher (default: the student's); ``with_teacher=False``: a
+    distillation stage without one (training on the LM loss)."""
     stage = rules.check_stage_name(stage)
     fmt = get_format(quant_format)
     seq = seq_length or arch.seq_length
@@ -355,7 +359,11 @@ def estimate(arch: ModelArch, layout: ParallelLayout, gpu: GpuSpec, *, stage: st
         if stage == "distill":
             dp = layout.data_parallel
             terms["optimizer"] = int(p.total * (4 + 12 / dp))  # fp32 grads + (master, Adam m, v) sharded over DP
-            terms["teacher"] = int(p.total * BF16)
+            t_arch = teacher or arch
+            t_params = rank_params(t_arch, layout, index) if teacher is not None else p
+            tp = layout.tensor_parallel
+            logits = act["tokens"] * t_arch.vocab.padded(tp) / tp * BF16 if last else 0
+            terms["teacher"] = int(t_params.total * BF16 + logits) if with_teacher else 0
         total = sum(terms.values())
         if best is None or total > best[0]:
             quantized = int(p.linear * fmt.weight_bits / 8 + p.other * BF16)

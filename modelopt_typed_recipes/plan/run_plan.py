@@ -58,6 +58,8 @@ class StagePlan:
     save: SaveDecision | None = None
     """Whether the stage writes its model as a checkpoint, and why (``plan/save.py``; None: the stage leaves the
     model as it is, as export does)."""
+    memory: dict[str, Any] | None = None
+    """The stage's per-rank memory plan (``plan.memory``'s summary; distillation on Megatron-Core), or None."""
 
     @property
     def path(self) -> str:
@@ -74,6 +76,7 @@ class StagePlan:
             "config": self.config_source,
             "coverage": self.coverage.to_dict() if self.coverage is not None else None,
             "save": self.save.to_dict() if self.save is not None else None,
+            "memory": self.memory,
         }
 
 

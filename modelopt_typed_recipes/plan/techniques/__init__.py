@@ -68,6 +68,8 @@ class Findings:
     """The ModelOpt preset or recipe the stage uses."""
     quant_config: ComposedConfig | None = None
     """The composed ModelOpt quantize config (Quantize stages), composed here once for the run."""
+    memory: dict[str, object] | None = None
+    """The stage's per-rank memory plan (``plan.memory``'s summary), for techniques that estimate one."""
 
 
 def _no_cuda_problem(_stage: object, _path: str) -> RecipeError | None:

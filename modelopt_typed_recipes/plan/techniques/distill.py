@@ -32,6 +32,16 @@ def first_compression(stages: tuple[object, ...], before: int) -> int | None:
                  if getattr(s, "technique", None) in COMPRESSING_TECHNIQUES), None)
 
 
+def teacher_span(stages: tuple[object, ...]) -> tuple[int | None, int | None]:
+    """Where a run keeps the model for ``teacher: before_compression``: (the stage before which the copy is
+    made, the last stage that learns from it), or (None, None) when no stage needs it."""
+    users = [i for i, s in enumerate(stages)
+             if getattr(s, "technique", None) == "distill" and getattr(s, "teacher", None) == "before_compression"]
+    firsts = [first_compression(stages, i) for i in users]
+    at = min((f for f in firsts if f is not None), default=None)
+    return (at, max(users)) if at is not None else (None, None)
+
+
 def teacher_arch(stage: Distill, ctx: StageContext) -> tuple[ModelArch | None, list[RecipeError], list[str]]:
     """The teacher's architecture (None when it cannot be known before the run), problems and notes."""
     path = f"{ctx.path}.teacher"
@@ -186,7 +196,34 @@ def check(stage: Distill, ctx: StageContext) -> Findings:
 
                 errors.append(DataError(f"{name[:300]!r} does not exist or is not a file", path=where,
                                         hint="point at .txt or .jsonl files on this machine"))
-    return Findings(errors=tuple(errors), warnings=tuple(warnings))
+    memory = None
+    if ctx.megatron and ctx.layout is not None:
+        memory, note = memory_plan(stage, ctx, teacher)
+        warnings += [note] if note else []
+    return Findings(errors=tuple(errors), warnings=tuple(warnings), memory=memory)
+
+
+def memory_plan(stage: Distill, ctx: StageContext, teacher: ModelArch | None) -> tuple[dict[str, object], str]:
+    """The stage's per-rank memory on the machine's GPU (an H100 when none is known): student weights, fp32
+    gradients, master weights and Adam moments, the teacher, activations of one micro batch; and a note when it
+    does not fit (a note, not an error: the distillation terms are estimates, not yet measured)."""
+    from .. import memory
+    from ..gpus import get_gpu
+
+    try:
+        gpu = get_gpu(ctx.env.gpu_name) if ctx.env.gpu_name else get_gpu("h100-80gb")
+    except RecipeError:
+        gpu = get_gpu("h100-80gb")
+    seq = stage.window_length(ctx.recipe.calibration.seq_length)
+    if ctx.layout is None:  # pragma: no cover - the caller checks
+        return {}, ""
+    plan = memory.estimate(ctx.arch, ctx.layout, gpu, stage="distill", batch=stage.micro_batch_size, seq_length=seq,
+                           teacher=teacher, with_teacher=stage.has_teacher)
+    note = "" if plan.fits else (
+        f"{ctx.path}: distillation is estimated at {plan.per_rank_bytes / 2**30:.1f} GiB per rank, more than the "
+        f"{plan.usable_bytes / 2**30:.1f} GiB usable on a {gpu.name}; raise tensor_parallel or lower micro_batch_size")
+    summary = plan.summary()
+    return summary, note
 
 
 TECHNIQUE = register(Technique(

@@ -42,6 +42,7 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
 
     from ...plan.journal import Journal
     from ...plan.techniques import technique_for
+    from ...plan.techniques.distill import teacher_span
     from ...spec.serde import content_hash
     from ..data import batches, data_hash, token_windows
     from ..tasks.run import evaluate_tasks, record
@@ -104,8 +105,16 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
                 tasks=tasks, measured_after="perplexity_after" in metrics,  # a resumed run measured it
                 quantized=any(s.technique in ("quantize", "auto_quantize") for s in done))
     stages: list[StageResult] = list(done)
+    run.trained = any(s.technique == "distill" for s in done)
+    keep_at, keep_until = teacher_span(recipe.stages)
+    if keep_at is not None and keep_until is not None and point.start > keep_at and point.start <= keep_until:
+        run.teacher = _rebuilt_teacher(recipe, plan, journal, keep_at)  # a resumed run after the copy was made
     for sp in plan.stages[point.start:]:
         stage = sp.stage
+        if sp.index == keep_at:
+            from .distill import frozen_copy
+
+            run.teacher = frozen_copy(run.model)
         for half_written in {plan.stage_dir(sp.index, sp.label), staging / getattr(stage, "folder", "")} - {staging}:
             shutil.rmtree(half_written, ignore_errors=True)  # what a stopped run left of this stage
         reset_peak_memory(device)
@@ -118,11 +127,13 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
             params_before=before, params_after=count_params(run.model), effective_bits=step.effective_bits,
             quantizer_summary=step.quantizer_summary or {}, outputs=step.outputs, details=dict(step.details),
         ))
+        if keep_until is not None and sp.index >= keep_until:
+            run.teacher = None  # no later stage learns from it
         journal.extra.update(metrics=metrics, timings=timings)
         journal.finish_stage(sp.index, stages[-1].to_dict(), _save_state(run.model, plan, sp.index, sp.label,
                                                                          len(plan.stages)))
 
-    if run.quantized and not run.measured_after:
+    if run.changed and not run.measured_after:
         run.evaluate_after()
     exp = recipe.export
     if (eval_batches is not None or recipe.tasks) and exp is not None and exp.format == "hf":
@@ -149,6 +160,26 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
         timings=timings, calibration_hash=cal_hash, resumed_from=point.start or None,
         notes=(point.note,) if point.note else (), tasks=tasks,
     )
+
+
+def _rebuilt_teacher(recipe: Recipe, plan: RunPlan, journal: Any, keep_at: int) -> Any:
+    """The model before stage ``keep_at`` again, for a resumed run: the source's weights, with the ModelOpt
+    state the stage before it saved (none when it is the first stage)."""
+    import modelopt.torch.opt as mto
+
+    from ...errors import SpecError
+    from .distill import frozen_copy
+    from .model import load_model
+
+    model, _tok, _folder = load_model(recipe, plan.arch, plan.weights_dir, device=plan.device, dtype=plan.dtype)
+    if keep_at > 0:
+        state = journal.stages[keep_at - 1].get("state")
+        if state is None or not (plan.staging() / state).exists():
+            raise SpecError(f"the model before stages[{keep_at}] (the distillation teacher) was not saved by the "
+                            "stopped run", path=f"stages[{keep_at}]",
+                            hint=f"delete {plan.staging()} to start the run again")
+        mto.restore(model, str(plan.staging() / state))
+    return frozen_copy(model)
 
 
 def _save_state(model: Any, plan: RunPlan, index: int, label: str, n_stages: int) -> Path | None:

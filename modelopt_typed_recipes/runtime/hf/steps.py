@@ -33,7 +33,29 @@ class HFRun:
     tasks: dict[str, dict[str, Any]] = attrs.Factory(dict)
     """Evaluation tasks' results by name and phase (``runtime.tasks.run.record``)."""
     quantized: bool = False
+    trained: bool = False
+    """Whether a distill stage trained the model (it is measured after the stages, as a quantized one is)."""
     measured_after: bool = False
+    teacher: Any = None
+    """The model as it was before the first compression stage, kept for ``teacher: before_compression``."""
+
+    @property
+    def changed(self) -> bool:
+        """Whether the stages changed the model's outputs (quantized or trained): it is measured after them."""
+        return self.quantized or self.trained
+
+    def teacher_for(self, stage: Distill, sp: StagePlan) -> Any:
+        """The stage's teacher: the kept copy, a named checkpoint loaded now, or None (``teacher: none``)."""
+        from . import distill as d
+
+        if not stage.has_teacher:
+            return None
+        src = stage.teacher_source
+        if src is None:
+            if self.teacher is None:  # pragma: no cover - the backend keeps it when a stage needs it
+                raise SpecError("the model before compression was not kept", path=f"{sp.path}.teacher")
+            return self.teacher
+        return d.load_teacher(src, self.plan, path=f"{sp.path}.teacher")
 
     def calibration_batches(self, sp: StagePlan) -> list[Any]:
         from ..data import stage_batches
@@ -65,19 +87,26 @@ def _quantized(run: HFRun, sp: StagePlan, details: dict[str, Any], batches: list
 
     details["calibration_windows"] = sum(int(b.shape[0]) for b in batches)
     run.quantized = True
-    outputs: tuple[str, ...] = ()
-    if sp.save is not None:  # plan/save.py: the recipe's save, as on Megatron-Core
-        details["checkpoint"] = sp.save.to_dict()
-    if sp.save is not None and sp.save.save:  # the fake-quantized model with its ModelOpt state
-        import modelopt.torch.opt as mto
-
-        out = run.plan.stage_dir(sp.index, sp.label)
-        out.mkdir(parents=True, exist_ok=True)
-        mto.save(run.model, str(out / "modelopt_model.pth"))
-        outputs = (out.name,)
-        details["checkpoint"]["path"] = f"{out.name}/modelopt_model.pth"
+    outputs = _save(run, sp, details)
     return StepResult(details=details, outputs=outputs, effective_bits=quantize.effective_bits(run.model),
                       quantizer_summary=quantize.quantizer_summary(run.model))
+
+
+def _save(run: HFRun, sp: StagePlan, details: dict[str, Any]) -> tuple[str, ...]:
+    """The stage's model with its ModelOpt state (``mto.save``) when the plan's save decision says so
+    (``plan/save.py``: the recipe's save, as on Megatron-Core); ``details["checkpoint"]`` says what and why."""
+    if sp.save is None:
+        return ()
+    details["checkpoint"] = sp.save.to_dict()
+    if not sp.save.save:
+        return ()
+    import modelopt.torch.opt as mto
+
+    out = run.plan.stage_dir(sp.index, sp.label)
+    out.mkdir(parents=True, exist_ok=True)
+    mto.save(run.model, str(out / "modelopt_model.pth"))
+    details["checkpoint"]["path"] = f"{out.name}/modelopt_model.pth"
+    return (out.name,)
 
 
 def quantize(run: HFRun, stage: Quantize, sp: StagePlan) -> StepResult:
@@ -104,7 +133,7 @@ def export(run: HFRun, stage: Export, sp: StagePlan) -> StepResult:
     from . import export as ex
 
     excluded = 0.0
-    if run.quantized and not run.measured_after:  # measured before the export changes nothing, for clarity
+    if run.changed and not run.measured_after:  # measured before the export changes nothing, for clarity
         t = time.perf_counter()
         run.evaluate_after()
         excluded = time.perf_counter() - t
@@ -115,5 +144,38 @@ def export(run: HFRun, stage: Export, sp: StagePlan) -> StepResult:
 
 
 def distill(run: HFRun, stage: Distill, sp: StagePlan) -> StepResult:
-    """Distillation on the Hugging Face backend: not built yet."""
-    raise CompatibilityError("distillation on the Hugging Face backend is not built yet", path=sp.path)
+    """Distillation (or, with ``teacher: none``, training on the LM loss) of the run's model in place."""
+    from . import distill as d
+    from . import evaluate
+
+    teacher = run.teacher_for(stage, sp)
+    excluded = 0.0
+    measured: dict[str, Any] = {}
+    if run.eval_batches is not None:
+        t = time.perf_counter()
+        measured["perplexity_before_stage"] = evaluate.perplexity(
+            run.model, run.eval_batches, device=run.plan.device, label="evaluate before distill",
+            progress=run.plan.progress)
+        excluded += time.perf_counter() - t
+    run.model, details = d.train(run.model, teacher, stage, calibration=run.recipe.calibration,
+                                 tokenizer=run.tokenizer, device=run.plan.device, seed=run.recipe.seed,
+                                 path=sp.path, progress=run.plan.progress)
+    details["teacher"] = _teacher_label(stage)
+    run.trained = True
+    run.measured_after = False
+    if run.eval_batches is not None:
+        t = time.perf_counter()
+        measured["perplexity_after_stage"] = evaluate.perplexity(
+            run.model, run.eval_batches, device=run.plan.device, label="evaluate after distill",
+            progress=run.plan.progress)
+        excluded += time.perf_counter() - t
+    details.update(measured)
+    outputs = _save(run, sp, details)
+    return StepResult(details=details, outputs=outputs, excluded_seconds=excluded)
+
+
+def _teacher_label(stage: Distill) -> str:
+    src = stage.teacher_source
+    if src is None:
+        return str(stage.teacher)
+    return f"{src.type}:{getattr(src, 'path', 'builtin')}"

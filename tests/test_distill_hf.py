@@ -1,0 +1,98 @@
+"""Distillation on the Hugging Face backend, on the CPU, with the shipped reference-llama and real text.
+
+QAD (quantize -> distill -> export) must win back part of what PTQ lost on held-out windows, and the export,
+re-loaded from disk, must give the perplexity of the model in memory; ``teacher: none`` trains on the LM loss.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modelopt_typed_recipes.spec.techniques import Distill
+
+pytest.importorskip("modelopt.torch.distill")
+
+SMALL = {"calibration": {"dataset": "reference-train", "num_samples": 8, "seq_length": 128, "batch_size": 8},
+         "evaluation": {"dataset": "reference-heldout", "num_samples": 16, "seq_length": 128, "batch_size": 8}}
+
+
+def recipe(out: Path, *stages: dict[str, Any]) -> dict[str, Any]:
+    return {"model": "reference-llama", "source": "builtin", "stages": list(stages), "output_dir": str(out),
+            "backend": "hf", "device": "cpu", **SMALL}
+
+
+def test_lr_schedules_warm_up_then_decay_to_the_floor() -> None:
+    from modelopt_typed_recipes.runtime.hf.distill import lr_at
+
+    cos = Distill(steps=10, learning_rate=1e-3, min_learning_rate=1e-5, warmup_steps=2)
+    lrs = [lr_at(cos, s, 10) for s in range(10)]
+    assert lrs[0] == pytest.approx(5e-4) and lrs[1] == pytest.approx(1e-3)
+    assert lrs[2] == pytest.approx(1e-3) and all(a >= b for a, b in zip(lrs[2:], lrs[3:], strict=False))
+    assert lr_at(cos, 10, 10) == pytest.approx(1e-5)
+    lin = Distill(steps=4, learning_rate=1.0, min_learning_rate=0.0, lr_schedule="linear")
+    assert [lr_at(lin, s, 4) for s in range(4)] == pytest.approx([1.0, 0.75, 0.5, 0.25])
+    assert {lr_at(Distill(steps=3, lr_schedule="constant"), s, 3) for s in range(3)} == {5e-5}
+
+
+def test_qad_recovers_part_of_the_ptq_loss_and_the_export_agrees(tmp_path: Path) -> None:
+    """INT4-AWQ PTQ, then distillation from the model before quantization, then the unified HF export."""
+    from modelopt_typed_recipes.runtime.api import run_post_training
+
+    doc = recipe(tmp_path / "qad", {"technique": "quantize", "format": "int4_awq"},
+                 {"technique": "distill", "steps": 16, "micro_batch_size": 4, "seq_length": 128,
+                  "learning_rate": 1e-4, "min_learning_rate": 1e-6},
+                 {"technique": "export"})
+    result = run_post_training(doc, progress=False)
+    d = result.stage("distill").details
+    ptq, qad = d["perplexity_before_stage"], d["perplexity_after_stage"]
+    base = result.metrics["perplexity_before"]
+    assert base < ptq, (base, ptq)  # INT4 costs something to win back
+    assert qad < ptq, (ptq, qad)
+    assert result.metrics["perplexity_after"] == pytest.approx(qad)
+    # the export holds the trained, quantized weights: re-loaded from disk it measures the same
+    assert result.metrics["perplexity_export"] == pytest.approx(qad, rel=2e-3)
+    assert (d["steps"], d["tokens"], d["teacher"]) == (16, 16 * 4 * 128, "before_compression")
+    assert d["loss_last"] < d["loss_first"] and d["tokens_per_second"] > 0 and d["weight_scales_refreshed"] > 0
+    cfg = json.loads((Path(result.output_dir) / "export" / "config.json").read_text())
+    assert cfg["quantization_config"]["quant_algo"] == "W4A16_AWQ"
+    manifest = json.loads((Path(result.output_dir) / "manifest.json").read_text())
+    assert [s["technique"] for s in manifest["result"]["stages"]] == ["quantize", "distill", "export"]
+
+
+def test_teacher_none_finetunes_on_the_lm_loss(tmp_path: Path) -> None:
+    from modelopt_typed_recipes.runtime.api import run_post_training
+
+    doc = recipe(tmp_path / "ft", {"technique": "distill", "teacher": "none", "skip_lm_loss": False, "steps": 8,
+                                   "micro_batch_size": 2, "seq_length": 128, "learning_rate": 3e-4,
+                                   "lr_schedule": "constant", "data": {"dataset": "reference-heldout"}})
+    result = run_post_training(doc, progress=False)
+    stage = result.stage("distill")
+    d = stage.details
+    assert stage.name == "finetune-8steps" and d["teacher"] == "none" and "loss_parts_first" not in d
+    # the first step's loss is the LM loss of the untouched model on its training text
+    assert 2.0 < d["loss_first"] < 6.0 and math.isfinite(d["loss_last"])
+    # trained on the held-out text itself: its perplexity must fall (a finetune that learns)
+    assert d["perplexity_after_stage"] < d["perplexity_before_stage"]
+    assert result.metrics["perplexity_after"] == pytest.approx(d["perplexity_after_stage"])
+    saved = Path(result.output_dir) / stage.outputs[0] / "modelopt_model.pth"
+    assert saved.is_file()  # no export follows: the trained model is what the user keeps
+
+
+def test_a_named_teacher_and_intermediate_pairs(tmp_path: Path) -> None:
+    from modelopt_typed_recipes.runtime.api import run_post_training
+
+    doc = recipe(tmp_path / "named", {"technique": "quantize", "format": "int8_sq"},
+                 {"technique": "distill", "teacher": "builtin", "steps": 2, "micro_batch_size": 2, "seq_length": 64,
+                  "intermediate_layer_pairs": [["model.layers.2", "model.layers.2", "mse"],
+                                               ["model.layers.4", "model.layers.4"]],
+                  "skip_lm_loss": False, "kd_loss_scale": 0.5})
+    result = run_post_training(doc, progress=False)
+    d = result.stage("distill").details
+    assert d["teacher"] == "builtin:builtin"
+    parts = d["loss_parts_first"]
+    assert parts["logits_loss"] >= 0 and parts["intermediate_loss"] > 0 and parts["lm_loss"] > 0
