@@ -68,6 +68,11 @@ def _print_report(report: RunPlan) -> None:
     for w in report.warnings:
         say(f"  [yellow]note[/yellow] {e(w)}")
     for st in report.stages:
+        if st.memory is not None:
+            terms = st.memory["terms"]
+            table(f"stages[{st.index}] {st.label}: memory per rank on a {st.memory['gpu']} (estimate)",
+                  ["term", "GiB"], ((k, f"{v / 2**30:.3f}") for k, v in [*terms.items(), ("total", st.memory[
+                      "per_rank_bytes"])] if v), right=("GiB",))
         if st.coverage is None:
             continue
         table(f"stages[{st.index}] {st.label}: {st.config_source} ({st.coverage.naming} names)",
