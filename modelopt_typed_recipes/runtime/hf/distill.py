@@ -164,6 +164,7 @@ def train(student: Any, teacher: Any | None, stage: Distill, *, calibration: Any
     order = torch.randperm(windows.shape[0])  # shuffled once, seeded: the same run twice trains the same
     windows = windows[order]
 
+    aligned = align_with_export(student)
     run_dtype = next(student.parameters()).dtype
     student.float()  # fp32 master weights: the optimizer updates these; compute may run in bf16 (autocast)
     autocast = device == "cuda"
@@ -216,7 +217,6 @@ def train(student: Any, teacher: Any | None, stage: Distill, *, calibration: Any
         optimizer.zero_grad(set_to_none=True)
         del optimizer
         model.to(run_dtype)
-    refreshed = refresh_weight_scales(model)
     details: dict[str, Any] = {
         "teacher": "none" if teacher is None else "kept",
         "steps": total, "tokens": tokens, "seq_length": seq, "micro_batch_size": stage.micro_batch_size,
@@ -227,32 +227,30 @@ def train(student: Any, teacher: Any | None, stage: Distill, *, calibration: Any
         "loss_curve": _curve(losses), "lr_first": lrs[0] if lrs else None, "lr_last": lrs[-1] if lrs else None,
         "grad_norm_last": norms[-1] if norms else None,
         "precision": "fp32 master weights, bf16 autocast" if autocast else "fp32",
-        "weight_scales_refreshed": refreshed,
+        "aligned_with_export": aligned,
     }
     if parts:
         details["loss_parts_first"], details["loss_parts_last"] = parts[0], parts[-1]
     return model, details
 
 
-def refresh_weight_scales(model: Any) -> int:
-    """Collect each enabled weight quantizer's range (amax) again from the trained weights, as ModelOpt's HF
-    export does for the layers it re-smooths (``export/quant_utils``: ``reset_amax`` then one pass over the
-    weight); done for every quantized layer, so the fake-quantized model in memory and the exported one agree.
-    Training moved the weights under ranges calibrated before it. Returns how many quantizers were refreshed."""
-    from modelopt.torch.quantization.model_calib import enable_stats_collection, finish_stats_collection
+def align_with_export(model: Any) -> bool:
+    """Give a quantized student the quantization grid its export will have, before it learns on it.
 
-    n = 0
+    ModelOpt's HF export re-smooths layers that read the same input (q/k/v, gate/up: one AWQ pre-quant scale, one
+    input and per-tensor weight range, the weights re-scaled and their ranges collected again;
+    ``requantize_resmooth_fused_llm_layers``). After PTQ that moves the grid a little; after QAD it would move
+    the grid the weights were trained for. Applied here first, the export's pass changes nothing, and the
+    exported model is the trained one. Returns whether the model has quantizers (and was aligned)."""
+    from modelopt.torch.export.unified_export_hf import requantize_resmooth_fused_llm_layers
+    from modelopt.torch.quantization.nn import TensorQuantizer
+
+    if not any(isinstance(m, TensorQuantizer) and m.is_enabled for m in model.modules()):
+        return False
+
     with torch.no_grad():
-        for module in model.modules():
-            wq, weight = getattr(module, "weight_quantizer", None), getattr(module, "weight", None)
-            if wq is None or weight is None or not getattr(wq, "is_enabled", False) or getattr(wq, "amax", None) is None:
-                continue
-            wq.reset_amax()
-            enable_stats_collection(wq)
-            wq(weight)
-            finish_stats_collection(wq)
-            n += 1
-    return n
+        requantize_resmooth_fused_llm_layers(model)
+    return True
 
 
 def _curve(values: list[float], points: int = 11) -> list[float]:
