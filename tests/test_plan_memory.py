@@ -3,6 +3,7 @@ the smallest layout that fits. (Accuracy against H100 measurements: benchmarks/m
 
 from __future__ import annotations
 
+import attrs
 import pytest
 
 from modelopt_typed_recipes.catalog import get_arch
@@ -82,8 +83,15 @@ def test_stage_terms():
                            quant_format="bf16").terms["fake_quant"] == 0
     e = memory.estimate(llama, ParallelLayout(pipeline_parallel=4), H100, stage="export", quant_format="nvfp4")
     assert e.terms["export_reshard"] > 0 and e.terms["activations"] == 0
-    d = memory.estimate(llama, ParallelLayout(data_parallel=8), H100, stage="distill")
-    assert d.terms["optimizer"] > 0 and d.terms["teacher"] == d.terms["weights"]
+    d = memory.estimate(llama, ParallelLayout(data_parallel=8), H100, stage="distill", batch=2, seq_length=1024)
+    logits = 2 * 1024 * llama.vocab.padded(1) * 2  # the teacher's bf16 logits, kept for the loss
+    assert d.terms["optimizer"] > 0 and d.terms["teacher"] == pytest.approx(d.terms["weights"] + logits, abs=2)
+    # fp32 gradients (4 bytes a parameter) + master weights and two Adam moments (12), the last three over DP=8
+    assert d.terms["optimizer"] == pytest.approx(d.terms["weights"] / 2 * (4 + 12 / 8), rel=1e-6)
+    pruned = attrs.evolve(llama, num_layers=llama.num_layers // 2)
+    p = memory.estimate(pruned, ParallelLayout(), H100, stage="distill", teacher=llama, batch=2, seq_length=1024)
+    assert p.terms["teacher"] == d.terms["teacher"] and p.terms["weights"] < d.terms["weights"]
+    assert memory.estimate(llama, ParallelLayout(), H100, stage="distill", with_teacher=False).terms["teacher"] == 0
     g = memory.estimate(llama, ParallelLayout(), H100, generate_tokens=4096)
     assert g.terms["kv_cache"] == llama.kv_cache_bytes_per_token() * 4096
 
