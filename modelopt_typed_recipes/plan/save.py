@@ -2,7 +2,7 @@
 
 Stages hand the model over in memory. A checkpoint costs minutes at real size (16 GB for an 8 B model, per
 stage), so one is written only when the recipe asks (a stage's ``save``, else the recipe's ``save``
-policy) or when it is what the user keeps: under ``auto``, the model after the last quantize/prune stage
+policy) or when it is what the user keeps: under ``auto``, the model after the last quantize/prune/distill stage
 when no export follows it. Moving the model between parallel layouts through a temporary checkpoint is a
 hand-over, not a save; the Megatron-Core backend reports it separately.
 """

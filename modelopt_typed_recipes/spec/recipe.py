@@ -69,8 +69,8 @@ class Recipe:
     """Compute dtype; ``auto``: fp32 on the CPU, bf16 on CUDA."""
     save: Literal["auto", "final", "all", "none"] = attrs.field(default="auto", validator=one_of(SAVE_POLICIES))
     """Which stages write their model as a checkpoint (stages hand the model over in memory otherwise):
-    ``auto`` only what is needed to deploy or resume (the last quantize/prune stage when no export follows
-    it), ``final`` the last one even when an export follows, ``all`` every quantize/prune stage, ``none``
+    ``auto`` only what is needed to deploy or resume (the last quantize/prune/distill stage when no export follows
+    it), ``final`` the last one even when an export follows, ``all`` every quantize/prune/distill stage, ``none``
     nothing. A stage's own ``save: true/false`` overrides it."""
     seed: int = attrs.field(default=1234, validator=seed_range)
     schema_version: int = SCHEMA_VERSION
