@@ -165,7 +165,7 @@ def train(student: Any, teacher: Any | None, stage: Distill, *, calibration: Any
     windows = windows[order]
 
     aligned = align_with_export(student)
-    run_dtype = next(student.parameters()).dtype
+    dtypes = _dtypes(student)
     student.float()  # fp32 master weights: the optimizer updates these; compute may run in bf16 (autocast)
     autocast = device == "cuda"
     model, balancer = (convert(student, teacher, stage, path=path) if teacher is not None else (student, None))
@@ -216,7 +216,7 @@ def train(student: Any, teacher: Any | None, stage: Distill, *, calibration: Any
             model = mtd.export(model)
         optimizer.zero_grad(set_to_none=True)
         del optimizer
-        model.to(run_dtype)
+        _restore_dtypes(model, dtypes)
     details: dict[str, Any] = {
         "teacher": "none" if teacher is None else "kept",
         "steps": total, "tokens": tokens, "seq_length": seq, "micro_batch_size": stage.micro_batch_size,
@@ -251,6 +251,24 @@ def align_with_export(model: Any) -> bool:
     with torch.no_grad():
         requantize_resmooth_fused_llm_layers(model)
     return True
+
+
+def _dtypes(model: Any) -> dict[str, Any]:
+    """The dtype of every parameter and floating buffer (quantizer ranges may differ from the weights')."""
+    out = {n: p.dtype for n, p in model.named_parameters()}
+    out.update({n: b.dtype for n, b in model.named_buffers() if b.is_floating_point()})
+    return out
+
+
+def _restore_dtypes(model: Any, dtypes: dict[str, Any]) -> None:
+    """Each tensor back in the dtype it had before training (the run's dtype for the weights)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in dtypes and p.dtype != dtypes[name]:
+                p.data = p.data.to(dtypes[name])
+        for name, b in model.named_buffers():
+            if name in dtypes and b.dtype != dtypes[name]:
+                b.data = b.data.to(dtypes[name])
 
 
 def _curve(values: list[float], points: int = 11) -> list[float]:
