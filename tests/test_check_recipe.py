@@ -204,16 +204,3 @@ def test_cli_check_named_recipe_text():
     p = _cli("check", "qwen3-8b:fp8", "--assume-gpu", "--backend", "megatron")
     assert "attention_qkv" in p.stdout and "36" in p.stdout
 
-
-def test_hf_backend_refuses_a_multi_rank_launch(monkeypatch):
-    """torchrun with the HF backend would run the whole recipe on every rank into one staging folder."""
-    recipe = Recipe.load(Path(__file__).parent.parent / "examples" / "reference-fp8.yaml")
-    env = Environment.detect()
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "1")
-    plan = check_recipe(recipe, env=env, backend="hf")
-    assert [e.path for e in plan.errors] == ["backend"]
-    assert "2 ranks" in str(plan.errors[0]) and "torchrun" in plan.errors[0].hint
-    monkeypatch.setenv("WORLD_SIZE", "1")
-    monkeypatch.setenv("RANK", "0")
-    assert check_recipe(recipe, env=env, backend="hf").errors == ()

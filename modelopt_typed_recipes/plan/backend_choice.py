@@ -48,15 +48,9 @@ def choose_dtype(recipe: Recipe, device: Device) -> Dtype:
     return "fp32" if device == "cpu" else "bf16"
 
 
-def backend_problems(backend: BackendName, env: Environment, *, cuda: bool, world_size: int = 1) -> list[RecipeError]:
-    """What the chosen backend needs from the machine and the launch."""
+def backend_problems(backend: BackendName, env: Environment, *, cuda: bool) -> list[RecipeError]:
+    """What the chosen backend needs from the machine."""
     if backend != "megatron":
-        if world_size > 1:  # every rank would run the whole recipe into the same staging folder
-            return [CompatibilityError(
-                f"the Hugging Face backend runs in one process, but this launch has {world_size} ranks "
-                "(WORLD_SIZE)", path="backend",
-                hint="run it without torchrun (python -m modelopt_typed_recipes run ...), or use backend: "
-                     "megatron to spread a model over several GPUs")]
         return []
     from . import versions
 
