@@ -228,3 +228,28 @@ def stage_batches(plan: CalibrationWindows | None, calibration: TextData, tokeni
 def data_hash(windows: Any) -> str:
     """sha256 of the token ids (first 16 hex digits): equal hashes mean equal calibration data."""
     return hashlib.sha256(windows.cpu().numpy().astype("int64").tobytes()).hexdigest()[:16]
+
+
+def training_windows(stage: Any, calibration: TextData, tokenizer: Any, *, needed: int, seed: int,
+                     path: str) -> tuple[Any, int]:
+    """``needed`` windows of a training stage's text (default: the recipe's calibration text) at its window
+    length: the text's windows repeated in order when it is shorter, then shuffled once with the recipe's
+    seed, so one recipe trains on the same windows on either backend. Returns them and how many distinct
+    windows the text gave."""
+    import torch
+
+    from ..spec.text import TrainingText
+
+    seq = stage.window_length(calibration.seq_length)
+    text = stage.data if stage.data is not None else TrainingText.like(calibration)
+    where = f"{path}.data" if stage.data is not None else "calibration"
+    try:
+        distinct = token_windows(text.windows(needed, seq), tokenizer, path=where)
+    except DataError as err:
+        if err.path.endswith(".seq_length"):
+            raise DataError(err.message, path=f"{path}.seq_length", hint=err.hint) from None
+        raise
+    n = int(distinct.shape[0])
+    windows = distinct.repeat(-(-needed // n), 1)[:needed]
+    order = torch.randperm(needed, generator=torch.Generator().manual_seed(seed))
+    return windows[order], n

@@ -22,7 +22,7 @@ from modelopt.torch.distill import DistillationLossBalancer
 from modelopt.torch.distill.loss_balancers import STUDENT_LOSS_KEY
 from modelopt.torch.distill.losses import LogitsDistillationLoss
 
-from ...errors import CompatibilityError, DataError, RecipeError
+from ...errors import CompatibilityError, RecipeError
 
 if TYPE_CHECKING:
     from ...spec.techniques import Distill
@@ -103,28 +103,6 @@ def lr_at(stage: Distill, step: int, total: int) -> float:
     return low + (lr - low) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-# --------------------------------------------------------------------------- the data
-def training_windows(stage: Distill, calibration: Any, tokenizer: Any, *, windows_needed: int, seq_length: int,
-                     path: str) -> tuple[Any, int]:
-    """``[windows_needed, seq_length]`` token ids of the training text, repeated in order when the text is
-    shorter (returns the windows and how many distinct windows the text gave)."""
-    from ...spec.text import TrainingText
-    from ..data import token_windows
-
-    source = stage.data if stage.data is not None else TrainingText.like(calibration)
-    where = f"{path}.data" if stage.data is not None else "calibration"
-    data = source.windows(windows_needed, seq_length)
-    try:
-        distinct = token_windows(data, tokenizer, path=where)
-    except DataError as err:
-        if err.path.endswith(".seq_length"):
-            raise DataError(err.message, path=f"{path}.seq_length", hint=err.hint) from None
-        raise
-    n = int(distinct.shape[0])
-    reps = -(-windows_needed // n)
-    return distinct.repeat(reps, 1)[:windows_needed], n
-
-
 # --------------------------------------------------------------------------- the loop
 def convert(student: Any, teacher: Any, stage: Distill, *, path: str) -> tuple[Any, KDLossBalancer]:
     """``mtd.convert`` of the student with the teacher, the criteria and the balancer."""
@@ -153,16 +131,15 @@ def train(student: Any, teacher: Any | None, stage: Distill, *, calibration: Any
     """Train ``student`` for the stage's steps; returns the plain student (``mtd.export``) and what happened."""
     import modelopt.torch.distill as mtd
 
+    from ..data import training_windows
     from ..progress import track
 
     seq = stage.window_length(calibration.seq_length)
     total = stage.total_steps(seq)
     per_step = stage.micro_batch_size * stage.gradient_accumulation_steps
-    windows, distinct = training_windows(stage, calibration, tokenizer, windows_needed=total * per_step,
-                                         seq_length=seq, path=path)
+    windows, distinct = training_windows(stage, calibration, tokenizer, needed=total * per_step, seed=seed,
+                                         path=path)
     torch.manual_seed(seed)
-    order = torch.randperm(windows.shape[0])  # shuffled once, seeded: the same run twice trains the same
-    windows = windows[order]
 
     aligned = align_with_export(student)
     dtypes = _dtypes(student)

@@ -202,35 +202,10 @@ def _teacher_source(src: Any, sp: StagePlan, *, dtype: str) -> tuple[ModelArch, 
     raise SpecError(f"unknown teacher {src!r}", path=where)
 
 
-def _training_windows(run: MegatronRun, stage: Distill, sp: StagePlan, needed: int) -> tuple[Any, int]:
-    """``needed`` windows of the stage's training text (default: the recipe's calibration text) at its window
-    length: the text's windows repeated in order when it is shorter, then shuffled once with the recipe's seed
-    (as the Hugging Face backend does, so one recipe trains on the same windows on both). Returns them and how
-    many distinct windows the text gave."""
-    import torch
-
-    from ...errors import DataError
-    from ...spec.text import TrainingText
-    from ..data import token_windows
-
-    seq = stage.window_length(run.recipe.calibration.seq_length)
-    text = stage.data or TrainingText.like(run.recipe.calibration)
-    where = f"{sp.path}.data" if stage.data is not None else "calibration"
-    try:
-        distinct = token_windows(text.windows(needed, seq), run.tokenizer, path=where)
-    except DataError as err:
-        if err.path.endswith(".seq_length"):
-            raise DataError(err.message, path=f"{sp.path}.seq_length", hint=err.hint) from None
-        raise
-    n = int(distinct.shape[0])
-    windows = distinct.repeat(-(-needed // n), 1)[:needed]
-    order = torch.randperm(needed, generator=torch.Generator().manual_seed(run.recipe.seed))
-    return windows[order], n
-
-
 def distill(run: MegatronRun, stage: Distill, sp: StagePlan) -> StepResult:
     from megatron.core import parallel_state
 
+    from ..data import training_windows
     from . import distill as md
     from . import stages
 
@@ -239,7 +214,9 @@ def distill(run: MegatronRun, stage: Distill, sp: StagePlan) -> StepResult:
     seq = stage.window_length(run.recipe.calibration.seq_length)
     steps = stage.total_steps(seq, dp)
     train = md.Training.of(stage, steps)
-    windows, distinct = _training_windows(run, stage, sp, steps * train.windows_per_step * dp)
+    windows, distinct = training_windows(stage, run.recipe.calibration, run.tokenizer,
+                                         needed=steps * train.windows_per_step * dp, seed=run.recipe.seed,
+                                         path=sp.path)
     details: dict[str, Any] = {"teacher": info, "qad": run.quantized, "after_prune": run.changed}
     if run.eval_batches is not None:
         details["perplexity_before_stage"] = stages.perplexity(run.model, run.eval_batches, progress=False)
