@@ -151,24 +151,23 @@ def distill(run: HFRun, stage: Distill, sp: StagePlan) -> StepResult:
     teacher = run.teacher_for(stage, sp)
     excluded = 0.0
     measured: dict[str, Any] = {}
-    if run.eval_batches is not None:
-        t = time.perf_counter()
-        measured["perplexity_before_stage"] = evaluate.perplexity(
-            run.model, run.eval_batches, device=run.plan.device, label="evaluate before distill",
-            progress=run.plan.progress)
-        excluded += time.perf_counter() - t
+
+    def measure(key: str, label: str) -> None:  # held-out perplexity around the stage, timed apart from it
+        nonlocal excluded
+        if run.eval_batches is not None:
+            t = time.perf_counter()
+            measured[key] = evaluate.perplexity(run.model, run.eval_batches, device=run.plan.device, label=label,
+                                                progress=run.plan.progress)
+            excluded += time.perf_counter() - t
+
+    measure("perplexity_before_stage", "evaluate before distill")
     run.model, details = d.train(run.model, teacher, stage, calibration=run.recipe.calibration,
                                  tokenizer=run.tokenizer, device=run.plan.device, seed=run.recipe.seed,
                                  path=sp.path, progress=run.plan.progress)
     details["teacher"] = _teacher_label(stage)
     run.trained = True
     run.measured_after = False
-    if run.eval_batches is not None:
-        t = time.perf_counter()
-        measured["perplexity_after_stage"] = evaluate.perplexity(
-            run.model, run.eval_batches, device=run.plan.device, label="evaluate after distill",
-            progress=run.plan.progress)
-        excluded += time.perf_counter() - t
+    measure("perplexity_after_stage", "evaluate after distill")
     details.update(measured)
     outputs = _save(run, sp, details)
     return StepResult(details=details, outputs=outputs, excluded_seconds=excluded)
