@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# GPU work of the 2026-11-30 third session, one device call per group of parts, on one warm nvidia-h200-x2 machine.
+# Usage (repo root, .whl/ carried; Transformer Engine parts after scripts/device_te.sh install):
+#   bash benchmarks/gpu_session6.sh PART...
+# Each part writes under $OUT/<part>/ (default benchmarks/raw/session6/<part>) and prints its log.
+# Parts: env, prewarm (ModelOpt's three CUDA extensions at once); the others are added by the work that needs them.
+set -uo pipefail
+if [ ! -d /tmp/site/modelopt ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+fi
+# datasets (for ModelOpt's megatron_mmlu) goes last, so nothing the machine already has is shadowed
+export PYTHONPATH=/tmp/site:$PWD; [ -d /tmp/ds_site ] && PYTHONPATH=$PYTHONPATH:/tmp/ds_site
+[ -d /tmp/te_site/transformer_engine ] && export MTR_TE_SITE=/tmp/te_site
+export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.torch_ext}   # ModelOpt's CUDA extensions, built once
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
+export MTR_WORK=${MTR_WORK:-/tmp/mtr_work} PYTHONWARNINGS=ignore
+OUT=${OUT:-benchmarks/raw/session6}
+te() { PYTHONPATH=/tmp/te_site:$PYTHONPATH "$@"; }   # a command with Transformer Engine importable
+for part in "$@"; do
+  echo "=== $part $(date -u +%T)"; start=$(date +%s); mkdir -p "$OUT/$part"
+  case $part in
+    env) python3 - <<'PY'
+import importlib.metadata as m, torch
+print({p: m.version(p) for p in ("torch", "megatron-core", "nvidia-modelopt", "transformers")},
+      torch.cuda.get_device_name(0), torch.cuda.device_count(), flush=True)
+PY
+    ;;
+    prewarm)
+      for ext in get_cuda_ext_fp8 get_cuda_ext get_cuda_ext_mx; do
+        python3 -c "import time; t=time.time(); from modelopt.torch.quantization import extensions as e; \
+ok = getattr(e, '$ext')(raise_if_failed=True) is not None; print('$ext', ok, round(time.time()-t, 1), 's', flush=True)" &
+      done; wait ;;
+    # --- parts added by the session's work below this line (keep one case per part) ---
+    *) echo "unknown part $part" ;;
+  esac
+  echo "=== $part took $(( $(date +%s) - start )) s"
+done
