@@ -31,6 +31,12 @@ PY
 ok = getattr(e, '$ext')(raise_if_failed=True) is not None; print('$ext', ok, round(time.time()-t, 1), 's', flush=True)" &
       done; wait ;;
     # --- parts added by the session's work below this line (keep one case per part) ---
+    scale-x2)  # issue 9: 512 windows of real text; qwen3-8b TP2 NVFP4 ours+direct bitwise, then qwen3-30b-a3b EP2 (ours) or llama3.1-8b TP1 pair as time allows; <= 535 s
+      df -h /tmp "$PWD" | tee "$OUT/$part/df.txt"
+      OUT="$OUT/$part" timeout -k 5 525 python3 benchmarks/scale_gpu.py --budget-s 505 --windows 512 --concurrent \
+        --text /tmp/scale_calib.jsonl --make-text --work /tmp/scale_work \
+        --cases qwen3-8b-tp2:nvfp4:1,qwen3-30b-a3b-ep2:fp8:1:ours,llama3.1-8b-tp1:fp8:1
+      echo "scale_gpu rc=$?"; rm -rf /tmp/scale_work ;;
     *) echo "unknown part $part" ;;
   esac
   echo "=== $part took $(( $(date +%s) - start )) s"

@@ -98,12 +98,16 @@ def build(name: str, tp: int, pp: int, ep: int):
 
 
 def windows(text_file: str, tokenizer_dir: str, n: int, seq: int) -> torch.Tensor:
-    """Documents (form-feed separated) tokenised, joined with end-of-text, cut into n windows of seq tokens."""
+    """Documents (form-feed separated, or one JSON line each with a ``text`` field) tokenised, joined with
+    end-of-text, cut into n windows of seq tokens."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     ids: list[int] = []
-    for doc in open(text_file, encoding="utf-8").read().split("\f"):
+    with open(text_file, encoding="utf-8") as f:
+        docs = [json.loads(line)["text"] for line in f if line.strip()] if text_file.endswith(".jsonl") \
+            else f.read().split("\f")
+    for doc in docs:
         if not doc.strip():
             continue
         ids += tok(doc, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]

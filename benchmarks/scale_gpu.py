@@ -6,9 +6,12 @@ One command per machine kind (the wheel install line of the device README first)
     python3 benchmarks/scale_gpu.py --kind nvidia-h200       # qwen3-8b TP1, llama-3.1-8b TP1
     python3 benchmarks/scale_gpu.py --kind nvidia-h200-x2    # + qwen3-8b TP2, qwen3-30b-a3b EP2
 
-``--cases NAME:FORMAT:REPS,...`` picks cases (names in ``CASES``), ``--windows/--seq/--batch`` the calibration
-windows (built-in corpus, the reference tokenizer), ``--budget-s`` stops starting runs that would not
-finish in time. For each repetition the order alternates (ours first on even repetitions). Our run is
+``--cases NAME:FORMAT:REPS[:ours],...`` picks cases (names in ``CASES``; ``:ours`` runs ours alone),
+``--windows/--seq/--batch`` the calibration windows (the reference tokenizer; the built-in corpus, or ``--text``,
+a ``.jsonl`` both programs read, which ``--make-text`` writes first with ``scale_text.py`` when more windows are
+asked than the built-in corpus holds), ``--budget-s`` stops starting runs that would not finish in time (a
+time-out ends a process with its whole group: torchrun's workers too). ``--dry-run`` writes and checks every
+recipe and logs the commands without starting them (a CPU test). For each repetition the order alternates (ours first on even repetitions). Our run is
 ``python -m modelopt_typed_recipes run RECIPE.yaml`` (under ``torchrun`` on 2 GPUs); its figures come from the
 manifest it writes. Exported tensors are hashed (sha256 of each tensor's bytes) and compared between the two,
 then deleted. Writes ``$OUT/scale_gpu.json`` (one object per case, after every repetition) and appends every
@@ -32,12 +35,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-CASES: dict[str, dict] = {
-    "qwen3-8b-tp1": dict(model="qwen3-8b", gpus=1, layout={}, direct=dict(tp=1, ep=1)),
-    "llama3.1-8b-tp1": dict(model="llama3.1-8b", gpus=1, layout={}, direct=dict(tp=1, ep=1)),
-    "qwen3-8b-tp2": dict(model="qwen3-8b", gpus=2, layout={"tensor_parallel": 2}, direct=dict(tp=2, ep=1)),
+CASES: dict[str, dict] = {  # guess_s: one process's wall with 512 windows of 2,048 (budget guard; measured or estimated)
+    "qwen3-8b-tp1": dict(model="qwen3-8b", gpus=1, layout={}, direct=dict(tp=1, ep=1), guess_s=140),
+    "llama3.1-8b-tp1": dict(model="llama3.1-8b", gpus=1, layout={}, direct=dict(tp=1, ep=1), guess_s=140),
+    "qwen3-8b-tp2": dict(model="qwen3-8b", gpus=2, layout={"tensor_parallel": 2}, direct=dict(tp=2, ep=1),
+                         guess_s=170),
     "qwen3-30b-a3b-ep2": dict(model="qwen3-30b-a3b", gpus=2, layout={"expert_parallel": 2, "data_parallel": 2},
-                              direct=dict(tp=1, ep=2)),
+                              direct=dict(tp=1, ep=2), guess_s=330),
 }
 KINDS = {
     "nvidia-h200": "qwen3-8b-tp1:fp8:3,qwen3-8b-tp1:nvfp4:1,llama3.1-8b-tp1:fp8:1",
@@ -45,7 +49,7 @@ KINDS = {
                       "qwen3-30b-a3b-ep2:fp8:1",
 }
 ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "PYTHONUNBUFFERED": "1",
-       "PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false"}
+       "PYTHONWARNINGS": "ignore"}
 
 
 def log(msg: str, out: Path) -> None:
@@ -107,9 +111,15 @@ def run_processes(jobs: list[tuple[str, list[str], dict[str, str]]], out: Path, 
     procs = {}
     for label, cmd, env in jobs:
         log(f"{label}: CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES')} {' '.join(cmd)}", out)
+    if DRY_RUN:
+        return {label: (0.0, 0) for label, _cmd, _env in jobs}
+    for label, cmd, env in jobs:
         f = open(out / f"scale_{label.replace(' ', '_')}.tmp", "w")
-        procs[label] = (subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT),
+        # own session: a time-out ends torchrun's workers too, not only the launcher
+        procs[label] = (subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT,
+                                         start_new_session=True),
                         time.perf_counter(), f)
+        LIVE.append(procs[label][0])
     done: dict[str, tuple[float, int]] = {}
     start = time.perf_counter()
     while len(done) < len(procs):  # poll, so that each process's wall ends at its own exit
@@ -118,10 +128,12 @@ def run_processes(jobs: list[tuple[str, list[str], dict[str, str]]], out: Path, 
                 continue
             rc = p.poll()
             if rc is None and time.perf_counter() - start > timeout:
-                p.kill()
+                kill_group(p)
+                p.wait()
                 rc = 124
             if rc is not None:
                 done[label] = (time.perf_counter() - t, rc)
+                LIVE.remove(p)
         time.sleep(0.05)
     for label, (p, t, f) in procs.items():
         f.close()
@@ -133,6 +145,26 @@ def run_processes(jobs: list[tuple[str, list[str], dict[str, str]]], out: Path, 
     return done
 
 
+LIVE: list[subprocess.Popen] = []
+"""Processes started and not yet reaped (ended with their groups when the driver is stopped)."""
+
+
+def kill_group(p: subprocess.Popen) -> None:
+    import signal
+
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def stop_all(signum, _frame) -> None:
+    """SIGTERM (the part's ``timeout``): no orphaned torchrun workers left holding the GPUs."""
+    for p in LIVE:
+        kill_group(p)
+    raise SystemExit(128 + signum)
+
+
 def run_process(cmd: list[str], env: dict[str, str], out: Path, label: str, timeout: float) -> tuple[float, int]:
     return run_processes([(label, cmd, env)], out, timeout)[label]
 
@@ -142,19 +174,31 @@ def launcher(gpus: int) -> list[str]:
                                                f"--nproc-per-node={gpus}"]
 
 
-def planned(arch, layout_dict: dict, stage: str, fmt: str, batch: int, seq: int) -> int:
+DRY_RUN = False
+"""--dry-run: everything but the processes (recipes written and checked, commands logged): a CPU test."""
+
+
+def planned(arch, layout, stage: str, fmt: str, batch: int, seq: int) -> int:
+    """The memory plan's per-rank bytes; ``layout``: a ParallelLayout or a dict of its fields."""
     from modelopt_typed_recipes.plan import memory
     from modelopt_typed_recipes.plan.gpus import get_gpu
     from modelopt_typed_recipes.spec.layout import ParallelLayout
 
     import attrs
 
-    lay = ParallelLayout(**{k: v for k, v in layout_dict.items() if k in attrs.fields_dict(ParallelLayout)})
+    lay = layout if isinstance(layout, ParallelLayout) else ParallelLayout(
+        **{k: v for k, v in layout.items() if k in attrs.fields_dict(ParallelLayout)})
     return memory.estimate(arch, lay, get_gpu("h200"), stage=stage, batch=batch, seq_length=seq,
                            quant_format=fmt).per_rank_bytes
 
 
-def run_case(name: str, fmt: str, reps: int, a: argparse.Namespace, out: Path, deadline: float) -> dict:
+def tail_s(path: Path, end: float) -> float | None:
+    """Seconds from when a process last wrote ``path`` (its result) to its exit at ``end`` (epoch)."""
+    return round(end - path.stat().st_mtime, 3) if path.is_file() else None
+
+
+def run_case(name: str, fmt: str, reps: int, a: argparse.Namespace, out: Path, deadline: float,
+             who_runs: tuple[str, ...] = ("ours", "direct")) -> dict:
     from modelopt_typed_recipes.catalog import get_arch
     from modelopt_typed_recipes.plan.check import Environment, check_recipe
     from modelopt_typed_recipes.runtime import data
@@ -171,8 +215,8 @@ def run_case(name: str, fmt: str, reps: int, a: argparse.Namespace, out: Path, d
     recipe = Recipe.from_dict({
         "name": f"scale-{name}-{fmt}", "model": case["model"], "source": {"type": "random", "seed": 0},
         "stages": [{"technique": "quantize", "format": fmt}, {"technique": "export"}],
-        "calibration": {"dataset": "reference-train", "num_samples": a.windows, "seq_length": a.seq,
-                        "batch_size": a.batch},
+        "calibration": {**({"files": [str(Path(a.text).resolve())]} if a.text else {"dataset": "reference-train"}),
+                        "num_samples": a.windows, "seq_length": a.seq, "batch_size": a.batch},
         "layout": case["layout"] or None, "output_dir": str(work / "ours"), "backend": "megatron", "device": "cuda",
     })
     recipe_file = work / "recipe.yaml"
@@ -183,31 +227,36 @@ def run_case(name: str, fmt: str, reps: int, a: argparse.Namespace, out: Path, d
     write_hf_reference(ref, arch, data.random_init_tokenizer(arch.vocab.size))
     report = check_recipe(recipe, env=Environment(megatron_core="0.19.2", modelopt="0.47.0", cuda=True,
                                                   gpu_count=gpus))
-    layouts = [s.layout for s in report.stages]
+    layouts = [s.layout for s in report.stages]  # ParallelLayout of each stage
     env = {**os.environ, **ENV, "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in range(gpus))}
     d = case["direct"]
     direct_cmd = [*launcher(gpus), str(ROOT / "benchmarks" / "scale_direct.py"), "--model", case["model"],
                   "--format", fmt, "--tp", str(d["tp"]), "--ep", str(d["ep"]), "--hf-reference", str(ref),
-                  "--text", str(data.BUILTIN_FILES["reference-train"]), "--windows", str(a.windows),
+                  "--text", str(Path(a.text).resolve()) if a.text else str(data.BUILTIN_FILES["reference-train"]),
+                  "--windows", str(a.windows),
                   "--seq", str(a.seq), "--batch", str(a.batch), "--export-dir", str(work / "direct-export"),
                   "--result", str(work / "direct.json")]
     ours_cmd = [*launcher(gpus), "-m", "modelopt_typed_recipes", "run", str(recipe_file), "--json", "--no-progress"]
     row: dict = {"case": name, "model": case["model"], "gpus": gpus, "format": fmt,
-                 "layout": "TP{tensor_parallel} PP{pipeline_parallel} EP{expert_parallel}".format(**layouts[0]),
-                 "export_layout": f"TP1 PP{layouts[1]['pipeline_parallel']}", "windows_asked": a.windows,
+                 "layout": f"TP{layouts[0].tensor_parallel} PP{layouts[0].pipeline_parallel} "
+                           f"EP{layouts[0].expert_parallel}",
+                 "export_layout": f"TP1 PP{layouts[1].pipeline_parallel}", "windows_asked": a.windows,
+                 "text": a.text or "reference-train", "runs": list(who_runs),
                  "seq_length": a.seq, "batch": a.batch, "reps": [], "planned_bytes_per_rank": {
                      "quantize": planned(arch, layouts[0], "quantize", fmt, a.batch, a.seq),
                      "export": planned(arch, layouts[1], "export", fmt, a.batch, a.seq)}}
-    concurrent = a.concurrent and gpus == 1
+    concurrent = a.concurrent and gpus == 1 and len(who_runs) == 2
     row["concurrent"] = concurrent
+    first_guess = case["guess_s"] * (0.25 + 0.75 * a.windows / 512) if a.first_guess_s is None else a.first_guess_s
     for rep in range(reps):
         order = ("ours", "direct") if rep % 2 == 0 else ("direct", "ours")
+        order = tuple(w for w in order if w in who_runs)
         r: dict = {"rep": rep, "order": list(order)}
         digests = {}
         if concurrent:  # both at once, one GPU each; which GPU alternates with the repetition
             left = deadline - time.time()
             guess = max([max(x.get("ours_wall_s", 0), x.get("direct_wall_s", 0)) for x in row["reps"]]
-                        or [a.first_guess_s]) * 1.2
+                        or [first_guess]) * 1.2
             if left < guess:
                 log(f"{name} {fmt} rep {rep}: skipped, {left:.0f}s left, needs about {guess:.0f}s", out)
                 break
@@ -221,7 +270,7 @@ def run_case(name: str, fmt: str, reps: int, a: argparse.Namespace, out: Path, d
         for who, measured in runs:
             if measured is None:
                 left = deadline - time.time()
-                guess = max([x.get(f"{who}_wall_s", 0) for x in row["reps"]] or [a.first_guess_s]) * 1.2
+                guess = max([x.get(f"{who}_wall_s", 0) for x in row["reps"]] or [first_guess]) * 1.2
                 if left < guess:
                     log(f"{name} {fmt} rep {rep} {who}: skipped, {left:.0f}s left, needs about {guess:.0f}s", out)
                     r["skipped"] = True
@@ -230,8 +279,10 @@ def run_case(name: str, fmt: str, reps: int, a: argparse.Namespace, out: Path, d
                                        f"{name} {fmt} rep{rep} {who}", timeout=left)
             wall, rc = measured
             r[f"{who}_wall_s"], r[f"{who}_rc"] = round(wall, 2), rc
+            ended = time.time()  # within the 50 ms poll of the exit (concurrent: of the later exit)
             if who == "ours":
                 manifest = work / "ours" / "manifest.json"
+                r["ours_tail_s"] = tail_s(manifest, ended)  # from the manifest written to the process gone
                 if manifest.is_file():
                     res = json.loads(manifest.read_text())["result"]
                     r["ours_stages"] = [{k: s[k] for k in ("name", "seconds", "peak_memory_bytes")} |
@@ -239,9 +290,14 @@ def run_case(name: str, fmt: str, reps: int, a: argparse.Namespace, out: Path, d
                     r["ours_timings"] = res["timings"]
                     r["ours_in_process_s"] = res["seconds"]
                     r["calibration_hash"] = res["calibration_hash"]
-                    digests[who] = tensor_digests(work / "ours" / res["stages"][-1]["outputs"][0])
+                    exported = work / "ours" / res["stages"][-1]["outputs"][0]
+                    if "direct" in who_runs:
+                        digests[who] = tensor_digests(exported)
+                    else:  # nothing to compare with: its size only
+                        r["export_bytes"] = sum(f.stat().st_size for f in exported.glob("*.safetensors"))
                 shutil.rmtree(work / "ours", ignore_errors=True)
             else:
+                r["direct_tail_s"] = tail_s(work / "direct.json", ended)
                 if (work / "direct.json").is_file():
                     r["direct"] = json.loads((work / "direct.json").read_text())
                     digests[who] = tensor_digests(work / "direct-export")
@@ -254,24 +310,27 @@ def run_case(name: str, fmt: str, reps: int, a: argparse.Namespace, out: Path, d
         yield row
         if r.get("skipped"):
             break
-    shutil.rmtree(work, ignore_errors=True)
+    if not DRY_RUN:  # a dry run leaves the recipe and the reference folder to look at
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def summarize(row: dict, arch) -> None:
-    done = [r for r in row["reps"] if "ours_wall_s" in r and "direct_wall_s" in r and r.get("ours_rc") == 0
-            and r.get("direct_rc") == 0]
+    both = "direct" in row.get("runs", ("ours", "direct"))
+    done = [r for r in row["reps"] if "ours_wall_s" in r and r.get("ours_rc") == 0
+            and (not both or ("direct_wall_s" in r and r.get("direct_rc") == 0))]
     if not done:
         return
     ours = statistics.median(r["ours_wall_s"] for r in done)
-    direct = statistics.median(r["direct_wall_s"] for r in done)
+    direct = statistics.median(r["direct_wall_s"] for r in done) if both else None
     last = done[-1]
     stages = {s["name"].split("-")[0]: s for s in last.get("ours_stages", [])}
     q, e = stages.get("quantize"), stages.get("export")
-    tokens = row["windows_asked"] * row["seq_length"]
+    windows = (last.get("direct") or {}).get("windows") or row["windows_asked"]
+    tokens = windows * row["seq_length"]
     flops = arch.flops_per_token(context=row["seq_length"]) * tokens
     row.update(
-        wall_s=round(ours, 2), direct_wall_s=round(direct, 2), ratio=round(ours / direct, 4), reps_done=len(done),
-        bitwise_equal=all(r.get("bitwise_equal") for r in done),
+        wall_s=round(ours, 2), direct_wall_s=direct and round(direct, 2), ratio=direct and round(ours / direct, 4),
+        reps_done=len(done), bitwise_equal=all(r.get("bitwise_equal") for r in done) if both else None,
         peak_bytes_per_rank={"quantize": q and q["peak_memory_bytes"], "export": e and e["peak_memory_bytes"]},
         direct_peak_bytes_per_rank=last.get("direct", {}).get("peaks"),
         stage_seconds={k: round(v["seconds"], 2) for k, v in stages.items()},
@@ -293,7 +352,13 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=2048)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--budget-s", type=float, default=540, help="start no run that would end after this")
-    p.add_argument("--first-guess-s", type=float, default=60, help="assumed wall of a first run")
+    p.add_argument("--first-guess-s", type=float, default=None,
+                   help="assumed wall of a case's first run (default: the case's guess_s, scaled by --windows)")
+    p.add_argument("--text", help="calibration text for both (.jsonl, one {\"text\": ...} per line; default: the "
+                   "built-in corpus); with --make-text it is written first (scale_text.py)")
+    p.add_argument("--make-text", action="store_true", help="write --text with scale_text.py (not timed)")
+    p.add_argument("--dry-run", action="store_true", help="no processes: recipes written and checked, commands "
+                   "logged (a CPU test of the driver)")
     p.add_argument("--prewarm", action="store_true", help="build ModelOpt's CUDA extensions first")
     p.add_argument("--work", default="/tmp/scale_work")
     p.add_argument("--concurrent", action="store_true",
@@ -309,19 +374,36 @@ def main() -> None:
     deadline = time.time() + a.budget_s
     out = Path(os.environ.get("OUT", "/tmp/scale_out"))
     out.mkdir(parents=True, exist_ok=True)
-    smi = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
-                         capture_output=True, text=True).stdout.strip().replace("\n", "; ")
+    global DRY_RUN
+    DRY_RUN = a.dry_run
+    import signal
+
+    signal.signal(signal.SIGTERM, stop_all)
+    try:
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True).stdout.strip().replace("\n", "; ")
+    except OSError:
+        smi = "no nvidia-smi"
     log(f"GPUs: {smi}; python {sys.version.split()[0]}", out)
+    if a.make_text:
+        if not a.text:
+            raise SystemExit("--make-text needs --text PATH")
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from scale_text import build
+
+        info = build(Path(a.text), windows=a.windows, seq=a.seq, packages=["transformers", "torch", "numpy"])
+        (out / "scale_text.json").write_text(json.dumps(info, indent=1))
+        log(f"calibration text: {json.dumps(info)}", out)
     if a.prewarm:
         log(f"prewarm took {prewarm(out):.1f}s", out)
     rows: list[dict] = []
     path = out / a.json_name
     for spec in (a.cases or KINDS[a.kind]).split(","):
-        name, fmt, reps = spec.split(":")
+        name, fmt, reps, *only = spec.split(":")  # NAME:FORMAT:REPS[:ours|:direct]
         if time.time() > deadline - 30:
             log(f"{spec}: not started (budget)", out)
             continue
-        for row in run_case(name, fmt, int(reps), a, out, deadline):
+        for row in run_case(name, fmt, int(reps), a, out, deadline, tuple(only) or ("ours", "direct")):
             rows = [r for r in rows if not (r["case"] == row["case"] and r["format"] == row["format"])] + [row]
             path.write_text(json.dumps(rows, indent=1, default=str))
             log(f"{name} {fmt}: " + json.dumps({k: row.get(k) for k in ("wall_s", "direct_wall_s", "ratio",

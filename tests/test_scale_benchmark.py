@@ -1,0 +1,125 @@
+"""The real-size GPU benchmark's driver on the CPU (``benchmarks/scale_gpu.py``, ``scale_text.py``, ``scale_direct.py``):
+its device calls get no dry run, so what can go wrong before the first GPU kernel is tested here."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+torch = pytest.importorskip("torch")
+scale_gpu = pytest.importorskip("scale_gpu")
+
+
+def test_dry_run_writes_checked_recipes_for_the_two_gpu_part(tmp_path, monkeypatch):
+    """Each case of the part: a recipe that loads and passes the check, the layouts and memory plan of its stages,
+    and the direct script's command with the same text, windows and layout."""
+    monkeypatch.setenv("OUT", str(tmp_path / "out"))
+    text = tmp_path / "calib.jsonl"
+    text.write_text(json.dumps({"text": "calibration text " * 50}) + "\n")
+    monkeypatch.setattr(sys, "argv", ["scale_gpu.py", "--dry-run", "--windows", "512", "--concurrent",
+                                      "--text", str(text), "--work", str(tmp_path / "work"), "--cases",
+                                      "qwen3-8b-tp2:nvfp4:1,qwen3-30b-a3b-ep2:fp8:1:ours,llama3.1-8b-tp1:fp8:1"])
+    import signal
+
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        scale_gpu.main()
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+        monkeypatch.setattr(scale_gpu, "DRY_RUN", False)
+    rows = {r["case"]: r for r in json.loads((tmp_path / "out" / "scale_gpu.json").read_text())}
+    moe = rows["qwen3-30b-a3b-ep2"]
+    assert (moe["layout"], moe["export_layout"], moe["runs"]) == ("TP1 PP1 EP2", "TP1 PP2", ["ours"])
+    assert (rows["qwen3-8b-tp2"]["layout"], rows["qwen3-8b-tp2"]["export_layout"]) == ("TP2 PP1 EP1", "TP1 PP2")
+    assert rows["llama3.1-8b-tp1"]["concurrent"] and not moe["concurrent"]
+    from modelopt_typed_recipes.catalog import get_arch
+
+    # EP=2: each rank holds half of the experts and all of the rest (attention, norms, embedding, output layer)
+    arch = get_arch("qwen3-30b-a3b")
+    m = arch.moe
+    experts = arch.num_layers * m.num_experts * 3 * arch.hidden_size * m.ffn_hidden_size
+    per_rank = arch.params_total - experts // 2
+    plan = moe["planned_bytes_per_rank"]
+    assert per_rank * 2 < plan["quantize"] < per_rank * 2 * 1.6  # weights plus batch 8 x 2,048 activations
+    assert plan["export"] < arch.params_total * 2 * 0.55  # PP=2: half the layers, one copy
+    log = (tmp_path / "out" / "scale_raw.log").read_text()
+    assert "scale_direct.py --model qwen3-8b --format nvfp4 --tp 2 --ep 1" in log and f"--text {text}" in log
+    assert "qwen3-30b-a3b-ep2 fp8 rep0 direct" not in log
+    for case in rows:
+        recipe_file = tmp_path / "work" / f"{case}-{rows[case]['format']}" / "recipe.yaml"
+        from modelopt_typed_recipes.spec.recipe import Recipe
+
+        recipe = Recipe.load(recipe_file)
+        assert recipe.calibration.files == (str(text),) and recipe.calibration.num_samples == 512
+
+
+def test_a_time_out_ends_the_whole_process_group(tmp_path, monkeypatch):
+    """torchrun's workers are children of the launcher: a time-out must end them too."""
+    monkeypatch.setattr(scale_gpu, "DRY_RUN", False)
+    pid_file = tmp_path / "child.pid"
+    job = ("sleeper", ["bash", "-c", f"sleep 60 & echo $! > {pid_file}; wait"], dict(os.environ))
+    t = time.perf_counter()
+    [(wall, rc)] = scale_gpu.run_processes([job], tmp_path, timeout=1.0).values()
+    assert rc == 124 and wall < 10 and time.perf_counter() - t < 10
+    child = int(pid_file.read_text())
+    time.sleep(0.2)
+    assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
+    assert "----- sleeper output" in (tmp_path / "scale_raw.log").read_text()
+
+
+def test_generated_text_gives_the_same_windows_to_both_programs(tmp_path):
+    """More windows than the built-in corpus holds: scale_text.py adds installed packages' docstrings, and the
+    recipe's ``files`` reader and the hand-written script cut the same windows from the file."""
+    from scale_direct import windows as direct_windows
+    from scale_text import build
+
+    from modelopt_typed_recipes.runtime import data
+    from modelopt_typed_recipes.spec.recipe import TextData
+
+    out = tmp_path / "calib.jsonl"
+    info = build(out, windows=201, seq=2048, packages=["email", "hypothesis"])
+    assert info["windows"] >= 201 and info["documents_from"]["hypothesis"] > 0
+    assert info["documents_from"]["reference-train"] == 2030
+    ours = data.token_windows(TextData(files=(str(out),), num_samples=201, seq_length=2048, batch_size=8),
+                              data.load_tokenizer(None))
+    direct = direct_windows(str(out), str(data.REFERENCE_DIR), 201, 2048)
+    assert ours.shape == (201, 2048) and torch.equal(ours, direct)
+    with pytest.raises(SystemExit, match="windows of 2048"):
+        build(tmp_path / "short.jsonl", windows=10_000, seq=2048, packages=[])
+
+
+def test_direct_script_builds_the_same_transformer_config_as_ours():
+    """The hand-written script's TransformerConfig equals ours for every case, EP=2 MoE included: same random
+    weights, hence comparable exports."""
+    import dataclasses
+
+    import scale_direct
+
+    from modelopt_typed_recipes.catalog import get_arch
+    from modelopt_typed_recipes.runtime.megatron import build
+    from modelopt_typed_recipes.spec.layout import ParallelLayout
+
+    for name, layout, (tp, ep) in [("qwen3-8b", ParallelLayout(tensor_parallel=2), (2, 1)),
+                                   ("llama3.1-8b", ParallelLayout(), (1, 1)),
+                                   ("qwen3-30b-a3b", ParallelLayout(expert_parallel=2, data_parallel=2), (1, 2))]:
+        ours = build.transformer_config(get_arch(name), layout)
+        direct = scale_direct.transformer_config(name, tp, 1, ep)
+        differ = [f.name for f in dataclasses.fields(ours) if repr(getattr(ours, f.name)) != repr(getattr(direct, f.name))]
+        assert differ == [], name
+
+
+def test_scale_direct_runs_without_this_package():
+    """The baseline is what a user writes by hand: it must not import modelopt_typed_recipes."""
+    src = (ROOT / "benchmarks" / "scale_direct.py").read_text()
+    assert "modelopt_typed_recipes" not in src
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scale_direct.py"), "--help"], check=True,
+                   capture_output=True, timeout=120)
