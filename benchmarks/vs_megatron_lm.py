@@ -51,6 +51,8 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +114,11 @@ def write_conf(mlm: Path, name: str, hf_dir: str) -> str:
     """Write ``conf/mtrecipes/<name>.sh`` into the Megatron-LM files; returns the conf name for the scripts."""
     folder = mlm / EXAMPLES / "conf" / CONF_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}.sh").write_text(conf_text(name, our_flags(name), hf_dir))
+    target, text = folder / f"{name}.sh", conf_text(name, our_flags(name), hf_dir)
+    if not target.is_file() or target.read_text() != text:  # another stream may be sourcing it right now
+        tmp = folder / f".{name}.sh.{os.getpid()}"
+        tmp.write_text(text)
+        tmp.replace(target)
     return f"{CONF_DIR}/{name}"
 
 
@@ -159,15 +165,19 @@ def their_extra_args(case: str, *, windows: int, seq: int, batch: int, calib: Pa
     return " ".join(quant), " ".join(model)
 
 
-def their_env(mlm: Path, hf_dir: str, work: Path, extra: str, *, torch_norm: bool = False,
+def their_env(mlm: Path, hf_dir: str, work: Path, extra: str, *, torch_norm: bool = False, port: int | None = None,
               **paths: str) -> dict[str, str]:
     """The environment of one of their scripts: Megatron-LM's ``megatron`` first on the path (its core, not
-    the wheel's, under their scripts), no pip at launch, one GPU."""
+    the wheel's, under their scripts), no pip at launch, one GPU. ``port``: their torchrun's rendezvous port
+    (``PET_MASTER_PORT``, which torchrun reads for ``--master-port``; their scripts pass none, so two runs at once
+    on one host would both take 29500)."""
     env = {**os.environ, **ENV, "HF_MODEL_CKPT": hf_dir, "MLM_WORK_DIR": str(work / "mlm_workspace"),
            "MLM_SKIP_INSTALL": "1", "MLM_EXTRA_ARGS": extra, "TP": "1", "NO_VCS_VERSION": "1",
            "PYTHONPATH": ":".join([str(mlm), *THEIR_EXTRA_PATH, _pythonpath()]), **paths}
     if torch_norm:
         env["VSMLM_TORCH_NORM"] = "1"
+    if port is not None:
+        env["PET_MASTER_PORT"] = str(port)
     if shutil.which("torchrun", path=env.get("PATH")) is None:  # their default launcher, from this Python
         env["LAUNCH_SCRIPT"] = f"{sys.executable} -m torch.distributed.run --nproc_per_node=1"
     return env
@@ -314,9 +324,12 @@ def _vsmlm_peak():
     folder = os.environ.get("VSMLM_PEAK_DIR")
     if torch is None or folder is None or not torch.cuda.is_initialized():
         return
-    with open(os.path.join(folder, f"{os.getpid()}.json"), "w") as f:
-        json.dump({"argv": sys.argv[:2], "max_allocated": torch.cuda.max_memory_allocated(),
-                   "max_reserved": torch.cuda.max_memory_reserved()}, f)
+    try:
+        with open(os.path.join(folder, f"{os.getpid()}.json"), "w") as f:
+            json.dump({"argv": sys.argv[:2], "max_allocated": torch.cuda.max_memory_allocated(),
+                       "max_reserved": torch.cuda.max_memory_reserved()}, f)
+    except OSError:  # the run was stopped and its folder removed: nothing to report
+        pass
 
 
 atexit.register(_vsmlm_peak)
@@ -354,16 +367,25 @@ if os.environ.get("VSMLM_TORCH_NORM") == "1":
 '''
 
 
-class GpuSampler:
-    """``nvidia-smi`` memory.used of GPU 0 every 50 ms in the background; ``peak()`` since ``start``."""
+def visible_gpu(env: dict[str, str] | None = None) -> str:
+    """The GPU this process uses as ``nvidia-smi -i`` names it: the first of ``CUDA_VISIBLE_DEVICES`` (an index or
+    a UUID; nvidia-smi ignores that variable and counts all GPUs), else 0."""
+    first = (env if env is not None else os.environ).get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+    return first or "0"
 
-    def __init__(self) -> None:
+
+class GpuSampler:
+    """``nvidia-smi`` memory.used of one GPU (this process's: :func:`visible_gpu`) every 50 ms in the background;
+    ``peak()`` between two times. A stream running beside another on the same host sees only its own GPU."""
+
+    def __init__(self, gpu: str | None = None) -> None:
+        self.gpu = gpu if gpu is not None else visible_gpu()
         self.samples: list[tuple[float, int]] = []
         self.proc: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> GpuSampler:  # noqa: PYI034
         if shutil.which("nvidia-smi"):
-            self.proc = subprocess.Popen(["nvidia-smi", "-i", "0", "--query-gpu=memory.used",
+            self.proc = subprocess.Popen(["nvidia-smi", "-i", self.gpu, "--query-gpu=memory.used",
                                           "--format=csv,noheader,nounits", "-lms", "50"],
                                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
             threading.Thread(target=self._read, daemon=True).start()
@@ -390,22 +412,53 @@ class GpuSampler:
             self.proc.wait()
 
 
-def kill_tree(proc: subprocess.Popen[Any]) -> None:
-    """Kill a process and every descendant, those in other sessions included: a worker left running after its
-    launcher was killed would go on using the GPU and the files (the final call's NVFP4 try lost its export so)."""
+MARK = "VSMLM_TREE"
+"""Environment variable set to a fresh token for every process :func:`timed` starts: its descendants inherit it,
+so :func:`kill_tree` finds them even after they left the process tree (reparented when their parent died)."""
+
+
+def _marked(token: str) -> list[Any]:
     import psutil
 
-    try:
-        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        family = []
-    for p in family:
+    found = []
+    for p in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if p.pid != os.getpid() and p.environ().get(MARK) == token:
+                found.append(p)
+    return found
+
+
+def kill_tree(proc: subprocess.Popen[Any], token: str | None = None) -> list[int]:
+    """SIGKILL a process, every descendant (those in sessions of their own: torchrun's worker) and every process
+    carrying ``token`` in :data:`MARK`, then wait until all are gone (10 s at most; a SIGKILLed process cannot
+    refuse), so that nothing of a stopped run goes on writing or reading its files once this returns: the
+    final call's NVFP4 try had a worker outlive its torchrun and find its checkpoint removed. Deletes nothing.
+    Returns the pids killed."""
+    import psutil
+
+    family: dict[int, Any] = {}
+    for _ in range(3):  # a process may start a child while we look: look again until nothing new appears
+        found = []
         with contextlib.suppress(psutil.NoSuchProcess):
-            p.kill()
-    with contextlib.suppress(ProcessLookupError):
+            root = psutil.Process(proc.pid)
+            found += [root, *root.children(recursive=True)]
+        if token:
+            found += _marked(token)
+        new = {p.pid: p for p in found if p.pid not in family}
+        if not new:
+            break
+        family.update(new)
+        for p in new.values():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, 9)
-    proc.wait()
-    psutil.wait_procs(family, timeout=10)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+    psutil.wait_procs(list(family.values()), timeout=10)
+    return sorted(family)
 
 
 def timed(cmd: list[str], env: dict[str, str], *, log: Path, label: str, sampler: GpuSampler, peak_dir: Path,
@@ -413,7 +466,8 @@ def timed(cmd: list[str], env: dict[str, str], *, log: Path, label: str, sampler
     """Run one process; its wall, return code, GPU peak above idle (nvidia-smi) and torch peaks (exit hook)."""
     shutil.rmtree(peak_dir, ignore_errors=True)
     peak_dir.mkdir(parents=True)
-    env = {**env, "VSMLM_PEAK_DIR": str(peak_dir),
+    token = uuid.uuid4().hex
+    env = {**env, "VSMLM_PEAK_DIR": str(peak_dir), MARK: token,
            "PYTHONPATH": f"{peak_dir.parent / 'hook'}:{env.get('PYTHONPATH', '')}"}
     idle = sampler.idle()
     with open(log, "a") as f:
@@ -422,21 +476,28 @@ def timed(cmd: list[str], env: dict[str, str], *, log: Path, label: str, sampler
         begin = f.tell()
         t = time.perf_counter()
         proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+        left_running: list[int] = []
         try:
             rc = proc.wait(timeout=timeout)
+            end = time.perf_counter()
+            if _marked(token):  # something it started outlived it: stopped before the next process runs
+                left_running = kill_tree(proc, token)
         except subprocess.TimeoutExpired:  # bash, torchrun and its worker (torchrun starts it in its own session)
-            kill_tree(proc)
-            rc = 124
-        end = time.perf_counter()
+            kill_tree(proc, token)
+            rc, end = 124, time.perf_counter()
     time.sleep(0.1)
     smi = sampler.peak(t, end)
-    hooks = [json.loads(p.read_text()) for p in peak_dir.glob("*.json")]
+    hooks = []
+    for p in peak_dir.glob("*.json"):
+        with contextlib.suppress(ValueError, OSError):  # a file cut short by a kill counts as none
+            hooks.append(json.loads(p.read_text()))
     tail = None
     if rc != 0:  # what the process printed last (its traceback), without the warnings
         with open(log, errors="replace") as f:
             f.seek(begin)
             tail = [ln.rstrip()[:300] for ln in f.read().splitlines() if "warn" not in ln.lower()][-25:]
     return {"wall_s": round(end - t, 2), "rc": rc, **({"failure_tail": tail} if tail else {}),
+            **({"left_running_killed": left_running} if left_running else {}),
             "gpu_used_peak_bytes": smi - idle if smi is not None and idle is not None else None,
             "torch_max_allocated_bytes": max((h["max_allocated"] for h in hooks), default=None),
             "torch_max_reserved_bytes": max((h["max_reserved"] for h in hooks), default=None)}
@@ -588,7 +649,10 @@ def make_random_hf(arch_name: str, folder: Path, *, device: str) -> dict[str, An
 # --------------------------------------------------------------------------- one case
 
 def run_case(case: str, fmt: str, reps: int, a: argparse.Namespace, mlm: Path, work: Path, out: Path,
-             sampler: GpuSampler, deadline: float, te: bool) -> dict[str, Any]:
+             sampler: GpuSampler, deadline: float, te: bool,
+             save: Callable[[dict[str, Any]], None] = lambda row: None) -> dict[str, Any]:
+    """Repetitions of one case until ``reps`` or the budget; ``save(row)`` after each (a stream stopped from
+    outside keeps its finished repetitions)."""
     import torch
 
     from modelopt_typed_recipes.runtime import data
@@ -636,6 +700,8 @@ def run_case(case: str, fmt: str, reps: int, a: argparse.Namespace, mlm: Path, w
                                          out=cw / "ours"))
     (cw / "recipe.yaml").write_text(to_yaml(recipe))
     ours_env = {**os.environ, **ENV, "PYTHONPATH": _pythonpath()}
+    if a.master_port:  # our process starts a process group of one: its own port beside the other stream's
+        ours_env["MASTER_PORT"] = str(a.master_port)
     ours_cmd = [sys.executable, "-m", "modelopt_typed_recipes", "run", str(cw / "recipe.yaml"), "--json",
                 "--no-progress"]
     cmds = their_commands(mlm, conf, fmt)
@@ -645,7 +711,8 @@ def run_case(case: str, fmt: str, reps: int, a: argparse.Namespace, mlm: Path, w
         shutil.rmtree(cw / "theirs-export", ignore_errors=True)
         steps: dict[str, Any] = {}
         for step, extra in zip(("quantize", "export"), extras()):
-            env = their_env(mlm, hf_dir, cw, extra, torch_norm=patched, **paths)
+            env = their_env(mlm, hf_dir, cw, extra, torch_norm=patched,
+                            port=a.master_port + 1 if a.master_port else None, **paths)
             if step == "export":
                 env["MLM_MODEL_CKPT"] = paths["MLM_MODEL_SAVE"]
             steps[step] = timed(cmds[step], env, log=log, label=f"{case} {fmt} rep{rep} theirs {step}",
@@ -658,7 +725,7 @@ def run_case(case: str, fmt: str, reps: int, a: argparse.Namespace, mlm: Path, w
         order = ("ours", "theirs") if rep % 2 == 0 else ("theirs", "ours")
         r: dict[str, Any] = {"rep": rep, "order": list(order)}
         rep_start = time.time()
-        guess = max([x["elapsed_s"] for x in row["reps"]] or ELAPSED or [a.first_guess_s]) * 1.1
+        guess = next_rep_guess(row["reps"], a.first_guess_s)
         if deadline - time.time() < guess:
             row["stopped"] = f"rep {rep} not started: {deadline - time.time():.0f} s left, a pair takes about {guess:.0f} s"
             break
@@ -697,14 +764,17 @@ def run_case(case: str, fmt: str, reps: int, a: argparse.Namespace, mlm: Path, w
         theirs_export = cw / "theirs-export"
         if ours_export.is_dir() and (theirs_export / "config.json").is_file():
             r["compare"] = compare_exports(ours_export, theirs_export)
+            r["pair_s"] = round(time.time() - rep_start, 1)  # the two flows and the comparison
             if "perplexity" not in row and a.eval_windows:
                 row["perplexity"] = {
                     who: export_perplexity(folder, hf_dir, windows=a.eval_windows, seq=a.seq, device="cuda")
                     for who, folder in (("ours", ours_export), ("theirs", theirs_export))}
+                row["perplexity"]["rep"] = rep
         r["elapsed_s"] = round(time.time() - rep_start, 1)  # the pair, the comparison and (first) the perplexities
         ELAPSED.append(r["elapsed_s"])
         row["reps"].append(r)
         summarize(row)
+        save(row)
         with open(log, "a") as f:
             f.write(f"[{time.strftime('%H:%M:%S')}] {case} {fmt} rep {rep}: {json.dumps(r, default=str)}\n")
         print(f"[{time.strftime('%H:%M:%S')}] {case} {fmt} rep {rep}: ours {r.get('ours', {}).get('wall_s')} s, "
@@ -719,6 +789,13 @@ def run_case(case: str, fmt: str, reps: int, a: argparse.Namespace, mlm: Path, w
             break
     shutil.rmtree(cw, ignore_errors=True)
     return row
+
+
+def next_rep_guess(done: list[dict[str, Any]], first_guess_s: float) -> float:
+    """Seconds the next repetition is assumed to take: the slowest pair so far (two flows and the comparison;
+    the perplexities run once and are not repeated) plus 5 % and 5 s; before any, the last case's or the guess."""
+    pairs = [x.get("pair_s") or x["elapsed_s"] for x in done]
+    return max(pairs or ELAPSED or [first_guess_s]) * 1.05 + 5
 
 
 def summarize(row: dict[str, Any]) -> None:
@@ -744,6 +821,8 @@ def summarize(row: dict[str, Any]) -> None:
         "ours_timings_s": {k: med([r["ours"].get("timings", {}).get(k) for r in done])
                            for k in done[-1]["ours"].get("timings", {})},
         "ours_in_process_s": med([r["ours"].get("in_process_s") for r in done]),
+        "ours_wall_range_s": [min(ours_total), max(ours_total)],
+        "theirs_wall_range_s": [round(min(theirs_total), 2), round(max(theirs_total), 2)],
     }
     row["peak"] = {
         "ours_gpu_used_bytes": max((r["ours"]["gpu_used_peak_bytes"] or 0) for r in done),
@@ -757,6 +836,7 @@ def summarize(row: dict[str, Any]) -> None:
     compared = [r["compare"] for r in done if "compare" in r]
     if compared:
         row["bitwise_equal"] = all(c["bitwise_equal"] for c in compared)
+        row["bitwise_equal_tensors_per_rep"] = [c["bitwise_equal_tensors"] for c in compared]
         row["compare_last"] = compared[-1]
 
 
@@ -766,23 +846,45 @@ def _mib(b: Any) -> str:
     return "-" if not b else f"{b / 2**20:,.0f}"
 
 
+def _range(r: list[float] | None) -> str:
+    return f"{r[0]:g}-{r[1]:g}" if r else "-"
+
+
 def table(result: dict[str, Any]) -> str:
-    """Markdown tables of a result JSON (``--table FILE``): medians per case, peaks, exports, perplexity."""
-    head = ("| case | reps | ours total s | theirs total s (quantize.sh + export.sh) | ratio | ours stages s "
-            "(in-process total) | bitwise equal tensors | largest relative difference |")
-    lines = [head, "|---|---|---|---|---|---|---|---|"]
+    """Markdown tables of a result JSON (``--table FILE``, ``--collect``): per case the medians of the whole
+    flows and of each step with their ranges, the peaks, the exports compared and their perplexities."""
+    lines: list[str] = []
+    streams = result.get("streams")
+    if streams:
+        lines += [("Streams run at the same time on one host, one GPU each (each pair alternates its order, so both "
+                   "sides of a case share the same conditions):"), ""]
+        lines += [f"- {st['name']}: GPU {st['gpu']}, {st['cases']}, {st.get('started', '?')} -> "
+                  f"{st.get('finished', '?')}, rc {st.get('rc')}" for st in streams]
+        lines.append("")
+    lines += [("| case | GPU | reps | ours total s, median (range) | theirs total s, median (range) | ratio | "
+               "theirs quantize.sh + export.sh s | ours stages s (in-process total) | bitwise equal tensors | "
+               "largest relative difference |"), "|---|---|---|---|---|---|---|---|---|---|"]
     for row in result["cases"]:
         m = row.get("median")
+        gpu = row.get("gpu", "0")
         if not m:
-            lines.append(f"| {row['case']} {row['format']} | 0 | - | - | - | - | - | {row.get('stopped', 'failed')} |")
+            lines.append(f"| {row['case']} {row['format']} | {gpu} | 0 | - | - | - | - | - | - | "
+                         f"{row.get('stopped', 'failed')} |")
             continue
         c = row.get("compare_last", {})
         worst = "; ".join(f"{k}: {v['max_rel_diff']:.3g}" for k, v in c.get("differing", {}).items()) or "none"
         stages = ", ".join(f"{k} {v}" for k, v in m["ours_stage_s"].items())
         mark = " (their flow patched: see no_te)" if row.get("no_te") else ""
-        lines.append(f"| {row['case']} {row['format']}{mark} | {row['reps_done']} | {m['ours_wall_s']} | {m['theirs_wall_s']} "
-                     f"({m['theirs_step_wall_s']['quantize']} + {m['theirs_step_wall_s']['export']}) | {m['ratio']} | "
-                     f"{stages} ({m['ours_in_process_s']}) | {c.get('bitwise_equal_tensors')}/{c.get('tensors')} | {worst} |")
+        lines.append(f"| {row['case']} {row['format']}{mark} | {gpu} | {row['reps_done']} | {m['ours_wall_s']} "
+                     f"({_range(m.get('ours_wall_range_s'))}) | {m['theirs_wall_s']} "
+                     f"({_range(m.get('theirs_wall_range_s'))}) | {m['ratio']} | "
+                     f"{m['theirs_step_wall_s']['quantize']} + {m['theirs_step_wall_s']['export']} | "
+                     f"{stages} ({m['ours_in_process_s']}) | {c.get('bitwise_equal_tensors')}/{c.get('tensors')} | "
+                     f"{worst} |")
+    stopped = [f"{row['case']} {row['format']}: {row['stopped']}" for row in result["cases"]
+               if row.get("median") and row.get("stopped")]
+    if stopped:
+        lines += ["", *[f"- {x}" for x in stopped]]
     head = ("| case | ours GPU used MiB (nvidia-smi) | ours torch peak MiB per stage | theirs GPU used MiB "
             "quantize / export | theirs torch peak MiB quantize / export |")
     lines += ["", head, "|---|---|---|---|---|"]
@@ -794,6 +896,15 @@ def table(result: dict[str, Any]) -> str:
         tg, tt = pk["theirs_gpu_used_bytes"], pk["theirs_torch_max_allocated_bytes"]
         lines.append(f"| {row['case']} {row['format']} | {_mib(pk['ours_gpu_used_bytes'])} | {ours_st} | "
                      f"{_mib(tg['quantize'])} / {_mib(tg['export'])} | {_mib(tt['quantize'])} / {_mib(tt['export'])} |")
+    lines += ["", ("| case | exported tensors: by kind, bitwise equal / compared (last repetition) | "
+                   "bitwise equal per repetition | config.json, hf_quant_config.json equal |"), "|---|---|---|---|"]
+    for row in result["cases"]:
+        c = row.get("compare_last")
+        if c:
+            kinds = ", ".join(f"{k} {v['bitwise_equal']}/{v['tensors']}" for k, v in c["by_kind"].items())
+            js = ", ".join(str(v) for v in c["json_equal"].values())
+            lines.append(f"| {row['case']} {row['format']} | {kinds} | {row.get('bitwise_equal_tensors_per_rep')} | "
+                         f"{js} |")
     lines += ["", "| case | held-out perplexity, our export | their export | layers decoded |", "|---|---|---|---|"]
     for row in result["cases"]:
         ppl = row.get("perplexity")
@@ -801,6 +912,27 @@ def table(result: dict[str, Any]) -> str:
             lines.append(f"| {row['case']} {row['format']} | {ppl['ours']['perplexity']:.4f} | "
                          f"{ppl['theirs']['perplexity']:.4f} | {ppl['ours']['layers']} / {ppl['theirs']['layers']} |")
     return "\n".join(lines)
+
+
+def collect(paths: list[Path], streams: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One result from several runs' JSONs (the streams of ``--streams``, or files named on the command line):
+    their cases in order, each marked with its stream and GPU, and the runs' own info kept per stream."""
+    merged: dict[str, Any] = {"streams": [], "cases": []}
+    for i, path in enumerate(paths):
+        st = dict(streams[i]) if streams else {"name": path.parent.name, "gpu": "?", "cases": "?"}
+        if not path.is_file():
+            st["missing"] = str(path)
+            merged["streams"].append(st)
+            continue
+        res = json.loads(path.read_text())
+        info = res.get("info", {})
+        st.update(started=info.get("started"), finished=res.get("finished", "not finished (stopped)"), info=info,
+                  megatron_lm_prepare=res.get("megatron_lm_prepare"))
+        if streams is None:
+            st.update(gpu=info.get("visible_gpu", "?"), cases=info.get("args", {}).get("cases", "?"))
+        merged["streams"].append(st)
+        merged["cases"] += [{**row, "stream": st["name"], "gpu": st["gpu"]} for row in res.get("cases", [])]
+    return merged
 
 
 def _their_core_version(mlm: Path) -> str:
@@ -824,6 +956,97 @@ def has_te() -> bool:
     return True
 
 
+STREAM_GRACE_S = 25
+"""Seconds a stream may run past its budget (a repetition cut at the deadline is killed, its files removed)
+before ``--streams`` kills it."""
+
+
+def stream_plan(cases: list[str], gpus: list[str], *, out: Path, work: Path, port_base: int) -> list[dict[str, Any]]:
+    """One stream per ``CASE:FORMAT``, on its own GPU, with its own output folder, work folder and ports (ours
+    ``MASTER_PORT``, theirs ``PET_MASTER_PORT`` one above)."""
+    if len(cases) > len(gpus):
+        raise SystemExit(f"--streams: {len(cases)} cases need {len(cases)} GPUs in --gpus, got {gpus}")
+    plan = []
+    for i, (spec, gpu) in enumerate(zip(cases, gpus)):
+        case, fmt = spec.split(":")
+        if case not in CASES or fmt not in FORMATS:
+            raise SystemExit(f"--cases: unknown {spec!r} (cases: {', '.join(CASES)}; formats: {', '.join(FORMATS)})")
+        name = f"gpu{gpu}-{case}-{fmt}"
+        plan.append({"name": name, "gpu": gpu, "cases": spec, "out": str(out / name), "work": f"{work}-{name}",
+                     "master_port": port_base + 10 * i})
+    return plan
+
+
+def run_streams(a: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """``--streams``: each case of ``--cases`` in a process of its own on its own GPU (``CUDA_VISIBLE_DEVICES``),
+    all at once; each child's output goes to its ``run.log`` and, without warnings, here with its name in front;
+    a child still running ``STREAM_GRACE_S`` after its budget is killed with its whole tree. Then the children's
+    JSONs are collected into one result and its tables."""
+    plan = stream_plan(a.cases.split(","), a.gpus.split(","), out=out, work=Path(a.work), port_base=a.port_base)
+    procs = []
+    for st in plan:
+        Path(st["out"]).mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--cases", st["cases"], "--reps", str(a.reps),
+               "--windows", str(a.windows), "--seq", str(a.seq), "--batch", str(a.batch),
+               "--eval-windows", str(a.eval_windows), "--mlm", a.mlm, "--work", st["work"], "--out", st["out"],
+               "--budget-s", str(a.budget_s), "--first-guess-s", str(a.first_guess_s),
+               "--master-port", str(st["master_port"]), *(["--their-generate"] if a.their_generate else [])]
+        token = uuid.uuid4().hex
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": st["gpu"], MARK: token}
+        st["command"] = f"CUDA_VISIBLE_DEVICES={st['gpu']} " + " ".join(shlex.quote(c) for c in cmd)
+        print(f"[{time.strftime('%H:%M:%S')}] stream {st['name']}: {st['command']}", flush=True)
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                errors="replace", cwd=ROOT, start_new_session=True)
+        thread = threading.Thread(target=_relay, args=(proc, st["name"], Path(st["out"]) / "run.log"), daemon=True)
+        thread.start()
+        procs.append((st, proc, token, thread))
+    stop = time.time() + a.budget_s + STREAM_GRACE_S
+    for st, proc, token, thread in procs:
+        try:
+            st["rc"] = proc.wait(timeout=max(stop - time.time(), 1))
+        except subprocess.TimeoutExpired:
+            kill_tree(proc, token)
+            st["rc"] = 124
+            print(f"[{time.strftime('%H:%M:%S')}] stream {st['name']}: killed {STREAM_GRACE_S} s after its budget",
+                  flush=True)
+        thread.join(timeout=5)
+    keep = ("name", "gpu", "cases", "master_port", "command", "rc")
+    result = collect([Path(st["out"]) / "vs_megatron_lm.json" for st in plan],
+                     [{k: st[k] for k in keep} for st in plan])
+    result["concurrent"] = ("the streams ran at the same time on one host, each on its own GPU; each pair alternates "
+                            "its order (ours first on even repetitions), so both sides of a case share the conditions")
+    return result
+
+
+def _relay(proc: subprocess.Popen[str], name: str, log: Path) -> None:
+    assert proc.stdout is not None
+    with open(log, "a") as f:
+        for line in proc.stdout:
+            f.write(line)
+            f.flush()
+            if "warn" not in line.lower() and "Token indices sequence length" not in line:
+                print(f"[{name}] {line.rstrip()[:2000]}", flush=True)
+
+
+def write_collected(result: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "vs_megatron_lm.json").write_text(json.dumps(result, indent=1, default=str))
+    (out / "tables.md").write_text(table(result) + "\n")
+
+
+@contextlib.contextmanager
+def mlm_lock(mlm: Path) -> Any:
+    """One stream at a time prepares the shared Megatron-LM files (byte-compiling, their helper's ``make``)."""
+    import fcntl
+
+    with open(mlm / ".vsmlm.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", default="reference-llama:fp8,reference-llama:nvfp4,qwen3-0.6b:fp8,qwen3-0.6b:nvfp4",
@@ -837,16 +1060,37 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--smoke", action="store_true", help="the Qwen3 checkpoint, then reference-llama NVFP4 and FP8, one repetition each")
     p.add_argument("--mlm", default=str(ROOT / ".mlm"), help="the Megatron-LM files (vs_megatron_lm_fetch.sh)")
     p.add_argument("--work", default="/tmp/vsmlm_work")
+    p.add_argument("--out", type=Path, help="where the JSON, log and tables go (default: $OUT/vsmlm)")
     p.add_argument("--budget-s", type=float, default=520, help="start no repetition that would end after this")
     p.add_argument("--first-guess-s", type=float, default=60, help="assumed wall of a first pair")
+    p.add_argument("--master-port", type=int, help="our process's MASTER_PORT; their torchrun gets the next one "
+                   "(PET_MASTER_PORT); default: ours a free port, theirs torchrun's default")
+    p.add_argument("--streams", action="store_true",
+                   help="each case of --cases at once on its own GPU (--gpus), then --collect their results")
+    p.add_argument("--gpus", default="0,1", help="GPUs of --streams, one per case, as CUDA_VISIBLE_DEVICES names them")
+    p.add_argument("--port-base", type=int, default=29600, help="--streams: stream i's --master-port is BASE+10*i")
     p.add_argument("--table", type=Path, help="print the markdown tables of a result JSON (no GPU) and exit")
+    p.add_argument("--collect", type=Path, nargs="+", metavar="JSON",
+                   help="merge runs' result JSONs into one (written to --out when given) and print its tables")
     a = p.parse_args(argv)
     if a.table:
         print(table(json.loads(a.table.read_text())))
         return
+    if a.collect:
+        merged = collect(a.collect)
+        if a.out:
+            write_collected(merged, a.out)
+        print(table(merged))
+        return
+    out = a.out or Path(os.environ.get("OUT") or ROOT / "benchmarks" / "raw" / "session6") / "vsmlm"
+    if a.streams:
+        mlm_root(a.mlm)
+        merged = run_streams(a, out)
+        write_collected(merged, out)
+        print(table(merged), flush=True)
+        return
     deadline = time.time() + a.budget_s
     mlm = mlm_root(a.mlm)
-    out = Path(os.environ.get("OUT") or ROOT / "benchmarks" / "raw" / "session5") / "vsmlm"
     out.mkdir(parents=True, exist_ok=True)
     work = Path(a.work)
     shutil.rmtree(work, ignore_errors=True)
@@ -857,18 +1101,30 @@ def main(argv: list[str] | None = None) -> None:
     reps = 1 if a.smoke else a.reps
     import torch
 
-    smi = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                         capture_output=True, text=True, check=False).stdout.strip() if shutil.which("nvidia-smi") else None
-    info = {"gpu": smi, "python": sys.version.split()[0], "torch": torch.__version__, "transformer_engine": te,
-            "megatron_lm_commit": (mlm / "COMMIT").read_text().strip(), "args": {k: str(v) for k, v in vars(a).items()},
-            "their_megatron_core": _their_core_version(mlm),
+    gpu = visible_gpu()
+    smi = subprocess.run(["nvidia-smi", "-i", gpu, "--query-gpu=name,memory.total,driver_version",
+                          "--format=csv,noheader"], capture_output=True, text=True,
+                         check=False).stdout.strip() if shutil.which("nvidia-smi") else None
+    info = {"gpu": smi, "visible_gpu": gpu, "python": sys.version.split()[0], "torch": torch.__version__,
+            "transformer_engine": te, "megatron_lm_commit": (mlm / "COMMIT").read_text().strip(),
+            "args": {k: str(v) for k, v in vars(a).items()}, "their_megatron_core": _their_core_version(mlm),
             "torchrun": shutil.which("torchrun"), "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     print(json.dumps(info), flush=True)
     result: dict[str, Any] = {"info": info, "cases": []}
     path = out / "vs_megatron_lm.json"
-    result["megatron_lm_prepare"] = prepare_megatron_lm(mlm, work)
+
+    def save() -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=1, default=str))
+        tmp.replace(path)
+
+    t = time.perf_counter()
+    with mlm_lock(mlm):
+        info["prepare_lock_wait_s"] = round(time.perf_counter() - t, 2)
+        result["megatron_lm_prepare"] = prepare_megatron_lm(mlm, work)
     print(json.dumps(result["megatron_lm_prepare"]), flush=True)
-    with GpuSampler() as sampler:
+    save()
+    with GpuSampler(gpu) as sampler:
         time.sleep(0.5)
         if a.smoke:
             t = time.perf_counter()
@@ -883,13 +1139,19 @@ def main(argv: list[str] | None = None) -> None:
             if time.time() > deadline - 20:
                 result["cases"].append({"case": case, "format": fmt, "stopped": "not started (budget)"})
                 continue
-            row = run_case(case, fmt, reps, a, mlm, work, out, sampler, deadline, te)
-            result["cases"].append(row)
-            path.write_text(json.dumps(result, indent=1, default=str))
+            result["cases"].append({"case": case, "format": fmt, "reps": [], "stopped": "running"})
+
+            def keep(row: dict[str, Any]) -> None:
+                result["cases"][-1] = {**row, "stopped": row.get("stopped", "running")}
+                save()
+
+            row = run_case(case, fmt, reps, a, mlm, work, out, sampler, deadline, te, save=keep)
+            result["cases"][-1] = row
+            save()
             print(json.dumps({k: row.get(k) for k in ("case", "format", "reps_done", "median", "bitwise_equal",
                                                       "perplexity", "stopped")}, default=str), flush=True)
     result["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    path.write_text(json.dumps(result, indent=1, default=str))
+    save()
     shutil.rmtree(work, ignore_errors=True)
 
 
