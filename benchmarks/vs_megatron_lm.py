@@ -619,25 +619,34 @@ def reference_hf_dir() -> str:
     return str(REFERENCE_DIR)
 
 
-def make_random_hf(arch_name: str, folder: Path, *, device: str) -> dict[str, Any]:
-    """An HF checkpoint of the architecture with transformers' random initialisation (seed 0) in bf16, and
-    the package's reference tokenizer (its ids fit the vocabulary)."""
+def random_hf_config(arch: Any, tok: Any) -> dict[str, Any]:
+    """The HF ``config.json`` of a random checkpoint: the architecture's (``bridges.hf_config``) with the
+    tokenizer's special ids."""
+    from modelopt_typed_recipes.bridges.hf_config import to_hf_config
+
+    cfg = to_hf_config(arch)
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        cfg[key] = getattr(tok, key, None)
+    return cfg
+
+
+def make_random_hf(arch: Any, folder: Path, *, device: str) -> dict[str, Any]:
+    """An HF checkpoint of the architecture (a catalog name or a ``ModelArch``) with transformers' random
+    initialisation (seed 0) in bf16, made on ``device``, and the package's reference tokenizer (its ids fit the
+    vocabulary)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from modelopt_typed_recipes.bridges.hf_config import to_hf_config
     from modelopt_typed_recipes.catalog import get_arch
     from modelopt_typed_recipes.runtime import data
 
     t = time.perf_counter()
-    arch = get_arch(arch_name)
+    arch = get_arch(arch) if isinstance(arch, str) else arch
     tok = data.load_tokenizer(None)
-    cfg = to_hf_config(arch)
-    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        cfg[key] = getattr(tok, key, None)
     torch.manual_seed(0)
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg), dtype=torch.bfloat16)
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**random_hf_config(arch, tok)),
+                                                 dtype=torch.bfloat16)
     model.save_pretrained(str(folder))
     tok.save_pretrained(str(folder))
     params = sum(p.numel() for p in model.parameters())
@@ -956,6 +965,9 @@ def has_te() -> bool:
     return True
 
 
+STREAM_SCRIPT = Path(__file__).resolve()
+"""What each stream of ``--streams`` runs (this script; the CPU test puts a stand-in here)."""
+
 STREAM_GRACE_S = 25
 """Seconds a stream may run past its budget (a repetition cut at the deadline is killed, its files removed)
 before ``--streams`` kills it."""
@@ -986,7 +998,7 @@ def run_streams(a: argparse.Namespace, out: Path) -> dict[str, Any]:
     procs = []
     for st in plan:
         Path(st["out"]).mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--cases", st["cases"], "--reps", str(a.reps),
+        cmd = [sys.executable, str(STREAM_SCRIPT), "--cases", st["cases"], "--reps", str(a.reps),
                "--windows", str(a.windows), "--seq", str(a.seq), "--batch", str(a.batch),
                "--eval-windows", str(a.eval_windows), "--mlm", a.mlm, "--work", st["work"], "--out", st["out"],
                "--budget-s", str(a.budget_s), "--first-guess-s", str(a.first_guess_s),

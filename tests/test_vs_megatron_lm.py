@@ -158,9 +158,11 @@ def test_timed_process_and_summary(tmp_path: Path) -> None:
     assert row["median"]["ratio"] == pytest.approx(11 / 30, abs=1e-4)
     assert row["median"]["theirs_step_wall_s"] == {"quantize": 25, "export": 10}
     row.update(case="reference-llama", format="fp8")
+    assert row["median"]["ours_wall_range_s"] == [10, 12] and row["median"]["theirs_wall_range_s"] == [30, 40]
     md = V.table({"cases": [row, {"case": "qwen3-0.6b", "format": "nvfp4", "reps": [], "stopped": "budget"}]})
-    assert "| reference-llama fp8 | 3 | 11 | 30 (25 + 10) | 0.3667 |" in md
-    assert "| qwen3-0.6b nvfp4 | 0 |" in md and "budget" in md
+    assert "| reference-llama fp8 | 0 | 3 | 11 (10-12) | 30 (30-40) | 0.3667 | 25 + 10 |" in md
+    assert "| qwen3-0.6b nvfp4 | 0 | 0 |" in md and "budget" in md
+    assert "at the same time" not in md  # one run: no streams
 
 
 @needs_mlm
@@ -227,3 +229,220 @@ def test_timed_kills_the_whole_group_at_its_timeout(tmp_path: Path) -> None:
     status = Path(f"/proc/{child}/status")
     state = status.read_text().split("State:")[1].split()[0] if status.exists() else "gone"
     assert state in ("gone", "Z", "X")  # killed (a zombie until its new parent reaps it)
+
+
+def _pid_state(pid: int) -> str:
+    status = Path(f"/proc/{pid}/status")
+    try:
+        return status.read_text().split("State:")[1].split()[0]
+    except (OSError, IndexError):
+        return "gone"
+
+
+def test_timeout_kills_a_worker_that_left_the_tree_and_keeps_the_files(tmp_path: Path) -> None:
+    """The middle process (torchrun's role) exits at once, so its worker is reparented away from the tree that
+    `timed` started; the marked environment still finds it. Files written before the timeout stay; nothing is
+    running afterwards that could write or read them; the call returns promptly (no hang)."""
+    import os
+    import time
+
+    out = tmp_path / "theirs-quant"
+    out.mkdir()
+    pidfile = tmp_path / "worker.pid"
+    worker = (f"import os, time; open({str(out / 'shard.bin')!r}, 'wb').write(b'x' * 1000); "
+              f"open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(120); "
+              f"open({str(out / 'late.bin')!r}, 'w').write('late')")
+    middle = f"import subprocess, sys; subprocess.Popen([sys.executable, '-c', {worker!r}], start_new_session=True)"
+    script = f"import subprocess, sys, time; subprocess.run([sys.executable, '-c', {middle!r}]); time.sleep(120)"
+    with V.GpuSampler() as sampler:
+        t = time.time()
+        r = V.timed([sys.executable, "-c", script], dict(os.environ), log=tmp_path / "log", label="orphan",
+                    sampler=sampler, peak_dir=tmp_path / "peaks", timeout=4)
+    assert r["rc"] == 124 and time.time() - t < 20
+    pid = int(pidfile.read_text())
+    time.sleep(0.2)
+    assert _pid_state(pid) in ("gone", "Z", "X")
+    assert (out / "shard.bin").read_bytes() == b"x" * 1000 and not (out / "late.bin").exists()
+
+
+def test_a_process_left_running_after_a_clean_exit_is_stopped(tmp_path: Path) -> None:
+    """A launcher that returns 0 but leaves a child running (a worker that would still hold the GPU or the
+    files when the next process starts): `timed` stops it and says so."""
+    import os
+    import time
+
+    pidfile = tmp_path / "child.pid"
+    script = (f"import subprocess, sys; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], "
+              f"start_new_session=True); open({str(pidfile)!r}, 'w').write(str(p.pid))")
+    with V.GpuSampler() as sampler:
+        r = V.timed([sys.executable, "-c", script], dict(os.environ), log=tmp_path / "log", label="leak",
+                    sampler=sampler, peak_dir=tmp_path / "peaks", timeout=60)
+    pid = int(pidfile.read_text())
+    assert r["rc"] == 0 and r["left_running_killed"] == [pid] and r["wall_s"] < 30
+    time.sleep(0.2)
+    assert _pid_state(pid) in ("gone", "Z", "X")
+
+
+def test_visible_gpu_names_the_physical_gpu() -> None:
+    assert V.visible_gpu({}) == "0"
+    assert V.visible_gpu({"CUDA_VISIBLE_DEVICES": "1"}) == "1"
+    assert V.visible_gpu({"CUDA_VISIBLE_DEVICES": "GPU-1234,GPU-5678"}) == "GPU-1234"
+    assert V.GpuSampler("1").gpu == "1"
+
+
+def test_budget_guard_uses_the_slowest_pair() -> None:
+    V.ELAPSED.clear()
+    assert V.next_rep_guess([], 200) == pytest.approx(200 * 1.05 + 5)
+    done = [{"elapsed_s": 130.0, "pair_s": 110.0}, {"elapsed_s": 100.0, "pair_s": 100.0}, {"elapsed_s": 120.0}]
+    assert V.next_rep_guess(done, 200) == pytest.approx(120 * 1.05 + 5)  # a failed rep has no pair_s
+
+
+def test_stream_plan_separates_everything(tmp_path: Path) -> None:
+    plan = V.stream_plan(["reference-llama:fp8", "reference-llama:nvfp4"], ["0", "1"], out=tmp_path,
+                         work=Path("/tmp/w"), port_base=29600)
+    assert [s["gpu"] for s in plan] == ["0", "1"]
+    for key in ("name", "out", "work", "master_port"):
+        assert len({s[key] for s in plan}) == 2
+    ports = {s["master_port"] for s in plan} | {s["master_port"] + 1 for s in plan}
+    assert len(ports) == 4  # ours and theirs, per stream
+    with pytest.raises(SystemExit, match="GPUs"):
+        V.stream_plan(["reference-llama:fp8"] * 3, ["0", "1"], out=tmp_path, work=tmp_path, port_base=1)
+    with pytest.raises(SystemExit, match="unknown"):
+        V.stream_plan(["llama:fp9"], ["0"], out=tmp_path, work=tmp_path, port_base=1)
+
+
+FAKE_STREAM = '''
+"""Stands in for one stream of vs_megatron_lm.py --streams on the CPU: checks what it was given, writes a result."""
+import argparse, json, os, sys, time
+from pathlib import Path
+sys.path.insert(0, os.environ["VSMLM_BENCH"])
+import vs_megatron_lm as V
+p = argparse.ArgumentParser()
+for f in ("--cases", "--reps", "--windows", "--seq", "--batch", "--eval-windows", "--mlm", "--work", "--out",
+          "--budget-s", "--first-guess-s", "--master-port"):
+    p.add_argument(f)
+a = p.parse_args()
+case, fmt = a.cases.split(":")
+out = Path(a.out)
+print("warning: a line the relay leaves out", flush=True)
+print(f"stream {a.cases} gpu {os.environ['CUDA_VISIBLE_DEVICES']} port {a.master_port} work {a.work}", flush=True)
+step = {"rc": 0, "gpu_used_peak_bytes": 10, "torch_max_allocated_bytes": 5}
+compare = {"tensors": 4, "bitwise_equal_tensors": 4, "by_kind": {"weight": {"tensors": 4, "bitwise_equal": 4}},
+           "differing": {}, "json_equal": {"config.json": True, "hf_quant_config.json": True}, "bitwise_equal": True}
+reps = [{"ours": {"rc": 0, "wall_s": 10.0 + i, "gpu_used_peak_bytes": 7, "in_process_s": 5.0,
+                  "stages": {"quantize": {"seconds": 1.0, "peak_memory_bytes": 3}}},
+         "theirs": {"quantize": {**step, "wall_s": 20.0}, "export": {**step, "wall_s": 10.0 + i}}, "compare": compare}
+        for i in range(int(a.reps))]
+row = {"case": case, "format": fmt, "reps": reps}
+V.summarize(row)
+res = {"info": {"started": "t0", "visible_gpu": os.environ["CUDA_VISIBLE_DEVICES"]}, "cases": [row]}
+(out / "vs_megatron_lm.json").write_text(json.dumps(res))
+if fmt == "nvfp4":  # this stream overruns its budget: killed, its saved repetitions kept
+    time.sleep(120)
+res["finished"] = "t1"
+(out / "vs_megatron_lm.json").write_text(json.dumps(res))
+'''
+
+
+def test_streams_run_at_once_and_are_collected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    import time
+
+    fake = tmp_path / "fake_stream.py"
+    fake.write_text(FAKE_STREAM)
+    monkeypatch.setattr(V, "STREAM_SCRIPT", fake)
+    monkeypatch.setattr(V, "STREAM_GRACE_S", 1)
+    monkeypatch.setenv("VSMLM_BENCH", str(ROOT / "benchmarks"))
+    (tmp_path / "COMMIT").write_text(V.MLM_COMMIT + "\n")  # the Megatron-LM files: only their commit is read
+    out = tmp_path / "out"
+    t = time.time()
+    V.main(["--streams", "--cases", "reference-llama:fp8,reference-llama:nvfp4", "--gpus", "0,1", "--reps", "3",
+            "--budget-s", "4", "--out", str(out), "--work", str(tmp_path / "w"), "--mlm", str(tmp_path)])
+    assert time.time() - t < 30  # the overrunning stream was killed, not waited for
+    printed = capsys.readouterr().out
+    assert "[gpu0-reference-llama-fp8] stream reference-llama:fp8 gpu 0 port 29600" in printed
+    assert "[gpu1-reference-llama-nvfp4] stream reference-llama:nvfp4 gpu 1 port 29610" in printed
+    assert "warning: a line" not in printed
+    assert "warning: a line" in (out / "gpu0-reference-llama-fp8" / "run.log").read_text()  # the full log
+    merged = json.loads((out / "vs_megatron_lm.json").read_text())
+    assert [(s["name"], s["gpu"], s["rc"]) for s in merged["streams"]] == \
+        [("gpu0-reference-llama-fp8", "0", 0), ("gpu1-reference-llama-nvfp4", "1", 124)]
+    assert merged["streams"][1]["finished"] == "not finished (stopped)"
+    assert [(c["case"], c["format"], c["gpu"], c["reps_done"]) for c in merged["cases"]] == \
+        [("reference-llama", "fp8", "0", 3), ("reference-llama", "nvfp4", "1", 3)]
+    md = (out / "tables.md").read_text()
+    assert "at the same time on one host" in md and "| reference-llama nvfp4 | 1 | 3 | 11.0 (10-12) | 31.0 (30-32) |" in md
+    assert "| reference-llama fp8 | weight 4/4 | [4, 4, 4] | True, True |" in md
+    # --collect on the streams' own files gives the same cases
+    V.main(["--collect", str(out / "gpu0-reference-llama-fp8" / "vs_megatron_lm.json"),
+            str(out / "gpu1-reference-llama-nvfp4" / "vs_megatron_lm.json"), "--out", str(tmp_path / "again")])
+    again = json.loads((tmp_path / "again" / "vs_megatron_lm.json").read_text())
+    assert [(c["case"], c["format"], c["gpu"]) for c in again["cases"]] == \
+        [("reference-llama", "fp8", "0"), ("reference-llama", "nvfp4", "1")]
+
+
+def _tiny_qwen3():
+    """A Qwen3-0.6B-shaped stand-in (qk-norm, grouped queries, tied embeddings, Qwen3's vocabulary), small."""
+    import attrs
+
+    from modelopt_typed_recipes.catalog import get_arch
+
+    q = get_arch("qwen3-0.6b")
+    return attrs.evolve(q, num_layers=2, hidden_size=64, ffn_hidden_size=128,
+                        attention=attrs.evolve(q.attention, num_heads=4, num_query_groups=2, kv_channels=16))
+
+
+def test_random_qwen3_checkpoint_imports_into_megatron_core(tmp_path: Path) -> None:
+    """The checkpoint the GPU run makes (here on the CPU, from a small stand-in of the same shape) is read by
+    ModelOpt's HF -> Megatron-Core importer, which both flows use, into a model giving transformers' logits."""
+    import torch
+    from _dist import init_gloo_world
+    from megatron_cpu_shim import megatron_on_cpu
+    from modelopt.torch.utils.plugins.megatron_generate import megatron_prefill
+    from transformers import AutoModelForCausalLM
+
+    from modelopt_typed_recipes.runtime import data, distributed
+    from modelopt_typed_recipes.runtime.megatron import build
+    from modelopt_typed_recipes.spec.layout import ParallelLayout
+
+    arch = _tiny_qwen3()
+    folder = tmp_path / "hf"
+    info = V.make_random_hf(arch, folder, device="cpu")
+    assert info["params"] == arch.params_total
+    cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["model_type"] == "qwen3" and cfg["tie_word_embeddings"] and cfg["vocab_size"] == 151936
+    tok = data.load_tokenizer(str(folder))
+    assert len(tok) <= cfg["vocab_size"] and cfg["eos_token_id"] == tok.eos_token_id
+
+    init_gloo_world()
+    distributed.set_layout(ParallelLayout(), device="cpu")
+    with megatron_on_cpu():
+        m = build.build_model(arch, ParallelLayout(), dtype="fp32", device="cpu", spec="local")
+        build.import_hf(m, str(folder), dtype="fp32")
+        ids = torch.tensor([tok("The river bank was steep and the water ran fast.")["input_ids"][:12]])
+        with torch.no_grad():
+            ours = megatron_prefill(m, ids)[..., :151936]
+            ref = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()(ids).logits
+    assert (ours - ref).abs().max() < 1e-3
+
+
+@pytest.mark.parametrize("fmt", list(V.FORMATS))
+def test_qwen3_recipe_checks_on_the_random_checkpoints_config(fmt: str, tmp_path: Path) -> None:
+    """`check` on the config.json and tokenizer that make_random_hf writes for the full-size model (its weights
+    are made on the GPU only)."""
+    from transformers import AutoConfig
+
+    from modelopt_typed_recipes.catalog import get_arch
+    from modelopt_typed_recipes.plan.check import Environment, check_recipe
+    from modelopt_typed_recipes.runtime import data
+    from modelopt_typed_recipes.spec.recipe import Recipe
+
+    tok = data.load_tokenizer(None)
+    folder = tmp_path / "hf"
+    AutoConfig.for_model(**V.random_hf_config(get_arch("qwen3-0.6b"), tok)).save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    recipe = Recipe.from_dict(V.our_recipe("qwen3-0.6b", fmt, str(folder), windows=128, seq=256, batch=8,
+                                           out=tmp_path / "out"))
+    plan = check_recipe(recipe, env=Environment(megatron_core="0.19.2", modelopt="0.47.0", cuda=True, gpu_count=1,
+                                                transformer_engine=True))
+    assert plan.ok, [str(e) for e in plan.errors]
