@@ -37,6 +37,14 @@ ok = getattr(e, '$ext')(raise_if_failed=True) is not None; print('$ext', ok, rou
         --text /tmp/scale_calib.jsonl --make-text --work /tmp/scale_work \
         --cases qwen3-8b-tp2:nvfp4:1,qwen3-30b-a3b-ep2:fp8:1:ours,llama3.1-8b-tp1:fp8:1
       echo "scale_gpu rc=$?"; rm -rf /tmp/scale_work ;;
+    vsmlm-ref)  # issue 15: Megatron-LM's quantize.sh + export.sh (.mlm/ carried, TE) vs one recipe on reference-llama, FP8 on GPU 0 and NVFP4 on GPU 1 at once, 3 reps each: <= 540 s
+      te timeout -k 5 535 python3 benchmarks/vs_megatron_lm.py --streams --gpus 0,1 --reps 3 --budget-s 500 \
+        --cases reference-llama:fp8,reference-llama:nvfp4 --first-guess-s 130 --out "$OUT/$part" --work /tmp/vsmlm_ref \
+        2>&1 | tee "$OUT/$part/streams.log"; rm -rf /tmp/vsmlm_ref-* ;;
+    vsmlm-qwen)  # issue 15: the same on the Qwen3-0.6B-shaped random checkpoint, up to 3 reps each as the budget allows: <= 560 s
+      te timeout -k 5 555 python3 benchmarks/vs_megatron_lm.py --streams --gpus 0,1 --reps 3 --budget-s 520 \
+        --cases qwen3-0.6b:fp8,qwen3-0.6b:nvfp4 --first-guess-s 200 --out "$OUT/$part" --work /tmp/vsmlm_qwen \
+        2>&1 | tee "$OUT/$part/streams.log"; rm -rf /tmp/vsmlm_qwen-* ;;
     *) echo "unknown part $part" ;;
   esac
   echo "=== $part took $(( $(date +%s) - start )) s"

@@ -30,11 +30,20 @@ from outside), peak GPU memory (``nvidia-smi`` sampled every 50 ms, above the id
 process's own ``torch.cuda.max_memory_allocated`` from an exit hook), and after each pair the exported
 tensors compared (bitwise; where they differ, the largest relative difference of scales and of the
 dequantized weights). Held-out perplexity of both exports (decoded by ``runtime.hf.export.load_export``,
-the package's export check) once per case. Medians of the repetitions. Writes ``$OUT/vsmlm/vs_megatron_lm.json``
-and a log of everything the processes printed.
+the package's export check) once per case. Medians of the repetitions. Writes ``vs_megatron_lm.json`` (saved
+after every repetition) and a log of everything the processes printed into ``--out`` (default ``$OUT/vsmlm``).
+
+``--streams`` runs each ``CASE:FORMAT`` of ``--cases`` at the same time in a process of its own on its own GPU
+of one host (``CUDA_VISIBLE_DEVICES``; its own work folder, output folder and log; our process's
+``MASTER_PORT`` and their torchrun's ``PET_MASTER_PORT`` apart from the other stream's; ``nvidia-smi`` sampling
+its own GPU), then merges the streams' JSONs into one result and ``tables.md`` (``--collect`` does the merge for
+files named on the command line). Within a stream the pairs still alternate their order, so both sides of a case
+run under the same conditions (the other stream's load on the host's CPUs and disk included).
 
     bash benchmarks/vs_megatron_lm_fetch.sh MIRROR.git          # once, where a mirror exists
     python3 benchmarks/vs_megatron_lm.py --reps 3               # on the GPU machine (TE installed)
+    python3 benchmarks/vs_megatron_lm.py --streams --gpus 0,1 --cases reference-llama:fp8,reference-llama:nvfp4
+    python3 benchmarks/vs_megatron_lm.py --collect A.json B.json --out DIR   # tables of finished runs
     python3 benchmarks/vs_megatron_lm.py --smoke --budget-s 110 # no TE: Qwen3 checkpoint, reference-llama
 """
 
@@ -492,10 +501,13 @@ def timed(cmd: list[str], env: dict[str, str], *, log: Path, label: str, sampler
         with contextlib.suppress(ValueError, OSError):  # a file cut short by a kill counts as none
             hooks.append(json.loads(p.read_text()))
     tail = None
-    if rc != 0:  # what the process printed last (its traceback), without the warnings
+    if rc != 0:  # what the process printed last (its traceback), without the warnings; under torchrun the
+        # worker's own traceback ([rank0]: lines) first, as torchrun's closing summary does not name the cause
         with open(log, errors="replace") as f:
             f.seek(begin)
-            tail = [ln.rstrip()[:300] for ln in f.read().splitlines() if "warn" not in ln.lower()][-25:]
+            lines = [ln.rstrip()[:300] for ln in f.read().splitlines() if "warn" not in ln.lower()]
+        worker = [ln for ln in lines if ln.startswith("[rank0]:") and "ProcessGroupNCCL" not in ln][-15:]
+        tail = worker + lines[-(25 - len(worker)):]
     return {"wall_s": round(end - t, 2), "rc": rc, **({"failure_tail": tail} if tail else {}),
             **({"left_running_killed": left_running} if left_running else {}),
             "gpu_used_peak_bytes": smi - idle if smi is not None and idle is not None else None,

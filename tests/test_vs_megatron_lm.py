@@ -446,3 +446,19 @@ def test_qwen3_recipe_checks_on_the_random_checkpoints_config(fmt: str, tmp_path
     plan = check_recipe(recipe, env=Environment(megatron_core="0.19.2", modelopt="0.47.0", cuda=True, gpu_count=1,
                                                 transformer_engine=True))
     assert plan.ok, [str(e) for e in plan.errors]
+
+
+def test_their_torchrun_takes_the_streams_port(tmp_path: Path) -> None:
+    """Their scripts launch `torchrun --nproc_per_node=N` with no port: PET_MASTER_PORT (set per stream by
+    their_env) is what moves torchrun off 29500, so two streams on one host do not meet."""
+    import os
+    import subprocess
+
+    env = V.their_env(tmp_path, "/hf", tmp_path, "", port=29671, MLM_MODEL_SAVE="x")
+    assert env["PET_MASTER_PORT"] == "29671" and "PET_MASTER_PORT" not in V.their_env(tmp_path, "/hf", tmp_path, "")
+    script = tmp_path / "show.py"
+    script.write_text("import os; print('PORT', os.environ['MASTER_PORT'], flush=True)")
+    run_env = {**os.environ, "PET_MASTER_PORT": env["PET_MASTER_PORT"]}
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", str(script)],
+                         env=run_env, capture_output=True, text=True, timeout=120, check=True)
+    assert "PORT 29671" in out.stdout
