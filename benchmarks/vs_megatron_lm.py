@@ -55,6 +55,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -1025,21 +1026,45 @@ def run_streams(a: argparse.Namespace, out: Path) -> dict[str, Any]:
         thread.start()
         procs.append((st, proc, token, thread))
     stop = time.time() + a.budget_s + STREAM_GRACE_S
-    for st, proc, token, thread in procs:
-        try:
-            st["rc"] = proc.wait(timeout=max(stop - time.time(), 1))
-        except subprocess.TimeoutExpired:
-            kill_tree(proc, token)
-            st["rc"] = 124
-            print(f"[{time.strftime('%H:%M:%S')}] stream {st['name']}: killed {STREAM_GRACE_S} s after its budget",
-                  flush=True)
-        thread.join(timeout=5)
+    signalled: list[int] = []
+
+    def on_term(signum: int, frame: Any) -> None:  # a `timeout` around us: stop the streams, keep what they saved
+        signalled.append(signum)
+        raise _Stopped
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        for st, proc, token, thread in procs:
+            try:
+                st["rc"] = proc.wait(timeout=max(stop - time.time(), 1))
+            except subprocess.TimeoutExpired:
+                kill_tree(proc, token)
+                st["rc"] = 124
+                print(f"[{time.strftime('%H:%M:%S')}] stream {st['name']}: killed {STREAM_GRACE_S} s after its budget",
+                      flush=True)
+            thread.join(timeout=5)
+    except _Stopped:
+        for st, proc, token, _thread in procs:
+            if proc.poll() is None:
+                kill_tree(proc, token)
+                st["rc"] = 128 + signalled[0]
+            else:
+                st["rc"] = proc.returncode
+        print(f"[{time.strftime('%H:%M:%S')}] stopped by signal {signalled[0]}: streams killed", flush=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     keep = ("name", "gpu", "cases", "master_port", "command", "rc")
     result = collect([Path(st["out"]) / "vs_megatron_lm.json" for st in plan],
                      [{k: st[k] for k in keep} for st in plan])
+    if signalled:
+        result["stopped_by_signal"] = signalled[0]
     result["concurrent"] = ("the streams ran at the same time on one host, each on its own GPU; each pair alternates "
                             "its order (ours first on even repetitions), so both sides of a case share the conditions")
     return result
+
+
+class _Stopped(Exception):
+    """SIGTERM while streams run."""
 
 
 def _relay(proc: subprocess.Popen[str], name: str, log: Path) -> None:
@@ -1112,6 +1137,8 @@ def main(argv: list[str] | None = None) -> None:
         merged = run_streams(a, out)
         write_collected(merged, out)
         print(table(merged), flush=True)
+        if merged.get("stopped_by_signal"):
+            raise SystemExit(128 + merged["stopped_by_signal"])
         return
     deadline = time.time() + a.budget_s
     mlm = mlm_root(a.mlm)

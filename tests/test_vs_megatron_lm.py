@@ -324,6 +324,7 @@ for f in ("--cases", "--reps", "--windows", "--seq", "--batch", "--eval-windows"
 a = p.parse_args()
 case, fmt = a.cases.split(":")
 out = Path(a.out)
+(out / "pid").write_text(str(os.getpid()))
 print("warning: a line the relay leaves out", flush=True)
 print(f"stream {a.cases} gpu {os.environ['CUDA_VISIBLE_DEVICES']} port {a.master_port} work {a.work}", flush=True)
 step = {"rc": 0, "gpu_used_peak_bytes": 10, "torch_max_allocated_bytes": 5}
@@ -337,7 +338,7 @@ row = {"case": case, "format": fmt, "reps": reps}
 V.summarize(row)
 res = {"info": {"started": "t0", "visible_gpu": os.environ["CUDA_VISIBLE_DEVICES"]}, "cases": [row]}
 (out / "vs_megatron_lm.json").write_text(json.dumps(res))
-if fmt == "nvfp4":  # this stream overruns its budget: killed, its saved repetitions kept
+if fmt == "nvfp4" or os.environ.get("FAKE_ALL_SLOW"):  # overruns its budget: killed, saved repetitions kept
     time.sleep(120)
 res["finished"] = "t1"
 (out / "vs_megatron_lm.json").write_text(json.dumps(res))
@@ -462,3 +463,38 @@ def test_their_torchrun_takes_the_streams_port(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", str(script)],
                          env=run_env, capture_output=True, text=True, timeout=120, check=True)
     assert "PORT 29671" in out.stdout
+
+
+def test_streams_stop_with_their_parent_on_sigterm(tmp_path: Path) -> None:
+    """A `timeout` around --streams sends SIGTERM to it: the streams (in sessions of their own, which the signal
+    does not reach) are killed, what they saved is collected, and the exit code says so."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    fake = tmp_path / "fake_stream.py"
+    fake.write_text(FAKE_STREAM)
+    (tmp_path / "COMMIT").write_text(V.MLM_COMMIT + "\n")
+    out = tmp_path / "out"
+    code = (f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import vs_megatron_lm as V; "
+            f"from pathlib import Path; V.STREAM_SCRIPT = Path({str(fake)!r}); "
+            f"V.main(['--streams', '--cases', 'reference-llama:fp8,reference-llama:nvfp4', '--reps', '2', "
+            f"'--budget-s', '300', '--out', {str(out)!r}, '--work', {str(tmp_path / 'w')!r}, '--mlm', {str(tmp_path)!r}])")
+    env = {**os.environ, "VSMLM_BENCH": str(ROOT / "benchmarks"), "FAKE_ALL_SLOW": "1"}
+    parent = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+    names = ("gpu0-reference-llama-fp8", "gpu1-reference-llama-nvfp4")
+    deadline = time.time() + 60
+    while time.time() < deadline and not all((out / n / "vs_megatron_lm.json").is_file() for n in names):
+        time.sleep(0.2)
+    pids = [int((out / n / "pid").read_text()) for n in names]
+    parent.send_signal(signal.SIGTERM)
+    stdout, _ = parent.communicate(timeout=60)
+    assert parent.returncode == 128 + signal.SIGTERM, stdout[-2000:]
+    time.sleep(0.2)
+    assert all(_pid_state(pid) in ("gone", "Z", "X") for pid in pids)
+    merged = json.loads((out / "vs_megatron_lm.json").read_text())
+    assert merged["stopped_by_signal"] == signal.SIGTERM
+    assert [s["rc"] for s in merged["streams"]] == [128 + signal.SIGTERM] * 2
+    assert [c["reps_done"] for c in merged["cases"]] == [2, 2]  # what they had saved
