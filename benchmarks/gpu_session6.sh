@@ -8,7 +8,8 @@ set -uo pipefail
 if [ ! -d /tmp/site/modelopt ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 fi
-# datasets (for ModelOpt's megatron_mmlu) goes last, so nothing the machine already has is shadowed
+# datasets for ModelOpt's megatron_mmlu (scripts/device_datasets.sh): last, after ModelOpt's wheels and the repo;
+# PYTHONPATH still precedes the machine's site-packages, so that install puts there only what the machine lacks
 export PYTHONPATH=/tmp/site:$PWD; [ -d /tmp/ds_site ] && PYTHONPATH=$PYTHONPATH:/tmp/ds_site
 [ -d /tmp/te_site/transformer_engine ] && export MTR_TE_SITE=/tmp/te_site
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.torch_ext}   # ModelOpt's CUDA extensions, built once

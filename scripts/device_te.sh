@@ -11,6 +11,7 @@
 #   bash scripts/device_te.sh install     parts joined, sha256 checked, TE installed into /tmp/te_site
 # Afterwards: export PYTHONPATH=/tmp/te_site:/tmp/site:$PWD (TE first only for runs that want it).
 set -uo pipefail
+source "$(dirname "$0")/device_parts.sh"
 TE_VERSION=2.20.2
 IN=/tmp/te_in
 cmd=${1:-}
@@ -25,21 +26,13 @@ pack)
   $py -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 -d "$dl" nvidia-cudnn-frontend nvdlfw-inspect || exit 1
   rm -rf .te[0-9]* && mkdir -p .te1
-  grep -qx '/.te\*/' .git/info/exclude 2>/dev/null || echo '/.te*/' >> .git/info/exclude
   # build inputs: the sdist and cuDNN frontend's headers (header-only for the C++ extension)
   cp "$dl"/transformer_engine_torch-$TE_VERSION.tar.gz "$dl"/transformer_engine-$TE_VERSION-py3-none-any.whl \
      "$dl"/nvdlfw_inspect-*.whl .te1/
   tmp=$(mktemp -d) && (cd "$tmp" && unzip -q "$dl"/nvidia_cudnn_frontend-*.whl 'include/*') \
     && tar czf .te1/cudnn_frontend_include.tgz -C "$tmp" include && rm -rf "$tmp"
-  core="$dl/transformer_engine_cu13-$TE_VERSION-py3-none-manylinux_2_28_x86_64.whl"
-  sha256sum "$core" | awk '{print $1}' > .te1/core.sha256
-  basename "$core" > .te1/core.name
-  # part 1 rides with .whl (24 MiB) and the working tree (16 MiB); later parts with the tree alone
-  head -c $((20 * 1048576)) "$core" > .te1/core.part01
-  tail -c +$((20 * 1048576 + 1)) "$core" | split -b $((46 * 1048576)) -d -a 2 --numeric-suffixes=2 - .tepart.
-  k=2
-  for f in .tepart.*; do mkdir -p .te$k && mv "$f" .te$k/core.part$(printf %02d $k); k=$((k + 1)); done
-  du -sh .te[0-9]* ;;
+  # part 1 rides with .whl (24 MiB) and the working tree (18 MiB); later parts (46 MiB) with the tree alone
+  parts_split "$dl/transformer_engine_cu13-$TE_VERSION-py3-none-manylinux_2_28_x86_64.whl" .te core 20 46 ;;
 start)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || exit 1
@@ -47,7 +40,7 @@ start)
   setsid nohup bash "$0" build > /tmp/te_build.log 2>&1 < /dev/null &
   echo "TE build started (log /tmp/te_build.log)" ;;
 take)
-  cp .te"$2"/* $IN/ && ls -la $IN | tail -n +2 | awk '{print $5, $9}'
+  parts_take .te "$2" $IN || exit 1
   echo "--- build log tail"; tail -n 3 /tmp/te_build.log; ls /tmp/te_wheels 2>/dev/null ;;
 build)  # runs detached: compile transformer_engine_torch into a wheel under /tmp/te_wheels
   t0=$(date +%s)
@@ -61,9 +54,7 @@ build)  # runs detached: compile transformer_engine_torch into a wheel under /tm
 install)
   for i in $(seq 1 60); do grep -q "built in\|FAILED" /tmp/te_build.log 2>/dev/null && break; sleep 5; done
   tail -n 2 /tmp/te_build.log
-  core=/tmp/$(cat $IN/core.name)
-  cat $IN/core.part* > "$core"
-  [ "$(sha256sum "$core" | awk '{print $1}')" = "$(cat $IN/core.sha256)" ] || { echo "core wheel sha256 mismatch"; exit 1; }
+  core=$(parts_join $IN core /tmp) || exit 1
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/te_site \
     "$core" $IN/transformer_engine-$TE_VERSION-py3-none-any.whl $IN/nvdlfw_inspect-*.whl /tmp/te_wheels/*.whl || exit 1
   PYTHONPATH=/tmp/te_site:/tmp/site:$PWD python3 - <<'PY'
