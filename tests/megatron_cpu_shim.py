@@ -40,3 +40,31 @@ def megatron_on_cpu() -> Iterator[None]:
             tutils.get_default_causal_mask = saved[3]
         comm._is_cuda = saved[4]
         torch.cuda.mem_get_info = saved[5]
+
+
+@contextlib.contextmanager
+def megatron_mmlu_on_cpu() -> Iterator[None]:
+    """Inside ``megatron_on_cpu``: ModelOpt's ``megatron_mmlu`` moves each batch with ``.cuda()`` and counts on
+    ``device="cuda"``; here both stay on the CPU (``Tensor.cuda`` returns the tensor, the counters are CPU
+    tensors). Everything else in it (prompts, datasets reading, batching, scoring) runs as on a GPU."""
+    import importlib
+
+    import torch
+
+    mod = importlib.import_module("modelopt.torch.utils.plugins.megatron_mmlu")  # the package re-exports the function
+
+    class _CpuTorch:
+        def __getattr__(self, name: str):
+            return getattr(torch, name)
+
+        @staticmethod
+        def zeros(*args, device=None, **kwargs):
+            return torch.zeros(*args, **kwargs)
+
+    saved = (torch.Tensor.cuda, mod.torch)
+    torch.Tensor.cuda = lambda self, *a, **k: self
+    mod.torch = _CpuTorch()
+    try:
+        yield
+    finally:
+        torch.Tensor.cuda, mod.torch = saved

@@ -14,7 +14,7 @@ from _dist import init_gloo_world
 from megatron_cpu_shim import megatron_on_cpu
 from modelopt_typed_recipes.catalog import get_arch
 from modelopt_typed_recipes.errors import CompatibilityError
-from modelopt_typed_recipes.spec.evaluation import Generate, NextSentence, metric_key
+from modelopt_typed_recipes.spec.evaluation import MMLU, Generate, NextSentence, metric_key
 from modelopt_typed_recipes.spec.layout import ParallelLayout
 from modelopt_typed_recipes.spec.recipe import Builtin, Recipe, TextData
 from modelopt_typed_recipes.spec.techniques import Quantize
@@ -53,6 +53,69 @@ def test_megatron_scores_and_generates_as_transformers_does(reference_on_megatro
     assert ours["next_sentence"].correct == ref["next_sentence"].correct
     assert ours["next_sentence"].accuracy >= 0.6  # the reference model's signal survives the import
     assert ours["generate"].texts == ref["generate"].texts and all(ours["generate"].texts)
+
+
+def mmlu_fixture(folder: Path, *, questions: int = 24) -> Path:
+    """An MMLU-format folder (cais/mmlu layout) of held-out next-sentence items; 10 dev questions."""
+    from modelopt_typed_recipes.runtime.tasks.items import (
+        next_sentence_items,
+        questions_from_items,
+        task_documents,
+        write_mmlu_folder,
+    )
+
+    task = NextSentence(num_items=questions + 10, seed=11)
+    qs = questions_from_items(next_sentence_items(task, task_documents(task, path="t")),
+                              subjects=("python_language", "python_library"))
+    return write_mmlu_folder(qs[10:], folder, dev=qs[:10])
+
+
+def test_modelopt_megatron_mmlu_answers_as_our_scorer(reference_on_megatron, tmp_path: Path) -> None:
+    """ModelOpt's own megatron_mmlu (reading the cais/mmlu folder with datasets, batching, scoring the answer
+    letters; only its .cuda() kept on the CPU by the test shim) on the reference model in Megatron-Core answers
+    as often as our log-likelihood scorer on the same weights in transformers (0-shot, fp32), and says so."""
+    pytest.importorskip("datasets")
+    from megatron_cpu_shim import megatron_mmlu_on_cpu
+
+    from modelopt_typed_recipes.runtime.hf.evaluate import HFTaskModel
+    from modelopt_typed_recipes.runtime.megatron.tasks import MegatronTaskModel
+    from modelopt_typed_recipes.runtime.tasks.run import evaluate_tasks
+
+    mc, hf, tok = reference_on_megatron
+    tasks = (MMLU(path=str(mmlu_fixture(tmp_path / "mmlu")), batch_size=5),)
+    with megatron_mmlu_on_cpu():
+        ours = evaluate_tasks(tasks, MegatronTaskModel(mc, max_length=1024, workspace=tmp_path / "w", progress=False),
+                              tok)["mmlu"]
+    ref = evaluate_tasks(tasks, HFTaskModel(hf, device="cpu", progress=False), tok)["mmlu"]
+    assert (ours.scorer, ref.scorer) == ("megatron_mmlu", "log-likelihood")
+    # the same count, not a figure of merit: this 6.8 M-parameter model answers the letter questions near chance
+    assert ours.total == ref.total == 24 and ours.correct == ref.correct
+    assert not (tmp_path / "w" / ".mmlu-mmlu").exists()  # the hand-over folder is gone
+
+
+def test_megatron_mmlu_never_falls_back_quietly(reference_on_megatron, tmp_path: Path, monkeypatch) -> None:
+    """Without datasets the plan refuses the mmlu task (before any model); if ModelOpt's megatron_mmlu still
+    fails to import at run time, the task fails with a typed error instead of another scorer's figure."""
+    import sys
+
+    from modelopt_typed_recipes.plan.check import Environment, check_recipe
+    from modelopt_typed_recipes.runtime.megatron.tasks import MegatronTaskModel
+    from modelopt_typed_recipes.runtime.tasks.run import evaluate_tasks
+
+    mc, _, tok = reference_on_megatron
+    task = MMLU(path=str(tmp_path))
+    recipe = Recipe(name="t", model="reference-llama", source=Builtin(), stages=(Quantize(format="fp8"),),
+                    tasks=(task,), output_dir=str(tmp_path / "o"), backend="megatron", device="cuda")
+    gpu = Environment(megatron_core="0.16.1", modelopt="0.47.0", cuda=True, gpu_count=1)
+    monkeypatch.setitem(sys.modules, "datasets", None)  # find_spec answers None, import raises ImportError
+    for backend in ("megatron", "hf"):
+        errors = check_recipe(recipe, env=gpu, backend=backend).errors
+        assert [(e.path, "datasets" in str(e)) for e in errors if isinstance(e, CompatibilityError)] == [
+            ("tasks[0].task", True)], backend
+    monkeypatch.setitem(sys.modules, "modelopt.torch.utils.plugins.megatron_mmlu", None)
+    with pytest.raises(CompatibilityError, match="megatron_mmlu"):
+        evaluate_tasks((MMLU(path=str(mmlu_fixture(tmp_path / "mmlu", questions=4))),),
+                       MegatronTaskModel(mc, max_length=1024, workspace=tmp_path / "w", progress=False), tok)
 
 
 def test_megatron_backend_measures_tasks_before_and_after(reference_on_megatron, tmp_path: Path) -> None:

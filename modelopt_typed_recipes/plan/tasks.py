@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 
 from ..errors import CompatibilityError, RecipeError
-from ..spec.evaluation import Generate, LMEval
+from ..spec.evaluation import MMLU, Generate, LMEval
 from ..spec.recipe import Recipe
 
 LM_EVAL_NEEDS = ("lm_eval", "accelerate")
@@ -24,6 +24,11 @@ def task_problems(recipe: Recipe, backend: str) -> list[RecipeError]:
             out.append(CompatibilityError(
                 "the Megatron-Core backend generates greedily (ModelOpt's megatron_generate)",
                 path=f"tasks[{i}].greedy", hint="greedy: true, or backend: hf"))
+        if isinstance(task, MMLU) and importlib.util.find_spec("datasets") is None:
+            scorer = "ModelOpt's megatron_mmlu on the Megatron-Core backend" if backend == "megatron" else "the task"
+            out.append(CompatibilityError(
+                f"the mmlu task reads its folder with the `datasets` package ({scorer} imports it), not installed here",
+                path=f"tasks[{i}].task", hint="pip install datasets"))
         if isinstance(task, LMEval):
             if backend != "hf":
                 out.append(CompatibilityError(

@@ -49,10 +49,17 @@ class MegatronTaskModel:
 
     def mmlu(self, task: MMLU, data: MMLUData, tokenizer: Any) -> float | None:
         """ModelOpt's ``megatron_mmlu`` on the task's questions (its ``fraction`` already applied), handed over as
-        a folder in the ``cais/mmlu`` layout, which its ``datasets.load_dataset(folder, "all")`` reads."""
-        from modelopt.torch.utils.plugins.megatron_mmlu import megatron_mmlu
-
+        a folder in the ``cais/mmlu`` layout, which its ``datasets.load_dataset(folder, "all")`` reads. A failed
+        import is an error, never a quiet switch to another scorer (the plan refuses a missing ``datasets``)."""
         from .. import distributed
+
+        try:
+            from modelopt.torch.utils.plugins.megatron_mmlu import megatron_mmlu
+        except ImportError as exc:
+            raise CompatibilityError(f"ModelOpt's megatron_mmlu, which the Megatron-Core backend scores MMLU with, "
+                                     f"does not import here: {exc}", path="tasks",
+                                     hint="pip install datasets (megatron_mmlu reads the MMLU folder with it), "
+                                          "or backend: hf") from None
 
         folder = self.workspace / f".mmlu-{task.name}"
         if distributed.is_main():
