@@ -70,10 +70,12 @@ def mmlu_fixture(folder: Path, *, questions: int = 24) -> Path:
     return write_mmlu_folder(qs[10:], folder, dev=qs[:10])
 
 
-def test_modelopt_megatron_mmlu_answers_as_our_scorer(reference_on_megatron, tmp_path: Path) -> None:
+def test_modelopt_megatron_mmlu_answers_as_our_scorer(reference_on_megatron, tmp_path: Path, monkeypatch) -> None:
     """ModelOpt's own megatron_mmlu (reading the cais/mmlu folder with datasets, batching, scoring the answer
     letters; only its .cuda() kept on the CPU by the test shim) on the reference model in Megatron-Core answers
     as often as our log-likelihood scorer on the same weights in transformers (0-shot, fp32), and says so."""
+    import importlib
+
     pytest.importorskip("datasets")
     from megatron_cpu_shim import megatron_mmlu_on_cpu
 
@@ -82,15 +84,27 @@ def test_modelopt_megatron_mmlu_answers_as_our_scorer(reference_on_megatron, tmp
     from modelopt_typed_recipes.runtime.tasks.run import evaluate_tasks
 
     mc, hf, tok = reference_on_megatron
-    tasks = (MMLU(path=str(mmlu_fixture(tmp_path / "mmlu")), batch_size=5),)
-    with megatron_mmlu_on_cpu():
-        ours = evaluate_tasks(tasks, MegatronTaskModel(mc, max_length=1024, workspace=tmp_path / "w", progress=False),
-                              tok)["mmlu"]
-    ref = evaluate_tasks(tasks, HFTaskModel(hf, device="cpu", progress=False), tok)["mmlu"]
-    assert (ours.scorer, ref.scorer) == ("megatron_mmlu", "log-likelihood")
-    # the same count, not a figure of merit: this 6.8 M-parameter model answers the letter questions near chance
-    assert ours.total == ref.total == 24 and ours.correct == ref.correct
-    assert not (tmp_path / "w" / ".mmlu-mmlu").exists()  # the hand-over folder is gone
+    mod = importlib.import_module("modelopt.torch.utils.plugins.megatron_mmlu")
+    seen: list[int] = []  # the questions megatron_mmlu itself read back from the hand-over folder
+
+    def spy(*args, **kwargs):
+        ds = load_dataset(*args, **kwargs)
+        seen.append(len(ds))
+        return ds
+
+    load_dataset = mod.load_dataset
+    monkeypatch.setattr(mod, "load_dataset", spy)
+    fixture = mmlu_fixture(tmp_path / "mmlu")
+    for n in (24, 8):  # the same task name twice with other questions: datasets' cache must not answer
+        tasks = (MMLU(path=str(fixture), fraction=n / 24, batch_size=5),)
+        with megatron_mmlu_on_cpu():
+            ours = evaluate_tasks(tasks, MegatronTaskModel(mc, max_length=1024, workspace=tmp_path / "w",
+                                                           progress=False), tok)["mmlu"]
+        ref = evaluate_tasks(tasks, HFTaskModel(hf, device="cpu", progress=False), tok)["mmlu"]
+        assert (ours.scorer, ref.scorer) == ("megatron_mmlu", "log-likelihood")
+        # the same count, not a figure of merit: this 6.8 M-parameter model answers these near chance
+        assert seen[-1] == ours.total == ref.total == n and ours.correct == ref.correct, (n, seen)
+    assert list((tmp_path / "w").iterdir()) == []  # the hand-over folders are gone
 
 
 def test_megatron_mmlu_never_falls_back_quietly(reference_on_megatron, tmp_path: Path, monkeypatch) -> None:
@@ -107,14 +121,16 @@ def test_megatron_mmlu_never_falls_back_quietly(reference_on_megatron, tmp_path:
     recipe = Recipe(name="t", model="reference-llama", source=Builtin(), stages=(Quantize(format="fp8"),),
                     tasks=(task,), output_dir=str(tmp_path / "o"), backend="megatron", device="cuda")
     gpu = Environment(megatron_core="0.16.1", modelopt="0.47.0", cuda=True, gpu_count=1)
-    monkeypatch.setitem(sys.modules, "datasets", None)  # find_spec answers None, import raises ImportError
-    for backend in ("megatron", "hf"):
-        errors = check_recipe(recipe, env=gpu, backend=backend).errors
-        assert [(e.path, "datasets" in str(e)) for e in errors if isinstance(e, CompatibilityError)] == [
-            ("tasks[0].task", True)], backend
+    fixture = mmlu_fixture(tmp_path / "mmlu", questions=4)
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "datasets", None)  # find_spec answers None, import raises ImportError
+        for backend in ("megatron", "hf"):
+            errors = check_recipe(recipe, env=gpu, backend=backend).errors
+            assert [(e.path, "datasets" in str(e)) for e in errors if isinstance(e, CompatibilityError)] == [
+                ("tasks[0].task", True)], backend
     monkeypatch.setitem(sys.modules, "modelopt.torch.utils.plugins.megatron_mmlu", None)
     with pytest.raises(CompatibilityError, match="megatron_mmlu"):
-        evaluate_tasks((MMLU(path=str(mmlu_fixture(tmp_path / "mmlu", questions=4))),),
+        evaluate_tasks((MMLU(path=str(fixture)),),
                        MegatronTaskModel(mc, max_length=1024, workspace=tmp_path / "w", progress=False), tok)
 
 
@@ -189,7 +205,7 @@ def test_megatron_tasks_and_gate_on_gpu(tmp_path: Path) -> None:
             assert math.isfinite(a) and abs(a - b) <= 0.1, (name, phase, a, b)  # bf16 vs fp32 may flip near-ties
         assert len(res.tasks["generate"][phase]["texts"]) == 2 and all(res.tasks["generate"][phase]["texts"])
     assert res.metrics[metric_key("next_sentence", "before")] >= 0.6
-    assert not (tmp_path / "mc" / ".mmlu-mmlu").exists()
+    assert not list(tmp_path.rglob(".mmlu-*"))  # the hand-over folders are gone
     with pytest.raises(GateError):
         api.run_post_training({**doc, "output_dir": str(tmp_path / "gated"),
                                "gate": {"min_accuracy": {"next_sentence": 0.99}}}, progress=False)

@@ -7,6 +7,7 @@ the same accuracies and the gate decides the same everywhere.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 from typing import Any
@@ -61,10 +62,14 @@ class MegatronTaskModel:
                                      hint="pip install datasets (megatron_mmlu reads the MMLU folder with it), "
                                           "or backend: hf") from None
 
-        folder = self.workspace / f".mmlu-{task.name}"
+        dev = [q for qs in data.dev.values() for q in qs]
+        # datasets caches a local folder by its name alone (not its parent, not its files): a folder named by
+        # its content, so that a cache filled by other questions under the same name is never read back
+        digest = hashlib.sha256(repr((data.test, dev)).encode()).hexdigest()[:16]
+        folder = self.workspace / f".mmlu-{task.name}-{digest}"
         if distributed.is_main():
             shutil.rmtree(folder, ignore_errors=True)
-            write_mmlu_folder(data.test, folder, dev=[q for qs in data.dev.values() for q in qs])
+            write_mmlu_folder(data.test, folder, dev=dev)
         distributed.barrier()
         try:
             return float(megatron_mmlu(self.model, tokenizer, few_shots=task.few_shots, fraction=1.0,
