@@ -3,7 +3,7 @@
 # (the working tree is 18 MiB of it): ModelOpt's megatron_mmlu imports it and reads the MMLU folder with it.
 # datasets 4.8.5, not 5.x: 5.x needs huggingface-hub >= 1.31 beside transformers' own pin; 4.8.5 takes hub < 2.
 # The pack holds datasets and the wheels it needs that such a machine may lack or hold too old (pyarrow alone is
-# 52 MiB), as one tar in parts of at most 44 MiB; there only the wheels whose distribution is missing, or outside
+# 52 MiB), as one tar in parts of at most 40 MiB; there only the wheels whose distribution is missing, or outside
 # datasets' requirement, are installed into /tmp/ds_site, so nothing the machine has is shadowed needlessly.
 #
 # Here (CPU machine, repo root):  bash scripts/device_datasets.sh pack      -> .ds1/ .ds2/ (git-ignored)
@@ -32,7 +32,7 @@ pack)
     -d "$dl" "${WHEELS[@]}" || exit 1
   tar cf /tmp/datasets-pack.tar -C "$dl" . || exit 1   # wheels are zip files already: no compression
   rm -rf .ds[0-9]*
-  parts_split /tmp/datasets-pack.tar .ds pack 44 44 ;;
+  parts_split /tmp/datasets-pack.tar .ds pack 40 40 ;;
 take)
   parts_take .ds "${2:?take K}" "$IN" || exit 1 ;;
 install)
@@ -52,15 +52,19 @@ with zipfile.ZipFile(ds) as z:
     meta = z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode()
 reqs = [Requirement(line.split(":", 1)[1]) for line in meta.splitlines() if line.startswith("Requires-Dist:")]
 wanted = {canonicalize_name(r.name): r for r in reqs if not r.marker or r.marker.evaluate({"extra": ""})}
+
+def have(name):
+    try:
+        return md.version(name)
+    except md.PackageNotFoundError:
+        return None
+
+keep_all = have("datasets") is not None  # the machine's own datasets, with the needs it was installed with
 for w in wheels:
     name, version = parse_wheel_filename(w.name)[:2]
-    try:
-        have = md.version(name)
-    except md.PackageNotFoundError:
-        have = None
-    req = wanted.get(name)
-    install = have is None or (req is not None and not req.specifier.contains(have, prereleases=True))
-    why = "missing" if have is None else (f"{have} outside {req.specifier}" if install else f"{have} kept")
+    there, req = have(name), wanted.get(name)
+    install = not keep_all and (there is None or (req is not None and not req.specifier.contains(there, prereleases=True)))
+    why = ("missing" if there is None else f"{there} outside {req.specifier}" if install else f"{there} kept")
     print(f"{name:16} {str(version):14} {'install' if install else 'skip':8} {why}", file=sys.stderr)
     if install:
         print(w)
