@@ -8,15 +8,16 @@ set -uo pipefail
 if [ ! -d /tmp/site/modelopt ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 fi
-# datasets for ModelOpt's megatron_mmlu (scripts/device_datasets.sh): last, after ModelOpt's wheels and the repo;
-# PYTHONPATH still precedes the machine's site-packages, so that install puts there only what the machine lacks
-export PYTHONPATH=/tmp/site:$PWD; [ -d /tmp/ds_site ] && PYTHONPATH=$PYTHONPATH:/tmp/ds_site
+export PYTHONPATH=/tmp/site:$PWD
 [ -d /tmp/te_site/transformer_engine ] && export MTR_TE_SITE=/tmp/te_site
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.torch_ext}   # ModelOpt's CUDA extensions, built once
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
 export MTR_WORK=${MTR_WORK:-/tmp/mtr_work} PYTHONWARNINGS=ignore
 OUT=${OUT:-benchmarks/raw/session6}
 te() { PYTHONPATH=/tmp/te_site:$PYTHONPATH "$@"; }   # a command with Transformer Engine importable
+# datasets for ModelOpt's megatron_mmlu (scripts/device_datasets.sh install): only for the parts that need it, since
+# PYTHONPATH precedes the machine's site-packages and /tmp/ds_site may hold a replacement (fsspec) of the machine's
+ds() { PYTHONPATH=$PYTHONPATH:/tmp/ds_site "$@"; }
 for part in "$@"; do
   echo "=== $part $(date -u +%T)"; start=$(date +%s); mkdir -p "$OUT/$part"
   case $part in
@@ -48,31 +49,32 @@ ok = getattr(e, '$ext')(raise_if_failed=True) is not None; print('$ext', ok, rou
         2>&1 | tee "$OUT/$part/streams.log"; rm -rf /tmp/vsmlm_qwen-* ;;
     mmlu)  # issue 14: ModelOpt's megatron_mmlu at TP=1 and TP=2 vs our log-likelihood MMLU (HF backend); ~130 s
       d=$OUT/mmlu; fx=$MTR_WORK/mmlu-fixture; rows=$d/rows.jsonl; : > "$rows"; rm -rf "$MTR_WORK"/mmlu-*
-      if ! python3 -c "import datasets" 2>/dev/null; then
+      if ! ds python3 -c "import datasets" 2>/dev/null; then
         echo "FAILED: datasets does not import: bash scripts/device_datasets.sh take 1; take 2; install (first)"
       else
         {
-          timeout 60 python3 benchmarks/mmlu_gpu.py fixture "$fx"
-          CUDA_VISIBLE_DEVICES=0 timeout 100 python3 benchmarks/mmlu_gpu.py run --backend megatron --tp 1 --fixture "$fx" \
+          ds timeout 60 python3 benchmarks/mmlu_gpu.py fixture "$fx"
+          CUDA_VISIBLE_DEVICES=0 ds timeout 100 python3 benchmarks/mmlu_gpu.py run --backend megatron --tp 1 --fixture "$fx" \
             --rows "$rows" --formats fp8 int4_awq --budget 50 > "$d/tp1.log" 2>&1 &
-          CUDA_VISIBLE_DEVICES=1 timeout 100 python3 benchmarks/mmlu_gpu.py run --backend hf --fixture "$fx" \
+          CUDA_VISIBLE_DEVICES=1 ds timeout 100 python3 benchmarks/mmlu_gpu.py run --backend hf --fixture "$fx" \
             --rows "$rows" --formats fp8 int4_awq --budget 50 > "$d/hf.log" 2>&1 &
           wait
           left=$(( 150 - ($(date +%s) - start) ))
           if [ "$left" -ge 45 ]; then  # TP=2 on both GPUs, FP8 only (the budget guard: nothing that would not end)
-            timeout "$left" torchrun --nproc-per-node 2 --master-port 29611 benchmarks/mmlu_gpu.py run --backend megatron \
+            ds timeout "$left" torchrun --nproc-per-node 2 --master-port 29611 benchmarks/mmlu_gpu.py run --backend megatron \
               --tp 2 --fixture "$fx" --rows "$rows" --formats fp8 > "$d/tp2.log" 2>&1
           else
             echo "TP=2 not started: $left s left of 150"
           fi
           for f in tp1 hf tp2; do [ -f "$d/$f.log" ] && { echo "--- $f.log"; grep -v Warning "$d/$f.log"; }; rm -f "$d/$f.log"; done
-          python3 benchmarks/mmlu_gpu.py compare "$rows" --summary "$d/summary.json" && echo "mmlu checks PASSED" \
+          ds python3 benchmarks/mmlu_gpu.py compare "$rows" --summary "$d/summary.json" \
+            --expect megatron-tp1 hf megatron-tp2 && echo "mmlu checks PASSED" \
             || echo "mmlu checks FAILED"
         } 2>&1 | tee "$d/mmlu.log"
       fi ;;
     mmlu-test)  # issue 14: the tasks GPU test, now with megatron_mmlu in it (needs datasets); ~130 s
-      if python3 -c "import datasets"; then
-        timeout 280 python3 -m pytest -q -m gpu -p no:cacheprovider --durations=5 tests/test_tasks_megatron.py 2>&1 \
+      if ds python3 -c "import datasets"; then
+        ds timeout 280 python3 -m pytest -q -m gpu -p no:cacheprovider --durations=5 tests/test_tasks_megatron.py 2>&1 \
           | tee "$OUT/mmlu-test/pytest.log"
       else echo "FAILED: datasets does not import"; fi ;;
     *) echo "unknown part $part" ;;

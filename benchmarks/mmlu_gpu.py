@@ -141,7 +141,7 @@ def cpu_run(doc: dict, world: int):
     return (mc_backend if recipe.backend == "megatron" else hf_backend).run(recipe, plan)
 
 
-def compare(rows_path: Path, tolerance: float) -> tuple[dict, list[str]]:
+def compare(rows_path: Path, tolerance: float, expect: tuple[str, ...] = ()) -> tuple[dict, list[str]]:
     """The checks and the table: every Megatron-Core row scored by megatron_mmlu, every Hugging Face row by our
     log-likelihood scorer; per format, TP=1 and TP=2 and the Hugging Face backend within ``tolerance`` before
     quantization (the same weights; bf16 may flip near-ties)."""
@@ -168,6 +168,9 @@ def compare(rows_path: Path, tolerance: float) -> tuple[dict, list[str]]:
                     problems.append(f"{fmt}: before, {who} {acc:.3f} vs {other} {acc2:.3f} (> {tolerance})")
     if not table:
         problems.append("no row measured MMLU")
+    for who in expect:
+        if not any(who in by for by in table.values()):
+            problems.append(f"{who}: no row measured MMLU")
     return {"rows": len(rows), "tolerance": tolerance, "table": table, "problems": problems}, render(table)
 
 
@@ -203,13 +206,14 @@ def main() -> int:
     c.add_argument("rows", type=Path)
     c.add_argument("--summary", type=Path)
     c.add_argument("--tolerance", type=float, default=0.1)
+    c.add_argument("--expect", nargs="*", default=[], help="e.g. megatron-tp1 megatron-tp2 hf: each must have a row")
     args = ap.parse_args()
     if args.cmd == "fixture":
         print(json.dumps(write_fixture(args.folder, args.questions)), flush=True)
         return 0
     if args.cmd == "run":
         return run(args)
-    summary, lines = compare(args.rows, args.tolerance)
+    summary, lines = compare(args.rows, args.tolerance, tuple(args.expect))
     print("\n".join(lines))
     print(json.dumps({"problems": summary["problems"]}))
     if args.summary:

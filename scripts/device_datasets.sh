@@ -11,7 +11,7 @@
 #   bash scripts/device_datasets.sh take K     carry [.dsK]: part K kept under /tmp/ds_in
 #   bash scripts/device_datasets.sh install    parts joined, sha256 checked, the missing wheels installed into
 #                                              /tmp/ds_site, `import datasets` and megatron_mmlu's import checked
-# Afterwards PYTHONPATH=/tmp/site:$PWD:/tmp/ds_site (benchmarks/gpu_session6.sh sets it when /tmp/ds_site exists).
+# Afterwards PYTHONPATH=/tmp/site:$PWD:/tmp/ds_site (the `ds` prefix of benchmarks/gpu_session6.sh).
 # DS_IN, DS_SITE and PYTHON change /tmp/ds_in, /tmp/ds_site and python3 (the round trip is tried on the CPU so).
 set -uo pipefail
 source "$(dirname "$0")/device_parts.sh"
