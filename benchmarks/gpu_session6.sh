@@ -17,7 +17,7 @@ OUT=${OUT:-benchmarks/raw/session6}
 te() { PYTHONPATH=/tmp/te_site:$PYTHONPATH "$@"; }   # a command with Transformer Engine importable
 # datasets for ModelOpt's megatron_mmlu (scripts/device_datasets.sh install): only for the parts that need it, since
 # PYTHONPATH precedes the machine's site-packages and /tmp/ds_site may hold a replacement (fsspec) of the machine's
-ds() { PYTHONPATH=$PYTHONPATH:/tmp/ds_site "$@"; }
+ds() { HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 PYTHONPATH=$PYTHONPATH:/tmp/ds_site "$@"; }  # all data is local
 for part in "$@"; do
   echo "=== $part $(date -u +%T)"; start=$(date +%s); mkdir -p "$OUT/$part"
   case $part in
@@ -47,29 +47,30 @@ ok = getattr(e, '$ext')(raise_if_failed=True) is not None; print('$ext', ok, rou
       te timeout -k 5 555 python3 benchmarks/vs_megatron_lm.py --streams --gpus 0,1 --reps 3 --budget-s 520 \
         --cases qwen3-0.6b:fp8,qwen3-0.6b:nvfp4 --first-guess-s 200 --out "$OUT/$part" --work /tmp/vsmlm_qwen \
         2>&1 | tee "$OUT/$part/streams.log"; rm -rf /tmp/vsmlm_qwen-* ;;
-    mmlu)  # issue 14: ModelOpt's megatron_mmlu at TP=1 and TP=2 vs our log-likelihood MMLU (HF backend); ~130 s
+    mmlu)  # issue 14: ModelOpt's megatron_mmlu at TP=1 and TP=2 vs our log-likelihood MMLU (HF backend); ~90 s, <= 150 s
       d=$OUT/mmlu; fx=$MTR_WORK/mmlu-fixture; rows=$d/rows.jsonl; : > "$rows"; rm -rf "$MTR_WORK"/mmlu-*
       if ! ds python3 -c "import datasets" 2>/dev/null; then
         echo "FAILED: datasets does not import: bash scripts/device_datasets.sh take 1; take 2; install (first)"
       else
         {
           ds timeout 60 python3 benchmarks/mmlu_gpu.py fixture "$fx"
-          CUDA_VISIBLE_DEVICES=0 ds timeout 100 python3 benchmarks/mmlu_gpu.py run --backend megatron --tp 1 --fixture "$fx" \
-            --rows "$rows" --formats fp8 int4_awq --budget 50 > "$d/tp1.log" 2>&1 &
-          CUDA_VISIBLE_DEVICES=1 ds timeout 100 python3 benchmarks/mmlu_gpu.py run --backend hf --fixture "$fx" \
-            --rows "$rows" --formats fp8 int4_awq --budget 50 > "$d/hf.log" 2>&1 &
+          # five runs at once (a 6.8 M-parameter model leaves the GPUs idle): TP=1 on GPU 0, the Hugging Face
+          # backend on GPU 1, TP=2 over both; no second format starts after 70 s; each killed at 130 s
+          CUDA_VISIBLE_DEVICES=0 ds timeout 130 python3 benchmarks/mmlu_gpu.py run --backend megatron --tp 1 \
+            --fixture "$fx" --rows "$rows" --formats fp8 int4_awq --budget 70 > "$d/tp1.log" 2>&1 &
+          CUDA_VISIBLE_DEVICES=1 ds timeout 130 python3 benchmarks/mmlu_gpu.py run --backend hf \
+            --fixture "$fx" --rows "$rows" --formats fp8 int4_awq --budget 70 > "$d/hf.log" 2>&1 &
+          ds timeout 130 torchrun --nproc-per-node 2 --master-port 29611 benchmarks/mmlu_gpu.py run --backend megatron \
+            --tp 2 --fixture "$fx" --rows "$rows" --formats fp8 int4_awq --budget 70 > "$d/tp2.log" 2>&1 &
+          # and both scorers in fp32 (FP8 only), where they should agree to a question or two
+          CUDA_VISIBLE_DEVICES=0 ds timeout 130 python3 benchmarks/mmlu_gpu.py run --backend megatron --tp 1 \
+            --dtype fp32 --fixture "$fx" --rows "$rows" --formats fp8 > "$d/tp1-fp32.log" 2>&1 &
+          CUDA_VISIBLE_DEVICES=1 ds timeout 130 python3 benchmarks/mmlu_gpu.py run --backend hf \
+            --dtype fp32 --fixture "$fx" --rows "$rows" --formats fp8 > "$d/hf-fp32.log" 2>&1 &
           wait
-          left=$(( 150 - ($(date +%s) - start) ))
-          if [ "$left" -ge 45 ]; then  # TP=2 on both GPUs, FP8 only (the budget guard: nothing that would not end)
-            ds timeout "$left" torchrun --nproc-per-node 2 --master-port 29611 benchmarks/mmlu_gpu.py run --backend megatron \
-              --tp 2 --fixture "$fx" --rows "$rows" --formats fp8 > "$d/tp2.log" 2>&1
-          else
-            echo "TP=2 not started: $left s left of 150"
-          fi
-          for f in tp1 hf tp2; do [ -f "$d/$f.log" ] && { echo "--- $f.log"; grep -v Warning "$d/$f.log"; }; rm -f "$d/$f.log"; done
+          for f in tp1 hf tp2 tp1-fp32 hf-fp32; do [ -f "$d/$f.log" ] && { echo "--- $f.log"; grep -v Warning "$d/$f.log"; }; rm -f "$d/$f.log"; done
           ds python3 benchmarks/mmlu_gpu.py compare "$rows" --summary "$d/summary.json" \
-            --expect megatron-tp1 hf megatron-tp2 && echo "mmlu checks PASSED" \
-            || echo "mmlu checks FAILED"
+            --expect megatron-tp1 hf megatron-tp2 megatron-tp1-fp32 hf-fp32 && echo "mmlu checks PASSED" || echo "mmlu checks FAILED"
         } 2>&1 | tee "$d/mmlu.log"
       fi ;;
     mmlu-test)  # issue 14: the tasks GPU test, now with megatron_mmlu in it (needs datasets); ~130 s

@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         for s in smoke:
             s.__enter__()
     env = environment()
-    work = Path(os.environ.get("MTR_WORK", "/tmp/mtr_work")) / f"mmlu-{args.backend}-tp{tp}"
+    work = Path(os.environ.get("MTR_WORK", "/tmp/mtr_work")) / f"mmlu-{args.backend}-tp{tp}-{args.dtype}"
     t0, failed = time.perf_counter(), 0
     for tag in args.formats:
         row: dict = {"backend": args.backend, "tp": tp, "world_size": world, "format": tag, "dtype": args.dtype}
@@ -141,15 +141,17 @@ def cpu_run(doc: dict, world: int):
     return (mc_backend if recipe.backend == "megatron" else hf_backend).run(recipe, plan)
 
 
-def compare(rows_path: Path, tolerance: float, expect: tuple[str, ...] = ()) -> tuple[dict, list[str]]:
+def compare(rows_path: Path, tolerance: float, expect: tuple[str, ...] = (),
+            fp32_tolerance: float = 0.02) -> tuple[dict, list[str]]:
     """The checks and the table: every Megatron-Core row scored by megatron_mmlu, every Hugging Face row by our
     log-likelihood scorer; per format, TP=1 and TP=2 and the Hugging Face backend within ``tolerance`` before
-    quantization (the same weights; bf16 may flip near-ties)."""
+    quantization (the same weights; bf16 may flip near-ties), and the fp32 runs within ``fp32_tolerance``."""
     rows = [json.loads(line) for line in rows_path.read_text().splitlines() if line.strip()]
     problems: list[str] = []
     table: dict[str, dict[str, dict]] = {}
     for r in rows:
-        who = "hf" if r["backend"] == "hf" else f"megatron-tp{r['tp']}"
+        who = ("hf" if r["backend"] == "hf" else f"megatron-tp{r['tp']}") + (
+            "" if r.get("dtype", "bf16") == "bf16" else f"-{r['dtype']}")
         if "mmlu" not in r:
             problems.append(f"{who} {r['format']}: {r.get('skipped') or r.get('error')}")
             continue
@@ -164,14 +166,17 @@ def compare(rows_path: Path, tolerance: float, expect: tuple[str, ...] = ()) -> 
         before = {who: v["before"]["accuracy"] for who, v in by.items()}
         for who, acc in before.items():
             for other, acc2 in before.items():
-                if who < other and abs(acc - acc2) > tolerance:
-                    problems.append(f"{fmt}: before, {who} {acc:.3f} vs {other} {acc2:.3f} (> {tolerance})")
+                same = who.endswith("-fp32") == other.endswith("-fp32")  # fp32 against fp32, bf16 against bf16
+                limit = fp32_tolerance if who.endswith("-fp32") else tolerance
+                if who < other and same and abs(acc - acc2) > limit:
+                    problems.append(f"{fmt}: before, {who} {acc:.3f} vs {other} {acc2:.3f} (> {limit})")
     if not table:
         problems.append("no row measured MMLU")
     for who in expect:
         if not any(who in by for by in table.values()):
             problems.append(f"{who}: no row measured MMLU")
-    return {"rows": len(rows), "tolerance": tolerance, "table": table, "problems": problems}, render(table)
+    return {"rows": len(rows), "tolerance": tolerance, "fp32_tolerance": fp32_tolerance, "table": table,
+            "problems": problems}, render(table)
 
 
 def render(table: dict) -> list[str]:
@@ -199,13 +204,14 @@ def main() -> int:
     r.add_argument("--fixture", type=Path, required=True)
     r.add_argument("--rows", type=Path, required=True)
     r.add_argument("--formats", nargs="+", default=["fp8", "int4_awq"])
-    r.add_argument("--dtype", default="bf16")
+    r.add_argument("--dtype", default="bf16", choices=("bf16", "fp32"))
     r.add_argument("--budget", type=float, default=60.0, help="seconds after which no new format starts")
     r.add_argument("--cpu-smoke", action="store_true")
     c = sub.add_parser("compare")
     c.add_argument("rows", type=Path)
     c.add_argument("--summary", type=Path)
-    c.add_argument("--tolerance", type=float, default=0.1)
+    c.add_argument("--tolerance", type=float, default=0.1, help="bf16 runs: largest accuracy gap before quantization")
+    c.add_argument("--fp32-tolerance", type=float, default=0.02)
     c.add_argument("--expect", nargs="*", default=[], help="e.g. megatron-tp1 megatron-tp2 hf: each must have a row")
     args = ap.parse_args()
     if args.cmd == "fixture":
@@ -213,7 +219,7 @@ def main() -> int:
         return 0
     if args.cmd == "run":
         return run(args)
-    summary, lines = compare(args.rows, args.tolerance, tuple(args.expect))
+    summary, lines = compare(args.rows, args.tolerance, tuple(args.expect), args.fp32_tolerance)
     print("\n".join(lines))
     print(json.dumps({"problems": summary["problems"]}))
     if args.summary:
