@@ -146,6 +146,12 @@ def main() -> None:
 
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
+    try:  # interpreter start and the imports above, as our run's "startup" + "setup" count them
+        import psutil
+
+        timings["before_main"] = time.time() - psutil.Process().create_time()
+    except ImportError:
+        pass
     peaks: dict[str, int] = {}
     local = int(os.environ.get("LOCAL_RANK", "0"))
     torch.cuda.set_device(local)

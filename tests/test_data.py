@@ -33,3 +33,50 @@ def test_stage_batches_honour_a_stage_s_own_calibration_size() -> None:
     assert [tuple(b.shape) for b in auto] == [(4, 64)]
     assert export_plan is None  # export reads no calibration data
     assert [tuple(b.shape) for b in data.stage_batches(export_plan, cal, tok, windows)] == [(4, 64), (4, 64)]
+
+
+def _one_at_a_time(docs, tokenizer, need):
+    """The windows' ids as a user would cut them: each document tokenised alone, then end-of-text."""
+    ids = []
+    for d in docs:
+        ids += tokenizer(d, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        if len(ids) >= need:
+            break
+    return ids
+
+
+def test_batched_tokenisation_gives_the_ids_of_one_document_at_a_time(monkeypatch) -> None:
+    """Documents are encoded in batches (a fast tokenizer uses every core); the ids, where they stop included, are
+    those of one document at a time, for the reference and the byte tokenizer, short and long needs alike."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    docs = [d for d in data.BUILTIN_FILES["reference-heldout"].read_text().split(data.DOC_SEPARATOR) if d.strip()]
+    ref = data.load_tokenizer(None)
+    monkeypatch.setattr(data, "_BATCH_CHARS", 5_000)  # many batches even for a short text
+
+    @settings(max_examples=30, deadline=None)
+    @given(need=st.integers(1, 40_000), start=st.integers(0, len(docs) - 1), byte=st.booleans())
+    def check(need, start, byte):
+        tok = data.ByteTokenizer() if byte else ref
+        part = docs[start:] + docs[:start]
+        assert data._token_ids(part, tok, need) == _one_at_a_time(part, tok, need)
+
+    check()
+
+
+def test_text_read_for_the_check_is_reused_for_the_windows_until_a_file_changes(tmp_path) -> None:
+    f = tmp_path / "t.jsonl"
+    f.write_text('{"text": "first document"}\n{"text": "second"}\n')
+    cal = TextData(files=(str(f),), num_samples=1, seq_length=4)
+    assert data.check_text(cal) == len("first document") + len("second")
+    docs = data.read_documents(cal)
+    docs.append("a caller's own list")  # a copy each time: the kept read cannot be changed from outside
+    assert data.read_documents(cal) == ["first document", "second"]
+    f.write_text('{"text": "changed, and longer than before"}\n')
+    assert data.read_documents(cal) == ["changed, and longer than before"]
+    f.unlink()
+    import pytest
+
+    with pytest.raises(data.DataError, match="does not exist"):
+        data.read_documents(cal)

@@ -40,7 +40,36 @@ DOC_SEPARATOR = "\f"
 
 
 def read_documents(data: TextData, *, path: str = "calibration") -> list[str]:
-    """The documents of ``data`` (non-empty ones only); DataError naming the field when unreadable."""
+    """The documents of ``data`` (non-empty ones only); DataError naming the field when unreadable.
+
+    A run reads its text twice, for the check before anything heavy is imported and for the windows: the second
+    read reuses the first while the files are unchanged (same size and modification time)."""
+    key = _read_key(data, path)
+    if key is not None and _READ_CACHE.get("key") == key:
+        return list(_READ_CACHE["docs"])
+    docs = _read_documents(data, path=path)
+    if key is not None:
+        _READ_CACHE.update(key=key, docs=tuple(docs))
+    return docs
+
+
+_READ_CACHE: dict[str, Any] = {}
+"""The last text read (one entry: a run's calibration text, kept between its check and its windows)."""
+
+
+def _read_key(data: TextData, path: str) -> tuple[Any, ...] | None:
+    """What identifies a read of local text: the spec and each file's size and modification time (None for a
+    Hugging Face dataset, or when a file cannot be looked at: then it is read, and its error raised, as usual)."""
+    if data.hf_dataset is not None:
+        return None
+    try:
+        stats = tuple((st.st_size, st.st_mtime_ns) for st in (Path(f).expanduser().stat() for f in data.files))
+    except (OSError, ValueError):
+        return None
+    return (data, path, stats)
+
+
+def _read_documents(data: TextData, *, path: str) -> list[str]:
     docs: list[str] = []
     if data.dataset is not None:
         f = BUILTIN_FILES[data.dataset]
@@ -195,20 +224,42 @@ def token_windows(data: TextData, tokenizer: Any, *, path: str = "calibration", 
     docs = read_documents(data, path=path)
     if not docs:
         raise DataError("the text is empty: nothing to calibrate or evaluate with", path=path)
-    eos = tokenizer.eos_token_id
-    ids: list[int] = []
-    for d in docs:
-        ids.extend(tokenizer(d, add_special_tokens=False)["input_ids"])
-        if eos is not None:
-            ids.append(eos)
-        if len(ids) >= n * s:
-            break
+    ids = _token_ids(docs, tokenizer, n * s)
     have = len(ids) // s
     if have == 0:
         raise DataError(f"the text has {len(ids)} tokens, fewer than one window of {s}", path=f"{path}.seq_length",
                         hint="add text or lower seq_length")
     k = min(n, have)
     return torch.tensor(ids[: k * s], dtype=torch.long).view(k, s)
+
+
+_BATCH_CHARS = 256 * 1024
+"""Most characters tokenised per call: a fast tokenizer encodes a list of documents on every core at once."""
+
+
+def _token_ids(docs: list[str], tokenizer: Any, need: int) -> list[int]:
+    """The documents' token ids, each followed by end-of-text, up to the first document that brings ``need``.
+
+    The same ids as tokenising one document at a time, in batches of documents (about the characters still
+    needed, at four per token, at most ``_BATCH_CHARS``), so a long text is encoded in parallel and little beyond
+    the windows is encoded at all."""
+    eos = tokenizer.eos_token_id
+    ids: list[int] = []
+    i = 0
+    while i < len(docs) and len(ids) < need:
+        budget = min(4 * (need - len(ids)), _BATCH_CHARS)
+        j, chars = i, 0
+        while j < len(docs) and (j == i or chars < budget):
+            chars += len(docs[j])
+            j += 1
+        for doc_ids in tokenizer(docs[i:j], add_special_tokens=False)["input_ids"]:
+            ids.extend(doc_ids)
+            if eos is not None:
+                ids.append(eos)
+            if len(ids) >= need:
+                break
+        i = j
+    return ids
 
 
 def batches(windows: Any, batch_size: int) -> list[Any]:

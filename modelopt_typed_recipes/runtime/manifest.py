@@ -40,8 +40,10 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
+@functools.cache
 def git_revision() -> dict[str, Any] | None:
-    """Commit and dirtiness of the checkout this package runs from (None when not a git checkout)."""
+    """Commit and dirtiness of the checkout this package runs from (None when not a git checkout); asked once per
+    process (the code a process runs is the code it imported), not once per manifest."""
     root = Path(__file__).resolve().parents[2]
     if not (root / ".git").exists():
         return None
@@ -76,7 +78,7 @@ def build_manifest(recipe: Recipe, plan: RunPlan, result: PostTrainingResult,
         "layout": to_dict(layout) if layout is not None else None,
         "world_size": plan.world_size,
         "versions": package_versions(),
-        "git": git_revision(),
+        "git": dict(g) if (g := git_revision()) else None,
         "command": sys.argv,
         "calibration": {
             "hash": result.calibration_hash,
