@@ -1,3 +1,3 @@
-from modelopt_typed_recipes.cli import main
+from modelopt_typed_recipes.cli import command_line
 
-raise SystemExit(main())
+command_line()

@@ -171,3 +171,23 @@ def test_launch_under_torchrun_prints_one_json_document(tmp_path: Path) -> None:
     assert "CUDA" in doc["errors"][0]["message"]
     assert "error: backend:" in p.stderr  # rank 1 says it too, unless torchrun stopped it first
     assert p.returncode != 0 and not (tmp_path / "o").exists()
+
+
+def test_the_command_line_process_exits_without_walking_its_objects(tmp_path) -> None:
+    """``python -m`` and ``mtrecipes`` freeze the garbage collector once the command's output is out (the exit of
+    a process holding torch, Megatron-Core and ModelOpt otherwise costs seconds); exit codes and exit handlers
+    are kept. ``main`` itself, which tests and notebooks call, does not freeze."""
+    def probe(call: str) -> subprocess.CompletedProcess[str]:
+        code = ("import atexit, gc, sys\n"
+                "atexit.register(lambda: sys.stderr.write('frozen=%d' % gc.get_freeze_count()))\n"
+                "from modelopt_typed_recipes.cli import command_line, main\n" + call)
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+    for argv, code in ((["list"], 0), (["validate", str(tmp_path / "missing.yaml")], 2)):
+        p = probe(f"command_line({argv!r})")
+        assert p.returncode == code and int(p.stderr.rsplit("frozen=", 1)[1]) > 10_000, p.stderr[-500:]
+    p = probe("main(['list'])")
+    assert p.returncode == 0 and p.stderr.endswith("frozen=0")
+    p = subprocess.run([sys.executable, "-m", "modelopt_typed_recipes", "list"], capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0 and "qwen3-8b" in p.stdout

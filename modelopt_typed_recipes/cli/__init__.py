@@ -82,5 +82,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def command_line(argv: Sequence[str] | None = None) -> NoReturn:
+    """``main`` for a process that ends with the command (``python -m``, ``mtrecipes``): once its output is
+    flushed, every object is moved out of the garbage collector's reach (``gc.freeze``), so the interpreter's
+    exit does not walk the millions of objects torch, Megatron-Core, ModelOpt and transformers leave (measured:
+    2-4 s of a run's wall on the CPU machine, 0.2-0.6 s with the freeze). Exit handlers still run; nothing is
+    written after this point. Not for ``main`` called in a longer-lived process (tests, notebooks)."""
+    import gc
+
+    code = main(argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    gc.freeze()
+    raise SystemExit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    command_line()
