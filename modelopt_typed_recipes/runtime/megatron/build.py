@@ -253,6 +253,7 @@ def save_checkpoint(model: Any, directory: Path, *, arch: ModelArch, spec: str |
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
     dist.barrier()
+    _results_queue_in_process()
     dist_checkpointing.save(model.sharded_state_dict(), str(tmp))
     save_sharded_modelopt_state([model], str(tmp))
     dist.barrier()
@@ -267,6 +268,23 @@ def save_checkpoint(model: Any, directory: Path, *, arch: ModelArch, spec: str |
         os.replace(tmp, directory)
     dist.barrier()
     return directory
+
+
+def _results_queue_in_process() -> None:
+    """Give Megatron-Core's checkpoint writer an in-process results queue before its first save.
+
+    Left to itself the writer (``filesystem_async``, megatron-core 0.16 to 0.19) makes its queue with a
+    ``multiprocessing`` Manager: a server process that lives as long as ours and, after a ``kill -9``, forever,
+    holding the killed run's stdout and stderr (a caller waiting for them waits for good). Our saves are
+    synchronous: the writer's results are put on the queue in this process (its threads, or its forked
+    workers' results collected here), so a thread-safe ``queue.Queue`` does the same job with no extra process.
+    """
+    import queue
+
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if getattr(filesystem_async, "_results_queue", False) is None:
+        filesystem_async._results_queue = queue.Queue()
 
 
 def load_checkpoint(model: Any, directory: str | Path) -> Any:
