@@ -78,6 +78,13 @@ ok = getattr(e, '$ext')(raise_if_failed=True) is not None; print('$ext', ok, rou
         ds timeout 280 python3 -m pytest -q -m gpu -p no:cacheprovider --durations=5 tests/test_tasks_megatron.py 2>&1 \
           | tee "$OUT/mmlu-test/pytest.log"
       else echo "FAILED: datasets does not import"; fi ;;
+    resume)  # issue 11: kill -9 of a Megatron-Core run (FP8, save: all) inside its export, then the same command continues; GPU 0 only, ~75 s, <= 120 s
+      CUDA_VISIBLE_DEVICES=0 timeout -k 5 150 python3 -m pytest -q -m gpu -p no:cacheprovider --durations=3 \
+        --basetemp=/tmp/resume_pt -k "not tp2" tests/test_resume.py 2>&1 | grep -v -i "warn" | tail -n 80 \
+        | tee "$OUT/$part/pytest.log" ;;
+    resume-tp2)  # issue 11: the same at TP=2 (torchrun, run --launch; resumed into the export's PP=2); both GPUs, < 2 GiB each, ~90 s, <= 120 s
+      timeout -k 5 150 python3 -m pytest -q -m gpu -p no:cacheprovider --durations=3 --basetemp=/tmp/resume_tp2_pt \
+        -k tp2 tests/test_resume.py 2>&1 | grep -v -i "warn" | tail -n 80 | tee "$OUT/$part/pytest.log" ;;
     *) echo "unknown part $part" ;;
   esac
   echo "=== $part took $(( $(date +%s) - start )) s"

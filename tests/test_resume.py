@@ -143,12 +143,14 @@ output_dir: outputs/megatron-resume   # each run gives --output-dir
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
 
-def _megatron_kill_and_resume(tmp_path: Path, head: Any, *, tp: int = 1, launch: tuple[str, ...] = ()) -> dict:
+def _megatron_kill_and_resume(tmp_path: Path, head: Any, *, tp: int = 1, launch: tuple[str, ...] = (),
+                              rel: float = 1e-4) -> dict:
     """A real kill -9 of a Megatron-Core run (FP8 with save: all, then export) inside the export, after the
     quantize stage was recorded; the next run loads the quantize stage's checkpoint, skips the stage, redoes the
     export and ends with the perplexities of a run never stopped. ``head(moment)``: the command up to ``run``
     (the CLI, or ``tests/kill_at.py MOMENT``); ``launch``: flags of the unkilled runs (``--launch`` under TP=2).
-    Returns the resumed run's result."""
+    ``rel``: how close the perplexities must be (bf16 GPU kernels may reduce in another order from run to run;
+    another model would differ by percents). Returns the resumed run's result."""
     recipe = tmp_path / "r.yaml"
     recipe.write_text(MEGATRON_RECIPE.format(layout="layout: {tensor_parallel: 2}\n" if tp == 2 else ""))
     env = {**ENV, "OMP_NUM_THREADS": "1"}
@@ -196,7 +198,7 @@ def _megatron_kill_and_resume(tmp_path: Path, head: Any, *, tp: int = 1, launch:
     assert result["resumed_from"] == 1 and [s["name"] for s in result["stages"]] == ["quantize-fp8", "export-hf"]
     assert result["stages"][0]["details"]["checkpoint"]["saved"] is True  # the killed run's record
     for key in ("perplexity_before", "perplexity_after"):
-        assert result["metrics"][key] == pytest.approx(expected["metrics"][key], rel=1e-4), key
+        assert result["metrics"][key] == pytest.approx(expected["metrics"][key], rel=rel), key
     assert (out / "02-export-hf" / "config.json").is_file()
     assert (out / "01-quantize-fp8" / "checkpoint" / "metadata.json").is_file()
     manifest = outputs.read_manifest(out)
@@ -237,7 +239,7 @@ def test_megatron_run_killed_inside_export_continues(tmp_path: Path) -> None:
     """On one GPU, ModelOpt's real exporter (CUDA_VISIBLE_DEVICES picks the GPU)."""
     _needs_gpus(1)
     _megatron_kill_and_resume(tmp_path, lambda moment: [sys.executable, "tests/kill_at.py", moment] if moment
-                              else [sys.executable, "-m", "modelopt_typed_recipes"])
+                              else [sys.executable, "-m", "modelopt_typed_recipes"], rel=1e-3)
 
 
 @pytest.mark.gpu
@@ -246,7 +248,8 @@ def test_megatron_tp2_run_killed_inside_export_continues(tmp_path: Path) -> None
     started by ``run --launch``; the resumed run loads the TP=2 checkpoint resharded into the export's PP=2."""
     _needs_gpus(2)
     _megatron_kill_and_resume(tmp_path, lambda moment: [*TORCHRUN, "tests/kill_at.py", moment] if moment
-                              else [sys.executable, "-m", "modelopt_typed_recipes"], tp=2, launch=("--launch",))
+                              else [sys.executable, "-m", "modelopt_typed_recipes"], tp=2, launch=("--launch",),
+                              rel=1e-3)
 
 
 def _on_cpu(moment: str | None) -> list[str]:
