@@ -158,6 +158,14 @@ def _megatron_kill_and_resume(tmp_path: Path, head: Any, *, tp: int = 1, launch:
         env.pop(key, None)
 
     survivors: list[str] = []
+    stray: list[str] = []  # stdout besides the one JSON document (the --json contract): checked at the end
+
+    def result_of(proc: subprocess.CompletedProcess[str]) -> dict:
+        start = proc.stdout.find("{")
+        doc, end = json.JSONDecoder().raw_decode(proc.stdout, max(start, 0))
+        if (proc.stdout[:start] + proc.stdout[end:]).strip():
+            stray.append(proc.stdout[:start][-500:] + " ... " + proc.stdout[end:][:500])
+        return doc
 
     def cli(out: Path, kill_at: str | None = None) -> subprocess.CompletedProcess[str]:
         """One run in its own session, its output in files: a process the run left behind (none should be)
@@ -179,12 +187,14 @@ def _megatron_kill_and_resume(tmp_path: Path, head: Any, *, tp: int = 1, launch:
 
     straight = cli(tmp_path / "straight")
     assert straight.returncode == 0, straight.stderr[-3000:]
-    expected = json.loads(straight.stdout)
+    expected = result_of(straight)
     layouts = [s["details"]["layout"].split()[:2] for s in expected["stages"]]
     assert layouts == ([["TP1", "PP1"]] * 2 if tp == 1 else [["TP2", "PP1"], ["TP1", "PP2"]]), layouts
     out = tmp_path / "out"
     proc = cli(out, "inside:megatron-export")
-    assert proc.returncode != 0 and proc.stdout == "", (proc.returncode, proc.stderr[-3000:])
+    assert proc.returncode != 0, (proc.returncode, proc.stderr[-3000:])
+    if proc.stdout.strip():
+        stray.append(proc.stdout[-500:])
     if tp == 1:
         assert proc.returncode == -9, (proc.returncode, proc.stderr[-3000:])
     assert _journal(out) == ["quantize-fp8"] and not out.exists()
@@ -194,7 +204,7 @@ def _megatron_kill_and_resume(tmp_path: Path, head: Any, *, tp: int = 1, launch:
     proc = cli(out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resuming a stopped run of this recipe: 1 stage(s) done, continuing with stages[1]" in proc.stderr
-    result = json.loads(proc.stdout)
+    result = result_of(proc)
     assert result["resumed_from"] == 1 and [s["name"] for s in result["stages"]] == ["quantize-fp8", "export-hf"]
     assert result["stages"][0]["details"]["checkpoint"]["saved"] is True  # the killed run's record
     for key in ("perplexity_before", "perplexity_after"):
@@ -206,6 +216,7 @@ def _megatron_kill_and_resume(tmp_path: Path, head: Any, *, tp: int = 1, launch:
     assert not any(name.startswith(JOURNAL_NAME) for name in manifest["files"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "r.yaml", "straight"]  # no staging, no lock
     assert survivors == [], survivors  # a killed run leaves no process behind
+    assert stray == [], stray  # stdout holds the JSON document alone
     return result
 
 
