@@ -64,7 +64,7 @@ def _read_key(data: TextData, path: str) -> tuple[Any, ...] | None:
         return None
     try:
         stats = tuple((st.st_size, st.st_mtime_ns) for st in (Path(f).expanduser().stat() for f in data.files))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RuntimeError):  # RuntimeError: ``~user`` with no such user (user_path says so)
         return None
     return (data, path, stats)
 
