@@ -600,6 +600,55 @@ def compare_exports(ours: Path, theirs: Path) -> dict[str, Any]:
             "bitwise_equal": not differing and set(a) == set(b) and all(jsons.values())}
 
 
+def scale_rounding(hf_dir: str) -> dict[str, int]:
+    """How many of an HF model's linear layers export different bytes when their scales are computed as this
+    package computes them (on the GPU) and as Megatron-LM's ``export.sh`` does (on the CPU: ``export.py``
+    materialises the model there), from the same weights and with ModelOpt's own formulas, run here on the CPU.
+
+    ModelOpt derives the weight scales from the weight quantizer's amax as ``amax / 448`` (FP8) and
+    ``amax / (6 * 448)`` (NVFP4's per-tensor scale), a tensor divided by a Python number. On the CPU PyTorch
+    divides; on CUDA it multiplies by the divisor's float32 reciprocal (``div_true_kernel_cuda``: "may lose one
+    bit of precision"), so some scales differ by one float32 step. FP8 weights are unaffected; NVFP4's per-block
+    scales (rounded to FP8 E4M3) and 4-bit codes (E2M1) are coarse grids whose rounding a one-step change moves
+    where a value sits on a boundary. Amax is taken over the weights Megatron-Core fuses (q/k/v, gate/up), as
+    the export sees them. Returns counts of differing tensors per kind and the number of linear weights."""
+    import re
+
+    import torch
+    from modelopt.torch.quantization.qtensor.nvfp4_tensor import NVFP4QTensor
+    from safetensors.torch import load_file
+
+    sd: dict[str, Any] = {}
+    for f in sorted(Path(hf_dir).glob("*.safetensors")):
+        sd.update({k: v.to(torch.bfloat16) for k, v in load_file(str(f)).items()})
+    linear = sorted(k for k in sd if re.search(r"\.(q|k|v|o|gate|up|down)_proj\.weight$", k))
+
+    def fused_amax(key: str) -> Any:
+        for names in (("q", "k", "v"), ("gate", "up")):
+            m = re.search(rf"\.({'|'.join(names)})_proj\.", key)
+            if m:
+                keys = [key.replace(f".{m.group(1)}_proj.", f".{n}_proj.") for n in names]
+                return torch.stack([sd[k].abs().amax().float() for k in keys]).amax()
+        return sd[key].abs().amax().float()
+
+    def cuda_div(a: Any, d: float) -> Any:  # what CUDA computes for ``tensor / python_number``
+        return a * (torch.tensor(1.0) / torch.tensor(d, dtype=torch.float32))
+
+    n = {"linear_weights": len(linear), "fp8_weight_scale": 0, "nvfp4_weight_scale_2": 0, "nvfp4_weight_scale": 0,
+         "nvfp4_weight": 0}
+    for key in linear:
+        amax, w = fused_amax(key), sd[key]
+        n["fp8_weight_scale"] += int(not torch.equal(amax / 448.0, cuda_div(amax, 448.0)))
+        s2_cpu, s2_cuda = amax / 2688.0, cuda_div(amax, 2688.0)
+        n["nvfp4_weight_scale_2"] += int(not torch.equal(s2_cpu, s2_cuda))
+        (b_cpu, _), (b_cuda, _) = (NVFP4QTensor.get_weights_scaling_factor(w, 16, s) for s in (s2_cpu, s2_cuda))
+        n["nvfp4_weight_scale"] += int(not torch.equal(b_cpu.view(torch.uint8), b_cuda.view(torch.uint8)))
+        q_cpu, q_cuda = (NVFP4QTensor.quantize(w.clone(), 16, b, s)[0]._quantized_data
+                         for b, s in ((b_cpu, s2_cpu), (b_cuda, s2_cuda)))
+        n["nvfp4_weight"] += int(not torch.equal(q_cpu, q_cuda))
+    return n
+
+
 def export_perplexity(folder: Path, tokenizer_dir: str, *, windows: int, seq: int, device: str) -> dict[str, Any]:
     """Held-out perplexity (``reference-heldout``) of an exported checkpoint, decoded by the package's export
     check (``runtime.hf.export.load_export``: weights dequantized, activations fake-quantized at their scales)."""

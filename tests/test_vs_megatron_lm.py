@@ -498,3 +498,14 @@ def test_streams_stop_with_their_parent_on_sigterm(tmp_path: Path) -> None:
     assert merged["stopped_by_signal"] == signal.SIGTERM
     assert [s["rc"] for s in merged["streams"]] == [128 + signal.SIGTERM] * 2
     assert [c["reps_done"] for c in merged["cases"]] == [2, 2]  # what they had saved
+
+
+def test_scale_rounding_accounts_for_every_differing_weight_tensor() -> None:
+    """The H200 run (session 6) found, for reference-llama, 19 of 42 FP8 weight scales one float32 step apart,
+    and for NVFP4 13 per-tensor scales, 4 per-block scale tensors and 11 weight tensors different; everything else
+    bitwise equal. Computing the scales both ways (CUDA's reciprocal multiplication, the CPU's division) from the
+    same weights with ModelOpt's formulas gives exactly those counts: the GPU/CPU placement of the export is the
+    whole difference in the weights."""
+    assert V.scale_rounding(V.reference_hf_dir()) == {
+        "linear_weights": 42, "fp8_weight_scale": 19, "nvfp4_weight_scale_2": 13, "nvfp4_weight_scale": 4,
+        "nvfp4_weight": 11}
