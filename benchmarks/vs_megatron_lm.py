@@ -1015,6 +1015,16 @@ def _their_core_version(mlm: Path) -> str:
     return ".".join(m.group(1) for m in parts if m) or "unknown"
 
 
+def _version(module: str) -> str | None:
+    """A module's ``__version__`` (None when it has none or does not import)."""
+    import importlib
+
+    try:
+        return str(importlib.import_module(module).__version__)
+    except Exception:  # noqa: BLE001  (no version is not an error here)
+        return None
+
+
 def has_te() -> bool:
     import importlib.util
 
@@ -1206,7 +1216,7 @@ def main(argv: list[str] | None = None) -> None:
                           "--format=csv,noheader"], capture_output=True, text=True,
                          check=False).stdout.strip() if shutil.which("nvidia-smi") else None
     info = {"gpu": smi, "visible_gpu": gpu, "python": sys.version.split()[0], "torch": torch.__version__,
-            "transformer_engine": te, "megatron_lm_commit": (mlm / "COMMIT").read_text().strip(),
+            "transformer_engine": te, "transformer_engine_version": _version("transformer_engine") if te else None, "megatron_lm_commit": (mlm / "COMMIT").read_text().strip(),
             "args": {k: str(v) for k, v in vars(a).items()}, "their_megatron_core": _their_core_version(mlm),
             "torchrun": shutil.which("torchrun"), "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     print(json.dumps(info), flush=True)
