@@ -117,7 +117,9 @@ class MMLU:
     name: str = attrs.field(default="mmlu", validator=_task_name)
     path: str = attrs.field(validator=non_empty_str)
     few_shots: int = attrs.field(default=0, validator=_non_negative_int)
-    """Solved examples of the same subject (from the dev split) before each question."""
+    """Solved examples of the same subject (from the dev split) before each question. ModelOpt 0.47's
+    ``megatron_mmlu`` (the Megatron-Core backend) writes each solved example with no line break before its
+    ``Answer:``, the Hugging Face backend's prompt has one: 0-shot prompts are the same on both, few-shot not."""
     fraction: float = attrs.field(default=1.0, validator=_fraction)
     """The first ``ceil(fraction * n)`` questions of each subject's test split."""
     batch_size: int = attrs.field(default=8, validator=positive_int)
