@@ -5,6 +5,7 @@ with ModelOpt's ``megatron_mmlu`` through the whole backend."""
 
 from __future__ import annotations
 
+import importlib
 import math
 from pathlib import Path
 
@@ -55,35 +56,68 @@ def test_megatron_scores_and_generates_as_transformers_does(reference_on_megatro
     assert ours["generate"].texts == ref["generate"].texts and all(ours["generate"].texts)
 
 
-def mmlu_fixture(folder: Path, *, questions: int = 24) -> Path:
-    """An MMLU-format folder (cais/mmlu layout) of held-out next-sentence items; 10 dev questions."""
-    from modelopt_typed_recipes.runtime.tasks.items import (
-        next_sentence_items,
-        questions_from_items,
-        task_documents,
-        write_mmlu_folder,
-    )
+def fixture_questions(questions: int = 24) -> tuple[list, list]:
+    """(dev, test) MMLU questions made of held-out next-sentence items: 10 dev, ``questions`` test."""
+    from modelopt_typed_recipes.runtime.tasks.items import next_sentence_items, questions_from_items, task_documents
 
     task = NextSentence(num_items=questions + 10, seed=11)
     qs = questions_from_items(next_sentence_items(task, task_documents(task, path="t")),
                               subjects=("python_language", "python_library"))
-    return write_mmlu_folder(qs[10:], folder, dev=qs[:10])
+    return qs[:10], qs[10:]
 
 
-def test_modelopt_megatron_mmlu_answers_as_our_scorer(reference_on_megatron, tmp_path: Path, monkeypatch) -> None:
+def mmlu_fixture(folder: Path, *, questions: int = 24) -> Path:
+    """An MMLU-format folder (cais/mmlu layout) of held-out next-sentence items; 10 dev questions."""
+    from modelopt_typed_recipes.runtime.tasks.items import write_mmlu_folder
+
+    dev, test = fixture_questions(questions)
+    return write_mmlu_folder(test, folder, dev=dev)
+
+
+@pytest.fixture(scope="module")
+def letter_model(reference_on_megatron, tmp_path_factory):
+    """The reference model with the output rows of " A".." D" replaced by directions along which its last hidden
+    state varies from question to question, in transformers and in Megatron-Core (the same weights): the plain
+    model answers " A" to every fixture question, which any scorer that prefers " A" would match."""
+    import copy
+
+    from modelopt_typed_recipes.runtime.megatron import build
+    from modelopt_typed_recipes.runtime.tasks.items import LETTERS, mmlu_prompt
+
+    _, hf, tok = reference_on_megatron
+    model = copy.deepcopy(hf)
+    letters = [tok(f" {x}", add_special_tokens=False)["input_ids"][-1] for x in LETTERS]
+    w = model.lm_head.weight
+    with torch.no_grad():
+        states = torch.stack([model(torch.tensor([tok(mmlu_prompt(q, ()))["input_ids"]]), output_hidden_states=True)
+                              .hidden_states[-1][0, -1] for q in fixture_questions()[1][:12]])
+        rows = torch.randn(len(letters), len(states), generator=torch.Generator().manual_seed(0)) @ (
+            states - states.mean(0))
+        rows -= rows.mean(0)
+        w[letters] = rows / rows.norm(dim=1, keepdim=True) * w.norm(dim=1).mean() * 10
+    folder = tmp_path_factory.mktemp("letters")
+    model.save_pretrained(str(folder))
+    mc = build.build_model(get_arch("reference-llama"), ParallelLayout(), dtype="fp32", device="cpu", spec="local")
+    build.import_hf(mc, str(folder), dtype="fp32")
+    return mc, model, tok
+
+
+def test_modelopt_megatron_mmlu_answers_as_our_scorer(letter_model, tmp_path: Path, monkeypatch) -> None:
     """ModelOpt's own megatron_mmlu (reading the cais/mmlu folder with datasets, batching, scoring the answer
-    letters; only its .cuda() kept on the CPU by the test shim) on the reference model in Megatron-Core answers
-    as often as our log-likelihood scorer on the same weights in transformers (0-shot, fp32), and says so."""
-    import importlib
+    letters; only its .cuda() kept on the CPU by the test shim) in Megatron-Core picks the letters our
+    log-likelihood scorer picks on the same weights in transformers (0-shot, fp32): the same number right on the
+    fixture's answers and on answers set all to A, to B, to C, to D (the same count of each letter picked)."""
+    import attrs
 
     pytest.importorskip("datasets")
     from megatron_cpu_shim import megatron_mmlu_on_cpu
 
     from modelopt_typed_recipes.runtime.hf.evaluate import HFTaskModel
     from modelopt_typed_recipes.runtime.megatron.tasks import MegatronTaskModel
+    from modelopt_typed_recipes.runtime.tasks.items import write_mmlu_folder
     from modelopt_typed_recipes.runtime.tasks.run import evaluate_tasks
 
-    mc, hf, tok = reference_on_megatron
+    mc, hf, tok = letter_model
     mod = importlib.import_module("modelopt.torch.utils.plugins.megatron_mmlu")
     seen: list[int] = []  # the questions megatron_mmlu itself read back from the hand-over folder
 
@@ -94,16 +128,22 @@ def test_modelopt_megatron_mmlu_answers_as_our_scorer(reference_on_megatron, tmp
 
     load_dataset = mod.load_dataset
     monkeypatch.setattr(mod, "load_dataset", spy)
-    fixture = mmlu_fixture(tmp_path / "mmlu")
-    for n in (24, 8):  # the same task name twice with other questions: datasets' cache must not answer
-        tasks = (MMLU(path=str(fixture), fraction=n / 24, batch_size=5),)
+    dev, test = fixture_questions()
+    cases = [("fixture", test, 24), ("fixture, first 8", test, 8)]  # the same task name with other questions
+    cases += [(f"all {x}", [attrs.evolve(q, answer=k) for q in test], 24) for k, x in enumerate("ABCD")]
+    picked = []
+    for label, questions, n in cases:
+        folder = write_mmlu_folder(questions, tmp_path / label.replace(" ", "-").replace(",", ""), dev=dev)
+        tasks = (MMLU(path=str(folder), fraction=n / 24, batch_size=5),)
         with megatron_mmlu_on_cpu():
             ours = evaluate_tasks(tasks, MegatronTaskModel(mc, max_length=1024, workspace=tmp_path / "w",
                                                            progress=False), tok)["mmlu"]
         ref = evaluate_tasks(tasks, HFTaskModel(hf, device="cpu", progress=False), tok)["mmlu"]
         assert (ours.scorer, ref.scorer) == ("megatron_mmlu", "log-likelihood")
-        # the same count, not a figure of merit: this 6.8 M-parameter model answers these near chance
-        assert seen[-1] == ours.total == ref.total == n and ours.correct == ref.correct, (n, seen)
+        assert seen[-1] == ours.total == ref.total == n and ours.correct == ref.correct, (label, seen, ours, ref)
+        if label.startswith("all"):
+            picked.append(ref.correct)
+    assert sum(picked) == 24 and max(picked) <= 16, picked  # the letters vary: no constant answer passes this
     assert list((tmp_path / "w").iterdir()) == []  # the hand-over folders are gone
 
 
