@@ -291,7 +291,7 @@ def run_case(name: str, fmt: str, reps: int, a: argparse.Namespace, out: Path, d
                     r["ours_in_process_s"] = res["seconds"]
                     r["calibration_hash"] = res["calibration_hash"]
                     exported = work / "ours" / res["stages"][-1]["outputs"][0]
-                    if "direct" in who_runs:
+                    if "direct" in who_runs or a.keep_digests:
                         digests[who] = tensor_digests(exported)
                     else:  # nothing to compare with: its size only
                         r["export_bytes"] = sum(f.stat().st_size for f in exported.glob("*.safetensors"))
@@ -302,9 +302,14 @@ def run_case(name: str, fmt: str, reps: int, a: argparse.Namespace, out: Path, d
                     r["direct"] = json.loads((work / "direct.json").read_text())
                     digests[who] = tensor_digests(work / "direct-export")
                 shutil.rmtree(work / "direct-export", ignore_errors=True)
+        if a.keep_digests:  # for a comparison with a later call (--compare-digests)
+            (out / "digests").mkdir(exist_ok=True)
+            for who, d in digests.items():
+                (out / "digests" / f"{name}-{fmt}-rep{rep}-{who}.json").write_text(json.dumps(d))
         if len(digests) == 2:
             r.update(compare(digests["ours"], digests["direct"]))
-            r["export_bytes"] = digests["ours"]["bytes"]
+        if digests:
+            r["export_bytes"] = digests.get("ours", next(iter(digests.values())))["bytes"]
         row["reps"].append(r)
         summarize(row, arch)
         yield row
@@ -365,11 +370,18 @@ def main() -> None:
                    help="1-GPU cases: ours and the direct script at once on two GPUs (alternating GPUs)")
     p.add_argument("--json-name", default="scale_gpu.json", help="file name of the results under $OUT")
     p.add_argument("--stop-on-failure", action="store_true", help="exit 1 at the first failed or unequal run")
+    p.add_argument("--keep-digests", action="store_true", help="write each export's tensor hashes under "
+                   "$OUT/digests/ (a case's two programs can then run in different calls)")
+    p.add_argument("--compare-digests", nargs=2, type=Path, metavar=("OURS", "DIRECT"),
+                   help="compare two files written by --keep-digests and print the result (no GPU)")
     p.add_argument("--collect", nargs="+", type=Path, help="merge raw result files into benchmarks/scale_gpu.json "
                    "(no GPU)")
     a = p.parse_args()
     if a.collect:
         collect(a.collect, ROOT / "benchmarks" / "scale_gpu.json")
+        return
+    if a.compare_digests:
+        print(json.dumps(compare(*(json.loads(f.read_text()) for f in a.compare_digests))))
         return
     deadline = time.time() + a.budget_s
     out = Path(os.environ.get("OUT", "/tmp/scale_out"))

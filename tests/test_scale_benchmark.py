@@ -123,3 +123,31 @@ def test_scale_direct_runs_without_this_package():
     assert "modelopt_typed_recipes" not in src
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scale_direct.py"), "--help"], check=True,
                    capture_output=True, timeout=120)
+
+
+def test_exports_are_compared_tensor_by_tensor_also_across_calls(tmp_path, capsys, monkeypatch):
+    """The bitwise check: every tensor's bytes, dtype and shape, and the two JSON files (where the source folder
+    was left out); hashes kept in files compare the same as in memory (a case's two programs in two calls)."""
+    from safetensors.torch import save_file
+
+    def export(folder, tensors, cfg):
+        folder.mkdir()
+        save_file(tensors, str(folder / "model.safetensors"))
+        (folder / "config.json").write_text(json.dumps(cfg))
+
+    w = {"a.weight": torch.arange(12, dtype=torch.float32).view(3, 4).to(torch.float8_e4m3fn),
+         "a.weight_scale": torch.tensor([0.5])}
+    export(tmp_path / "ours", w, {"architectures": ["X"], "_name_or_path": "/here"})
+    export(tmp_path / "direct", dict(w), {"architectures": ["X"], "_name_or_path": "/there"})
+    same = scale_gpu.compare(scale_gpu.tensor_digests(tmp_path / "ours"), scale_gpu.tensor_digests(tmp_path / "direct"))
+    assert same["bitwise_equal"] and same["tensors"] == 2
+    changed = dict(w, **{"a.weight_scale": torch.tensor([0.5000001])})
+    export(tmp_path / "other", changed, {"architectures": ["X"]})
+    files = []
+    for name in ("ours", "other"):
+        files.append(tmp_path / f"{name}.json")
+        files[-1].write_text(json.dumps(scale_gpu.tensor_digests(tmp_path / name)))
+    monkeypatch.setattr(sys, "argv", ["scale_gpu.py", "--compare-digests", *map(str, files)])
+    scale_gpu.main()
+    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert not got["bitwise_equal"] and got["first_differing"] == ["a.weight_scale"] and got["json_equal"]
