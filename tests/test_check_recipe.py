@@ -172,9 +172,12 @@ def test_hf_backend_uses_hf_names():
     assert rep.stages[0].coverage.modules["attention_qkv"] == {"quantized": 4, "total": 6}
 
 
-def _cli(*args, cwd=None):
+def _cli(*args, cwd=None, env_extra=None):
+    import os
+
+    env = {**os.environ, **env_extra} if env_extra else None
     return subprocess.run([sys.executable, "-m", "modelopt_typed_recipes", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=60)
+                          cwd=cwd, timeout=60, env=env)
 
 
 def test_cli_check_json_fast_and_without_torch(tmp_path):
@@ -204,3 +207,33 @@ def test_cli_check_named_recipe_text():
     p = _cli("check", "qwen3-8b:fp8", "--assume-gpu", "--backend", "megatron")
     assert "attention_qkv" in p.stdout and "36" in p.stdout
 
+
+
+def test_hf_backend_refuses_a_multi_rank_launch(monkeypatch, tmp_path):
+    """torchrun with the HF backend would run the whole recipe on every rank into one staging folder: ``check``
+    and ``run_post_training`` refuse it (YAML and Python alike) before any work, naming the field and the fix."""
+    from modelopt_typed_recipes.errors import CompatibilityError
+    from modelopt_typed_recipes.runtime.api import run_post_training
+
+    recipe = Recipe.load(Path(__file__).parent.parent / "examples" / "reference-fp8.yaml")
+    recipe = attrs.evolve(recipe, output_dir=str(tmp_path / "out"))
+    env = Environment.detect()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    plan = check_recipe(recipe, env=env, backend="hf")
+    assert [e.path for e in plan.errors] == ["backend"]
+    assert "2 processes" in str(plan.errors[0]) and "torchrun" in plan.errors[0].hint
+    assert "backend: megatron" in plan.errors[0].hint
+    from modelopt_typed_recipes.spec.serde import to_dict
+
+    for given in (recipe, to_dict(recipe)):
+        with pytest.raises(CompatibilityError, match="2 processes") as caught:
+            run_post_training(given, progress=False)
+        assert caught.value.path == "backend"
+    assert list(tmp_path.iterdir()) == []
+    p = _cli("check", str(Path(__file__).parent.parent / "examples" / "reference-fp8.yaml"), "--json",
+             env_extra={"WORLD_SIZE": "2", "RANK": "0"})
+    assert p.returncode == 2 and json.loads(p.stdout)["errors"][0]["path"] == "backend"
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "0")
+    assert check_recipe(recipe, env=env, backend="hf").errors == ()

@@ -48,10 +48,20 @@ def choose_dtype(recipe: Recipe, device: Device) -> Dtype:
     return "fp32" if device == "cpu" else "bf16"
 
 
-def backend_problems(backend: BackendName, env: Environment, *, cuda: bool) -> list[RecipeError]:
-    """What the chosen backend needs from the machine."""
+def backend_problems(backend: BackendName, env: Environment, *, cuda: bool, world_size: int = 1) -> list[RecipeError]:
+    """What the chosen backend needs from the machine and the launch (``world_size``: torchrun's WORLD_SIZE)."""
     if backend != "megatron":
-        return []
+        return [multi_rank_problem(world_size)] if world_size > 1 else []
     from . import versions
 
     return versions.megatron_backend(env, cuda=cuda)
+
+
+def multi_rank_problem(world_size: int) -> RecipeError:
+    """The Hugging Face backend under a launch of several processes: each would run the whole recipe (the same
+    model, the same stages) into the one staging folder, so it is refused before any work."""
+    return CompatibilityError(
+        f"the Hugging Face backend runs a recipe in one process, but this launch has {world_size} processes "
+        "(torchrun's WORLD_SIZE); each would run the whole recipe into the same output folder", path="backend",
+        hint="start it as one process (python -m modelopt_typed_recipes run RECIPE, without torchrun), or set "
+             "backend: megatron to spread the model over several GPUs")

@@ -69,7 +69,7 @@ def check_recipe(recipe: Recipe, *, env: Environment | None = None, layout: Para
     cuda = recipe.device == "cuda" or (recipe.device == "auto" and env.cuda)
 
     errors += source_problems(recipe, archs[0], env, backend)
-    errors += backend_problems(backend, env, cuda=cuda)
+    errors += backend_problems(backend, env, cuda=cuda, world_size=world_size)
     errors += run_gates.data_problems(recipe)
     if megatron:
         errors += run_gates.megatron_build_problems(archs[0])

@@ -67,6 +67,7 @@ def plan_run(recipe: Recipe, *, progress: bool = True) -> RunPlan:
     """Every check that needs no model, then the plan; raises the first problem as a typed error."""
     from ..plan import backend_choice
     from ..plan.archs import stage_archs
+    from ..plan.resolve import launch_world
     from ..plan.sources import source_problems
     from ..plan.techniques import technique_for
 
@@ -82,7 +83,7 @@ def plan_run(recipe: Recipe, *, progress: bool = True) -> RunPlan:
             if problem is not None:
                 raise problem
     backend = backend_choice.choose_backend(recipe, env)
-    for problem in backend_choice.backend_problems(backend, env, cuda=device == "cuda"):
+    for problem in backend_choice.backend_problems(backend, env, cuda=device == "cuda", world_size=launch_world()[0]):
         raise problem
     for problem in source_problems(recipe, archs[0], env, backend):
         raise problem
