@@ -191,3 +191,24 @@ def test_the_command_line_process_exits_without_walking_its_objects(tmp_path) ->
     p = subprocess.run([sys.executable, "-m", "modelopt_typed_recipes", "list"], capture_output=True, text=True,
                        timeout=300)
     assert p.returncode == 0 and "qwen3-8b" in p.stdout
+
+
+def test_launch_starts_torchrun_only_for_the_megatron_backend(monkeypatch) -> None:
+    """``backend: auto`` is decided as the run decides it: on a machine without CUDA the recipe runs on the Hugging
+    Face backend in this one process (which ``check`` refuses under torchrun), with CUDA and megatron-core torchrun
+    starts the layout's processes."""
+    from modelopt_typed_recipes.cli.run_cmds import _launch_command
+    from modelopt_typed_recipes.plan import environment
+    from modelopt_typed_recipes.runtime.api import load_recipe
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    recipe = load_recipe({"model": "reference-llama", "source": {"type": "builtin"}, "output_dir": "/tmp/o",
+                          "stages": [{"technique": "quantize", "format": "fp8"}], "layout": {"tensor_parallel": 2}})
+    args = build_parser().parse_args(["run", "r.yaml", "--launch"])
+    for cuda, launched in ((False, False), (True, True)):
+        env = environment.Environment(megatron_core="0.19.2", cuda=cuda, gpu_count=2 * cuda)
+        monkeypatch.setattr(environment.Environment, "detect", classmethod(lambda cls, env=env: env))
+        argv = _launch_command(recipe, args)
+        assert (argv is not None) == launched, cuda
+        if launched:
+            assert "--nproc_per_node=2" in argv and "--launch" not in argv

@@ -41,12 +41,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _launch_command(recipe: Recipe, args: argparse.Namespace) -> list[str] | None:
-    """``torchrun`` argv when the recipe's layout needs more processes than this one has."""
+    """``torchrun`` argv when the recipe's layout needs more processes than this one has. Not for a recipe that
+    runs on the Hugging Face backend (``backend: auto`` decided as the run will decide it): that backend runs in
+    one process, and ``check`` refuses it under torchrun."""
     need = recipe.layout.world_size if recipe.layout is not None else 1
+    from ..plan.backend_choice import choose_backend
+    from ..plan.environment import Environment
     from ..plan.resolve import launch_world
 
     have = launch_world()[0]
-    if need <= have or recipe.backend == "hf":
+    if need <= have or choose_backend(recipe, Environment.detect()) == "hf":
         return None
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={need}",
             "-m", "modelopt_typed_recipes", *child_argv(args)]
