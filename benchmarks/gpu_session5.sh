@@ -5,30 +5,11 @@
 # Each part writes under $OUT/<part>/ (default benchmarks/raw/session5/<part>) and prints its log.
 # Parts: env, prewarm (ModelOpt's three CUDA extensions at once); the others are added by the work that needs them.
 set -uo pipefail
-if [ ! -d /tmp/site/modelopt ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-fi
-export PYTHONPATH=/tmp/site:$PWD
-[ -d /tmp/te_site/transformer_engine ] && export MTR_TE_SITE=/tmp/te_site
-export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.torch_ext}   # ModelOpt's CUDA extensions, built once
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
-export MTR_WORK=${MTR_WORK:-/tmp/mtr_work} PYTHONWARNINGS=ignore
 OUT=${OUT:-benchmarks/raw/session5}
-te() { PYTHONPATH=/tmp/te_site:$PYTHONPATH "$@"; }   # a command with Transformer Engine importable
+source "$(dirname "$0")/gpu_env.sh"   # set-up, te, ds, and the parts env and prewarm
 for part in "$@"; do
   echo "=== $part $(date -u +%T)"; start=$(date +%s); mkdir -p "$OUT/$part"
-  case $part in
-    env) python3 - <<'PY'
-import importlib.metadata as m, torch
-print({p: m.version(p) for p in ("torch", "megatron-core", "nvidia-modelopt", "transformers")},
-      torch.cuda.get_device_name(0), torch.cuda.device_count(), flush=True)
-PY
-    ;;
-    prewarm)
-      for ext in get_cuda_ext_fp8 get_cuda_ext get_cuda_ext_mx; do
-        python3 -c "import time; t=time.time(); from modelopt.torch.quantization import extensions as e; \
-ok = getattr(e, '$ext')(raise_if_failed=True) is not None; print('$ext', ok, round(time.time()-t, 1), 's', flush=True)" &
-      done; wait ;;
+  common_part "$part" || case $part in
     # --- parts added by the session's work below this line (keep one case per part) ---
     evalres)  # issue 14: task accuracy per format (Megatron-Core backend; no format starts after 80 s): ~1.5 min
       OUT="$OUT/$part" python3 benchmarks/tasks_gpu.py --budget 80 2>&1 | grep -v -i "warn\|parquet\|MMLU:" \

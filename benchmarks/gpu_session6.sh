@@ -5,33 +5,11 @@
 # Each part writes under $OUT/<part>/ (default benchmarks/raw/session6/<part>) and prints its log.
 # Parts: env, prewarm (ModelOpt's three CUDA extensions at once); the others are added by the work that needs them.
 set -uo pipefail
-if [ ! -d /tmp/site/modelopt ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-fi
-export PYTHONPATH=/tmp/site:$PWD
-[ -d /tmp/te_site/transformer_engine ] && export MTR_TE_SITE=/tmp/te_site
-export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.torch_ext}   # ModelOpt's CUDA extensions, built once
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
-export MTR_WORK=${MTR_WORK:-/tmp/mtr_work} PYTHONWARNINGS=ignore
 OUT=${OUT:-benchmarks/raw/session6}
-te() { PYTHONPATH=/tmp/te_site:$PYTHONPATH "$@"; }   # a command with Transformer Engine importable
-# datasets for ModelOpt's megatron_mmlu (scripts/device_datasets.sh install): only for the parts that need it, since
-# PYTHONPATH precedes the machine's site-packages and /tmp/ds_site may hold a replacement (fsspec) of the machine's
-ds() { HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 PYTHONPATH=$PYTHONPATH:/tmp/ds_site "$@"; }  # all data is local
+source "$(dirname "$0")/gpu_env.sh"   # set-up, te, ds, and the parts env and prewarm
 for part in "$@"; do
   echo "=== $part $(date -u +%T)"; start=$(date +%s); mkdir -p "$OUT/$part"
-  case $part in
-    env) python3 - <<'PY'
-import importlib.metadata as m, torch
-print({p: m.version(p) for p in ("torch", "megatron-core", "nvidia-modelopt", "transformers")},
-      torch.cuda.get_device_name(0), torch.cuda.device_count(), flush=True)
-PY
-    ;;
-    prewarm)
-      for ext in get_cuda_ext_fp8 get_cuda_ext get_cuda_ext_mx; do
-        python3 -c "import time; t=time.time(); from modelopt.torch.quantization import extensions as e; \
-ok = getattr(e, '$ext')(raise_if_failed=True) is not None; print('$ext', ok, round(time.time()-t, 1), 's', flush=True)" &
-      done; wait ;;
+  common_part "$part" || case $part in
     # --- parts added by the session's work below this line (keep one case per part) ---
     scale-x2)  # issue 9: 512 windows of real text; qwen3-8b TP2 NVFP4 ours+direct bitwise, then qwen3-30b-a3b EP2 (ours) or llama3.1-8b TP1 pair as time allows; <= 535 s
       df -h /tmp "$PWD" | tee "$OUT/$part/df.txt"
