@@ -62,7 +62,7 @@ def environment() -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tasks_gpu import stage_for
+    from tasks_gpu import reference_recipe
 
     from modelopt_typed_recipes.runtime.api import run_post_training
 
@@ -90,14 +90,8 @@ def run(args: argparse.Namespace) -> int:
             row["skipped"] = f"budget of {args.budget:g} s spent"
         else:
             t = time.perf_counter()
-            doc = {
-                "name": f"mmlu-{tag}", "model": "reference-llama", "source": {"type": "builtin"},
-                "stages": [stage_for(tag)],
-                "calibration": {"dataset": "reference-train", "num_samples": 64, "seq_length": 256, "batch_size": 8},
-                "evaluation": {"dataset": "reference-heldout", "num_samples": 32, "seq_length": 256, "batch_size": 8},
-                "tasks": [{"task": "mmlu", "path": str(args.fixture), "batch_size": 8}],
-                "output_dir": str(work / tag), "backend": args.backend, "device": "cuda", "dtype": args.dtype,
-            }
+            doc = reference_recipe(tag, name=f"mmlu-{tag}", output_dir=str(work / tag), backend=args.backend,
+                                   dtype=args.dtype, tasks=[{"task": "mmlu", "path": str(args.fixture), "batch_size": 8}])
             if tp > 1:
                 doc["layout"] = {"tensor_parallel": tp}
             try:

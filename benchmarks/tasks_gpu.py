@@ -40,6 +40,17 @@ def stage_for(tag: str) -> dict:
     return {"technique": "quantize", "format": tag}
 
 
+def reference_recipe(tag: str, *, name: str, tasks: list, output_dir: str, backend: str, dtype: str) -> dict:
+    """The recipe both GPU task benchmarks run: reference-llama, the stage of ``tag``, the built-in calibration
+    and held-out text (64 and 32 windows of 256), the given tasks, on CUDA."""
+    return {
+        "name": name, "model": "reference-llama", "source": {"type": "builtin"}, "stages": [stage_for(tag)],
+        "calibration": {"dataset": "reference-train", "num_samples": 64, "seq_length": 256, "batch_size": 8},
+        "evaluation": {"dataset": "reference-heldout", "num_samples": 32, "seq_length": 256, "batch_size": 8},
+        "tasks": tasks, "output_dir": output_dir, "backend": backend, "device": "cuda", "dtype": dtype,
+    }
+
+
 def smoke_run(doc: dict):
     """The CPU smoke: the Megatron-Core backend planned as for a GPU, then run on the CPU (as the CPU tests do)."""
     import attrs
@@ -125,14 +136,8 @@ def main() -> None:
                     f.write(json.dumps(row) + "\n")
                 continue
             t = time.perf_counter()
-            doc = {
-                "name": f"tasks-{tag}", "model": "reference-llama", "source": {"type": "builtin"},
-                "stages": [stage_for(tag)],
-                "calibration": {"dataset": "reference-train", "num_samples": 64, "seq_length": 256, "batch_size": 8},
-                "evaluation": {"dataset": "reference-heldout", "num_samples": 32, "seq_length": 256, "batch_size": 8},
-                "tasks": tasks, "output_dir": f"{tmp}/{tag}", "backend": "megatron",
-                "device": "cuda", "dtype": "bf16",
-            }
+            doc = reference_recipe(tag, name=f"tasks-{tag}", tasks=tasks, output_dir=f"{tmp}/{tag}", backend="megatron",
+                                   dtype="bf16")
             try:
                 res = smoke_run(doc) if args.cpu_smoke else run_post_training(doc, progress=False)
                 row = {"format": tag, "seconds": round(time.perf_counter() - t, 1), "metrics": res.metrics,
