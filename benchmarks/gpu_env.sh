@@ -2,7 +2,8 @@
 # The ModelOpt / megatron-core wheels from .whl/ into /tmp/site (once per machine), the environment every part runs
 # in, `te` (a command with Transformer Engine importable, after scripts/device_te.sh install), `ds` (a command with
 # `datasets` importable, after scripts/device_datasets.sh install) and the two parts every session starts with:
-# `env` and `prewarm` (ModelOpt's three CUDA extensions built at once). The caller sets OUT before sourcing.
+# `env` and `prewarm` (ModelOpt's three CUDA extensions built at once), and `run_parts`, the loop over the parts
+# asked for. The caller sets OUT, defines session_part (its own parts) and calls run_parts "$@".
 if [ ! -d /tmp/site/modelopt ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 fi
@@ -33,4 +34,14 @@ ok = getattr(e, '$ext')(raise_if_failed=True) is not None; print('$ext', ok, rou
     *) return 1 ;;
   esac
   return 0   # a shared part ran (its own failure shows in its output)
+}
+
+# run_parts PART...: each part in turn, timed, its output folder made: a shared part here, else the session
+# script's session_part (which returns 1 for a part it does not know)
+run_parts() {
+  for part in "$@"; do
+    echo "=== $part $(date -u +%T)"; start=$(date +%s); mkdir -p "$OUT/$part"
+    common_part "$part" || session_part "$part" || echo "unknown part $part"
+    echo "=== $part took $(( $(date +%s) - start )) s"
+  done
 }

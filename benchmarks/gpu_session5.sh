@@ -7,9 +7,8 @@
 set -uo pipefail
 OUT=${OUT:-benchmarks/raw/session5}
 source "$(dirname "$0")/gpu_env.sh"   # set-up, te, ds, and the parts env and prewarm
-for part in "$@"; do
-  echo "=== $part $(date -u +%T)"; start=$(date +%s); mkdir -p "$OUT/$part"
-  common_part "$part" || case $part in
+session_part() {  # this session's parts ($part and $OUT/$part are set by run_parts)
+  case $1 in
     # --- parts added by the session's work below this line (keep one case per part) ---
     evalres)  # issue 14: task accuracy per format (Megatron-Core backend; no format starts after 80 s): ~1.5 min
       OUT="$OUT/$part" python3 benchmarks/tasks_gpu.py --budget 80 2>&1 | grep -v -i "warn\|parquet\|MMLU:" \
@@ -49,7 +48,8 @@ for part in "$@"; do
         | tee "$OUT/distill/distill_gpu_minitron.log"
       te timeout 60 python3 -m pytest -q -m gpu -p no:cacheprovider -s --durations=5 -k minitron \
         tests/test_megatron_distill_gpu.py 2>&1 | grep -v -i "warning" | tail -n 30 | tee "$OUT/distill/pytest_te.log" ;;
-    *) echo "unknown part $part" ;;
+    *) return 1 ;;
   esac
-  echo "=== $part took $(( $(date +%s) - start )) s"
-done
+  return 0   # a part of this session ran (its own failure shows in its output)
+}
+run_parts "$@"

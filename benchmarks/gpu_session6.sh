@@ -7,9 +7,8 @@
 set -uo pipefail
 OUT=${OUT:-benchmarks/raw/session6}
 source "$(dirname "$0")/gpu_env.sh"   # set-up, te, ds, and the parts env and prewarm
-for part in "$@"; do
-  echo "=== $part $(date -u +%T)"; start=$(date +%s); mkdir -p "$OUT/$part"
-  common_part "$part" || case $part in
+session_part() {  # this session's parts ($part and $OUT/$part are set by run_parts)
+  case $1 in
     # --- parts added by the session's work below this line (keep one case per part) ---
     scale-x2)  # issue 9: 512 windows of real text; qwen3-8b TP2 NVFP4 ours+direct bitwise, then qwen3-30b-a3b EP2 (ours) or llama3.1-8b TP1 pair as time allows; <= 535 s
       df -h /tmp "$PWD" | tee "$OUT/$part/df.txt"
@@ -63,7 +62,8 @@ for part in "$@"; do
     resume-tp2)  # issue 11: the same at TP=2 (torchrun, run --launch; resumed into the export's PP=2); both GPUs, < 2 GiB each, ~90 s, <= 120 s
       timeout -k 5 150 python3 -m pytest -q -m gpu -p no:cacheprovider --durations=3 --basetemp=/tmp/resume_tp2_pt \
         -k tp2 tests/test_resume.py 2>&1 | grep -v -i "warn" | tail -n 80 | tee "$OUT/$part/pytest.log" ;;
-    *) echo "unknown part $part" ;;
+    *) return 1 ;;
   esac
-  echo "=== $part took $(( $(date +%s) - start )) s"
-done
+  return 0   # a part of this session ran (its own failure shows in its output)
+}
+run_parts "$@"
