@@ -45,6 +45,15 @@ MODELS = {
                     moe_aux_loss_coeff=0.0, moe_grouped_gemm=False, moe_token_dispatcher_type="alltoall",
                     moe_router_dtype="fp32", moe_layer_freq=[1] * 48),
         vocab=151936, max_pos=40960, rope_base=1e6, rope_scaling=None),
+    # the registry's tiny-moe (Qwen3-MoE's structure at toy sizes): a quick check of the EP=2 path
+    "tiny-moe": dict(
+        config=dict(num_layers=2, hidden_size=128, ffn_hidden_size=256, num_attention_heads=4,
+                    num_query_groups=2, kv_channels=32, qk_layernorm=True, layernorm_epsilon=1e-6,
+                    num_moe_experts=8, moe_router_topk=2, moe_ffn_hidden_size=64,
+                    moe_router_score_function="softmax", moe_router_load_balancing_type="none",
+                    moe_aux_loss_coeff=0.0, moe_grouped_gemm=False, moe_token_dispatcher_type="alltoall",
+                    moe_router_dtype="fp32", moe_layer_freq=[1] * 2),
+        vocab=1024, max_pos=1024, rope_base=1e6, rope_scaling=None),
 }
 PRESETS = {"fp8": "FP8_DEFAULT_CFG", "nvfp4": "NVFP4_DEFAULT_CFG"}
 SEED = 1234  # the recipe's seed (Megatron's parallel RNG)
@@ -100,9 +109,18 @@ def build(name: str, tp: int, pp: int, ep: int):
 def windows(text_file: str, tokenizer_dir: str, n: int, seq: int) -> torch.Tensor:
     """Documents (form-feed separated, or one JSON line each with a ``text`` field) tokenised, joined with
     end-of-text, cut into n windows of seq tokens."""
+    from pathlib import Path
+
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    if any(Path(tokenizer_dir).glob("tokenizer*")):
+        tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    else:  # a toy vocabulary too small for a real tokenizer (tiny-moe): UTF-8 bytes, end-of-text 256
+        class tok:  # noqa: N801
+            eos_token_id = 256
+
+            def __new__(cls, text, add_special_tokens=False):
+                return {"input_ids": list(text.encode("utf-8"))}
     ids: list[int] = []
     with open(text_file, encoding="utf-8") as f:
         docs = [json.loads(line)["text"] for line in f if line.strip()] if text_file.endswith(".jsonl") \
@@ -155,8 +173,13 @@ def main() -> None:
     peaks: dict[str, int] = {}
     local = int(os.environ.get("LOCAL_RANK", "0"))
     torch.cuda.set_device(local)
-    if "MASTER_PORT" not in os.environ:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29577", RANK="0", WORLD_SIZE="1")
+    if "MASTER_PORT" not in os.environ:  # one process: any free port (two may run at once on one host)
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1")
     dist.init_process_group("nccl")
     world = dist.get_world_size()
     set_layout(a.tp, 1, a.ep)

@@ -42,6 +42,10 @@ CASES: dict[str, dict] = {  # guess_s: one process's wall with 512 windows of 2,
                          guess_s=170),
     "qwen3-30b-a3b-ep2": dict(model="qwen3-30b-a3b", gpus=2, layout={"expert_parallel": 2, "data_parallel": 2},
                               direct=dict(tp=1, ep=2), guess_s=330),
+    # the same EP=2 path on the registry's tiny Qwen3-MoE (8 experts): a minute-long check of both programs
+    # before the 30 B model's calls (run it with --seq 256, the tiny model's context)
+    "tiny-moe-ep2": dict(model="tiny-moe", gpus=2, layout={"expert_parallel": 2, "data_parallel": 2},
+                         direct=dict(tp=1, ep=2), guess_s=40),
 }
 KINDS = {
     "nvidia-h200": "qwen3-8b-tp1:fp8:3,qwen3-8b-tp1:nvfp4:1,llama3.1-8b-tp1:fp8:1",
@@ -228,7 +232,10 @@ def run_case(name: str, fmt: str, reps: int, a: argparse.Namespace, out: Path, d
     report = check_recipe(recipe, env=Environment(megatron_core="0.19.2", modelopt="0.47.0", cuda=True,
                                                   gpu_count=gpus))
     layouts = [s.layout for s in report.stages]  # ParallelLayout of each stage
-    env = {**os.environ, **ENV, "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in range(gpus))}
+    devices = a.devices.split(",")
+    if len(devices) < gpus:
+        raise SystemExit(f"{name} needs {gpus} GPUs, --devices names {a.devices}")
+    env = {**os.environ, **ENV, "CUDA_VISIBLE_DEVICES": ",".join(devices[:gpus])}
     d = case["direct"]
     direct_cmd = [*launcher(gpus), str(ROOT / "benchmarks" / "scale_direct.py"), "--model", case["model"],
                   "--format", fmt, "--tp", str(d["tp"]), "--ep", str(d["ep"]), "--hf-reference", str(ref),
@@ -260,7 +267,7 @@ def run_case(name: str, fmt: str, reps: int, a: argparse.Namespace, out: Path, d
             if left < guess:
                 log(f"{name} {fmt} rep {rep}: skipped, {left:.0f}s left, needs about {guess:.0f}s", out)
                 break
-            r["gpu"] = {who: i for i, who in enumerate(order)}
+            r["gpu"] = {who: int(devices[i]) for i, who in enumerate(order)}
             jobs = [(f"{name} {fmt} rep{rep} {who}", ours_cmd if who == "ours" else direct_cmd,
                      {**env, "CUDA_VISIBLE_DEVICES": str(r["gpu"][who])}) for who in order]
             walls = run_processes(jobs, out, timeout=left)
@@ -368,6 +375,8 @@ def main() -> None:
     p.add_argument("--work", default="/tmp/scale_work")
     p.add_argument("--concurrent", action="store_true",
                    help="1-GPU cases: ours and the direct script at once on two GPUs (alternating GPUs)")
+    p.add_argument("--devices", default="0,1", help="the GPUs this driver may use (CUDA_VISIBLE_DEVICES numbers): "
+                   "two drivers can then run one 1-GPU case each at once")
     p.add_argument("--json-name", default="scale_gpu.json", help="file name of the results under $OUT")
     p.add_argument("--stop-on-failure", action="store_true", help="exit 1 at the first failed or unequal run")
     p.add_argument("--keep-digests", action="store_true", help="write each export's tensor hashes under "

@@ -110,7 +110,8 @@ def test_direct_script_builds_the_same_transformer_config_as_ours():
 
     for name, layout, (tp, ep) in [("qwen3-8b", ParallelLayout(tensor_parallel=2), (2, 1)),
                                    ("llama3.1-8b", ParallelLayout(), (1, 1)),
-                                   ("qwen3-30b-a3b", ParallelLayout(expert_parallel=2, data_parallel=2), (1, 2))]:
+                                   ("qwen3-30b-a3b", ParallelLayout(expert_parallel=2, data_parallel=2), (1, 2)),
+                                   ("tiny-moe", ParallelLayout(expert_parallel=2, data_parallel=2), (1, 2))]:
         ours = build.transformer_config(get_arch(name), layout)
         direct = scale_direct.transformer_config(name, tp, 1, ep)
         differ = [f.name for f in dataclasses.fields(ours) if repr(getattr(ours, f.name)) != repr(getattr(direct, f.name))]
