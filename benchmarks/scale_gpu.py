@@ -383,11 +383,13 @@ def main() -> None:
                    "$OUT/digests/ (a case's two programs can then run in different calls)")
     p.add_argument("--compare-digests", nargs=2, type=Path, metavar=("OURS", "DIRECT"),
                    help="compare two files written by --keep-digests and print the result (no GPU)")
-    p.add_argument("--collect", nargs="+", type=Path, help="merge raw result files into benchmarks/scale_gpu.json "
-                   "(no GPU)")
+    p.add_argument("--collect", nargs="+", help="merge raw result files (PATH or PATH::MODE) into "
+                   "benchmarks/scale_gpu.json (no GPU)")
+    p.add_argument("--compared", nargs="*", type=Path, default=[], help="with --collect: saved --compare-digests "
+                   "results (with case, format, rep) of cases whose two programs ran in separate calls")
     a = p.parse_args()
     if a.collect:
-        collect(a.collect, ROOT / "benchmarks" / "scale_gpu.json")
+        collect(a.collect, ROOT / "benchmarks" / "scale_gpu.json", a.compared)
         return
     if a.compare_digests:
         print(json.dumps(compare(*(json.loads(f.read_text()) for f in a.compare_digests))))
@@ -437,46 +439,94 @@ def main() -> None:
 
 
 
-def collect(raw: list[Path], out: Path) -> list[dict]:
-    """``benchmarks/scale_gpu.json`` from the device's raw files: one object per case and run mode, with the
-    memory plan of the current code next to the one the run was compared with."""
+def merge_split_runs(rows: list[tuple[str, dict]], compared: list[dict]) -> list[tuple[str, dict]]:
+    """One case whose two programs ran in separate calls (``:ours`` and ``:direct``, ``--keep-digests``) made one
+    row again: repetitions joined by number, the tensor comparison of ``--compare-digests`` (saved with the case,
+    format and repetition it belongs to) put in, the medians and ratio computed as for a case run in one call."""
     from modelopt_typed_recipes.catalog import get_arch
 
+    def key(row: dict) -> tuple:
+        return row["case"], row["format"], row["windows_asked"], row["seq_length"], row["batch"]
+
+    halves: dict[tuple, dict[str, tuple[str, dict]]] = {}
+    for src, row in rows:
+        if row.get("runs") in (["ours"], ["direct"]):
+            halves.setdefault(key(row), {})[row["runs"][0]] = (src, row)
+    out = []
+    for src, row in rows:
+        pair = halves.get(key(row), {})
+        if row.get("runs") not in (["ours"], ["direct"]) or len(pair) < 2:
+            out.append((src, row))
+            continue
+        if row["runs"] == ["direct"]:
+            continue  # joined into its ours row below
+        (osrc, ours), (dsrc, direct) = pair["ours"], pair["direct"]
+        joined = {**ours, "runs": ["ours", "direct"], "reps": []}
+        for r_o, r_d in zip(ours["reps"], direct["reps"]):
+            r = {**r_d, **r_o, "order": ["ours (own call)", "direct (own call)"]}
+            for c in compared:
+                if (c["case"], c["format"], c.get("rep", 0)) == (ours["case"], ours["format"], r["rep"]):
+                    r.update({k: c[k] for k in ("tensors", "tensors_differing", "json_equal")},
+                             bitwise_equal=c["tensors_differing"] == 0 and c["json_equal"] and c["tensors"] > 0)
+            joined["reps"].append(r)
+        summarize(joined, get_arch(joined["model"]))
+        out.append((f"{osrc} + {dsrc}", joined))
+    return out
+
+
+def collect(raw: list[str | Path], out: Path, compared: list[Path] = ()) -> list[dict]:
+    """``benchmarks/scale_gpu.json`` from the device's raw files: one object per case and run mode, with the
+    memory plan of the current code next to the one the run was compared with. ``PATH::MODE`` says how a file's
+    runs were made where the file cannot (e.g. two drivers at once, one case on each GPU)."""
+    from modelopt_typed_recipes.catalog import get_arch
+
+    loaded: list[tuple[str, dict]] = []
+    modes: dict[str, str] = {}
+    for spec in raw:
+        path, _, mode = str(spec).partition("::")
+        f = Path(path)
+        src = str(f.resolve().relative_to(ROOT)) if f.resolve().is_relative_to(ROOT) else f.name
+        if mode:
+            modes[src] = mode
+        loaded += [(src, row) for row in json.loads(f.read_text())]
+    pairs = merge_split_runs(loaded, [json.loads(Path(c).read_text()) for c in compared])
     rows = []
-    for f in raw:
-        for row in json.loads(f.read_text()):
-            arch = get_arch(row["model"])
-            export_layout = {"pipeline_parallel": int(row["export_layout"].split("PP")[1])}
-            quant_layout = dict(zip(("tensor_parallel", "pipeline_parallel", "expert_parallel"),
-                                    (int(x[2:]) for x in row["layout"].split())))
-            if quant_layout["expert_parallel"] > 1:
-                quant_layout["data_parallel"] = row["gpus"]
-            now = {"quantize": planned(arch, quant_layout, "quantize", row["format"], row["batch"], row["seq_length"]),
-                   "export": planned(arch, export_layout, "export", row["format"], row["batch"], row["seq_length"])}
-            done = [r for r in row["reps"] if "bitwise_equal" in r]
-            rows.append({
-                "model": row["model"], "gpus": row["gpus"], "layout": row["layout"],
-                "export_layout": row["export_layout"], "format": row["format"],
-                "mode": "concurrent pairs" if row.get("concurrent") else "sequential",
-                "reps": row.get("reps_done"), "wall_s": row.get("wall_s"), "direct_wall_s": row.get("direct_wall_s"),
-                "ratio": row.get("ratio"),
-                "bitwise_equal": row.get("bitwise_equal") if done and all(r["tensors"] for r in done) else None,
-                "tensors_compared": done[-1]["tensors"] if done else 0,
-                "peak_bytes_per_rank": row.get("peak_bytes_per_rank"),
-                "direct_peak_bytes_per_rank": row.get("direct_peak_bytes_per_rank"),
-                "planned_bytes_per_rank": now, "planned_bytes_per_rank_at_run": row["planned_bytes_per_rank"],
-                "planned_vs_peak": {k: round(now[k] / v - 1, 4) for k, v in (row.get("peak_bytes_per_rank") or {}).items()
-                                    if v},
-                "calib_tokens_per_s": row.get("calib_tokens_per_s"), "tflops": row.get("tflops"),
-                "export_gb_per_s": row.get("export_gb_per_s"), "export_bytes": row.get("export_bytes"),
-                "stage_seconds": row.get("stage_seconds"), "direct_stage_seconds": row.get("direct_stage_seconds"),
-                "windows": row["windows_asked"], "seq_length": row["seq_length"], "batch": row["batch"],
-                "per_rep": [{k: r.get(k) for k in ("order", "gpu", "ours_wall_s", "direct_wall_s", "ours_in_process_s",
-                                                  "ours_timings", "bitwise_equal", "tensors")} | {
-                    "ours_stage_seconds": {s["name"]: s["seconds"] for s in r.get("ours_stages", [])},
-                    "direct_timings": r.get("direct", {}).get("timings")} for r in row["reps"]],
-                "raw": f.name,
-            })
+    for src, row in pairs:
+        arch = get_arch(row["model"])
+        export_layout = {"pipeline_parallel": int(row["export_layout"].split("PP")[1])}
+        quant_layout = dict(zip(("tensor_parallel", "pipeline_parallel", "expert_parallel"),
+                                (int(x[2:]) for x in row["layout"].split())))
+        if quant_layout["expert_parallel"] > 1:
+            quant_layout["data_parallel"] = row["gpus"]
+        now = {"quantize": planned(arch, quant_layout, "quantize", row["format"], row["batch"], row["seq_length"]),
+               "export": planned(arch, export_layout, "export", row["format"], row["batch"], row["seq_length"])}
+        done = [r for r in row["reps"] if "bitwise_equal" in r]
+        rows.append({
+            "model": row["model"], "gpus": row["gpus"], "layout": row["layout"],
+            "export_layout": row["export_layout"], "format": row["format"],
+            "mode": "concurrent pairs" if row.get("concurrent") else modes.get(src.split(" + ")[0], "sequential"),
+            "reps": row.get("reps_done"), "wall_s": row.get("wall_s"), "direct_wall_s": row.get("direct_wall_s"),
+            "ratio": row.get("ratio"),
+            "bitwise_equal": row.get("bitwise_equal") if done and all(r["tensors"] for r in done) else None,
+            "tensors_compared": done[-1]["tensors"] if done else 0,
+            "peak_bytes_per_rank": row.get("peak_bytes_per_rank"),
+            "direct_peak_bytes_per_rank": row.get("direct_peak_bytes_per_rank"),
+            "planned_bytes_per_rank": now, "planned_bytes_per_rank_at_run": row["planned_bytes_per_rank"],
+            "planned_vs_peak": {k: round(now[k] / v - 1, 4) for k, v in (row.get("peak_bytes_per_rank") or {}).items()
+                                if v},
+            "calib_tokens_per_s": row.get("calib_tokens_per_s"), "tflops": row.get("tflops"),
+            "export_gb_per_s": row.get("export_gb_per_s"), "export_bytes": row.get("export_bytes"),
+            "stage_seconds": row.get("stage_seconds"), "direct_stage_seconds": row.get("direct_stage_seconds"),
+            "windows": row["windows_asked"], "seq_length": row["seq_length"], "batch": row["batch"],
+            "per_rep": [{k: r.get(k) for k in ("order", "gpu", "ours_wall_s", "direct_wall_s", "ours_in_process_s",
+                                              "ours_timings", "ours_tail_s", "direct_tail_s", "bitwise_equal",
+                                          "tensors", "tensors_differing")} | {
+                "ours_stage_seconds": {s["name"]: s["seconds"] for s in r.get("ours_stages", [])},
+            "ours_handover_s": next((s["details"]["handover"]["seconds"] for s in r.get("ours_stages", [])
+                                     if s.get("details", {}).get("handover")), None),
+                "direct_timings": r.get("direct", {}).get("timings")} for r in row["reps"]],
+            "raw": src,
+        })
     out.write_text(json.dumps(rows, indent=1) + "\n")
     return rows
 

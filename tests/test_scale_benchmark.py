@@ -152,3 +152,25 @@ def test_exports_are_compared_tensor_by_tensor_also_across_calls(tmp_path, capsy
     scale_gpu.main()
     got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert not got["bitwise_equal"] and got["first_differing"] == ["a.weight_scale"] and got["json_equal"]
+
+
+def test_a_case_run_in_two_calls_is_collected_as_one_row(tmp_path):
+    """qwen3-30b-a3b's two programs ran in separate device calls (each needs both GPUs for about 7 minutes):
+    ``--collect`` joins them into one row with their ratio and the saved tensor comparison, as if one call had
+    run both; a file's ``::MODE`` note is kept."""
+    import scale_gpu
+
+    raw = ROOT / "benchmarks" / "raw" / "session7"
+    rows = scale_gpu.collect([raw / "moe-ours" / "scale_gpu.json", f"{raw / 'moe-direct' / 'scale_gpu.json'}::own calls"],
+                             tmp_path / "out.json", [raw / "moe_compare.json"])
+    assert len(rows) == 1
+    row = rows[0]
+    ours = json.loads((raw / "moe-ours" / "scale_gpu.json").read_text())[0]["reps"][0]["ours_wall_s"]
+    direct = json.loads((raw / "moe-direct" / "scale_gpu.json").read_text())[0]["reps"][0]["direct_wall_s"]
+    assert (row["wall_s"], row["direct_wall_s"], row["ratio"]) == (ours, direct, round(ours / direct, 4))
+    assert row["bitwise_equal"] is False and row["tensors_compared"] == 56115
+    assert row["per_rep"][0]["tensors_differing"] == 7207 and row["per_rep"][0]["ours_handover_s"] > 0
+    assert row["raw"].endswith("moe-ours/scale_gpu.json + benchmarks/raw/session7/moe-direct/scale_gpu.json")
+    # alone, each half stays a half: no ratio is made up
+    half = scale_gpu.collect([raw / "moe-ours" / "scale_gpu.json"], tmp_path / "half.json")
+    assert half[0]["direct_wall_s"] is None and half[0]["bitwise_equal"] is None
