@@ -504,7 +504,7 @@ def collect(raw: list[str | Path], out: Path, compared: list[Path] = ()) -> list
         rows.append({
             "model": row["model"], "gpus": row["gpus"], "layout": row["layout"],
             "export_layout": row["export_layout"], "format": row["format"],
-            "mode": "concurrent pairs" if row.get("concurrent") else modes.get(src.split(" + ")[0], "sequential"),
+            "mode": "concurrent pairs" if row.get("concurrent") else next((modes[p] for p in src.split(" + ") if p in modes), "sequential"),
             "reps": row.get("reps_done"), "wall_s": row.get("wall_s"), "direct_wall_s": row.get("direct_wall_s"),
             "ratio": row.get("ratio"),
             "bitwise_equal": row.get("bitwise_equal") if done and all(r["tensors"] for r in done) else None,
