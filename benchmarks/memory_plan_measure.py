@@ -43,13 +43,15 @@ BATCH, SEQ = 2, 2048
 
 
 def arch_for(size: str):
-    """The same model as a ModelArch, for the plan's prediction."""
+    """The same model as a ModelArch, for the plan's prediction (the worker's ``TransformerConfig`` keeps
+    Megatron-Core's default ``attention_softmax_in_fp32=True``, hence ``softmax_in_fp32``)."""
     from modelopt_typed_recipes.spec.arch import Attention, ModelArch, RoPE, Vocab
 
     s = SIZES[size]
     return ModelArch(name=f"bench-{size}", family="bench", num_layers=s["num_layers"], hidden_size=s["hidden_size"],
                      ffn_hidden_size=s["ffn_hidden_size"],
-                     attention=Attention(num_heads=s["num_heads"], num_query_groups=s["query_groups"]),
+                     attention=Attention(num_heads=s["num_heads"], num_query_groups=s["query_groups"],
+                                         softmax_in_fp32=True),
                      position=RoPE(), vocab=Vocab(size=VOCAB, padded_size=VOCAB), seq_length=SEQ,
                      max_position_embeddings=SEQ)
 

@@ -182,18 +182,25 @@ DRY_RUN = False
 """--dry-run: everything but the processes (recipes written and checked, commands logged): a CPU test."""
 
 
-def planned(arch, layout, stage: str, fmt: str, batch: int, seq: int) -> int:
-    """The memory plan's per-rank bytes; ``layout``: a ParallelLayout or a dict of its fields."""
+def planned(arch, layout, stage: str, fmt: str, batch: int, seq: int, calibrated_on=None) -> int:
+    """The memory plan's per-rank bytes; ``layout`` (and ``calibrated_on``, the quantize stage's layout, for
+    the export): a ParallelLayout or a dict of its fields. The export runs in the process that calibrated; it
+    still holds the calibration's attention score buffer unless the hand-over rebuilt the parallel groups
+    (the backend does that when the layouts differ)."""
     from modelopt_typed_recipes.plan import memory
     from modelopt_typed_recipes.plan.gpus import get_gpu
     from modelopt_typed_recipes.spec.layout import ParallelLayout
 
     import attrs
 
-    lay = layout if isinstance(layout, ParallelLayout) else ParallelLayout(
-        **{k: v for k, v in layout.items() if k in attrs.fields_dict(ParallelLayout)})
+    def as_layout(value):
+        return value if isinstance(value, ParallelLayout) else ParallelLayout(
+            **{k: v for k, v in value.items() if k in attrs.fields_dict(ParallelLayout)})
+
+    lay = as_layout(layout)
+    same = calibrated_on is not None and as_layout(calibrated_on) == lay
     return memory.estimate(arch, lay, get_gpu("h200"), stage=stage, batch=batch, seq_length=seq,
-                           quant_format=fmt).per_rank_bytes
+                           quant_format=fmt, calibrated_in_process=same).per_rank_bytes
 
 
 def tail_s(path: Path, end: float) -> float | None:
@@ -251,7 +258,7 @@ def run_case(name: str, fmt: str, reps: int, a: argparse.Namespace, out: Path, d
                  "text": a.text or "reference-train", "runs": list(who_runs),
                  "seq_length": a.seq, "batch": a.batch, "reps": [], "planned_bytes_per_rank": {
                      "quantize": planned(arch, layouts[0], "quantize", fmt, a.batch, a.seq),
-                     "export": planned(arch, layouts[1], "export", fmt, a.batch, a.seq)}}
+                     "export": planned(arch, layouts[1], "export", fmt, a.batch, a.seq, layouts[0])}}
     concurrent = a.concurrent and gpus == 1 and len(who_runs) == 2
     row["concurrent"] = concurrent
     first_guess = case["guess_s"] * (0.25 + 0.75 * a.windows / 512) if a.first_guess_s is None else a.first_guess_s
@@ -499,7 +506,8 @@ def collect(raw: list[str | Path], out: Path, compared: list[Path] = ()) -> list
         if quant_layout["expert_parallel"] > 1:
             quant_layout["data_parallel"] = row["gpus"]
         now = {"quantize": planned(arch, quant_layout, "quantize", row["format"], row["batch"], row["seq_length"]),
-               "export": planned(arch, export_layout, "export", row["format"], row["batch"], row["seq_length"])}
+               "export": planned(arch, export_layout, "export", row["format"], row["batch"], row["seq_length"],
+                                 quant_layout)}
         done = [r for r in row["reps"] if "bitwise_equal" in r]
         rows.append({
             "model": row["model"], "gpus": row["gpus"], "layout": row["layout"],

@@ -82,7 +82,7 @@ def test_stage_terms():
     assert memory.estimate(wide, ParallelLayout(), H100, stage="quantize", batch=64,
                            quant_format="bf16").terms["fake_quant"] == 0
     e = memory.estimate(llama, ParallelLayout(pipeline_parallel=4), H100, stage="export", quant_format="nvfp4")
-    assert e.terms["export_reshard"] > 0 and e.terms["activations"] == 0
+    assert e.terms["export_buffers"] > 0 and e.terms["activations"] == 0
     d = memory.estimate(llama, ParallelLayout(data_parallel=8), H100, stage="distill", batch=2, seq_length=1024)
     logits = 2 * 1024 * llama.vocab.padded(1) * 2  # the teacher's bf16 logits, kept for the loss
     assert d.terms["optimizer"] > 0 and d.terms["teacher"] == pytest.approx(d.terms["weights"] + logits, abs=2)

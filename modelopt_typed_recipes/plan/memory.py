@@ -9,21 +9,28 @@ Terms, for the most loaded rank (the pipeline stage holding the most bytes):
   scales, as bytes per quantized weight (``MemoryModel.quantizer_bytes_per_param``).
 * ``fake_quant``: the fake-quantized copy of the largest linear weight plus the quantized copy of its
   input, which live during each quantized GEMM; counted by how far they lift the forward's peak.
-* ``activations``: the calibration (or training) forward for ``batch x seq_length`` tokens: live
-  hidden-state copies, plus the largest of the attention scores (local, unfused attention: bf16
-  scores, their fp32 softmax copies), the MLP/Mamba intermediates and the logits.
+* ``activations``: the calibration (or training) forward for ``batch x seq_length`` tokens through
+  ModelOpt's ``megatron_prefill``: what stays allocated through it (hidden-state copies, its causal mask,
+  Megatron-Core's attention score buffer, the MoE dispatchers' routing state; see
+  :func:`forward_activation_bytes`) plus the largest transient on top (local attention's softmax, the
+  MLP/Mamba intermediates or the full-vocabulary logits). An export run in the process that calibrated on
+  the same layout still holds the score buffer (``estimate(..., calibrated_in_process=True)``).
 * ``kv_cache``: the KV cache of a sanity generation (0 unless ``generate_tokens``).
-* ``export_reshard``: export (TP=1, PP only) gathers one layer at a time into bf16 and packs it to the
-  output format, next to the resident model. Megatron-LM's export builds the model with CPU
-  initialisation (``--use-cpu-initialization``, Kimi-K2's export also ``--init-model-with-meta-device``)
-  and never moves it to the GPU: then both terms live in host memory (``host_bytes``), not on the GPU.
+* ``export_buffers``: ModelOpt's unified export moves each weight to the host (``.to(dtype).cpu()``) and
+  packs it there, so the GPU holds only the block scales it derives from the weights (kept on the GPU until
+  the files are written) and the temporaries of the largest linear while they are made. Megatron-LM's
+  export builds the model with CPU initialisation (``--use-cpu-initialization``, Kimi-K2's export also
+  ``--init-model-with-meta-device``) and never moves it to the GPU: then the weights, the quantizer state
+  and these buffers live in host memory (``host_bytes``), not on the GPU.
 * ``optimizer``: distillation trains: fp32 gradients, fp32 master weights and the two fp32 Adam moments
   (the last three divided by DP: Megatron-LM's distributed optimizer).
 * ``teacher``: a distillation stage's frozen bf16 teacher (its own architecture: the unpruned model after a
   prune stage) and its logits, kept for the loss; its forward runs without autograd, so no activations stay.
 
 The coefficients live in :class:`MemoryModel`; ``benchmarks/memory_plan.md`` compares the estimate
-with ``torch.cuda.max_memory_allocated`` on an H100 and records how the defaults were calibrated.
+with ``torch.cuda.max_memory_allocated`` on an H100 with small models (where local attention held the peak)
+and records how the defaults were calibrated; ``benchmarks/scale_gpu.md`` compares it at real sizes on H200s
+(8 B dense and a 30 B MoE, where the logits held it); ``tests/test_plan_memory_scale.py`` keeps both.
 Capacity comes from :mod:`.gpus` minus a reserve for the CUDA context and NCCL.
 """
 
@@ -45,17 +52,26 @@ BF16 = 2
 
 @attrs.frozen(kw_only=True)
 class MemoryModel:
-    """Coefficients of the estimate. Only ``attention_bytes_per_score`` was fitted to a measurement (H100,
-    ``benchmarks/memory_plan.md``: local attention held every measured peak); the others are estimates from
-    the tensors each step keeps alive, not separately observable in those runs (its "Not measured" list)."""
+    """Coefficients of the estimate. ``attention_bytes_per_score`` was fitted to a measurement (H100,
+    ``benchmarks/memory_plan.md``: local attention held every peak there) and ``export_weight_bytes`` bounds
+    what H200 exports held (``benchmarks/scale_gpu.md``); the others count the tensors each step keeps alive
+    (read from Megatron-Core 0.19 and ModelOpt 0.47), checked where they held a measured peak."""
 
     hidden_copies: float = 4.0
     """bf16 ``[tokens, hidden]`` tensors alive between sub-layers (residual, norm output, attention output...);
     counted, not fitted."""
     attention_bytes_per_score: float = 14.5
-    """Local (unfused) attention, bytes per ``[batch, heads/TP, seq, seq]`` score element at its peak: Megatron's
-    persistent bf16 score buffer (2), the fp32 softmax input and output (4 + 4), the masked copy and the bf16
-    probabilities. Calibrated on H100: 14.8 measured for the 0.5B model at TP=1 (benchmarks/memory_plan.md)."""
+    """Local (unfused) attention with the softmax in fp32 (``attention_softmax_in_fp32``, Megatron-Core's
+    ``TransformerConfig`` default), bytes per ``[batch, heads/TP, seq, seq]`` score element at its peak:
+    Megatron's persistent bf16 score buffer (2, counted as resident), the fp32 softmax input and output
+    (4 + 4) and the bf16 probabilities (2), 12 counted. Calibrated on H100: 14.8 measured for the 0.5B model at
+    TP=1 (benchmarks/memory_plan.md; that run kept the config's default fp32 softmax)."""
+    attention_bytes_per_score_bf16: float = 6.5
+    """The same with the softmax in bf16 (an architecture without ``softmax_in_fp32``, as the builder then
+    asks; Qwen3 and Llama 3.1): ``forward_torch_softmax`` masks the bf16 score buffer in place and returns bf16
+    probabilities, so 2 (buffer) + 2 counted, plus the 2.5 that the fp32 fit found above its own count. This
+    term alone used to be 14.5 for these models, 15.2 GiB at 8 x 2,048 tokens and 32 heads: the quantize plan
+    of qwen3-8b and llama-3.1-8b was 13-20 % over the H200 peaks, which the logits held, not attention."""
     mlp_copies: float = 2.0
     """bf16 copies of the first MLP projection's output alive at once (fc1 output and activation)."""
     logits_copies: float = 2.0
@@ -68,12 +84,13 @@ class MemoryModel:
     attention or the logits, hold it: not observable in the H100 runs, where attention dominated."""
     fake_quant_input_copies: float = 1.0
     """bf16-sized copies of the largest linear input alive while it is fake-quantized (same caveat)."""
-    export_fp32_copies: float = 2.0
-    """fp32 copies of the largest linear weight alive while the exporter packs it into the output format."""
-    export_embedding_copies: float = 1.0
-    """bf16 copies of the rank's embedding or output matrix alive while it is written out. With the two above,
-    the export peak of qwen3-8b on an H200 is planned within 2.5 % (FP8 and NVFP4, benchmarks/scale_gpu.md);
-    the per-layer term alone under-planned it by 9-12 %."""
+    export_weight_bytes: float = 3.0
+    """Bytes per element of the largest linear weight alive on the GPU while the exporter derives its scales:
+    for block formats ModelOpt's ``reduce_block_amax`` clones it in bf16 (2) beside fp32 per-block amax and
+    scale arrays; H200 NVFP4 exports held 2.8-2.9 above the weights, the kept block scales and the score
+    buffer (llama-3.1-8b, qwen3-8b). Per-tensor FP8 makes no copy (36-62 MiB measured above the rest), so 3 is
+    a bound there. The embedding and output matrices go to the host without a GPU copy: the MoE export after
+    its hand-over held 28.50 GiB for 28.44 GiB of weights."""
     quantizer_bytes_per_param: dict[str, float] = attrs.field(factory=lambda: {
         "fp8": 0.0, "nvfp4": 0.0, "nvfp4_awq": 4 / 16, "int4_awq": 4 / 128 + 2 / 128, "w4a8_awq": 4 / 128 + 2 / 128,
         "int8_sq": 0.01, "int8": 0.0, "fp8_blockwise": 4 / (128 * 128), "mxfp8": 0.0, "mxfp4": 0.0, "bf16": 0.0,
@@ -104,7 +121,7 @@ class MemoryPlan:
     seq_length: int
     quant_format: str
     measured: bool
-    """Whether this stage's formula was compared with a GPU measurement (quantize and prune: yes)."""
+    """Whether this stage's formula was compared with a GPU measurement (quantize, prune, export: yes)."""
     host_bytes: int = 0
     """Bytes the rank keeps in host memory instead (an export whose model is built on the CPU)."""
 
@@ -147,6 +164,7 @@ class RankParams:
     layer_max: float  # parameters of the largest layer on the rank
     attention_layers: int
     mlp_kinds: frozenset[str]
+    moe_layers: int = 0
 
     @property
     def total(self) -> float:
@@ -178,7 +196,7 @@ def rank_params(arch: ModelArch, layout: ParallelLayout, stage_index: int) -> Ra
     gated = arch.activation.gated
     linear = other = 0.0
     largest, largest_in, layer_max = 0.0, h, 0.0
-    n_attn = 0
+    n_attn = n_moe = 0
     mlp_kinds: set[str] = set()
 
     def big(elements: float, width_in: int) -> None:
@@ -220,6 +238,7 @@ def rank_params(arch: ModelArch, layout: ParallelLayout, stage_index: int) -> Ra
             big(arch.ffn_hidden_size * h / tp, arch.ffn_hidden_size // tp)
         elif mlp == "moe":
             mlp_kinds.add("moe")
+            n_moe += 1
             moe = arch.require_moe()
             width = moe.latent_size or h
             lin_e, bias_e = arch._mlp_params(width, moe.ffn_hidden_size)
@@ -248,20 +267,46 @@ def rank_params(arch: ModelArch, layout: ParallelLayout, stage_index: int) -> Ra
         if not arch.tie_embeddings or pp > 1:
             other += embed  # output layer (a tied model keeps a second copy on the last stage when PP>1)
     return RankParams(linear=linear, other=other, largest_linear=largest, largest_linear_in=largest_in,
-                      layer_max=layer_max, attention_layers=n_attn, mlp_kinds=frozenset(mlp_kinds))
+                      layer_max=layer_max, attention_layers=n_attn, mlp_kinds=frozenset(mlp_kinds), moe_layers=n_moe)
 
 
 # --------------------------------------------------------------------------- activations
+ROUTER_BYTES = {"fp32": 4, "fp64": 8, None: BF16}
+"""Bytes of a routing probability: Megatron-Core casts the router's probabilities to its logits' dtype, the
+``router_dtype`` when set, else the parameters' (bf16)."""
+
+
 def forward_activation_bytes(arch: ModelArch, layout: ParallelLayout, params: RankParams, *, batch: int,
                              seq_length: int, last_stage: bool, model: MemoryModel = DEFAULT_MODEL) -> dict[str, int]:
-    """Peak activation bytes of one inference forward of ``batch x seq_length`` tokens on one rank."""
-    tp, cp = layout.tensor_parallel, layout.context_parallel
+    """Activation bytes of one inference forward of ``batch x seq_length`` tokens on one rank, as ModelOpt's
+    ``megatron_prefill`` runs it (local layer spec, Megatron-Core 0.19).
+
+    ``resident``: allocated through the whole forward and at its peak:
+
+    * ``hidden_copies`` bf16 hidden states;
+    * the causal mask ``megatron_prefill`` builds without CP (bool ``[batch, 1, seq, seq]``);
+    * ``persistent``, which outlives the forward: local attention's ``baddbmm`` writes its bf16 scores into
+      Megatron-Core's ``GlobalMemoryBuffer`` ("mpu"), allocated at the first forward and kept for the process's
+      life (until the parallel groups are rebuilt); and each MoE layer's ``MoEAlltoAllTokenDispatcher`` keeps
+      ``probs`` and ``routing_map`` (``[tokens, experts]``, router dtype and bool) and the int64 permutation of
+      its ``tokens x topk`` copies until the next forward (0.52 GiB for qwen3-30b-a3b's 48 layers at 16,384
+      tokens: the 30 B MoE's H200 peak is within 0.2 % with it, 1.1 % under without).
+
+    ``peak``: the largest transient on top: local attention past its score buffer, the MLP/MoE/Mamba
+    intermediates, the mask's fp32 construction, or the logits. The logits held every H200 peak at 8 x 2,048
+    tokens (qwen3-8b, llama-3.1-8b, qwen3-30b-a3b): ``GPTModel`` returns a contiguous transposed copy of the
+    bf16 logits, and at TP > 1 ``megatron_prefill`` gathers the full vocabulary on every rank
+    (``runtime_gather_output``: the rank's slice beside the gathered copies). On a first or middle pipeline
+    stage ``megatron_prefill`` receives the last stage's logits into a buffer of the same size."""
+    tp, cp, pp = layout.tensor_parallel, layout.context_parallel, layout.pipeline_parallel
     h = arch.hidden_size
     s_local = seq_length // cp if cp > 1 else seq_length
     tokens = batch * s_local
     sp_tokens = tokens // tp if layout.sequence_parallel else tokens
-    resident = model.hidden_copies * sp_tokens * h * BF16 + (tokens * h * BF16 if layout.sequence_parallel else 0)
-    peaks = {"none": 0.0}
+    hidden = model.hidden_copies * sp_tokens * h * BF16 + (tokens * h * BF16 if layout.sequence_parallel else 0)
+    mask = batch * seq_length * seq_length if cp == 1 else 0  # bool, one byte an element
+    persistent = 0.0
+    peaks = {"none": 0.0, "mask": 8.0 * mask - mask}  # fp32 ones and their triu, then the bool copy
     att = arch.attention
     if params.attention_layers:
         heads = att.num_heads / tp
@@ -270,8 +315,10 @@ def forward_activation_bytes(arch: ModelArch, layout: ParallelLayout, params: Ra
             proj = tokens * heads * (qk * 2 + att.v_head_dim) * BF16
         else:
             proj = tokens * (att.num_heads + 2 * att.query_groups) / tp * arch.head_dim * BF16
-        scores = batch * heads * s_local * seq_length * model.attention_bytes_per_score
-        peaks["attention"] = proj + scores
+        scores = batch * heads * s_local * seq_length
+        per_score = model.attention_bytes_per_score if att.softmax_in_fp32 else model.attention_bytes_per_score_bf16
+        persistent += scores * BF16  # the score buffer
+        peaks["attention"] = proj + scores * (per_score - BF16)
     if "dense" in params.mlp_kinds:
         width = arch.ffn_hidden_size * (2 if arch.activation.gated else 1) / tp
         peaks["mlp"] = model.mlp_copies * tokens * width * BF16
@@ -281,16 +328,20 @@ def forward_activation_bytes(arch: ModelArch, layout: ParallelLayout, params: Ra
         width = moe.ffn_hidden_size * (2 if arch.activation.gated else 1) / layout.expert_tensor_parallel
         per_expert = routed / moe.num_experts  # SequentialMLP runs one expert at a time
         peaks["moe"] = 2 * routed * (moe.latent_size or h) * BF16 + model.mlp_copies * per_expert * width * BF16
+        routing_state = tokens * moe.num_experts * (ROUTER_BYTES[moe.router_dtype] + 1) + routed * 8
+        persistent += params.moe_layers * routing_state
     if "mamba" in params.mlp_kinds:
         heads, head_dim, groups, state = arch.require_mamba().resolved(h)
         inner = heads * head_dim
         peaks["mamba"] = 2 * tokens * (2 * inner + 2 * groups * state + heads) / tp * BF16
-    if last_stage:  # ModelOpt's megatron_prefill gathers the vocabulary (runtime_gather_output) on every TP rank
-        vocab = arch.vocab.padded(tp)
+    vocab = arch.vocab.padded(tp)
+    if last_stage:
         peaks["logits"] = tokens * BF16 * (model.logits_copies * vocab + (vocab / tp if tp > 1 else 0))
+    elif pp > 1:  # the broadcast from the last stage lands in a [batch, seq, vocab] buffer here
+        peaks["logits"] = tokens * BF16 * vocab
     linear_peak = max(peaks.get("mlp", 0.0), peaks.get("moe", 0.0), peaks.get("mamba", 0.0))
-    return {"resident": int(resident), "peak": int(max(peaks.values())), "linear_peak": int(linear_peak),
-            "tokens": tokens}
+    return {"resident": int(hidden + mask + persistent), "persistent": int(persistent),
+            "peak": int(max(peaks.values())), "linear_peak": int(linear_peak), "tokens": tokens}
 
 
 def training_activation_bytes(arch: ModelArch, layout: ParallelLayout, params: RankParams, *, batch: int,
@@ -309,11 +360,17 @@ def training_activation_bytes(arch: ModelArch, layout: ParallelLayout, params: R
 def estimate(arch: ModelArch, layout: ParallelLayout, gpu: GpuSpec, *, stage: str = "quantize",
              batch: int = 1, seq_length: int | None = None, quant_format: str = "fp8",
              generate_tokens: int = 0, weights_on_host: bool = False, teacher: ModelArch | None = None,
-             with_teacher: bool = True, model: MemoryModel = DEFAULT_MODEL) -> MemoryPlan:
+             with_teacher: bool = True, calibrated_in_process: bool = False,
+             model: MemoryModel = DEFAULT_MODEL) -> MemoryPlan:
     """The memory plan of the most loaded rank of ``layout`` for ``stage`` on ``gpu``.
 
     ``weights_on_host``: an export whose model is built with CPU initialisation (Megatron-LM's export flow):
-    the weights and the per-layer reshard stay in host memory and count as ``host_bytes``. ``teacher``: the
+    the weights, the quantizer state and the export's buffers stay in host memory and count as
+    ``host_bytes``. ``calibrated_in_process``: an export in the process that ran the ``batch x seq_length``
+    calibration forward on this same layout (a recipe's quantize then export with no hand-over between
+    layouts): Megatron-Core's attention score buffer is still allocated (2.0 GiB of the H200 TP=1 exports'
+    peaks at 8 x 2,048 tokens and 32 heads). A standalone export, as Megatron-LM's export script runs, or one
+    after a hand-over (the parallel groups, and with them the buffer, are rebuilt) has none. ``teacher``: the
     architecture of a distillation stage's teacher (default: the student's); ``with_teacher=False``: a
     distillation stage without one (training on the LM loss)."""
     stage = rules.check_stage_name(stage)
@@ -325,14 +382,17 @@ def estimate(arch: ModelArch, layout: ParallelLayout, gpu: GpuSpec, *, stage: st
         last = index == layout.pipeline_parallel - 1
         terms: dict[str, int] = {"weights": int(p.total * BF16)}
         quantizing = stage in ("quantize", "auto_quantize")
-        terms["quantizer_state"] = int(p.linear * model.quantizer_bytes_per_param.get(fmt.name, 0.0)) if quantizing \
-            else 0
+        # the quantizers' buffers stay in the model that the export packs
+        terms["quantizer_state"] = int(p.linear * model.quantizer_bytes_per_param.get(fmt.name, 0.0)) \
+            if quantizing or stage == "export" else 0
         act = forward_activation_bytes(arch, layout, p, batch=batch, seq_length=seq, last_stage=last, model=model)
-        if stage in ("quantize", "prune", "export"):
-            terms["activations"] = act["resident"] + act["peak"] if stage != "export" else 0
+        if stage in ("quantize", "prune"):
+            terms["activations"] = act["resident"] + act["peak"]
+        elif stage == "export":  # no forward; the score buffer of an earlier one in the same process
+            terms["activations"] = act["persistent"] if calibrated_in_process else 0
         else:  # auto_quantize and distill run a backward pass
             terms["activations"] = training_activation_bytes(arch, layout, p, batch=batch, seq_length=seq) \
-                + act["peak"]
+                + act["persistent"] + act["peak"]
         if quantizing and fmt.name != "bf16":
             # temporaries of a quantized GEMM; they coexist with the linear layers' activations, not with the
             # attention scores or the logits, so they count only by how far they lift the peak
@@ -348,14 +408,10 @@ def estimate(arch: ModelArch, layout: ParallelLayout, gpu: GpuSpec, *, stage: st
         kv_share = 1 if isinstance(arch.attention, MLAttention) else tp
         n_attn = max(1, arch.layer_counts.attention)
         terms["kv_cache"] = int(generate_tokens * arch.kv_cache_bytes_per_token() * kv_layers / n_attn / kv_share)
-        terms["export_reshard"] = 0
-        if stage == "export":
-            tp = layout.tensor_parallel
-            embedding = arch.vocab.padded(tp) * arch.hidden_size / tp \
-                if index == 0 or index == layout.pipeline_parallel - 1 else 0
-            terms["export_reshard"] = int(p.layer_max * (BF16 + fmt.weight_bits / 8)
-                                          + model.export_fp32_copies * p.largest_linear * 4
-                                          + model.export_embedding_copies * embedding * BF16)
+        terms["export_buffers"] = 0
+        if stage == "export":  # block scales kept until written, and the largest weight's temporaries
+            terms["export_buffers"] = int(p.linear * fmt.scale_bits / 8
+                                          + model.export_weight_bytes * p.largest_linear)
         if stage == "distill":
             dp = layout.data_parallel
             terms["optimizer"] = int(p.total * (4 + 12 / dp))  # fp32 grads + (master, Adam m, v) sharded over DP
@@ -373,12 +429,12 @@ def estimate(arch: ModelArch, layout: ParallelLayout, gpu: GpuSpec, *, stage: st
     _total, index, terms, quantized = best
     host = 0
     if weights_on_host and stage == "export":
-        host = terms["weights"] + terms["export_reshard"]
-        terms = {**terms, "weights": 0, "export_reshard": 0}
+        host = terms["weights"] + terms["quantizer_state"] + terms["export_buffers"]
+        terms = {**terms, "weights": 0, "quantizer_state": 0, "export_buffers": 0}
     return MemoryPlan(host_bytes=host,
         stage=stage, layout=layout, gpu=gpu.name, pipeline_stage=index, terms=terms,
         weights_quantized_bytes=quantized, capacity_bytes=gpu.memory_bytes, usable_bytes=usable_bytes(gpu),
-        batch=batch, seq_length=seq, quant_format=fmt.name, measured=stage in ("quantize", "prune"),
+        batch=batch, seq_length=seq, quant_format=fmt.name, measured=stage in ("quantize", "prune", "export"),
     )
 
 

@@ -24,6 +24,12 @@ class QuantFormat:
     hf_exportable: bool = True  # ModelOpt's unified HF export writes it
     description: str = ""
 
+    @property
+    def scale_bits(self) -> float:
+        """Bits of block scale per weight: ``weight_bits`` less the 4- or 8-bit element (NVFP4: one FP8 scale
+        per 16 values = 0.5; per-tensor FP8: 0)."""
+        return self.weight_bits % 1
+
 
 _FORMATS = (
     QuantFormat(name="bf16", preset="", weight_bits=16, activation_bits=16, needs_cuda=False,
