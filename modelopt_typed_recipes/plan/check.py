@@ -74,6 +74,12 @@ def check_recipe(recipe: Recipe, *, env: Environment | None = None, layout: Para
     if megatron:
         errors += run_gates.megatron_build_problems(archs[0])
     errors += task_problems(recipe, backend)
+    if recipe.deterministic:
+        import os
+
+        from .determinism import env_problems
+
+        errors += env_problems(os.environ)
 
     cal = recipe.calibration
     saves = save_decisions(recipe)

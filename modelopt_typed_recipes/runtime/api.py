@@ -29,6 +29,7 @@ from ..errors import OutputError, RecipeError, SpecError
 from ..plan import outputs
 from ..spec.recipe import Recipe
 from ..spec.serde import apply_overrides, from_dict
+from . import determinism
 from .backend import RunPlan, load_backend
 from .data import check_text
 from .manifest import build_manifest, write_manifest
@@ -141,6 +142,17 @@ def _run(recipe: Recipe | str | Path | Mapping[str, Any], *, progress: bool, for
         return PostTrainingResult.from_dict(done["result"], reused=True, output_dir=str(output), notes=(
             f"{output} already holds the outputs of this recipe (hash {recipe_hash}); nothing was redone "
             "(force=True / --force redoes it)",))
+    with determinism.applied(rec.deterministic) as det:  # before the backend's first torch import
+        return _execute(rec, plan, det, t0=t0, t_plan=t_plan)
+
+
+def _execute(rec: Recipe, plan: RunPlan, det: determinism.Determinism, *, t0: float,
+             t_plan: float) -> PostTrainingResult:
+    """The run proper, once it is known that something is to be done: backend, output folder, stages, swap."""
+    recipe_hash = rec.content_hash()
+    staging, output = plan.staging_dir, plan.output_dir
+    if staging is None or output is None:  # pragma: no cover - plan_run sets both
+        raise SpecError("the plan has no output folder", path="output_dir")
     backend = load_backend(plan.backend)
     check = getattr(backend, "check", None)
     if check is not None:
@@ -188,7 +200,8 @@ def _run(recipe: Recipe | str | Path | Mapping[str, Any], *, progress: bool, for
                     timings = {"startup": _seconds_since_process_start() - (time.perf_counter() - t0),
                                "plan": t_plan, **result.timings}
                     result = attrs.evolve(result, output_dir=str(output), seconds=time.perf_counter() - t0,
-                                          timings=timings)
+                                          timings=timings, determinism=det.facts(),
+                                          notes=(*result.notes, *determinism.notes(det)))
 
             def put_in_place() -> list[str]:
                 with outputs.faults_as_errors(output.parent):

@@ -2,7 +2,7 @@
 
 Enough to reproduce and to audit: the resolved recipe and its hash, the architecture each stage saw,
 package versions, the git revision of this package (when run from a checkout), the parallel layout,
-the calibration data hash and the seeds, plus the stage's own facts.
+the calibration data hash, the seeds and whether the run was deterministic, plus the stage's own facts.
 """
 
 from __future__ import annotations
@@ -88,6 +88,7 @@ def build_manifest(recipe: Recipe, plan: RunPlan, result: PostTrainingResult,
             "seq_length": recipe.calibration.seq_length,
         },
         "seeds": {"recipe": recipe.seed, "source": getattr(recipe.source, "seed", None)},
+        "determinism": dict(result.determinism),
         "saved": saved_models(result),
         "stage": stage.to_dict() if stage is not None else None,
         "result": result.to_dict() if stage is None else None,

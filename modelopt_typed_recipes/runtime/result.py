@@ -109,6 +109,14 @@ class PostTrainingResult:
     """The stage this run continued from after an earlier run of the same recipe stopped (None: from the start)."""
     notes: tuple[str, ...] = ()
     """What the run decided about its output folder that a user should hear (resumed, reused, files kept)."""
+    determinism: dict[str, Any] = attrs.field(factory=dict)
+    """``deterministic: true`` as applied (``runtime/determinism.py``): ``requested``, whether PyTorch's
+    deterministic algorithms were on, the environment it ran with, ops that had no deterministic kernel."""
+
+    @property
+    def deterministic(self) -> bool:
+        """Whether the run asked for, and ran with, PyTorch's deterministic algorithms."""
+        return bool(self.determinism.get("requested") and self.determinism.get("torch_deterministic_algorithms"))
 
     @property
     def outputs(self) -> list[str]:
@@ -145,6 +153,7 @@ class PostTrainingResult:
             "resumed_from": self.resumed_from,
             "notes": list(self.notes),
             "tasks": _jsonable(self.tasks),
+            "determinism": _jsonable(self.determinism),
         }
 
     @classmethod
@@ -157,7 +166,7 @@ class PostTrainingResult:
             timings=dict(d.get("timings") or {}), calibration_hash=d.get("calibration_hash"),
             tasks=dict(d.get("tasks") or {}),
             manifest="manifest.json" if d.get("outputs") else None, reused=bool(d.get("reused", False)),
-            resumed_from=d.get("resumed_from"),
+            resumed_from=d.get("resumed_from"), determinism=dict(d.get("determinism") or {}),
         )
         return attrs.evolve(out, **changes) if changes else out
 

@@ -73,6 +73,11 @@ class Recipe:
     it), ``final`` the last one even when an export follows, ``all`` every quantize/prune/distill stage, ``none``
     nothing. A stage's own ``save: true/false`` overrides it."""
     seed: int = attrs.field(default=1234, validator=seed_range)
+    deterministic: bool = False
+    """Bitwise reproducible runs: PyTorch's deterministic kernels, cuBLAS's fixed workspace and Megatron-Core's
+    ``deterministic_mode``, as Megatron-LM's ``--deterministic-mode``. Without it two runs of one MoE calibration can
+    differ in their activation scales (the experts' outputs are summed in a varying order). Slower;
+    ``runtime/determinism.py`` says what changes."""
     schema_version: int = SCHEMA_VERSION
 
     @model.validator

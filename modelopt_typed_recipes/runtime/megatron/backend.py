@@ -79,12 +79,14 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
     hf_ref = _hf_reference(recipe)
     if point.state is not None:  # the model as the last finished stage's checkpoint holds it
         arch = _saved_arch(point.state)
-        model = build.build_model(arch, current, dtype=dtype, device=device, spec=spec)
+        model = build.build_model(arch, current, dtype=dtype, device=device, spec=spec,
+                                    deterministic=recipe.deterministic)
         model = build.load_checkpoint(model, point.state)
     else:
         if isinstance(src, RandomInit):
             distributed.seed_weights(src.seed, device=device)
-        model = build.build_model(arch, current, dtype=dtype, device=device, spec=spec)
+        model = build.build_model(arch, current, dtype=dtype, device=device, spec=spec,
+                                    deterministic=recipe.deterministic)
         if hf_ref is not None and isinstance(src, HFCheckpoint | Builtin):
             build.import_hf(model, hf_ref, dtype=dtype, workspace=str(staging / ".import"))
         elif isinstance(src, MegatronCheckpoint):
@@ -140,7 +142,7 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
             build.save_checkpoint(run.model, handover_dir, arch=stage_arch)
             run.model = None  # the last reference: freed, reference cycles included, before the new layout is built
             run.model = _reload(stage_arch, sp.layout, handover_dir, dtype=dtype, device=device, spec=spec,
-                                seed=recipe.seed)
+                                seed=recipe.seed, deterministic=recipe.deterministic)
             handover = {"from": run.layout.short(), "to": sp.layout.short(), "seconds": time.perf_counter() - t,
                         "via": "a temporary Megatron distributed checkpoint, deleted once re-loaded"}
             run.layout = sp.layout
@@ -266,7 +268,7 @@ def _measure_tasks(phase: str, recipe: Recipe, model: Any, arch: ModelArch, toke
 
 
 def _reload(arch: ModelArch, new: ParallelLayout, tmp: Path, *, dtype: str, device: str, spec: str,
-            seed: int) -> Any:
+            seed: int, deterministic: bool = False) -> Any:
     """The second half of a move between layouts: the old model is gone (collected here, with its reference
     cycles, so two copies never share the GPU), groups rebuilt for ``new``, the hand-over checkpoint (with the
     ModelOpt state) loaded and deleted."""
@@ -281,7 +283,7 @@ def _reload(arch: ModelArch, new: ParallelLayout, tmp: Path, *, dtype: str, devi
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     distributed.set_layout(new, seed=seed, device=device)
-    fresh = build.build_model(arch, new, dtype=dtype, device=device, spec=spec)
+    fresh = build.build_model(arch, new, dtype=dtype, device=device, spec=spec, deterministic=deterministic)
     fresh = build.load_checkpoint(fresh, tmp)
     distributed.barrier()
     if distributed.is_main():

@@ -36,8 +36,10 @@ def has_transformer_engine() -> bool:
     return True
 
 
-def transformer_config(arch: ModelArch, layout: Any, *, dtype: str = "bf16", cpu_init: bool = False) -> Any:
-    """Megatron-Core's TransformerConfig for ``arch`` split by ``layout`` (dropout off: post-training)."""
+def transformer_config(arch: ModelArch, layout: Any, *, dtype: str = "bf16", cpu_init: bool = False,
+                       deterministic: bool = False) -> Any:
+    """Megatron-Core's TransformerConfig for ``arch`` split by ``layout`` (dropout off: post-training);
+    ``deterministic``: the recipe's, Megatron-Core's ``deterministic_mode`` (``runtime/determinism.py``)."""
     import torch.nn.functional as F
     from megatron.core.transformer.transformer_config import TransformerConfig
 
@@ -88,6 +90,7 @@ def transformer_config(arch: ModelArch, layout: Any, *, dtype: str = "bf16", cpu
         persist_layer_norm=False,
         bias_dropout_fusion=False,
         apply_rope_fusion=False,
+        deterministic_mode=deterministic,
     )
     if isinstance(att, MLAttention):
         from megatron.core.transformer.transformer_config import MLATransformerConfig
@@ -187,17 +190,17 @@ def layer_spec(arch: ModelArch, config: Any, *, spec: str) -> Any:
 
 
 def build_model(arch: ModelArch, layout: Any, *, dtype: str = "bf16", device: str = "cuda",
-                spec: str | None = None) -> Any:
+                spec: str | None = None, deterministic: bool = False) -> Any:
     """An unwrapped ``GPTModel`` for this rank's pipeline stage, in eval mode, on ``device``.
 
     ``spec`` names the layer spec (:data:`SPECS`); without it, ModelOpt's spec when Transformer Engine
-    imports, else the local one."""
+    imports, else the local one. ``deterministic``: the recipe's (:func:`transformer_config`)."""
     from megatron.core import parallel_state
     from megatron.core.models.gpt import GPTModel
 
     if spec is None:
         spec = choose_spec(te_available=has_transformer_engine(), prune=False)
-    config = transformer_config(arch, layout, dtype=dtype, cpu_init=device == "cpu")
+    config = transformer_config(arch, layout, dtype=dtype, cpu_init=device == "cpu", deterministic=deterministic)
     layers = layer_spec(arch, config, spec=spec)
     pos = arch.position
     kw: dict[str, Any] = {}

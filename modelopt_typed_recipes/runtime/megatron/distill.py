@@ -84,7 +84,8 @@ class KDLoss:
 
 
 # --------------------------------------------------------------------------- teacher
-def copy_model(model: Any, arch: ModelArch, layout: ParallelLayout, *, dtype: str, device: str, spec: str) -> Any:
+def copy_model(model: Any, arch: ModelArch, layout: ParallelLayout, *, dtype: str, device: str, spec: str,
+               deterministic: bool = False) -> Any:
     """A second model with ``model``'s weights (the teacher kept before compression). ``copy.deepcopy``
     cannot copy a Megatron-Core model (its modules hold process groups), so the copy is built again
     for the same layout and spec and loaded from the state dict."""
@@ -92,7 +93,7 @@ def copy_model(model: Any, arch: ModelArch, layout: ParallelLayout, *, dtype: st
 
     from . import build
 
-    teacher = build.build_model(arch, layout, dtype=dtype, device=device, spec=spec)
+    teacher = build.build_model(arch, layout, dtype=dtype, device=device, spec=spec, deterministic=deterministic)
     with torch.no_grad():
         teacher.load_state_dict(model.state_dict(), strict=True)
     teacher.requires_grad_(False)

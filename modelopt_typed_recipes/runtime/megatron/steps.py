@@ -60,7 +60,8 @@ class MegatronRun:
 
         t = time.perf_counter()
         self.teacher = md.copy_model(self.model, self.archs[sp.index], self.layout, dtype=self.plan.dtype,
-                                     device=self.plan.device, spec=self.spec)
+                                     device=self.plan.device, spec=self.spec,
+                                     deterministic=self.recipe.deterministic)
         self.teacher_layout = self.layout
         self.teacher_info = {"teacher": "before_compression", "kept_before": sp.label,
                              "bytes_per_rank": md.model_bytes(self.teacher), "where": self.plan.device,
@@ -163,7 +164,8 @@ def _teacher_for(run: MegatronRun, stage: Distill, sp: StagePlan) -> tuple[Any, 
     src = stage.teacher_source
     t = time.perf_counter()
     arch, load = _teacher_source(src, sp, dtype=run.plan.dtype)
-    teacher = build.build_model(arch, run.layout, dtype=run.plan.dtype, device=run.plan.device, spec=run.spec)
+    teacher = build.build_model(arch, run.layout, dtype=run.plan.dtype, device=run.plan.device, spec=run.spec,
+                                deterministic=run.recipe.deterministic)
     teacher = load(teacher)
     teacher.requires_grad_(False)
     return teacher.eval(), {"teacher": type(src).__name__, "arch": arch.name, "bytes_per_rank": md.model_bytes(teacher),
