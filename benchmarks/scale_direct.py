@@ -8,6 +8,9 @@ tokenizer, calls ``mtq.quantize`` with a deep copy of the preset and a ``megatro
 exports with ``export_mcore_gpt_to_hf``. When the export layout differs from the calibration layout (export
 is pipeline-parallel only), the model goes through a Megatron distributed checkpoint, as Megatron-LM's
 ``quantize.sh`` then ``export.sh`` do. Run under torchrun for several GPUs; writes one JSON of timings.
+``--deterministic`` does what Megatron-LM's ``--deterministic-mode`` does, by hand: the cuBLAS, Transformer Engine
+and NCCL variables before the first CUDA call, PyTorch's deterministic algorithms (warnings only, where an op has
+no deterministic kernel) and ``deterministic_mode`` in the TransformerConfig.
 
     torchrun --nproc-per-node=2 benchmarks/scale_direct.py --model qwen3-8b --format fp8 --tp 2 \
         --hf-reference REF --text train.txt --windows 64 --seq 2048 --batch 8 --export-dir OUT --result R.json
@@ -75,7 +78,7 @@ def set_layout(tp: int, pp: int, ep: int) -> None:
     tensor_parallel.model_parallel_cuda_manual_seed(SEED)
 
 
-def transformer_config(name: str, tp: int, pp: int, ep: int):
+def transformer_config(name: str, tp: int, pp: int, ep: int, deterministic: bool = False):
     from megatron.core.transformer.transformer_config import TransformerConfig
 
     return TransformerConfig(
@@ -84,17 +87,27 @@ def transformer_config(name: str, tp: int, pp: int, ep: int):
         expert_model_parallel_size=ep, expert_tensor_parallel_size=etp(tp, ep), params_dtype=torch.bfloat16,
         pipeline_dtype=torch.bfloat16, bf16=True, add_qkv_bias=False, gradient_accumulation_fusion=False,
         bias_activation_fusion=False, masked_softmax_fusion=False, persist_layer_norm=False,
-        bias_dropout_fusion=False, apply_rope_fusion=False, attention_softmax_in_fp32=False)
+        bias_dropout_fusion=False, apply_rope_fusion=False, attention_softmax_in_fp32=False,
+        deterministic_mode=deterministic)
 
 
-def build(name: str, tp: int, pp: int, ep: int):
+def make_deterministic() -> None:
+    """Megatron-LM's --deterministic-mode by hand; the variables are read when cuBLAS, NCCL and Transformer Engine
+    first start, so this runs before any CUDA call."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    os.environ.setdefault("NVTE_ALLOW_NONDETERMINISTIC_ALGO", "0")
+    os.environ.setdefault("NCCL_ALGO", "Ring")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def build(name: str, tp: int, pp: int, ep: int, deterministic: bool = False):
     from megatron.core import parallel_state
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
     m = MODELS[name]
     cfg = m["config"]
-    config = transformer_config(name, tp, pp, ep)
+    config = transformer_config(name, tp, pp, ep, deterministic)
     spec = get_gpt_layer_local_spec(num_experts=cfg.get("num_moe_experts"), moe_grouped_gemm=False,
                                     qk_layernorm=cfg["qk_layernorm"], normalization="RMSNorm")
     rope = dict(rope_scaling=True, rope_scaling_factor=m["rope_scaling"]) if m["rope_scaling"] else {}
@@ -156,7 +169,11 @@ def main() -> None:
     p.add_argument("--batch", type=int, required=True)
     p.add_argument("--export-dir", required=True)
     p.add_argument("--result", required=True)
+    p.add_argument("--deterministic", action="store_true", help="bitwise reproducible (Megatron-LM's "
+                   "--deterministic-mode): slower, same amax in every run of an MoE calibration")
     a = p.parse_args()
+    if a.deterministic:
+        make_deterministic()
 
     import modelopt.torch.export as mte
     import modelopt.torch.quantization as mtq
@@ -188,7 +205,7 @@ def main() -> None:
 
     torch.manual_seed(WEIGHT_SEED)
     tensor_parallel.model_parallel_cuda_manual_seed(WEIGHT_SEED)
-    model = build(a.model, a.tp, 1, a.ep)
+    model = build(a.model, a.tp, 1, a.ep, a.deterministic)
     timings["build"] = time.perf_counter() - t
     data = windows(a.text, a.hf_reference, a.windows, a.seq)
 
@@ -221,7 +238,7 @@ def main() -> None:
         del model
         torch.cuda.empty_cache()
         set_layout(1, export_pp, 1)
-        model = build(a.model, 1, export_pp, 1)
+        model = build(a.model, 1, export_pp, 1, a.deterministic)
         models = [model]
         restore_sharded_modelopt_state(models, ckpt)
         model = models[0]
@@ -245,7 +262,8 @@ def main() -> None:
     timings["total_in_process"] = time.perf_counter() - t0
     if dist.get_rank() == 0:
         with open(a.result, "w") as f:
-            json.dump({"timings": timings, "peaks": peaks, "windows": int(data.shape[0]), "world": world}, f)
+            json.dump({"timings": timings, "peaks": peaks, "windows": int(data.shape[0]), "world": world,
+                       "deterministic": torch.are_deterministic_algorithms_enabled()}, f)
     dist.destroy_process_group()
 
 

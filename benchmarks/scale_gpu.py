@@ -14,7 +14,9 @@ time-out ends a process with its whole group: torchrun's workers too). ``--dry-r
 recipe and logs the commands without starting them (a CPU test). For each repetition the order alternates (ours first on even repetitions). Our run is
 ``python -m modelopt_typed_recipes run RECIPE.yaml`` (under ``torchrun`` on 2 GPUs); its figures come from the
 manifest it writes. Exported tensors are hashed (sha256 of each tensor's bytes) and compared between the two,
-then deleted. Writes ``$OUT/scale_gpu.json`` (one object per case, after every repetition) and appends every
+then deleted. ``--deterministic`` runs both bitwise reproducibly (the recipe's ``deterministic: true``, the
+direct script's ``--deterministic``) and compares each program's export with its own first repetition
+(``ours_same_as_rep0``, ``direct_same_as_rep0``). Writes ``$OUT/scale_gpu.json`` (one object per case, after every repetition) and appends every
 line the processes print to ``$OUT/scale_raw.log``.
 """
 
@@ -229,6 +231,7 @@ def run_case(name: str, fmt: str, reps: int, a: argparse.Namespace, out: Path, d
         "calibration": {**({"files": [str(Path(a.text).resolve())]} if a.text else {"dataset": "reference-train"}),
                         "num_samples": a.windows, "seq_length": a.seq, "batch_size": a.batch},
         "layout": case["layout"] or None, "output_dir": str(work / "ours"), "backend": "megatron", "device": "cuda",
+        "deterministic": a.deterministic,
     })
     recipe_file = work / "recipe.yaml"
     recipe_file.write_text(to_yaml(recipe))
@@ -249,18 +252,19 @@ def run_case(name: str, fmt: str, reps: int, a: argparse.Namespace, out: Path, d
                   "--text", str(Path(a.text).resolve()) if a.text else str(data.BUILTIN_FILES["reference-train"]),
                   "--windows", str(a.windows),
                   "--seq", str(a.seq), "--batch", str(a.batch), "--export-dir", str(work / "direct-export"),
-                  "--result", str(work / "direct.json")]
+                  "--result", str(work / "direct.json"), *(["--deterministic"] if a.deterministic else [])]
     ours_cmd = [*launcher(gpus), "-m", "modelopt_typed_recipes", "run", str(recipe_file), "--json", "--no-progress"]
     row: dict = {"case": name, "model": case["model"], "gpus": gpus, "format": fmt,
                  "layout": f"TP{layouts[0].tensor_parallel} PP{layouts[0].pipeline_parallel} "
                            f"EP{layouts[0].expert_parallel}",
                  "export_layout": f"TP1 PP{layouts[1].pipeline_parallel}", "windows_asked": a.windows,
-                 "text": a.text or "reference-train", "runs": list(who_runs),
+                 "text": a.text or "reference-train", "runs": list(who_runs), "deterministic": a.deterministic,
                  "seq_length": a.seq, "batch": a.batch, "reps": [], "planned_bytes_per_rank": {
                      "quantize": planned(arch, layouts[0], "quantize", fmt, a.batch, a.seq),
                      "export": planned(arch, layouts[1], "export", fmt, a.batch, a.seq, layouts[0])}}
     concurrent = a.concurrent and gpus == 1 and len(who_runs) == 2
     row["concurrent"] = concurrent
+    first: dict[str, dict] = {}  # each program's first export: is a repetition bitwise the same?
     first_guess = case["guess_s"] * (0.25 + 0.75 * a.windows / 512) if a.first_guess_s is None else a.first_guess_s
     for rep in range(reps):
         order = ("ours", "direct") if rep % 2 == 0 else ("direct", "ours")
@@ -303,6 +307,7 @@ def run_case(name: str, fmt: str, reps: int, a: argparse.Namespace, out: Path, d
                                         {"details": s["details"]} for s in res["stages"]]
                     r["ours_timings"] = res["timings"]
                     r["ours_in_process_s"] = res["seconds"]
+                    r["ours_determinism"] = res.get("determinism")
                     r["calibration_hash"] = res["calibration_hash"]
                     exported = work / "ours" / res["stages"][-1]["outputs"][0]
                     if "direct" in who_runs or a.keep_digests:
@@ -322,6 +327,11 @@ def run_case(name: str, fmt: str, reps: int, a: argparse.Namespace, out: Path, d
                 (out / "digests" / f"{name}-{fmt}-rep{rep}-{who}.json").write_text(json.dumps(d))
         if len(digests) == 2:
             r.update(compare(digests["ours"], digests["direct"]))
+        for who, d in digests.items():
+            if who in first:
+                r[f"{who}_same_as_rep0"] = compare(d, first[who])["bitwise_equal"]
+            else:
+                first[who] = d
         if digests:
             r["export_bytes"] = digests.get("ours", next(iter(digests.values())))["bytes"]
         row["reps"].append(r)
@@ -359,6 +369,8 @@ def summarize(row: dict, arch) -> None:
         export_gb_per_s=e and last.get("export_bytes") and round(last["export_bytes"] / e["seconds"] / 1e9, 3),
         export_bytes=last.get("export_bytes"),
     )
+    repeats = {who: [r[f"{who}_same_as_rep0"] for r in done if f"{who}_same_as_rep0" in r] for who in ("ours", "direct")}
+    row["repeats_equal"] = {who: all(same) for who, same in repeats.items() if same}  # each vs its own rep 0
     row["planned_vs_peak"] = {k: round(row["planned_bytes_per_rank"][k] / v - 1, 4)
                               for k, v in row["peak_bytes_per_rank"].items() if v}
 
@@ -388,6 +400,8 @@ def main() -> None:
     p.add_argument("--stop-on-failure", action="store_true", help="exit 1 at the first failed or unequal run")
     p.add_argument("--keep-digests", action="store_true", help="write each export's tensor hashes under "
                    "$OUT/digests/ (a case's two programs can then run in different calls)")
+    p.add_argument("--deterministic", action="store_true", help="both programs bitwise reproducible (the recipe's "
+                   "deterministic: true, the direct script's --deterministic); each repetition compared with the first")
     p.add_argument("--compare-digests", nargs=2, type=Path, metavar=("OURS", "DIRECT"),
                    help="compare two files written by --keep-digests and print the result (no GPU)")
     p.add_argument("--collect", nargs="+", help="merge raw result files (PATH or PATH::MODE) into "
@@ -513,6 +527,7 @@ def collect(raw: list[str | Path], out: Path, compared: list[Path] = ()) -> list
             "model": row["model"], "gpus": row["gpus"], "layout": row["layout"],
             "export_layout": row["export_layout"], "format": row["format"],
             "mode": "concurrent pairs" if row.get("concurrent") else next((modes[p] for p in src.split(" + ") if p in modes), "sequential"),
+            "deterministic": bool(row.get("deterministic")),
             "reps": row.get("reps_done"), "wall_s": row.get("wall_s"), "direct_wall_s": row.get("direct_wall_s"),
             "ratio": row.get("ratio"),
             "bitwise_equal": row.get("bitwise_equal") if done and all(r["tensors"] for r in done) else None,
@@ -528,7 +543,8 @@ def collect(raw: list[str | Path], out: Path, compared: list[Path] = ()) -> list
             "windows": row["windows_asked"], "seq_length": row["seq_length"], "batch": row["batch"],
             "per_rep": [{k: r.get(k) for k in ("order", "gpu", "ours_wall_s", "direct_wall_s", "ours_in_process_s",
                                               "ours_timings", "ours_tail_s", "direct_tail_s", "bitwise_equal",
-                                          "tensors", "tensors_differing")} | {
+                                          "tensors", "tensors_differing", "ours_same_as_rep0",
+                                          "direct_same_as_rep0")} | {
                 "ours_stage_seconds": {s["name"]: s["seconds"] for s in r.get("ours_stages", [])},
             "ours_handover_s": next((s["details"]["handover"]["seconds"] for s in r.get("ours_stages", [])
                                      if s.get("details", {}).get("handover")), None),

@@ -112,10 +112,50 @@ def test_direct_script_builds_the_same_transformer_config_as_ours():
                                    ("llama3.1-8b", ParallelLayout(), (1, 1)),
                                    ("qwen3-30b-a3b", ParallelLayout(expert_parallel=2, data_parallel=2), (1, 2)),
                                    ("tiny-moe", ParallelLayout(expert_parallel=2, data_parallel=2), (1, 2))]:
-        ours = build.transformer_config(get_arch(name), layout)
-        direct = scale_direct.transformer_config(name, tp, 1, ep)
-        differ = [f.name for f in dataclasses.fields(ours) if repr(getattr(ours, f.name)) != repr(getattr(direct, f.name))]
-        assert differ == [], name
+        for deterministic in (False, True):
+            ours = build.transformer_config(get_arch(name), layout, deterministic=deterministic)
+            direct = scale_direct.transformer_config(name, tp, 1, ep, deterministic)
+            differ = [f.name for f in dataclasses.fields(ours)
+                      if repr(getattr(ours, f.name)) != repr(getattr(direct, f.name))]
+            assert differ == [] and ours.deterministic_mode is deterministic, (name, deterministic)
+
+
+def test_direct_script_makes_itself_deterministic_as_our_run_does(monkeypatch):
+    """--deterministic by hand: the same environment our run sets, and PyTorch's deterministic algorithms."""
+    import scale_direct
+
+    from modelopt_typed_recipes.plan.determinism import ENV
+
+    for name in ENV:
+        monkeypatch.delenv(name, raising=False)
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        scale_direct.make_deterministic()
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert {k: os.environ.get(k) for k in ENV} == ENV
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+def test_dry_run_with_deterministic_sets_the_recipe_field_and_the_direct_flag(tmp_path, monkeypatch):
+    monkeypatch.setenv("OUT", str(tmp_path / "out"))
+    monkeypatch.setattr(sys, "argv", ["scale_gpu.py", "--dry-run", "--deterministic", "--windows", "32", "--seq", "256",
+                                      "--work", str(tmp_path / "work"), "--cases", "tiny-moe-ep2:fp8:2"])
+    import signal
+
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        scale_gpu.main()
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+        monkeypatch.setattr(scale_gpu, "DRY_RUN", False)
+    [row] = json.loads((tmp_path / "out" / "scale_gpu.json").read_text())
+    assert row["deterministic"] is True and len(row["reps"]) == 2
+    log = (tmp_path / "out" / "scale_raw.log").read_text()
+    assert log.count("scale_direct.py --model tiny-moe") == 2 and log.count(" --deterministic") == 2
+    from modelopt_typed_recipes.spec.recipe import Recipe
+
+    assert Recipe.load(tmp_path / "work" / "tiny-moe-ep2-fp8" / "recipe.yaml").deterministic
 
 
 def test_scale_direct_runs_without_this_package():
@@ -174,3 +214,43 @@ def test_a_case_run_in_two_calls_is_collected_as_one_row(tmp_path):
     # alone, each half stays a half: no ratio is made up
     half = scale_gpu.collect([raw / "moe-ours" / "scale_gpu.json"], tmp_path / "half.json")
     assert half[0]["direct_wall_s"] is None and half[0]["bitwise_equal"] is None
+
+
+def test_each_repetition_is_compared_with_the_first_of_the_same_program(tmp_path, monkeypatch):
+    """What --deterministic is for: a program whose second export differs from its first is caught (here the
+    direct script's, faked), besides the comparison of the two programs within a repetition."""
+    import argparse
+
+    from safetensors.torch import save_file
+
+    calls = {"direct": 0}
+
+    def fake_run(cmd, env, out, label, timeout):
+        work = tmp_path / "work" / "tiny-moe-ep2-fp8"
+        if label.endswith("ours"):
+            export = work / "ours" / "02-export-hf"
+            export.mkdir(parents=True)
+            save_file({"w": torch.ones(4)}, str(export / "model.safetensors"))
+            stages = [{"name": n, "seconds": 1.0, "peak_memory_bytes": 10, "details": {}, "outputs": [o]}
+                      for n, o in (("quantize-fp8", ""), ("export-hf", "02-export-hf"))]
+            (work / "ours" / "manifest.json").write_text(json.dumps({"result": {
+                "stages": stages, "timings": {}, "seconds": 2.0, "calibration_hash": "h",
+                "determinism": {"requested": True}}}))
+        else:
+            calls["direct"] += 1
+            (work / "direct-export").mkdir()
+            save_file({"w": torch.ones(4) * calls["direct"]}, str(work / "direct-export" / "model.safetensors"))
+            (work / "direct.json").write_text(json.dumps({"timings": {}, "peaks": {}, "windows": 4, "world": 2}))
+        return 1.0, 0
+
+    monkeypatch.setattr(scale_gpu, "run_process", fake_run)
+    a = argparse.Namespace(work=str(tmp_path / "work"), text=None, windows=4, seq=32, batch=2, devices="0,1",
+                           concurrent=False, first_guess_s=1.0, keep_digests=False, deterministic=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    *_, row = scale_gpu.run_case("tiny-moe-ep2", "fp8", 2, a, out, time.time() + 600)
+    first, second = row["reps"]
+    assert first["bitwise_equal"] and "ours_same_as_rep0" not in first
+    assert second["ours_same_as_rep0"] and second["direct_same_as_rep0"] is False and not second["bitwise_equal"]
+    assert row["repeats_equal"] == {"ours": True, "direct": False} and row["deterministic"]
+    assert first["ours_determinism"] == {"requested": True}
