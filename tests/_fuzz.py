@@ -189,7 +189,7 @@ WORDS = [
 ]
 FIELDS = [
     "model", "source", "stages", "calibration", "evaluation", "layout", "output_dir", "backend", "device", "dtype",
-    "seed", "schema_version", "name", "type", "path", "technique", "format", "recipe", "formats", "effective_bits",
+    "seed", "deterministic", "schema_version", "name", "type", "path", "technique", "format", "recipe", "formats", "effective_bits",
     "exclude", "kv_cache", "algorithm", "subdir", "num_layers", "hidden_size", "params", "dataset", "files",
     "num_samples", "seq_length", "batch_size", "tensor_parallel", "pipeline_parallel", "expert_parallel",
     "expert_tensor_parallel", "data_parallel", "context_parallel", "virtual_pipeline", "first_stage_layers",
