@@ -59,7 +59,7 @@ class Determinism:
             "nondeterministic_ops": list(self.nondeterministic_ops),
         }
 
-    def _saw(self, message: warnings.WarningMessage | Warning | str) -> bool:
+    def saw(self, message: warnings.WarningMessage | Warning | str) -> bool:
         """Record an op PyTorch ran without a deterministic kernel; True when ``message`` was such an alert."""
         text = str(message)
         found = _NO_DETERMINISTIC_KERNEL.match(text)
@@ -97,7 +97,7 @@ def applied(requested: bool) -> Iterator[Determinism]:
 
             def record(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                        file: Any = None, line: str | None = None) -> None:
-                if not state._saw(message):
+                if not state.saw(message):
                     show(message, category, filename, lineno, file, line)
 
             warnings.showwarning = record
