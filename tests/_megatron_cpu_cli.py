@@ -6,7 +6,8 @@
 - the machine reports CUDA and megatron-core 0.19 (``check`` allows the backend and its export), but the run's
   plan says CPU and fp32: Megatron-Core runs on gloo through the TEST-ONLY ``megatron_cpu_shim``;
 - ModelOpt's Megatron -> HF exporter (which megatron-core 0.16, the CPU machine's, cannot import) is replaced by
-  a writer of the reference ``config.json`` and a small ``model.safetensors``: what is tested is the run around
+  a writer of the reference ``config.json``, a small ``model.safetensors`` and each rank's tensors
+  (``rankN.safetensors``, to compare runs): what is tested is the run around
   it (journal, checkpoints, kill, resume, lock, swap), the same code the GPU test drives with the real exporter.
 
 Under ``torch.distributed.run`` each rank runs this script (the environment torchrun sets decides the world).
@@ -34,10 +35,15 @@ def _patch() -> None:
     api.plan_run = lambda *a, **k: attrs.evolve(real_plan(*a, **k), device="cpu", dtype="fp32")
 
     def export_hf(model, hf_reference, export_dir, **_kw):  # noqa: ANN001, ANN003, ANN202
+        import torch
         import torch.distributed as dist
         from safetensors.torch import save_file
 
-        if dist.is_initialized() and dist.get_rank() != 0:
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        # each rank's tensors (weights, quantizer amax; not the pickled _extra_state): runs compared tensor by tensor
+        save_file({k: v.detach().float().contiguous().clone() for k, v in model.state_dict().items()
+                   if isinstance(v, torch.Tensor) and "_extra_state" not in k}, str(Path(export_dir) / f"rank{rank}.safetensors"))
+        if rank != 0:
             return
         cfg = json.loads((Path(hf_reference) / "config.json").read_text())
         (Path(export_dir) / "config.json").write_text(json.dumps(cfg))

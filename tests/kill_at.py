@@ -8,7 +8,9 @@ the test is not a race. Moments (HF backend, a quantize -> export recipe):
 - ``inside:stages[1]``: the export files are written, the stage is not yet recorded;
 - ``evaluating-export``: every stage done, the re-loaded export about to be measured;
 - ``before-swap``: the manifests written, the finished folder about to be put in place;
-- ``inside:megatron-export``: the Megatron-Core backend's export files written, the stage not yet recorded.
+- ``inside:megatron-export``: the Megatron-Core backend's export files written, the stage not yet recorded;
+- ``inside:handover``: the first Megatron checkpoint written (a hand-over between layouts under ``save: auto``),
+  before it is loaded.
 """
 
 from __future__ import annotations
@@ -63,6 +65,15 @@ def main() -> int:
             write_hf(*a, **k)
             _die()
         stages.export_hf = export_hf_then_die
+    elif moment == "inside:handover":
+        from modelopt_typed_recipes.runtime.megatron import build
+
+        save = build.save_checkpoint
+
+        def save_then_die(*a, **k):  # noqa: ANN002, ANN003, ANN202
+            save(*a, **k)
+            _die()
+        build.save_checkpoint = save_then_die
     elif moment == "before-swap":
         outputs.publish = lambda *a, **k: _die()
     else:

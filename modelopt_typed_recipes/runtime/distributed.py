@@ -108,6 +108,19 @@ def max_over_ranks(value: int) -> int:
     return int(t.item())
 
 
+def sum_over_ranks(value: int) -> int:
+    """``value`` summed over all ranks (the bytes of a model whose shards the ranks hold)."""
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return value
+    device = torch.cuda.current_device() if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return int(t.item())
+
+
 def broadcast_object(obj: Any) -> Any:
     """Rank 0's ``obj`` on every rank (picklable data only): what one rank decided, every rank acts on."""
     import torch.distributed as dist

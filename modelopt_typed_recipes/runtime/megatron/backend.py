@@ -137,14 +137,8 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
         stage_arch = run.archs[sp.index]
         handover = None
         if sp.layout is not None and sp.layout != run.layout:
-            t = time.perf_counter()
-            handover_dir = staging / f".relayout-{sp.index}"
-            build.save_checkpoint(run.model, handover_dir, arch=stage_arch)
-            run.model = None  # the last reference: freed, reference cycles included, before the new layout is built
-            run.model = _reload(stage_arch, sp.layout, handover_dir, dtype=dtype, device=device, spec=spec,
-                                seed=recipe.seed, deterministic=recipe.deterministic)
-            handover = {"from": run.layout.short(), "to": sp.layout.short(), "seconds": time.perf_counter() - t,
-                        "via": "a temporary Megatron distributed checkpoint, deleted once re-loaded"}
+            handover = _hand_over(run, sp, stage_arch, dtype=dtype, device=device, spec=spec, seed=recipe.seed,
+                                  deterministic=recipe.deterministic)
             run.layout = sp.layout
         if sp.index == keep_teacher_at:
             run.keep_teacher(sp)
@@ -224,6 +218,10 @@ def _open_journal(recipe: Recipe, plan: RunPlan, staging: Path) -> tuple[Any, An
             import shutil
 
             shutil.rmtree(p, ignore_errors=True)
+        if plan.output_dir is not None:  # the same, put in host memory (/dev/shm) or MTR_HANDOVER_DIR
+            from .handover import remove_stale
+
+            remove_stale(plan.output_dir)
         shared = (point.start, None if point.state is None else str(point.state), point.note, journal.stages,
                   journal.extra)
     start, state, note, journal.stages, journal.extra = distributed.broadcast_object(shared)
@@ -267,11 +265,41 @@ def _measure_tasks(phase: str, recipe: Recipe, model: Any, arch: ModelArch, toke
     record(phase, evaluate_tasks(recipe.tasks, lm, tokenizer, seed=recipe.seed), metrics, tasks)
 
 
+def _hand_over(run: Any, sp: Any, arch: ModelArch, *, dtype: str, device: str, spec: str,
+               seed: int, deterministic: bool = False) -> dict[str, Any]:
+    """Move the run's model into stage ``sp``'s layout through a temporary checkpoint (in host memory when
+    :mod:`.handover` finds it safe); return what the stage's details report, the seconds of each part included.
+    The folder is deleted once re-loaded, and when anything fails between the save and the load."""
+    import itertools
+
+    from .. import distributed
+    from . import build, handover
+
+    t = time.perf_counter()
+    own = sum(x.numel() * x.element_size() for x in itertools.chain(run.model.parameters(), run.model.buffers()))
+    total = distributed.sum_over_ranks(own)
+    where = handover.place(total, staging=run.plan.staging(), output_dir=run.plan.output_dir or run.plan.staging(),
+                           index=sp.index)
+    times: dict[str, float] = {}
+    try:
+        build.save_checkpoint(run.model, where.folder, arch=arch)
+        times["save_s"] = time.perf_counter() - t
+        run.model = None  # the last reference: freed, reference cycles included, before the new layout is built
+        run.model = _reload(arch, sp.layout, where.folder, dtype=dtype, device=device, spec=spec, seed=seed,
+                            deterministic=deterministic, times=times)
+    finally:
+        if distributed.is_main():
+            handover.remove(where)
+    return {"from": run.layout.short(), "to": sp.layout.short(), "seconds": time.perf_counter() - t,
+            "via": f"a temporary Megatron distributed checkpoint in {where.choice.reason}; deleted once re-loaded",
+            "where": where.choice.where, "folder": str(where.folder), "bytes": total, **times}
+
+
 def _reload(arch: ModelArch, new: ParallelLayout, tmp: Path, *, dtype: str, device: str, spec: str,
-            seed: int, deterministic: bool = False) -> Any:
+            seed: int, deterministic: bool = False, times: dict[str, float] | None = None) -> Any:
     """The second half of a move between layouts: the old model is gone (collected here, with its reference
     cycles, so two copies never share the GPU), groups rebuilt for ``new``, the hand-over checkpoint (with the
-    ModelOpt state) loaded and deleted."""
+    ModelOpt state) loaded and deleted. ``times`` gets the seconds to build (``build_s``) and load (``load_s``)."""
     import gc
 
     import torch
@@ -279,13 +307,17 @@ def _reload(arch: ModelArch, new: ParallelLayout, tmp: Path, *, dtype: str, devi
     from .. import distributed
     from . import build
 
+    t = time.perf_counter()
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     distributed.set_layout(new, seed=seed, device=device)
     fresh = build.build_model(arch, new, dtype=dtype, device=device, spec=spec, deterministic=deterministic)
+    t_built = time.perf_counter()
     fresh = build.load_checkpoint(fresh, tmp)
     distributed.barrier()
+    if times is not None:
+        times.update(build_s=t_built - t, load_s=time.perf_counter() - t_built)
     if distributed.is_main():
         import shutil
 
