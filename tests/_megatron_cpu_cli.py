@@ -41,8 +41,9 @@ def _patch() -> None:
 
         rank = dist.get_rank() if dist.is_initialized() else 0
         # each rank's tensors (weights, quantizer amax; not the pickled _extra_state): runs compared tensor by tensor
-        save_file({k: v.detach().float().contiguous().clone() for k, v in model.state_dict().items()
-                   if isinstance(v, torch.Tensor) and "_extra_state" not in k}, str(Path(export_dir) / f"rank{rank}.safetensors"))
+        tensors = {k: v.detach().float().contiguous().clone() for k, v in model.state_dict().items()
+                   if isinstance(v, torch.Tensor) and "_extra_state" not in k}
+        save_file(tensors, str(Path(export_dir) / f"rank{rank}.safetensors"))
         if rank != 0:
             return
         cfg = json.loads((Path(hf_reference) / "config.json").read_text())
