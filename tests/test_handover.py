@@ -203,6 +203,14 @@ def test_a_move_through_memory_equals_one_through_the_disk(quantized, tmp_path, 
     assert _shm_entries() == shm_before and list((tmp_path / "b" / "staging").iterdir()) == []
 
 
+def test_a_forced_folder_that_cannot_be_made_falls_back_to_the_disk(quantized, tmp_path, monkeypatch) -> None:
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv(H.ENV, str(tmp_path / "file" / "below"))
+    _, details = _move(quantized(), tmp_path)
+    assert details["where"] == "output" and "could not be made" in details["via"], details
+    assert list((tmp_path / "staging").iterdir()) == []
+
+
 @pytest.mark.parametrize("where", ["memory", "forced", "output"])
 def test_a_failed_load_leaves_no_folder(quantized, tmp_path, monkeypatch, where) -> None:
     from modelopt_typed_recipes.runtime.megatron import build

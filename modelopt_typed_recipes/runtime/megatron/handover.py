@@ -188,14 +188,19 @@ def place(checkpoint_bytes: int, *, staging: Path, output_dir: Path, index: int)
     """Decide on rank 0 (every rank gets its answer) and make the scratch folder (owner-only: model weights)."""
     from .. import distributed
 
-    choice = choose(checkpoint_bytes, read_machine()) if distributed.is_main() else None
+    choice = None
+    if distributed.is_main():
+        choice = choose(checkpoint_bytes, read_machine())
+        scratch = folder_for(choice, staging=staging, output_dir=output_dir, index=index).scratch
+        if scratch is not None:
+            try:
+                shutil.rmtree(scratch, ignore_errors=True)
+                scratch.mkdir(mode=0o700, parents=True)
+            except OSError as exc:  # the disk, as before, rather than a rank failing alone
+                choice = Choice(where="output", reason=f"the output's staging folder on disk: {scratch} could not "
+                                                       f"be made ({exc.strerror or exc})")
     choice = distributed.broadcast_object(choice)
-    where = folder_for(choice, staging=staging, output_dir=output_dir, index=index)
-    if distributed.is_main() and where.scratch is not None:
-        shutil.rmtree(where.scratch, ignore_errors=True)
-        where.scratch.mkdir(mode=0o700, parents=True)
-    distributed.barrier()
-    return where
+    return folder_for(choice, staging=staging, output_dir=output_dir, index=index)
 
 
 def remove(where: Place) -> None:
