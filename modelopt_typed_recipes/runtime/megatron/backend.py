@@ -5,9 +5,10 @@ built; ``run`` does the distributed setup for the first stage's layout, model fr
 windows, and the stages in order. Stages hand the model over in memory; a stage writes a Megatron
 distributed checkpoint only when its plan's save decision says so (``plan/save.py``). Between stages whose
 layouts differ (a TP=2 quantization followed by a pipeline-only export) the model goes through a temporary
-checkpoint with its ModelOpt state (the hand-over the stage's details report), the parallel groups are
-rebuilt and the model is re-loaded resharded. Everything is written under ``plan.staging_dir``; the caller
-renames it to the output folder when ``run`` returns.
+checkpoint with its ModelOpt state (the hand-over the stage's details report; in host memory when
+:mod:`.handover` finds that safe), the parallel groups are rebuilt and the model is re-loaded resharded.
+Everything else is written under ``plan.staging_dir``; the caller renames it to the output folder when ``run``
+returns.
 
 Each finished stage is recorded in the staging folder's journal (``plan.journal``) with the checkpoint its
 save decision wrote (an export records the checkpoint of the model it exported). After a kill the same
