@@ -211,6 +211,9 @@ def test_parameter_counts_accept_suffixes() -> None:
     assert Prune(params=123).params == 123
     with pytest.raises(SpecError):
         Prune(params="lots")
+    for infinite in ("INF", "inf", "infB", "nan"):  # float() takes them; a count they are not
+        with pytest.raises(SpecError):
+            Prune(params=infinite)
 
 
 def test_labels_and_sources() -> None:

@@ -245,7 +245,7 @@ def parse_count(value: object) -> int | None:
         except ValueError:
             pass
         else:
-            if out > 0 and out == int(out):
+            if 0 < out < float("inf") and out == int(out):  # "inf" parses as a float but is no count
                 return int(out)
     raise SpecError(f"expected a parameter count like 6000000000 or '6B', got {value!r}")
 
