@@ -97,19 +97,16 @@ def seed_weights(seed: int, *, device: str = "cuda") -> None:
 
 def max_over_ranks(value: int) -> int:
     """The largest ``value`` over all ranks (a stage's peak memory is its most loaded rank's)."""
-    import torch
-    import torch.distributed as dist
-
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return value
-    device = torch.cuda.current_device() if dist.get_backend() == "nccl" else "cpu"
-    t = torch.tensor([value], dtype=torch.int64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t.item())
+    return _reduce_int(value, "MAX")
 
 
 def sum_over_ranks(value: int) -> int:
     """``value`` summed over all ranks (the bytes of a model whose shards the ranks hold)."""
+    return _reduce_int(value, "SUM")
+
+
+def _reduce_int(value: int, op: str) -> int:
+    """One integer all-reduced with ``torch.distributed.ReduceOp[op]`` (itself when there is one rank)."""
     import torch
     import torch.distributed as dist
 
@@ -117,7 +114,7 @@ def sum_over_ranks(value: int) -> int:
         return value
     device = torch.cuda.current_device() if dist.get_backend() == "nccl" else "cpu"
     t = torch.tensor([value], dtype=torch.int64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    dist.all_reduce(t, op=getattr(dist.ReduceOp, op))
     return int(t.item())
 
 
