@@ -344,7 +344,7 @@ def run_case(name: str, fmt: str, reps: int, a: argparse.Namespace, out: Path, d
 
 
 def summarize(row: dict, arch) -> None:
-    both = "direct" in row.get("runs", ("ours", "direct"))
+    both = "direct" in row.get("runs", ("ours", "direct")) and any("direct_wall_s" in r for r in row["reps"])
     done = [r for r in row["reps"] if "ours_wall_s" in r and r.get("ours_rc") == 0
             and (not both or ("direct_wall_s" in r and r.get("direct_rc") == 0))]
     if not done:
@@ -485,8 +485,9 @@ def merge_split_runs(rows: list[tuple[str, dict]], compared: list[dict]) -> list
         joined = {**ours, "runs": ["ours", "direct"], "reps": []}
         for r_o, r_d in zip(ours["reps"], direct["reps"]):
             r = {**r_d, **r_o, "order": ["ours (own call)", "direct (own call)"]}
-            for c in compared:
-                if (c["case"], c["format"], c.get("rep", 0)) == (ours["case"], ours["format"], r["rep"]):
+            for c in compared:  # a saved comparison names its case, format, repetition, windows and mode
+                if (c["case"], c["format"], c.get("rep", 0), c.get("windows"), bool(c.get("deterministic"))) == (
+                        ours["case"], ours["format"], r["rep"], ours["windows_asked"], bool(ours.get("deterministic"))):
                     r.update({k: c[k] for k in ("tensors", "tensors_differing", "json_equal")},
                              bitwise_equal=c["tensors_differing"] == 0 and c["json_equal"] and c["tensors"] > 0)
             joined["reps"].append(r)
@@ -514,6 +515,8 @@ def collect(raw: list[str | Path], out: Path, compared: list[Path] = ()) -> list
     rows = []
     for src, row in pairs:
         arch = get_arch(row["model"])
+        if row.get("wall_s") is None:
+            summarize(row, arch)  # e.g. a case whose direct script was skipped for time: our side still counts
         export_layout = {"pipeline_parallel": int(row["export_layout"].split("PP")[1])}
         quant_layout = dict(zip(("tensor_parallel", "pipeline_parallel", "expert_parallel"),
                                 (int(x[2:]) for x in row["layout"].split())))

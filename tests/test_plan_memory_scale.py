@@ -38,9 +38,14 @@ ROWS = [
      "session7/moe-ours/scale_gpu.json"),
     ("qwen3-30b-a3b", "fp8", "export", {"pipeline_parallel": 2}, False, 30_598_230_528,
      "session7/moe-ours/scale_gpu.json"),
+    ("qwen3-8b", "nvfp4", "quantize", {"tensor_parallel": 2}, False, 22_049_936_384,
+     "session8/tp2-nvfp4/scale_gpu.json"),
+    ("qwen3-8b", "nvfp4", "export", {"pipeline_parallel": 2}, False, 8_700_935_168,
+     "session8/tp2-nvfp4/scale_gpu.json"),
 ]
-"""Not here: qwen3-8b's TP1 PP2 export after its TP2 quantize (c3b: 16,420,048,896 bytes), which held the old
-TP2 model beside the new one (a hand-over bug fixed since, benchmarks/scale_gpu.md); the plan gives about half."""
+"""Not here: qwen3-8b's TP1 PP2 export after its TP2 quantize in the second session (c3b: 16,420,048,896 bytes),
+which held the old TP2 model beside the new one (a hand-over bug fixed since); the fifth session's TP2 -> PP2 NVFP4
+run (above) measured the fixed hand-over."""
 
 
 def _id(row: tuple) -> str:
@@ -68,7 +73,9 @@ def test_rows_are_the_raw_measurements(row):
     assert len(cases) == 1
     case = cases[0]
     assert (case["batch"], case["seq_length"]) == (BATCH, SEQ)
-    assert case["peak_bytes_per_rank"][stage] == measured
+    # a case whose direct script was skipped for time has no summary: our stages of the run say the peak
+    stages = {s["name"].split("-")[0]: s["peak_memory_bytes"] for s in case["reps"][-1]["ours_stages"]}
+    assert (case.get("peak_bytes_per_rank") or stages)[stage] == measured == stages[stage]
     layout = case["layout"] if stage == "quantize" else case["export_layout"]
     parts = {p[:2]: int(p[2:]) for p in layout.split()}  # "TP1 PP1 EP2"
     want = ParallelLayout(**fields)

@@ -216,6 +216,30 @@ def test_a_case_run_in_two_calls_is_collected_as_one_row(tmp_path):
     assert half[0]["direct_wall_s"] is None and half[0]["bitwise_equal"] is None
 
 
+def test_each_saved_comparison_joins_only_the_runs_it_compared(tmp_path):
+    """The MoE case ran twice in split calls (64 windows; then 32 windows with deterministic: true): each saved
+    tensor comparison goes to its own pair, so the first pair keeps its 7,207 differing tensors and the second its
+    0; a case whose direct script was never started still reports our side (wall, peaks), with no ratio."""
+    import scale_gpu
+
+    raw = ROOT / "benchmarks" / "raw"
+    rows = scale_gpu.collect([raw / "session7" / "moe-ours" / "scale_gpu.json",
+                              raw / "session7" / "moe-direct" / "scale_gpu.json",
+                              raw / "session8" / "moe-ours" / "scale_gpu.json",
+                              raw / "session8" / "moe-direct" / "scale_gpu.json",
+                              raw / "session8" / "tp2-nvfp4" / "scale_gpu.json"],
+                             tmp_path / "out.json", [raw / "session8" / "moe_compare.json",
+                                                     raw / "session7" / "moe_compare.json"])
+    first, second, alone = rows
+    assert (first["windows"], first["deterministic"], first["bitwise_equal"]) == (64, False, False)
+    assert first["per_rep"][0]["tensors_differing"] == 7207
+    assert (second["windows"], second["deterministic"], second["bitwise_equal"]) == (32, True, True)
+    assert second["per_rep"][0]["tensors_differing"] == 0 and second["tensors_compared"] == 56115
+    assert alone["direct_wall_s"] is None and alone["ratio"] is None and alone["bitwise_equal"] is None
+    assert alone["wall_s"] == 310.31 and alone["peak_bytes_per_rank"]["export"] == 8700935168
+    assert abs(alone["planned_vs_peak"]["export"]) < 0.15
+
+
 def test_each_repetition_is_compared_with_the_first_of_the_same_program(tmp_path, monkeypatch):
     """What --deterministic is for: a program whose second export differs from its first is caught (here the
     direct script's, faked), besides the comparison of the two programs within a repetition."""
