@@ -169,9 +169,15 @@ def test_megatron_mmlu_never_falls_back_quietly(reference_on_megatron, tmp_path:
             assert [(e.path, "datasets" in str(e)) for e in errors if isinstance(e, CompatibilityError)] == [
                 ("tasks[0].task", True)], backend
     monkeypatch.setitem(sys.modules, "modelopt.torch.utils.plugins.megatron_mmlu", None)
-    with pytest.raises(CompatibilityError, match="megatron_mmlu"):
-        evaluate_tasks((MMLU(path=str(fixture)),),
-                       MegatronTaskModel(mc, max_length=1024, workspace=tmp_path / "w", progress=False), tok)
+    lm = MegatronTaskModel(mc, max_length=1024, workspace=tmp_path / "w", progress=False)
+    # the error names the offending task's place in the recipe, as the plan's check does (here the second task)
+    with pytest.raises(CompatibilityError, match="megatron_mmlu") as info:
+        evaluate_tasks((Generate(prompts=("a",)), MMLU(path=str(fixture))), lm, tok, only=[1])
+    assert info.value.path == "tasks[1].task"
+    # so does a sampled generate task that a direct caller hands over without the plan's check
+    with pytest.raises(CompatibilityError, match="greedily") as info:
+        evaluate_tasks((MMLU(path=str(fixture)), Generate(prompts=("a",), greedy=False)), lm, tok, only=[1])
+    assert info.value.path == "tasks[1].greedy"
 
 
 def test_megatron_backend_measures_tasks_before_and_after(reference_on_megatron, tmp_path: Path) -> None:

@@ -25,7 +25,8 @@ class HFTaskModel:
     def logits(self, ids: Any) -> Any:
         return self.model(input_ids=ids).logits
 
-    def generate(self, ids: list[int], *, max_new_tokens: int, greedy: bool, eos: int | None) -> list[int]:
+    def generate(self, ids: list[int], *, max_new_tokens: int, greedy: bool, eos: int | None,
+                 path: str) -> list[int]:
         """transformers' ``generate``: greedy, or sampling at temperature 1 (seeded by the caller)."""
         import torch
 
@@ -37,5 +38,5 @@ class HFTaskModel:
                                       eos_token_id=eos, pad_token_id=eos if eos is not None else 0, **kwargs)
         return [int(t) for t in out[0, prompt.shape[1]:]]
 
-    def mmlu(self, task: Any, data: Any, tokenizer: Any) -> float | None:
+    def mmlu(self, task: Any, data: Any, tokenizer: Any, *, path: str) -> float | None:
         return None  # the shared log-likelihood scorer

@@ -34,21 +34,23 @@ class MegatronTaskModel:
 
         return megatron_prefill(self.model, ids)
 
-    def generate(self, ids: list[int], *, max_new_tokens: int, greedy: bool, eos: int | None) -> list[int]:
+    def generate(self, ids: list[int], *, max_new_tokens: int, greedy: bool, eos: int | None,
+                 path: str) -> list[int]:
         """``megatron_generate`` on one prompt (it stops at ``eos`` for a batch of one), without a KV cache as
         Megatron-LM's post-quantization check runs it."""
         import torch
         from modelopt.torch.utils.plugins.megatron_generate import megatron_generate
 
         if not greedy:  # refused by the plan's check (plan/tasks.py); kept for direct callers
-            raise CompatibilityError("the Megatron-Core backend generates greedily", path="tasks")
+            raise CompatibilityError("the Megatron-Core backend generates greedily", path=f"{path}.greedy",
+                                     hint="greedy: true, or backend: hf")
         prompt = torch.tensor([ids[-(self.max_length - max_new_tokens):]], dtype=torch.long, device=self.device)
         out = megatron_generate(self.model, prompt, osl=max_new_tokens,
                                 eos_token_id=[eos] if eos is not None else [], enable_kv_cache=False,
                                 disable_tqdm=not self.progress)
         return [int(t) for t in out[0].tolist()]
 
-    def mmlu(self, task: MMLU, data: MMLUData, tokenizer: Any) -> float | None:
+    def mmlu(self, task: MMLU, data: MMLUData, tokenizer: Any, *, path: str) -> float | None:
         """ModelOpt's ``megatron_mmlu`` on the task's questions (its ``fraction`` already applied), handed over as
         a folder in the ``cais/mmlu`` layout, which its ``datasets.load_dataset(folder, "all")`` reads. A failed
         import is an error, never a quiet switch to another scorer (the plan refuses a missing ``datasets``)."""
@@ -58,7 +60,7 @@ class MegatronTaskModel:
             from modelopt.torch.utils.plugins.megatron_mmlu import megatron_mmlu
         except ImportError as exc:
             raise CompatibilityError(f"ModelOpt's megatron_mmlu, which the Megatron-Core backend scores MMLU with, "
-                                     f"does not import here: {exc}", path="tasks",
+                                     f"does not import here: {exc}", path=f"{path}.task",
                                      hint="pip install datasets (megatron_mmlu reads the MMLU folder with it), "
                                           "or backend: hf") from None
 

@@ -32,11 +32,13 @@ class TaskModel(Protocol):
     def logits(self, ids: Any) -> Any:
         """``[batch, seq]`` token ids -> ``[batch, seq, vocab]`` logits (every rank gets them)."""
 
-    def generate(self, ids: list[int], *, max_new_tokens: int, greedy: bool, eos: int | None) -> list[int]:
-        """The new token ids after ``ids`` (at most ``max_new_tokens``, stopping at ``eos``)."""
+    def generate(self, ids: list[int], *, max_new_tokens: int, greedy: bool, eos: int | None,
+                 path: str) -> list[int]:
+        """The new token ids after ``ids`` (at most ``max_new_tokens``, stopping at ``eos``); ``path`` is the
+        task's place in the recipe (``tasks[i]``), which an error names."""
 
-    def mmlu(self, task: MMLU, data: _items.MMLUData, tokenizer: Any) -> float | None:
-        """The backend's own MMLU accuracy, or None to use the shared scorer."""
+    def mmlu(self, task: MMLU, data: _items.MMLUData, tokenizer: Any, *, path: str) -> float | None:
+        """The backend's own MMLU accuracy, or None to use the shared scorer; ``path`` as for ``generate``."""
 
 
 @attrs.frozen(kw_only=True)
@@ -100,7 +102,7 @@ def run_next_sentence(task: NextSentence, lm: TaskModel, tokenizer: Any, *, path
 def run_mmlu(task: MMLU, lm: TaskModel, tokenizer: Any, *, path: str, seed: int) -> TaskResult:
     """The backend's MMLU where it has one, else the answer letter with the highest next-token logit."""
     data = _items.load_mmlu(task, path=path)
-    native = lm.mmlu(task, data, tokenizer)
+    native = lm.mmlu(task, data, tokenizer, path=path)
     if native is not None:
         return TaskResult(accuracy=native, correct=round(native * len(data.test)), total=len(data.test),
                           seconds=0.0, scorer="megatron_mmlu")
@@ -124,7 +126,8 @@ def run_generate(task: Generate, lm: TaskModel, tokenizer: Any, *, path: str, se
     eos = getattr(tokenizer, "eos_token_id", None)
     texts = []
     for prompt in task.prompts:
-        new = lm.generate(_ids(tokenizer, prompt), max_new_tokens=task.max_new_tokens, greedy=task.greedy, eos=eos)
+        new = lm.generate(_ids(tokenizer, prompt), max_new_tokens=task.max_new_tokens, greedy=task.greedy, eos=eos,
+                          path=path)
         texts.append(tokenizer.decode([t for t in new if t != eos], skip_special_tokens=True))
     if not task.references:
         return TaskResult(accuracy=None, correct=None, total=len(texts), seconds=0.0, scorer="generate",
