@@ -132,3 +132,25 @@ def test_generate_references_and_a_gate_that_fails_leaves_nothing(mmlu_dir: Path
     passed = api.run_post_training({**gated, "gate": {"min_accuracy": {"next_sentence": 0.5}}}, progress=False)
     assert passed.metrics[metric_key("generate", "before")] == 1.0
     assert (Path(passed.output_dir) / "export" / "config.json").is_file()
+
+
+def test_mmlu_before_is_measured_again_when_the_folder_holds_other_questions(tmp_path: Path) -> None:
+    """The result before the stages is kept for the process (several recipes, one model); the same task spec on
+    a folder rewritten with another question set is measured again, not read back from the first."""
+    task = NextSentence(num_items=34, seed=11)
+    qs = questions_from_items(next_sentence_items(task, task_documents(task, path="t")), subjects=SUBJECTS)
+    folder = tmp_path / "cais-mmlu"
+    fp8 = [{"technique": "quantize", "format": "fp8"}]
+    small = {"dataset": "reference-train", "num_samples": 2, "seq_length": 128, "batch_size": 2}
+
+    def run(out: str) -> dict:
+        doc = recipe(tmp_path / out, folder, stages=fp8, calibration=small, evaluation=None,
+                     tasks=[{"task": "mmlu", "path": str(folder)}])
+        return api.run_post_training(doc, progress=False).tasks["mmlu"]
+
+    write_mmlu_folder(qs[10:], folder, dev=qs[:10])
+    first = run("a")
+    assert first["before"]["total"] == 24
+    write_mmlu_folder(qs[10:20], folder, dev=qs[:10])
+    second = run("b")
+    assert second["before"]["total"] == second["after"]["total"] == 10, second

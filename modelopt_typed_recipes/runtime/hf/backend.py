@@ -22,7 +22,8 @@ from ..result import PostTrainingResult, StageResult, peak_memory, reset_peak_me
 
 # perplexity of an unmodified model on the same windows, kept for the process (several recipes, one model)
 _BASELINES: dict[tuple[str, ...], float] = {}
-# the same for evaluation tasks: (model, dtype, device, task content hash) -> the task's result before the stages
+# the same for evaluation tasks: (model, dtype, device, task content hash, items digest) -> the task's result before
+# the stages; the items digest tells apart other questions read from the same folder (runtime.tasks.items)
 _TASK_BASELINES: dict[tuple[str, ...], TaskResult] = {}
 
 
@@ -45,6 +46,7 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
     from ...plan.techniques.distill import teacher_span
     from ...spec.serde import content_hash
     from ..data import batches, data_hash, token_windows
+    from ..tasks.items import items_digest
     from ..tasks.run import evaluate_tasks, record
     from . import evaluate, export
     from .model import count_params, load_model
@@ -90,7 +92,8 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
     tasks: dict[str, dict[str, Any]] = {}
     if recipe.tasks:
         t = time.perf_counter()
-        keys = [(model_key, plan.dtype, device, content_hash(task)) for task in recipe.tasks]
+        keys = [(model_key, plan.dtype, device, content_hash(task), items_digest(task, path=f"tasks[{i}]"))
+                for i, task in enumerate(recipe.tasks)]
         todo = [i for i, k in enumerate(keys) if k not in _TASK_BASELINES]
         fresh = evaluate_tasks(recipe.tasks, evaluate.HFTaskModel(model, device=device, progress=progress),
                                tokenizer, seed=recipe.seed, only=todo)

@@ -10,6 +10,7 @@ in ``run_post_training``'s pre-flight, so bad task data fails before any model i
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import re
@@ -254,6 +255,20 @@ def questions_from_items(items: Sequence[ChoiceItem], *, subjects: Sequence[str]
     return out
 
 
+# --------------------------------------------------------------------------- identity
+def items_digest(task: Task, *, path: str) -> str:
+    """What identifies the items ``task`` asks, beyond its spec: the questions read from its MMLU folder (their
+    subjects, splits and number, as ``fraction`` took them) or the items cut from its text. A result kept under
+    the spec alone would be read back after the folder or the files under the same path changed."""
+    content: object = ()  # generate: the prompts are the spec; lm_eval: its task names pick lm-eval's data
+    if isinstance(task, MMLU):
+        data = load_mmlu(task, path=path)
+        content = (data.test, sorted(data.dev.items()))
+    elif isinstance(task, NextSentence):
+        content = next_sentence_items(task, task_documents(task, path=path))
+    return hashlib.sha256(repr(content).encode()).hexdigest()[:16]
+
+
 # --------------------------------------------------------------------------- pre-flight
 def check_tasks(tasks: Sequence[Task]) -> None:
     """Every task's data readable and non-empty (no torch); raises DataError at ``tasks[i]...``."""
@@ -275,5 +290,5 @@ def check_tasks(tasks: Sequence[Task]) -> None:
             harness.check(task, path=path)
 
 
-__all__ = ["ChoiceItem", "MMLUData", "Question", "check_tasks", "load_mmlu", "mmlu_prompt",
+__all__ = ["ChoiceItem", "MMLUData", "Question", "check_tasks", "items_digest", "load_mmlu", "mmlu_prompt",
            "next_sentence_items", "questions_from_items", "task_documents", "write_mmlu_folder"]
