@@ -205,3 +205,24 @@ def test_registered_with_both_executors() -> None:
     tech = technique_for(Distill(steps=1))
     assert tech.name == "distill" and not tech.calibrates
     assert set(tech.executors) == {"hf", "megatron"}
+
+
+def test_megatron_memory_figure_says_which_gpu_it_assumes() -> None:
+    """No GPU known here: the figure is for an H100 and says so (summary and a note naming the stage), and that
+    the distillation formula is not yet measured; a GPU found here is used and nothing is assumed."""
+    stages = (Quantize(format="fp8"), Distill(steps=5))
+    seen = {}
+    for name in (None, "NVIDIA L40S", "h200-141gb"):
+        env = Environment(megatron_core="0.19.2", modelopt="0.47.0", cuda=True, gpu_count=1,
+                          transformer_engine=True, gpu_name=name)
+        report = check_recipe(recipe(*stages, backend="megatron"), env=env)
+        assert report.errors == (), report.errors
+        memory = report.stages[1].memory
+        notes = [w for w in report.warnings if w.startswith("stages[1]: the distillation memory figure")]
+        seen[name] = (memory["gpu"], memory["gpu_assumed"], memory["measured_formula"], len(notes))
+        if notes:
+            assert "assumes h100-80gb GPUs" in notes[0] and "not yet compared with a measured peak" in notes[0]
+            assert (name or "no GPU") in notes[0]
+    assert seen == {None: ("h100-80gb", True, False, 1), "NVIDIA L40S": ("h100-80gb", True, False, 1),
+                    "h200-141gb": ("h200-141gb", False, False, 0)}
+    assert report.to_dict()["stages"][1]["memory"]["gpu_assumed"] is False

@@ -70,7 +70,10 @@ def _print_report(report: RunPlan) -> None:
     for st in report.stages:
         if st.memory is not None:
             terms = st.memory["terms"]
-            table(f"stages[{st.index}] {st.label}: memory per rank on a {st.memory['gpu']} (estimate)",
+            how = "; ".join(x for x in ("GPU assumed: none known here" if st.memory.get("gpu_assumed") else "",
+                                        "estimate" if st.memory.get("measured_formula") else
+                                        "estimate, formula not yet measured") if x)
+            table(f"stages[{st.index}] {st.label}: memory per rank on a {st.memory['gpu']} ({how})",
                   ["term", "GiB"], ((k, f"{v / 2**30:.3f}") for k, v in [*terms.items(), ("total", st.memory[
                       "per_rank_bytes"])] if v), right=("GiB",))
         if st.coverage is None:

@@ -203,27 +203,43 @@ def check(stage: Distill, ctx: StageContext) -> Findings:
     return Findings(errors=tuple(errors), warnings=tuple(warnings), memory=memory)
 
 
+ASSUMED_GPU = "h100-80gb"
+"""The GPU a distillation figure is computed for when this machine shows none the GPU table knows (``plan``'s
+default ``--gpu``); the figure says so (``gpu_assumed``) and the check adds a note."""
+
+
 def memory_plan(stage: Distill, ctx: StageContext, teacher: ModelArch | None) -> tuple[dict[str, object], str]:
-    """The stage's per-rank memory on the machine's GPU (an H100 when none is known): student weights, fp32
-    gradients, master weights and Adam moments, the teacher, activations of one micro batch; and a note when it
-    does not fit (a note, not an error: the distillation terms are estimates, not yet measured)."""
+    """The stage's per-rank memory on the machine's GPU (:data:`ASSUMED_GPU` when none is known, which the
+    figure and a note say): student weights, fp32 gradients, master weights and Adam moments, the teacher,
+    activations of one micro batch. Notes, not errors: the distillation formula is an estimate not yet compared
+    with a measured peak, and the GPU may be assumed."""
     from .. import memory
     from ..gpus import get_gpu
 
-    try:
-        gpu = get_gpu(ctx.env.gpu_name) if ctx.env.gpu_name else get_gpu("h100-80gb")
-    except RecipeError:
-        gpu = get_gpu("h100-80gb")
+    found = None
+    if ctx.env.gpu_name:
+        try:
+            found = get_gpu(ctx.env.gpu_name)
+        except RecipeError:
+            pass
+    gpu = found or get_gpu(ASSUMED_GPU)
     seq = stage.window_length(ctx.recipe.calibration.seq_length)
     if ctx.layout is None:  # pragma: no cover - the caller checks
         return {}, ""
     plan = memory.estimate(ctx.arch, ctx.layout, gpu, stage="distill", batch=stage.micro_batch_size, seq_length=seq,
                            teacher=teacher, with_teacher=stage.has_teacher)
-    note = "" if plan.fits else (
-        f"{ctx.path}: distillation is estimated at {plan.per_rank_bytes / 2**30:.1f} GiB per rank, more than the "
-        f"{plan.usable_bytes / 2**30:.1f} GiB usable on a {gpu.name}; raise tensor_parallel or lower micro_batch_size")
-    summary = plan.summary()
-    return summary, note
+    notes = []
+    if found is None:
+        seen = f"{ctx.env.gpu_name!r}, not in the GPU table," if ctx.env.gpu_name else "no GPU"
+        notes.append(f"the distillation memory figure ({plan.per_rank_bytes / 2**30:.1f} GiB per rank) assumes "
+                     f"{gpu.name} GPUs ({seen} found here), and is an estimate: its formula is not yet compared with a "
+                     f"measured peak")
+    if not plan.fits:
+        notes.append(f"distillation is estimated at {plan.per_rank_bytes / 2**30:.1f} GiB per rank, more than the "
+                     f"{plan.usable_bytes / 2**30:.1f} GiB usable on a {gpu.name}; raise tensor_parallel or lower "
+                     f"micro_batch_size")
+    summary = {**plan.summary(), "gpu_assumed": found is None}
+    return summary, f"{ctx.path}: " + "; ".join(notes) if notes else ""
 
 
 TECHNIQUE = register(Technique(
