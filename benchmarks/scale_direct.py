@@ -119,6 +119,16 @@ def build(name: str, tp: int, pp: int, ep: int, deterministic: bool = False):
     return model.to(torch.cuda.current_device()).eval()
 
 
+class ByteTokenizer:
+    """UTF-8 bytes as token ids and 256 as end-of-text, called as a transformers tokenizer is: the text of a toy
+    vocabulary (tiny-moe) too small for a real tokenizer."""
+
+    eos_token_id = 256
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+        return {"input_ids": list(text.encode("utf-8"))}
+
+
 def windows(text_file: str, tokenizer_dir: str, n: int, seq: int) -> torch.Tensor:
     """Documents (form-feed separated, or one JSON line each with a ``text`` field) tokenised, joined with
     end-of-text, cut into n windows of seq tokens."""
@@ -128,12 +138,8 @@ def windows(text_file: str, tokenizer_dir: str, n: int, seq: int) -> torch.Tenso
 
     if any(Path(tokenizer_dir).glob("tokenizer*")):
         tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    else:  # a toy vocabulary too small for a real tokenizer (tiny-moe): UTF-8 bytes, end-of-text 256
-        class tok:  # noqa: N801
-            eos_token_id = 256
-
-            def __new__(cls, text, add_special_tokens=False):
-                return {"input_ids": list(text.encode("utf-8"))}
+    else:  # a toy vocabulary too small for a real tokenizer (tiny-moe)
+        tok = ByteTokenizer()
     ids: list[int] = []
     with open(text_file, encoding="utf-8") as f:
         docs = [json.loads(line)["text"] for line in f if line.strip()] if text_file.endswith(".jsonl") \

@@ -97,6 +97,19 @@ def test_generated_text_gives_the_same_windows_to_both_programs(tmp_path):
         build(tmp_path / "short.jsonl", windows=10_000, seq=2048, packages=[])
 
 
+def test_direct_script_reads_a_toy_vocabulary_as_utf8_bytes(tmp_path):
+    """Without tokenizer files (tiny-moe's folder) the direct script's windows are the text's UTF-8 bytes, each
+    document followed by end-of-text 256, as a transformers tokenizer's call would give them."""
+    from scale_direct import ByteTokenizer
+    from scale_direct import windows as direct_windows
+
+    text = tmp_path / "t.jsonl"
+    text.write_text("".join(json.dumps({"text": t}) + "\n" for t in ("héllo", "  ", "wörld!")), encoding="utf-8")
+    ids = [*"héllo".encode(), 256, *"wörld!".encode(), 256]
+    assert ByteTokenizer()("héllo", add_special_tokens=False) == {"input_ids": list("héllo".encode())}
+    assert direct_windows(str(text), str(tmp_path), 3, 5).tolist() == [ids[0:5], ids[5:10], ids[10:15]]
+
+
 def test_direct_script_builds_the_same_transformer_config_as_ours():
     """The hand-written script's TransformerConfig equals ours for every case, EP=2 MoE included: same random
     weights, hence comparable exports."""
