@@ -203,6 +203,50 @@ def test_a_move_through_memory_equals_one_through_the_disk(quantized, tmp_path, 
     assert _shm_entries() == shm_before and list((tmp_path / "b" / "staging").iterdir()) == []
 
 
+def _quantizer_settings(model) -> dict[str, str]:
+    """Each quantizer's settings (what its pickled ``_extra_state`` carries: bits, axis, enabled, ...). The
+    output layer's quantizers, all disabled, are saved with no state, so the dtype their last forward saw
+    (``_input_dtype``) is not kept by any load, before this change or after: left out there."""
+    from modelopt.torch.quantization.nn import TensorQuantizer
+
+    return {n: repr(sorted((k, v) for k, v in m.get_modelopt_state().items()
+                           if not (n.startswith("output_layer.") and k == "_input_dtype")))
+            for n, m in model.named_modules() if isinstance(m, TensorQuantizer)}
+
+
+def test_the_move_reads_each_extra_state_once_and_skips_the_global_checks(quantized, tmp_path, monkeypatch) -> None:
+    """The hand-over's own save and load skip Megatron-Core's all-gathered access checks, and the weights' load
+    leaves out the ``_extra_state`` ModelOpt's restore has just read and set (issue 9: half the load of a MoE
+    with thousands of quantizers per rank); the moved model holds the same tensors and quantizer settings."""
+    from megatron.core import dist_checkpointing
+
+    model = quantized()
+    before, settings_before = _tensors(model), _quantizer_settings(model)
+    calls: list[tuple[str, int, int, bool]] = []
+
+    def spy(name):
+        real = getattr(dist_checkpointing, name)
+
+        def call(sharded, directory, *a, validate_access_integrity=True, **k):
+            extra = sum("_extra_state" in key for key in sharded)
+            calls.append((name, extra, len(sharded) - extra, validate_access_integrity))
+            return real(sharded, directory, *a, validate_access_integrity=validate_access_integrity, **k)
+        return call
+
+    for name in ("save", "load"):
+        monkeypatch.setattr(dist_checkpointing, name, spy(name))
+    moved, _ = _move(model, tmp_path)
+    weights = [c for c in calls if c[0] == "save" and c[1] > 0]
+    assert len(weights) == 1 and weights[0][3] is False, calls  # the model's save: no global check
+    loads = [c for c in calls if c[0] == "load"]
+    assert len(loads) == 2, calls
+    restore, main = loads  # ModelOpt's restore reads every _extra_state; the weights' load none of them
+    assert restore[1] > 0 and restore[2] == 0 and main[1] == 0 and main[2] > 0 and main[3] is False, calls
+    after = _tensors(moved)
+    assert after.keys() == before.keys() and [k for k in after if not torch.equal(after[k], before[k])] == []
+    assert _quantizer_settings(moved) == settings_before and len(settings_before) > 8
+
+
 def test_a_forced_folder_that_cannot_be_made_falls_back_to_the_disk(quantized, tmp_path, monkeypatch) -> None:
     (tmp_path / "file").write_text("")
     monkeypatch.setenv(H.ENV, str(tmp_path / "file" / "below"))
@@ -219,7 +263,7 @@ def test_a_failed_load_leaves_no_folder(quantized, tmp_path, monkeypatch, where)
     monkeypatch.setenv(H.ENV, {"memory": "", "forced": str(forced), "output": "output"}[where])
     seen = []
 
-    def fail(model, directory):
+    def fail(model, directory, **_kw):
         seen.append(Path(directory))
         assert (Path(directory) / "metadata.json").is_file()  # saved, about to load
         raise OSError("the load failed")

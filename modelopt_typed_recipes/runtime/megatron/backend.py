@@ -283,7 +283,7 @@ def _hand_over(run: Any, sp: Any, arch: ModelArch, *, dtype: str, device: str, s
                            index=sp.index)
     times: dict[str, float] = {}
     try:
-        build.save_checkpoint(run.model, where.folder, arch=arch)
+        build.save_checkpoint(run.model, where.folder, arch=arch, checks=False)  # read back at once, below
         times["save_s"] = time.perf_counter() - t
         run.model = None  # the last reference: freed, reference cycles included, before the new layout is built
         run.model = _reload(arch, sp.layout, where.folder, dtype=dtype, device=device, spec=spec, seed=seed,
@@ -315,7 +315,7 @@ def _reload(arch: ModelArch, new: ParallelLayout, tmp: Path, *, dtype: str, devi
     distributed.set_layout(new, seed=seed, device=device)
     fresh = build.build_model(arch, new, dtype=dtype, device=device, spec=spec, deterministic=deterministic)
     t_built = time.perf_counter()
-    fresh = build.load_checkpoint(fresh, tmp)
+    fresh = build.load_checkpoint(fresh, tmp, checks=False)  # this job wrote it a moment ago
     distributed.barrier()
     if times is not None:
         times.update(build_s=t_built - t, load_s=time.perf_counter() - t_built)

@@ -241,9 +241,15 @@ def import_hf(model: Any, hf_dir: str, *, dtype: str, workspace: str | None = No
 
 
 # --------------------------------------------------------------------------- Megatron distributed checkpoints
-def save_checkpoint(model: Any, directory: Path, *, arch: ModelArch, spec: str | None = None) -> Path:
+def save_checkpoint(model: Any, directory: Path, *, arch: ModelArch, spec: str | None = None,
+                    checks: bool = True) -> Path:
     """Weights + ModelOpt state as a Megatron distributed checkpoint, written to a temporary folder
-    and renamed when complete (a crash leaves no half checkpoint under the final name)."""
+    and renamed when complete (a crash leaves no half checkpoint under the final name).
+
+    ``checks=False`` skips Megatron-Core's global check that every shard has exactly one writer (an all-gather
+    of every rank's shard metadata, checked on rank 0: seconds with thousands of quantizers per rank). The
+    layout hand-over passes it: the same job reads the folder back at once, and a shard no rank wrote fails
+    that load."""
     import torch.distributed as dist
     from megatron.core import dist_checkpointing
     from modelopt.torch.opt.plugins import save_sharded_modelopt_state
@@ -257,7 +263,7 @@ def save_checkpoint(model: Any, directory: Path, *, arch: ModelArch, spec: str |
         tmp.mkdir(parents=True)
     dist.barrier()
     _results_queue_in_process()
-    dist_checkpointing.save(model.sharded_state_dict(), str(tmp))
+    dist_checkpointing.save(model.sharded_state_dict(), str(tmp), validate_access_integrity=checks)
     save_sharded_modelopt_state([model], str(tmp))
     dist.barrier()
     if dist.get_rank() == 0:
@@ -290,8 +296,15 @@ def _results_queue_in_process() -> None:
         filesystem_async._results_queue = queue.Queue()
 
 
-def load_checkpoint(model: Any, directory: str | Path) -> Any:
-    """Restore ModelOpt's modes (quantizers) then the weights and quantizer state of a dist checkpoint."""
+def load_checkpoint(model: Any, directory: str | Path, *, checks: bool = True) -> Any:
+    """Restore ModelOpt's modes (quantizers) then the weights and quantizer state of a dist checkpoint.
+
+    ModelOpt's restore reads every ``_extra_state`` of the checkpoint (each quantizer's state, Transformer
+    Engine's FP8 metadata) and sets it, so the weights' load leaves those out rather than read and set
+    each one a second time (half the load of a model with thousands of quantizers per rank).
+    ``checks=False`` skips Megatron-Core's all-gathered check that the ranks' reads cover each shard once
+    (:func:`save_checkpoint` says when that is safe)."""
+    import modelopt.torch.opt as mto
     from megatron.core import dist_checkpointing
     from modelopt.torch.opt.plugins import restore_sharded_modelopt_state
 
@@ -299,9 +312,13 @@ def load_checkpoint(model: Any, directory: str | Path) -> Any:
     if not Path(d, "metadata.json").is_file():
         raise SpecError(f"{d!r} is not a Megatron distributed checkpoint (no metadata.json)", path="source.path")
     models = [model]
+    restores = Path(d, "modelopt_state").is_dir() and not mto.ModeloptStateManager.is_converted(model)
     restore_sharded_modelopt_state(models, d)
     model = models[0]
-    state = dist_checkpointing.load(model.sharded_state_dict(), d)
+    sharded = model.sharded_state_dict()
+    if restores:
+        sharded = {k: v for k, v in sharded.items() if "_extra_state" not in k}
+    state = dist_checkpointing.load(sharded, d, validate_access_integrity=checks)
     model.load_state_dict(state, strict=False)
     return model
 
