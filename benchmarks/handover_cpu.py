@@ -53,6 +53,13 @@ def _digest(model) -> str:
     return h.hexdigest()[:16]
 
 
+def _cpu_seconds() -> float:
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def worker(args: argparse.Namespace) -> None:
     import attrs
     import torch
@@ -89,36 +96,39 @@ def worker(args: argparse.Namespace) -> None:
         run = types.SimpleNamespace(model=model, layout=old,
                                     plan=types.SimpleNamespace(staging=lambda: staging, output_dir=work / "out"))
         sp = types.SimpleNamespace(index=1, layout=new)
-        prof = cProfile.Profile() if args.profile else None
-        if prof:
-            real_save, real_load = build.save_checkpoint, build.load_checkpoint
+        cpu: dict[str, float] = {}
 
-            def save(*a, **k):
-                prof.enable()
+        def measured(name, real):
+            """``real`` with its CPU seconds (this process and the writer processes it forks) recorded: on a
+            shared machine they vary far less than the wall seconds; with ``--profile`` also a cProfile."""
+            def call(*a, **k):
+                prof = cProfile.Profile() if args.profile else None
+                t0 = _cpu_seconds()
+                if prof:
+                    prof.enable()
                 try:
-                    return real_save(*a, **k)
+                    return real(*a, **k)
                 finally:
-                    prof.disable()
-                    prof.dump_stats(str(Path(args.profile) / f"save-rank{rank}.prof"))
+                    if prof:
+                        prof.disable()
+                        prof.dump_stats(str(Path(args.profile) / f"{name}-rank{rank}.prof"))
+                    cpu[f"{name}_cpu_s"] = round(_cpu_seconds() - t0, 3)
+            return call
 
-            def load(*a, **k):
-                p2 = cProfile.Profile()
-                p2.enable()
-                try:
-                    return real_load(*a, **k)
-                finally:
-                    p2.disable()
-                    p2.dump_stats(str(Path(args.profile) / f"load-rank{rank}.prof"))
-
-            build.save_checkpoint, build.load_checkpoint = save, load
+        build.save_checkpoint = measured("save", build.save_checkpoint)
+        build.load_checkpoint = measured("load", build.load_checkpoint)
         t = time.perf_counter()
         details = backend._hand_over(run, sp, arch, dtype="fp32", device="cpu", spec="local", seed=1)
         wall = time.perf_counter() - t
         row = {"rank": rank, "mode": args.mode, "layers": args.layers, "experts": args.experts,
                "quantizers": n_quant, "wall_s": round(wall, 3), "where": details["where"],
                **{k: round(details[k], 3) for k in ("save_s", "build_s", "load_s")},
-               "bytes": details["bytes"], "digest": _digest(run.model)}
+               **cpu, "bytes": details["bytes"], "digest": _digest(run.model)}
     print("HANDOVER " + json.dumps(row), flush=True)
+
+
+KEYS = ("save_s", "build_s", "load_s", "wall_s", "save_cpu_s", "load_cpu_s")
+"""Per run, the slower rank's: seconds of the hand-over's parts (wall), and CPU seconds of its save and load."""
 
 
 def ab(args: argparse.Namespace) -> None:
@@ -135,13 +145,13 @@ def ab(args: argparse.Namespace) -> None:
                 sys.exit(p.stderr[-3000:])
             per_rank = [json.loads(line.split(" ", 1)[1]) for line in p.stdout.splitlines() if line.startswith("HANDOVER ")]
             per_rank.sort(key=lambda r: r["rank"])
-            rows[mode].append({k: max(r[k] for r in per_rank) for k in ("save_s", "build_s", "load_s", "wall_s")}
+            rows[mode].append({k: max(r[k] for r in per_rank) for k in KEYS}
                               | {"digests": [r["digest"] for r in per_rank], "quantizers": [r["quantizers"] for r in per_rank]})
             print(mode, json.dumps(rows[mode][-1]), flush=True)
     digests = {json.dumps(r["digests"]) for v in rows.values() for r in v}
     out = {"layers": args.layers, "experts": args.experts, "pairs": args.ab, "same_tensors": len(digests) == 1,
-           **{m: {f"median_{k}": round(statistics.median(r[k] for r in v), 2)
-                  for k in ("save_s", "build_s", "load_s", "wall_s")} for m, v in rows.items()},
+           **{m: {f"median_{k}": round(statistics.median(r[k] for r in v), 2) for k in KEYS}
+              for m, v in rows.items()},
            "runs": rows}
     print(json.dumps(out, indent=1))
 
