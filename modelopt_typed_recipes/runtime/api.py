@@ -29,7 +29,7 @@ from ..errors import OutputError, RecipeError, SpecError
 from ..plan import outputs
 from ..spec.recipe import Recipe
 from ..spec.serde import apply_overrides, from_dict
-from . import determinism
+from . import cpu_threads, determinism
 from .backend import RunPlan, load_backend
 from .data import check_text
 from .manifest import build_manifest, write_manifest
@@ -143,11 +143,12 @@ def _run(recipe: Recipe | str | Path | Mapping[str, Any], *, progress: bool, for
             f"{output} already holds the outputs of this recipe (hash {recipe_hash}); nothing was redone "
             "(force=True / --force redoes it)",))
     with determinism.applied(rec.deterministic) as det:  # before the backend's first torch import
-        return _execute(rec, plan, det, t0=t0, t_plan=t_plan)
+        with cpu_threads.applied(rec.cpu_threads) as threads:
+            return _execute(rec, plan, det, threads, t0=t0, t_plan=t_plan)
 
 
-def _execute(rec: Recipe, plan: RunPlan, det: determinism.Determinism, *, t0: float,
-             t_plan: float) -> PostTrainingResult:
+def _execute(rec: Recipe, plan: RunPlan, det: determinism.Determinism, threads: cpu_threads.CpuThreads, *,
+             t0: float, t_plan: float) -> PostTrainingResult:
     """The run proper, once it is known that something is to be done: backend, output folder, stages, swap."""
     recipe_hash = rec.content_hash()
     staging, output = plan.staging_dir, plan.output_dir
@@ -200,7 +201,7 @@ def _execute(rec: Recipe, plan: RunPlan, det: determinism.Determinism, *, t0: fl
                     timings = {"startup": _seconds_since_process_start() - (time.perf_counter() - t0),
                                "plan": t_plan, **result.timings}
                     result = attrs.evolve(result, output_dir=str(output), seconds=time.perf_counter() - t0,
-                                          timings=timings, determinism=det.facts(),
+                                          timings=timings, determinism=det.facts(), cpu_threads=threads.facts(),
                                           notes=(*result.notes, *determinism.notes(det)))
 
             def put_in_place() -> list[str]:

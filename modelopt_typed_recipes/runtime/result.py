@@ -112,6 +112,9 @@ class PostTrainingResult:
     determinism: dict[str, Any] = attrs.field(factory=dict)
     """``deterministic: true`` as applied (``runtime/determinism.py``): ``requested``, whether PyTorch's
     deterministic algorithms were on, the environment it ran with, ops that had no deterministic kernel."""
+    cpu_threads: dict[str, Any] = attrs.field(factory=dict)
+    """The recipe's ``cpu_threads`` as applied (``runtime/cpu_threads.py``): ``requested``, the ``threads`` each rank
+    used and why, the usable cores and ranks on the node, PyTorch's count before and ``OMP_NUM_THREADS``."""
 
     @property
     def deterministic(self) -> bool:
@@ -154,6 +157,7 @@ class PostTrainingResult:
             "notes": list(self.notes),
             "tasks": _jsonable(self.tasks),
             "determinism": _jsonable(self.determinism),
+            "cpu_threads": _jsonable(self.cpu_threads),
         }
 
     @classmethod
@@ -167,6 +171,7 @@ class PostTrainingResult:
             tasks=dict(d.get("tasks") or {}),
             manifest="manifest.json" if d.get("outputs") else None, reused=bool(d.get("reused", False)),
             resumed_from=d.get("resumed_from"), determinism=dict(d.get("determinism") or {}),
+            cpu_threads=dict(d.get("cpu_threads") or {}),
         )
         return attrs.evolve(out, **changes) if changes else out
 

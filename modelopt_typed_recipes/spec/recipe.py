@@ -14,7 +14,7 @@ from typing import Literal
 
 import attrs
 
-from ..errors import RecipeError
+from ..errors import RecipeError, brief
 from ._validate import fail, non_empty_str, one_of, seed_range
 from .arch import ModelArch
 from .evaluation import Gate, Generate, Task
@@ -34,6 +34,20 @@ ArchResolver = Callable[[str], ModelArch]
 # When a run writes the model as a checkpoint (Megatron distributed checkpoint with ModelOpt state, or
 # ModelOpt's state file on the Hugging Face backend); plan/save.py decides per stage.
 SAVE_POLICIES: tuple[str, ...] = ("auto", "final", "all", "none")
+
+AUTO_CPU_THREADS: Literal["auto"] = "auto"
+MAX_CPU_THREADS = 4096
+"""The largest ``cpu_threads`` a recipe may ask for (far above any node's cores; keeps a typo from asking PyTorch
+for a billion threads)."""
+
+
+def _cpu_threads(_inst: object, attr: attrs.Attribute, value: object) -> None:
+    if value == AUTO_CPU_THREADS:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CPU_THREADS:
+        raise fail(attr.name, f"must be 'auto' or a whole number of threads from 1 to {MAX_CPU_THREADS}, "
+                              f"got {brief(value)}",
+                   "cpu_threads: auto (this node's usable cores / its ranks), or e.g. cpu_threads: 8")
 
 
 
@@ -78,6 +92,11 @@ class Recipe:
     ``deterministic_mode``, as Megatron-LM's ``--deterministic-mode``. Without it two runs of one MoE calibration can
     differ in their activation scales (the experts' outputs are summed in a varying order). Slower;
     ``runtime/determinism.py`` says what changes."""
+    cpu_threads: Literal["auto"] | int = attrs.field(default=AUTO_CPU_THREADS, validator=_cpu_threads)
+    """CPU threads of each rank (``torch.set_num_threads``): ``auto`` = the cores this process may use / the ranks
+    on this node, at least 1 (``OMP_NUM_THREADS`` is not read: torchrun sets it to 1 for every worker by itself),
+    or a number. ModelOpt's Megatron export quantizes and packs the weights on the CPU, so this sets its speed.
+    Speed only, the same bytes: not part of the content hash. ``plan/cpu_threads.py`` says why."""
     schema_version: int = SCHEMA_VERSION
 
     @model.validator
@@ -185,9 +204,13 @@ class Recipe:
 
     # ----------------------------------------------------------------- serialisation
     def content_hash(self) -> str:
-        from .serde import content_hash
+        """Of everything that decides the outputs; ``cpu_threads`` (speed only) is left out, so a run with
+        another thread count finds this one's outputs."""
+        from .serde import content_hash, to_dict
 
-        return content_hash(self)
+        data = to_dict(self)
+        data.pop("cpu_threads", None)
+        return content_hash(data)
 
     def to_yaml(self) -> str:
         from .serde import to_yaml

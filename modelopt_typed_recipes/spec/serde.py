@@ -224,6 +224,17 @@ def _structure_literal(tp: Any) -> Callable[[Any, Any], Any]:
 converter.register_structure_hook_factory(lambda t: typing.get_origin(t) is typing.Literal, _structure_literal)
 
 
+def _is_word_or_int(tp: Any) -> bool:
+    """``Literal["auto"] | int`` (a keyword or a number, as ``cpu_threads``)."""
+    args = typing.get_args(tp)
+    return (_is_union(tp) and int in args
+            and all(a is int or typing.get_origin(a) is typing.Literal for a in args))
+
+
+# the field's validator judges the value (a keyword or a number in range), in its own words and with its fix
+converter.register_structure_hook_factory(_is_word_or_int, lambda _tp: lambda value, _t: value)
+
+
 # --------------------------------------------------------------------------- errors with paths
 def _flatten(exc: BaseException, path: str) -> list[RecipeError]:
     if isinstance(exc, IterableValidationError):
