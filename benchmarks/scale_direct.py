@@ -8,7 +8,8 @@ tokenizer, calls ``mtq.quantize`` with a deep copy of the preset and a ``megatro
 exports with ``export_mcore_gpt_to_hf``. When the export layout differs from the calibration layout (export
 is pipeline-parallel only), the model goes through a Megatron distributed checkpoint, as Megatron-LM's
 ``quantize.sh`` then ``export.sh`` do. Run under torchrun for several GPUs; writes one JSON of timings.
-``--deterministic`` does what Megatron-LM's ``--deterministic-mode`` does, by hand: the cuBLAS, Transformer Engine
+``--cpu-threads N`` sets PyTorch's CPU threads of each process (default: left alone, as a hand-written script
+does; ModelOpt's export packs the weights on the CPU). ``--deterministic`` does what Megatron-LM's ``--deterministic-mode`` does, by hand: the cuBLAS, Transformer Engine
 and NCCL variables before the first CUDA call, PyTorch's deterministic algorithms (warnings only, where an op has
 no deterministic kernel) and ``deterministic_mode`` in the TransformerConfig.
 
@@ -177,9 +178,17 @@ def main() -> None:
     p.add_argument("--result", required=True)
     p.add_argument("--deterministic", action="store_true", help="bitwise reproducible (Megatron-LM's "
                    "--deterministic-mode): slower, same amax in every run of an MoE calibration")
+    p.add_argument("--cpu-threads", type=int, default=None, help="torch.set_num_threads(N) before any work "
+                   "(ModelOpt's export packs the weights on the CPU); default: PyTorch's own count, which under "
+                   "torchrun with several processes is its OMP_NUM_THREADS=1, as a hand-written script leaves it")
     a = p.parse_args()
     if a.deterministic:
         make_deterministic()
+    threads_before = torch.get_num_threads()
+    if a.cpu_threads is not None:
+        if a.cpu_threads < 1:
+            p.error("--cpu-threads must be 1 or more")
+        torch.set_num_threads(a.cpu_threads)
 
     import modelopt.torch.export as mte
     import modelopt.torch.quantization as mtq
@@ -269,7 +278,9 @@ def main() -> None:
     if dist.get_rank() == 0:
         with open(a.result, "w") as f:
             json.dump({"timings": timings, "peaks": peaks, "windows": int(data.shape[0]), "world": world,
-                       "deterministic": torch.are_deterministic_algorithms_enabled()}, f)
+                       "deterministic": torch.are_deterministic_algorithms_enabled(),
+                       "cpu_threads": {"threads": torch.get_num_threads(), "torch_threads_before": threads_before,
+                                       "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}}, f)
     dist.destroy_process_group()
 
 

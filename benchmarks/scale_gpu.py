@@ -232,6 +232,7 @@ def run_case(name: str, fmt: str, reps: int, a: argparse.Namespace, out: Path, d
                         "num_samples": a.windows, "seq_length": a.seq, "batch_size": a.batch},
         "layout": case["layout"] or None, "output_dir": str(work / "ours"), "backend": "megatron", "device": "cuda",
         "deterministic": a.deterministic,
+        **({"cpu_threads": a.cpu_threads} if a.cpu_threads is not None else {}),
     })
     recipe_file = work / "recipe.yaml"
     recipe_file.write_text(to_yaml(recipe))
@@ -252,13 +253,15 @@ def run_case(name: str, fmt: str, reps: int, a: argparse.Namespace, out: Path, d
                   "--text", str(Path(a.text).resolve()) if a.text else str(data.BUILTIN_FILES["reference-train"]),
                   "--windows", str(a.windows),
                   "--seq", str(a.seq), "--batch", str(a.batch), "--export-dir", str(work / "direct-export"),
-                  "--result", str(work / "direct.json"), *(["--deterministic"] if a.deterministic else [])]
+                  "--result", str(work / "direct.json"), *(["--deterministic"] if a.deterministic else []),
+                  *(["--cpu-threads", str(a.cpu_threads)] if a.cpu_threads is not None else [])]
     ours_cmd = [*launcher(gpus), "-m", "modelopt_typed_recipes", "run", str(recipe_file), "--json", "--no-progress"]
     row: dict = {"case": name, "model": case["model"], "gpus": gpus, "format": fmt,
                  "layout": f"TP{layouts[0].tensor_parallel} PP{layouts[0].pipeline_parallel} "
                            f"EP{layouts[0].expert_parallel}",
                  "export_layout": f"TP1 PP{layouts[1].pipeline_parallel}", "windows_asked": a.windows,
                  "text": a.text or "reference-train", "runs": list(who_runs), "deterministic": a.deterministic,
+                 "cpu_threads": a.cpu_threads,
                  "seq_length": a.seq, "batch": a.batch, "reps": [], "planned_bytes_per_rank": {
                      "quantize": planned(arch, layouts[0], "quantize", fmt, a.batch, a.seq),
                      "export": planned(arch, layouts[1], "export", fmt, a.batch, a.seq, layouts[0])}}
@@ -308,6 +311,7 @@ def run_case(name: str, fmt: str, reps: int, a: argparse.Namespace, out: Path, d
                     r["ours_timings"] = res["timings"]
                     r["ours_in_process_s"] = res["seconds"]
                     r["ours_determinism"] = res.get("determinism")
+                    r["ours_cpu_threads"] = res.get("cpu_threads")
                     r["calibration_hash"] = res["calibration_hash"]
                     exported = work / "ours" / res["stages"][-1]["outputs"][0]
                     if "direct" in who_runs or a.keep_digests:
@@ -402,6 +406,9 @@ def main() -> None:
                    "$OUT/digests/ (a case's two programs can then run in different calls)")
     p.add_argument("--deterministic", action="store_true", help="both programs bitwise reproducible (the recipe's "
                    "deterministic: true, the direct script's --deterministic); each repetition compared with the first")
+    p.add_argument("--cpu-threads", type=int, default=None, help="CPU threads of each rank of both programs (the "
+                   "recipe's cpu_threads, the direct script's --cpu-threads); default: ours auto, direct PyTorch's "
+                   "own (torchrun's OMP_NUM_THREADS=1 with several processes)")
     p.add_argument("--compare-digests", nargs=2, type=Path, metavar=("OURS", "DIRECT"),
                    help="compare two files written by --keep-digests and print the result (no GPU)")
     p.add_argument("--collect", nargs="+", help="merge raw result files (PATH or PATH::MODE) into "
@@ -530,7 +537,7 @@ def collect(raw: list[str | Path], out: Path, compared: list[Path] = ()) -> list
             "model": row["model"], "gpus": row["gpus"], "layout": row["layout"],
             "export_layout": row["export_layout"], "format": row["format"],
             "mode": "concurrent pairs" if row.get("concurrent") else next((modes[p] for p in src.split(" + ") if p in modes), "sequential"),
-            "deterministic": bool(row.get("deterministic")),
+            "deterministic": bool(row.get("deterministic")), "cpu_threads_asked": row.get("cpu_threads"),
             "reps": row.get("reps_done"), "wall_s": row.get("wall_s"), "direct_wall_s": row.get("direct_wall_s"),
             "ratio": row.get("ratio"),
             "bitwise_equal": row.get("bitwise_equal") if done and all(r["tensors"] for r in done) else None,
@@ -551,7 +558,10 @@ def collect(raw: list[str | Path], out: Path, compared: list[Path] = ()) -> list
                 "ours_stage_seconds": {s["name"]: s["seconds"] for s in r.get("ours_stages", [])},
             "ours_handover_s": next((s["details"]["handover"]["seconds"] for s in r.get("ours_stages", [])
                                      if s.get("details", {}).get("handover")), None),
-                "direct_timings": r.get("direct", {}).get("timings")} for r in row["reps"]],
+                "direct_timings": r.get("direct", {}).get("timings"),
+                "ours_cpu_threads": (r.get("ours_cpu_threads") or {}).get("threads"),
+                "direct_cpu_threads": (r.get("direct", {}).get("cpu_threads") or {}).get("threads")}
+                for r in row["reps"]],
             "raw": src,
         })
     out.write_text(json.dumps(rows, indent=1) + "\n")

@@ -171,6 +171,32 @@ def test_dry_run_with_deterministic_sets_the_recipe_field_and_the_direct_flag(tm
     assert Recipe.load(tmp_path / "work" / "tiny-moe-ep2-fp8" / "recipe.yaml").deterministic
 
 
+def test_dry_run_with_cpu_threads_sets_the_recipe_field_and_the_direct_flag(tmp_path, monkeypatch):
+    """``--cpu-threads N``: both programs' ranks at N threads (ours through the recipe, the direct script by
+    ``torch.set_num_threads``), so a GPU call can show the export time follows the thread count on both sides."""
+    monkeypatch.setenv("OUT", str(tmp_path / "out"))
+    monkeypatch.setattr(sys, "argv", ["scale_gpu.py", "--dry-run", "--cpu-threads", "16", "--windows", "32", "--seq",
+                                      "256", "--work", str(tmp_path / "work"), "--cases", "tiny-moe-ep2:fp8:1"])
+    import signal
+
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        scale_gpu.main()
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+        monkeypatch.setattr(scale_gpu, "DRY_RUN", False)
+    [row] = json.loads((tmp_path / "out" / "scale_gpu.json").read_text())
+    assert row["cpu_threads"] == 16
+    log = (tmp_path / "out" / "scale_raw.log").read_text()
+    assert log.count("scale_direct.py --model tiny-moe") == 1 and log.count(" --cpu-threads 16") == 1
+    from modelopt_typed_recipes.spec.recipe import Recipe
+
+    assert Recipe.load(tmp_path / "work" / "tiny-moe-ep2-fp8" / "recipe.yaml").cpu_threads == 16
+    help_text = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scale_direct.py"), "--help"], check=True,
+                               capture_output=True, text=True, timeout=120).stdout
+    assert "--cpu-threads" in help_text
+
+
 def test_scale_direct_runs_without_this_package():
     """The baseline is what a user writes by hand: it must not import modelopt_typed_recipes."""
     src = (ROOT / "benchmarks" / "scale_direct.py").read_text()
