@@ -308,7 +308,8 @@ def test_each_repetition_is_compared_with_the_first_of_the_same_program(tmp_path
 
     monkeypatch.setattr(scale_gpu, "run_process", fake_run)
     a = argparse.Namespace(work=str(tmp_path / "work"), text=None, windows=4, seq=32, batch=2, devices="0,1",
-                           concurrent=False, first_guess_s=1.0, keep_digests=False, deterministic=True)
+                           concurrent=False, first_guess_s=1.0, keep_digests=False, deterministic=True,
+                           cpu_threads=None)
     out = tmp_path / "out"
     out.mkdir()
     *_, row = scale_gpu.run_case("tiny-moe-ep2", "fp8", 2, a, out, time.time() + 600)
