@@ -12,7 +12,7 @@ node's cores once, which is what ``OMP_NUM_THREADS=1`` guards against oversubscr
 
 ``auto`` does not read ``OMP_NUM_THREADS``: the value torchrun puts there by itself cannot be told from a user's,
 and launchers write 1 as a blanket default (torchrun; Megatron-LM's ``conf/arguments.sh``; the sbatch script of
-``mtrecipes launch``), not as a choice about this run. A run that must use fewer threads says so in the recipe
+``mtrecipes plan --sbatch``), not as a choice about this run. A run that must use fewer threads says so in the recipe
 (``cpu_threads: 4``); an integer is used as given. The run records what it used and why (the result's and the
 manifest's ``cpu_threads``). The thread count changes speed only: the packed bytes are the same (elementwise
 casts, exact maxima), so the field is not part of the recipe's content hash.
