@@ -8,10 +8,11 @@ tokenizer, calls ``mtq.quantize`` with a deep copy of the preset and a ``megatro
 exports with ``export_mcore_gpt_to_hf``. When the export layout differs from the calibration layout (export
 is pipeline-parallel only), the model goes through a Megatron distributed checkpoint, as Megatron-LM's
 ``quantize.sh`` then ``export.sh`` do. Run under torchrun for several GPUs; writes one JSON of timings.
-``--cpu-threads N`` sets PyTorch's CPU threads of each process (default: left alone, as a hand-written script
-does; ModelOpt's export packs the weights on the CPU). ``--deterministic`` does what Megatron-LM's ``--deterministic-mode`` does, by hand: the cuBLAS, Transformer Engine
+``--deterministic`` does what Megatron-LM's ``--deterministic-mode`` does, by hand: the cuBLAS, Transformer Engine
 and NCCL variables before the first CUDA call, PyTorch's deterministic algorithms (warnings only, where an op has
-no deterministic kernel) and ``deterministic_mode`` in the TransformerConfig.
+no deterministic kernel) and ``deterministic_mode`` in the TransformerConfig. ``--cpu-threads N`` sets PyTorch's
+CPU threads of each process (default: left alone, as a hand-written script does; under torchrun with several
+processes that is its ``OMP_NUM_THREADS=1``); ModelOpt's export packs the weights on the CPU.
 
     torchrun --nproc-per-node=2 benchmarks/scale_direct.py --model qwen3-8b --format fp8 --tp 2 \
         --hf-reference REF --text train.txt --windows 64 --seq 2048 --batch 8 --export-dir OUT --result R.json
