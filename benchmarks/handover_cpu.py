@@ -7,7 +7,9 @@ build, the load). Each rank prints one JSON line: the hand-over's details (``sav
 the quantizer count, and a digest of every tensor the new layout holds (weights, amax), to compare modes.
 
     OMP_NUM_THREADS=1 python -m torch.distributed.run --standalone --nproc_per_node=2 \\
-        benchmarks/handover_cpu.py --layers 8 --experts 128 [--profile DIR] [--mode before|after]
+        benchmarks/handover_cpu.py --layers 8 --experts 128 [--profile DIR]
+
+On GPUs, the real size (random weights; EP2 -> PP2 needs two): ``--device cuda --model qwen3-30b-a3b``.
 
 ``--profile DIR`` writes a cProfile of the save and of the load per rank. ``--ab N --before TREE`` (no
 torchrun) alternates N pairs of fresh two-rank runs of this runtime (after) and of the one in TREE (before: an
@@ -18,6 +20,7 @@ layout holds the same tensors.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import hashlib
 import json
@@ -44,7 +47,7 @@ def _digest(model) -> str:
     for k, v in sorted(model.state_dict().items()):
         if isinstance(v, torch.Tensor) and "_extra_state" not in k:
             h.update(k.encode())
-            h.update(v.detach().float().contiguous().numpy().tobytes())
+            h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
     from modelopt.torch.quantization.nn import TensorQuantizer
 
     for name, mod in model.named_modules():  # each quantizer's settings (what its pickled extra state carries)
@@ -72,22 +75,29 @@ def worker(args: argparse.Namespace) -> None:
     from modelopt_typed_recipes.spec.layout import ParallelLayout
     from modelopt_typed_recipes.spec.techniques import Quantize
 
-    distributed.init_process_group(device="cpu")
-    from megatron.core.transformer.moe import moe_utils
+    cuda = args.device == "cuda"
+    distributed.init_process_group(device=args.device)
+    if args.model:
+        arch = get_arch(args.model)
+    else:
+        tiny = get_arch("tiny-moe")
+        arch = attrs.evolve(tiny, name="tiny-moe-scaled", num_layers=args.layers,
+                            moe=attrs.evolve(tiny.moe, num_experts=args.experts))
+    dtype = "bf16" if cuda else "fp32"  # the runtime's spec on GPUs (ModelOpt's with Transformer Engine)
+    spec = build.choose_spec(te_available=build.has_transformer_engine(), prune=False) if cuda else "local"
+    if not cuda:
+        from megatron.core.transformer.moe import moe_utils
 
-    moe_utils.te_general_gemm = None  # megatron-core 0.16 names TE's GEMM even without TE; None picks torch's
-    tiny = get_arch("tiny-moe")
-    arch = attrs.evolve(tiny, name="tiny-moe-scaled", num_layers=args.layers,
-                        moe=attrs.evolve(tiny.moe, num_experts=args.experts))
+        moe_utils.te_general_gemm = None  # megatron-core 0.16 names TE's GEMM even without TE; None picks torch's
     old = ParallelLayout(expert_parallel=2, data_parallel=2)
     new = ParallelLayout(pipeline_parallel=2)
     rank = distributed.world()[0]
-    with megatron_on_cpu():
-        distributed.set_layout(old, seed=1, device="cpu")
+    with contextlib.nullcontext() if cuda else megatron_on_cpu():
+        distributed.set_layout(old, seed=1, device=args.device)
         torch.manual_seed(0)
-        model = build.build_model(arch, old, dtype="fp32", device="cpu", spec="local")
+        model = build.build_model(arch, old, dtype=dtype, device=args.device, spec=spec)
         q = Quantize(format="fp8")
-        batch = torch.randint(0, 1024, (2, 16), generator=torch.Generator().manual_seed(1))
+        batch = torch.randint(0, min(1024, arch.vocab.size), (2, 16), generator=torch.Generator().manual_seed(1))
         stages.quantize(model, q, [batch], progress=False, config=quantize_config(q)[0].config)
         n_quant = sum(stages.quantizer_summary(model).values())
         work = Path(args.work)
@@ -118,12 +128,13 @@ def worker(args: argparse.Namespace) -> None:
         build.save_checkpoint = measured("save", build.save_checkpoint)
         build.load_checkpoint = measured("load", build.load_checkpoint)
         t = time.perf_counter()
-        details = backend._hand_over(run, sp, arch, dtype="fp32", device="cpu", spec="local", seed=1)
+        details = backend._hand_over(run, sp, arch, dtype=dtype, device=args.device, spec=spec, seed=1)
         wall = time.perf_counter() - t
-        row = {"rank": rank, "mode": args.mode, "layers": args.layers, "experts": args.experts,
+        row = {"rank": rank, "mode": args.mode, "model": arch.name, "layers": arch.num_layers,
+               "experts": arch.moe.num_experts if arch.moe else 0,
                "quantizers": n_quant, "wall_s": round(wall, 3), "where": details["where"],
                **{k: round(details[k], 3) for k in ("save_s", "build_s", "load_s")},
-               **cpu, "bytes": details["bytes"], "digest": _digest(run.model)}
+               **cpu, "bytes": details["bytes"], "digest": None if args.model else _digest(run.model)}
     print("HANDOVER " + json.dumps(row), flush=True)
 
 
@@ -160,6 +171,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--experts", type=int, default=128)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: on GPUs (bf16, the runtime's "
+                    "layer spec), e.g. with --model qwen3-30b-a3b --profile DIR for the real size's profile")
+    ap.add_argument("--model", default=None, help="a registry model instead of the scaled tiny-moe (random weights)")
     ap.add_argument("--mode", choices=("before", "after"), default="after", help="a label for the printed row")
     ap.add_argument("--before", default=None, help="--ab: the source tree measured as before")
     ap.add_argument("--work", default=None)
