@@ -94,6 +94,23 @@ def test_auto_never_asks_for_more_than_the_node_has_and_never_for_none(cores, ra
     assert t >= 1 and (t * ranks <= cores or t == 1)
 
 
+@pytest.mark.parametrize(("current", "threads"), [(None, 16), (1, 16), (8, 8), (16, 16), (64, 16)])
+def test_auto_keeps_pytorchs_own_count_within_the_share_and_raises_only_a_one(current, threads):
+    """torchrun's one thread is raised to the share; a single process's default (physical cores, where the share
+    counts hyperthreads) or a user's OMP_NUM_THREADS within the share is kept; more than the share is cut."""
+    c = plan_threads.choose("auto", cores=32, ranks=2, current=current)
+    assert c.threads == threads and c.reason.startswith("auto: 32 usable cores / 2 ranks")
+    assert ("kept" in c.reason) == (current == 8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(cores=st.integers(1, 4096), ranks=st.integers(1, 512), current=st.integers(1, 4096))
+def test_auto_with_a_current_count_stays_within_the_share(cores, ranks, current):
+    t = plan_threads.choose("auto", cores=cores, ranks=ranks, current=current).threads
+    share = max(1, cores // ranks)
+    assert 1 <= t <= share and (t == share or t == current)
+
+
 def test_a_number_in_the_recipe_is_used_as_given_and_oversubscription_is_said():
     assert plan_threads.choose(8, cores=32, ranks=2).threads == 8
     c = plan_threads.choose(8, cores=4, ranks=2)

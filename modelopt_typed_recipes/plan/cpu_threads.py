@@ -6,13 +6,14 @@ Why it matters: ModelOpt's Megatron exporter copies every weight to the host and
 and PyTorch sizes its thread pool from it, so each rank packs its weights with one thread while the node's other
 cores idle: a qwen3-8b NVFP4 export at PP2 took 194 s on two H200s, a llama-3.1-8b one in a single process 80 s.
 
-``auto`` (the default): the cores this process may run on (its CPU affinity, capped by a cgroup v2 CPU quota)
-divided by the ranks on this node (torchrun's ``LOCAL_WORLD_SIZE``), at least one. The ranks together then use the
-node's cores once, which is what ``OMP_NUM_THREADS=1`` guards against oversubscribing.
-
-``auto`` does not read ``OMP_NUM_THREADS``: the value torchrun puts there by itself cannot be told from a user's,
-and launchers write 1 as a blanket default (torchrun; Megatron-LM's ``conf/arguments.sh``; the sbatch script of
-``mtrecipes plan --sbatch``), not as a choice about this run. A run that must use fewer threads says so in the recipe
+``auto`` (the default): this rank's share of the node, the cores this process may run on (its CPU affinity, capped
+by a cgroup v2 CPU quota) divided by the ranks on this node (torchrun's ``LOCAL_WORLD_SIZE``), at least one. The
+ranks together then use the node's cores once, which is what ``OMP_NUM_THREADS=1`` guards against oversubscribing.
+PyTorch's own count is kept where it is more than one and within the share: in a single process that is its
+default (physical cores, where the share counts hyperthreads too), or an ``OMP_NUM_THREADS`` the user set. A count
+of one is raised to the share: torchrun puts 1 there by itself, and launchers write 1 as a blanket default
+(torchrun; Megatron-LM's ``conf/arguments.sh``; the sbatch script of ``mtrecipes plan --sbatch``), not as a choice
+about this run. A count above the share is lowered to it. A run that must use other counts says so in the recipe
 (``cpu_threads: 4``); an integer is used as given. The run records what it used and why (the result's and the
 manifest's ``cpu_threads``). The thread count changes speed only: the packed bytes are the same (elementwise
 casts, exact maxima), so the field is not part of the recipe's content hash.
@@ -83,11 +84,15 @@ def local_ranks(environ: Mapping[str, str]) -> int:
     return max(1, n)
 
 
-def choose(requested: str | int, *, cores: int, ranks: int) -> ThreadChoice:
-    """The thread count for ``requested`` (``auto`` or a number) on a node of ``cores`` usable CPUs and ``ranks``."""
+def choose(requested: str | int, *, cores: int, ranks: int, current: int | None = None) -> ThreadChoice:
+    """The thread count for ``requested`` (``auto`` or a number) on a node of ``cores`` usable CPUs and ``ranks``;
+    ``current``: PyTorch's count in this process before the run (None: not known)."""
     if requested == AUTO:
         threads = max(1, cores // ranks)
         reason = f"auto: {cores} usable cores / {ranks} rank{'s' if ranks != 1 else ''} on this node"
+        if current is not None and 1 < current < threads:
+            reason += f" allow {threads}; PyTorch's own {current} kept (its default or OMP_NUM_THREADS)"
+            threads = current
     else:
         threads = int(requested)
         reason = f"cpu_threads: {threads} in the recipe"
@@ -96,6 +101,8 @@ def choose(requested: str | int, *, cores: int, ranks: int) -> ThreadChoice:
     return ThreadChoice(requested=requested, threads=threads, reason=reason, usable_cores=cores, local_ranks=ranks)
 
 
-def for_this_process(requested: str | int, environ: Mapping[str, str] | None = None) -> ThreadChoice:
-    """:func:`choose` with this process's cores and launcher."""
-    return choose(requested, cores=usable_cores(), ranks=local_ranks(os.environ if environ is None else environ))
+def for_this_process(requested: str | int, environ: Mapping[str, str] | None = None,
+                     current: int | None = None) -> ThreadChoice:
+    """:func:`choose` with this process's cores and launcher (``current``: PyTorch's count now)."""
+    return choose(requested, cores=usable_cores(), ranks=local_ranks(os.environ if environ is None else environ),
+                  current=current)

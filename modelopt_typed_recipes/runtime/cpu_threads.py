@@ -35,7 +35,8 @@ def applied(requested: str | int) -> Iterator[CpuThreads]:
     """Inside: PyTorch's CPU threads as ``requested`` decides (restored on exit)."""
     import torch
 
-    state = CpuThreads(for_this_process(requested), torch.get_num_threads())
+    before = torch.get_num_threads()
+    state = CpuThreads(for_this_process(requested, current=before), before)
     torch.set_num_threads(state.choice.threads)
     try:
         yield state
