@@ -192,13 +192,8 @@ def test_modelopt_nvfp4_packing_is_spread_over_torch_threads(threads_restored):
 
     pytest.importorskip("modelopt.torch.export.quant_utils")
 
-    def per_thread() -> dict[str, float]:
-        out = {}
-        for t in os.listdir("/proc/self/task"):
-            with open(f"/proc/self/task/{t}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            out[t] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        return out
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from cpu_pack import per_thread_cpu_s as per_thread  # the benchmark's reader of /proc/self/task
 
     weight = _weight()
     torch.set_num_threads(2)

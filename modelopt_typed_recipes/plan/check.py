@@ -13,6 +13,8 @@ No torch, no ModelOpt import: versions come from package metadata, Transformer E
 
 from __future__ import annotations
 
+import os
+
 import attrs
 
 from ..errors import LayoutError, RecipeError
@@ -22,6 +24,7 @@ from ..spec.recipe import Recipe
 from . import run_gates
 from .archs import stage_archs
 from .backend_choice import BackendName, backend_problems, choose_backend, choose_device, choose_dtype
+from .determinism import env_problems
 from .environment import Environment
 from .run_plan import CalibrationWindows, RunPlan, StagePlan
 from .save import save_decisions
@@ -75,10 +78,6 @@ def check_recipe(recipe: Recipe, *, env: Environment | None = None, layout: Para
         errors += run_gates.megatron_build_problems(archs[0])
     errors += task_problems(recipe, backend)
     if recipe.deterministic:
-        import os
-
-        from .determinism import env_problems
-
         errors += env_problems(os.environ)
 
     cal = recipe.calibration

@@ -144,16 +144,13 @@ def _run(recipe: Recipe | str | Path | Mapping[str, Any], *, progress: bool, for
             "(force=True / --force redoes it)",))
     with determinism.applied(rec.deterministic) as det:  # before the backend's first torch import
         with cpu_threads.applied(rec.cpu_threads) as threads:
-            return _execute(rec, plan, det, threads, t0=t0, t_plan=t_plan)
+            return _execute(rec, plan, det, threads, recipe_hash=recipe_hash, staging=staging, output=output,
+                            t0=t0, t_plan=t_plan)
 
 
 def _execute(rec: Recipe, plan: RunPlan, det: determinism.Determinism, threads: cpu_threads.CpuThreads, *,
-             t0: float, t_plan: float) -> PostTrainingResult:
+             recipe_hash: str, staging: Path, output: Path, t0: float, t_plan: float) -> PostTrainingResult:
     """The run proper, once it is known that something is to be done: backend, output folder, stages, swap."""
-    recipe_hash = rec.content_hash()
-    staging, output = plan.staging_dir, plan.output_dir
-    if staging is None or output is None:  # pragma: no cover - plan_run sets both
-        raise SpecError("the plan has no output folder", path="output_dir")
     backend = load_backend(plan.backend)
     check = getattr(backend, "check", None)
     if check is not None:

@@ -94,8 +94,8 @@ class Recipe:
     ``runtime/determinism.py`` says what changes."""
     cpu_threads: Literal["auto"] | int = attrs.field(default=AUTO_CPU_THREADS, validator=_cpu_threads)
     """CPU threads of each rank (``torch.set_num_threads``): ``auto`` = the cores this process may use / the ranks
-    on this node, at least 1 (``OMP_NUM_THREADS`` is not read: torchrun sets it to 1 for every worker by itself),
-    or a number. ModelOpt's Megatron export quantizes and packs the weights on the CPU, so this sets its speed.
+    on this node, at least 1, where PyTorch's count is 1 (torchrun sets ``OMP_NUM_THREADS=1`` for every worker by
+    itself) or above that share; a count in between is kept. Or a number. ModelOpt's Megatron export quantizes and packs the weights on the CPU, so this sets its speed.
     Speed only, the same bytes: not part of the content hash. ``plan/cpu_threads.py`` says why."""
     schema_version: int = SCHEMA_VERSION
 
