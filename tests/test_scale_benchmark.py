@@ -19,6 +19,18 @@ torch = pytest.importorskip("torch")
 scale_gpu = pytest.importorskip("scale_gpu")
 
 
+def _main_dry(monkeypatch) -> None:
+    """``scale_gpu.main()`` as the test's argv says (a dry run), its SIGTERM handler and dry-run flag undone."""
+    import signal
+
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        scale_gpu.main()
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+        monkeypatch.setattr(scale_gpu, "DRY_RUN", False)
+
+
 def test_dry_run_writes_checked_recipes_for_the_two_gpu_part(tmp_path, monkeypatch):
     """Each case of the part: a recipe that loads and passes the check, the layouts and memory plan of its stages,
     and the direct script's command with the same text, windows and layout."""
@@ -28,14 +40,7 @@ def test_dry_run_writes_checked_recipes_for_the_two_gpu_part(tmp_path, monkeypat
     monkeypatch.setattr(sys, "argv", ["scale_gpu.py", "--dry-run", "--windows", "512", "--concurrent",
                                       "--text", str(text), "--work", str(tmp_path / "work"), "--cases",
                                       "qwen3-8b-tp2:nvfp4:1,qwen3-30b-a3b-ep2:fp8:1:ours,llama3.1-8b-tp1:fp8:1"])
-    import signal
-
-    handler = signal.getsignal(signal.SIGTERM)
-    try:
-        scale_gpu.main()
-    finally:
-        signal.signal(signal.SIGTERM, handler)
-        monkeypatch.setattr(scale_gpu, "DRY_RUN", False)
+    _main_dry(monkeypatch)
     rows = {r["case"]: r for r in json.loads((tmp_path / "out" / "scale_gpu.json").read_text())}
     moe = rows["qwen3-30b-a3b-ep2"]
     assert (moe["layout"], moe["export_layout"], moe["runs"]) == ("TP1 PP1 EP2", "TP1 PP2", ["ours"])
@@ -154,14 +159,7 @@ def test_dry_run_with_deterministic_sets_the_recipe_field_and_the_direct_flag(tm
     monkeypatch.setenv("OUT", str(tmp_path / "out"))
     monkeypatch.setattr(sys, "argv", ["scale_gpu.py", "--dry-run", "--deterministic", "--windows", "32", "--seq", "256",
                                       "--work", str(tmp_path / "work"), "--cases", "tiny-moe-ep2:fp8:2"])
-    import signal
-
-    handler = signal.getsignal(signal.SIGTERM)
-    try:
-        scale_gpu.main()
-    finally:
-        signal.signal(signal.SIGTERM, handler)
-        monkeypatch.setattr(scale_gpu, "DRY_RUN", False)
+    _main_dry(monkeypatch)
     [row] = json.loads((tmp_path / "out" / "scale_gpu.json").read_text())
     assert row["deterministic"] is True and len(row["reps"]) == 2
     log = (tmp_path / "out" / "scale_raw.log").read_text()
@@ -177,14 +175,7 @@ def test_dry_run_with_cpu_threads_sets_the_recipe_field_and_the_direct_flag(tmp_
     monkeypatch.setenv("OUT", str(tmp_path / "out"))
     monkeypatch.setattr(sys, "argv", ["scale_gpu.py", "--dry-run", "--cpu-threads", "16", "--windows", "32", "--seq",
                                       "256", "--work", str(tmp_path / "work"), "--cases", "tiny-moe-ep2:fp8:1"])
-    import signal
-
-    handler = signal.getsignal(signal.SIGTERM)
-    try:
-        scale_gpu.main()
-    finally:
-        signal.signal(signal.SIGTERM, handler)
-        monkeypatch.setattr(scale_gpu, "DRY_RUN", False)
+    _main_dry(monkeypatch)
     [row] = json.loads((tmp_path / "out" / "scale_gpu.json").read_text())
     assert row["cpu_threads"] == 16
     log = (tmp_path / "out" / "scale_raw.log").read_text()
