@@ -300,7 +300,7 @@ def _reload(arch: ModelArch, new: ParallelLayout, tmp: Path, *, dtype: str, devi
             seed: int, deterministic: bool = False, times: dict[str, float] | None = None) -> Any:
     """The second half of a move between layouts: the old model is gone (collected here, with its reference
     cycles, so two copies never share the GPU), groups rebuilt for ``new``, the hand-over checkpoint (with the
-    ModelOpt state) loaded. ``times`` gets the seconds to build (``build_s``) and load (``load_s``)."""
+    ModelOpt state) loaded and deleted. ``times`` gets the seconds to build (``build_s``) and load (``load_s``)."""
     import gc
 
     import torch
@@ -319,4 +319,9 @@ def _reload(arch: ModelArch, new: ParallelLayout, tmp: Path, *, dtype: str, devi
     distributed.barrier()
     if times is not None:
         times.update(build_s=t_built - t, load_s=time.perf_counter() - t_built)
-    return fresh  # the caller (_hand_over) deletes the folder, also when this fails
+    if distributed.is_main():
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)  # at once: host memory back before the next stage (_hand_over's
+        # finally removes the scratch folder, and everything when this fails)
+    return fresh
