@@ -12,6 +12,7 @@
 #   2. moe                                 (~540 s)  qwen3-30b-a3b EP2 -> PP2 NVFP4, deterministic, 32 windows:
 #                                                    ours on GPUs 0,1 and the direct script on GPUs 2,3 at once
 #   3. tp2                                 (~400 s)  qwen3-8b TP2 -> PP2, FP8 on GPUs 0,1 and NVFP4 on GPUs 2,3
+#   4. FIRST_REP=1: dense1 tp2            (~500 s)  the second repetitions, the direct script first
 # The returned files are packed into one archive per call (a call returns at most 8 files).
 set -uo pipefail
 OUT=${OUT:-benchmarks/raw/session10}
@@ -21,7 +22,7 @@ drive() {  # drive SUBDIR DEVICES TIMEOUT ARGS...: one scale_gpu.py driver in th
   local sub=$1 dev=$2 t=$3; shift 3
   mkdir -p "$OUT/$part/$sub"
   OUT="$OUT/$part/$sub" timeout -k 5 "$t" python3 benchmarks/scale_gpu.py --devices "$dev" --budget-s $((t - 10)) \
-    --text $TEXT --work "/tmp/scale_$sub" --cpu-threads 16 --keep-digests "$@" > "$OUT/$part/$sub/driver.txt" 2>&1 &
+    --text $TEXT --work "/tmp/scale_$sub" --cpu-threads 16 --keep-digests --first-rep "${FIRST_REP:-0}" "$@" > "$OUT/$part/$sub/driver.txt" 2>&1 &
 }
 session_part() {
   case $1 in

@@ -269,7 +269,7 @@ def run_case(name: str, fmt: str, reps: int, a: argparse.Namespace, out: Path, d
     row["concurrent"] = concurrent
     first: dict[str, dict] = {}  # each program's first export: is a repetition bitwise the same?
     first_guess = case["guess_s"] * (0.25 + 0.75 * a.windows / 512) if a.first_guess_s is None else a.first_guess_s
-    for rep in range(reps):
+    for rep in range(a.first_rep, a.first_rep + reps):
         order = ("ours", "direct") if rep % 2 == 0 else ("direct", "ours")
         order = tuple(w for w in order if w in who_runs)
         r: dict = {"rep": rep, "order": list(order)}
@@ -386,6 +386,8 @@ def main() -> None:
     p.add_argument("--windows", type=int, default=64)
     p.add_argument("--seq", type=int, default=2048)
     p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--first-rep", type=int, default=0, help="number the repetitions from here (an odd number starts "
+                   "with the direct script): a later call continues a case's alternation")
     p.add_argument("--budget-s", type=float, default=540, help="start no run that would end after this")
     p.add_argument("--first-guess-s", type=float, default=None,
                    help="assumed wall of a case's first run (default: the case's guess_s, scaled by --windows)")
