@@ -505,6 +505,35 @@ def merge_split_runs(rows: list[tuple[str, dict]], compared: list[dict]) -> list
     return out
 
 
+def join_repetitions(rows: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
+    """One case whose alternating repetitions ran in different calls (``--first-rep``) made one row again: rows of
+    both programs with the same case, format, windows, sequence, batch, ``deterministic`` and CPU threads, whose
+    repetition numbers do not overlap, joined and their medians recomputed. Rows whose numbers overlap (the same
+    repetition run twice, e.g. in two sessions) stay apart."""
+    from modelopt_typed_recipes.catalog import get_arch
+
+    def key(row: dict) -> tuple:
+        return (row["case"], row["format"], row["windows_asked"], row["seq_length"], row["batch"],
+                bool(row.get("deterministic")), row.get("cpu_threads"))
+
+    groups: dict[tuple, list[int]] = {}
+    for i, (_, row) in enumerate(rows):
+        if row.get("runs", ["ours", "direct"]) == ["ours", "direct"]:
+            groups.setdefault(key(row), []).append(i)
+    joined: dict[int, tuple[str, dict]] = {}
+    dropped: set[int] = set()
+    for members in groups.values():
+        numbers = [r["rep"] for i in members for r in rows[i][1]["reps"]]
+        if len(members) < 2 or len(numbers) != len(set(numbers)):
+            continue
+        first = rows[members[0]][1]
+        row = {**first, "reps": sorted((r for i in members for r in rows[i][1]["reps"]), key=lambda r: r["rep"])}
+        summarize(row, get_arch(row["model"]))
+        joined[members[0]] = (" + ".join(rows[i][0] for i in members), row)
+        dropped.update(members[1:])
+    return [joined.get(i, pair) for i, pair in enumerate(rows) if i not in dropped]
+
+
 def collect(raw: list[str | Path], out: Path, compared: list[Path] = ()) -> list[dict]:
     """``benchmarks/scale_gpu.json`` from the device's raw files: one object per case and run mode, with the
     memory plan of the current code next to the one the run was compared with. ``PATH::MODE`` says how a file's
@@ -520,7 +549,7 @@ def collect(raw: list[str | Path], out: Path, compared: list[Path] = ()) -> list
         if mode:
             modes[src] = mode
         loaded += [(src, row) for row in json.loads(f.read_text())]
-    pairs = merge_split_runs(loaded, [json.loads(Path(c).read_text()) for c in compared])
+    pairs = join_repetitions(merge_split_runs(loaded, [json.loads(Path(c).read_text()) for c in compared]))
     rows = []
     for src, row in pairs:
         arch = get_arch(row["model"])

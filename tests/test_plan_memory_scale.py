@@ -42,10 +42,19 @@ ROWS = [
      "session8/tp2-nvfp4/scale_gpu.json"),
     ("qwen3-8b", "nvfp4", "export", {"pipeline_parallel": 2}, False, 8_700_935_168,
      "session8/tp2-nvfp4/scale_gpu.json"),
+    # the sixth session, on a 4-GPU H200 host (the same GPU; other cases ran on the other GPUs at the same time)
+    ("llama3.1-8b", "fp8", "quantize", TP1, False, 26_950_796_288, "session10/c1/dense1/l8-fp8/scale_gpu.json"),
+    ("llama3.1-8b", "fp8", "export", TP1, True, 18_243_702_784, "session10/c1/dense1/l8-fp8/scale_gpu.json"),
+    ("qwen3-8b", "fp8", "export", {"pipeline_parallel": 2}, False, 8_227_045_376,
+     "session10/c3/tp2/t2-fp8/scale_gpu.json"),
+    ("qwen3-30b-a3b", "nvfp4", "quantize", {"expert_parallel": 2, "data_parallel": 2}, False, 44_941_993_984,
+     "session10/c2/moe/moe-ours/scale_gpu.json"),
+    ("qwen3-30b-a3b", "nvfp4", "export", {"pipeline_parallel": 2}, False, 31_534_021_632,
+     "session10/c2/moe/moe-ours/scale_gpu.json"),
 ]
 """Not here: qwen3-8b's TP1 PP2 export after its TP2 quantize in the second session (c3b: 16,420,048,896 bytes),
 which held the old TP2 model beside the new one (a hand-over bug fixed since); the fifth session's TP2 -> PP2 NVFP4
-run (above) measured the fixed hand-over."""
+run and the sixth session's TP2 -> PP2 runs (above) measured the fixed hand-over."""
 
 
 def _id(row: tuple) -> str:

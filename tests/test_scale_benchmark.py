@@ -309,3 +309,29 @@ def test_each_repetition_is_compared_with_the_first_of_the_same_program(tmp_path
     assert second["ours_same_as_rep0"] and second["direct_same_as_rep0"] is False and not second["bitwise_equal"]
     assert row["repeats_equal"] == {"ours": True, "direct": False} and row["deterministic"]
     assert first["ours_determinism"] == {"requested": True}
+
+
+def test_repetitions_run_in_two_calls_are_one_row_with_their_median(tmp_path):
+    """qwen3-8b TP2 NVFP4 ran repetition 0 in one call and repetition 1 (``--first-rep 1``, the direct script first)
+    in a later one: ``--collect`` makes one row of both, its walls the medians of the two and its ratio theirs;
+    the same repetition number in two files (two sessions) would stay two rows."""
+    import statistics
+
+    import scale_gpu
+
+    raw = ROOT / "benchmarks" / "raw" / "session10"
+    files = [raw / "c3" / "tp2" / "t2-nvfp4" / "scale_gpu.json", raw / "c5" / "rep1" / "t2-nvfp4" / "scale_gpu.json"]
+    rows = scale_gpu.collect(files, tmp_path / "out.json")
+    assert len(rows) == 1
+    row = rows[0]
+    reps = [json.loads(f.read_text())[0]["reps"][0] for f in files]
+    assert [r["rep"] for r in reps] == [0, 1] and reps[1]["order"] == ["direct", "ours"]
+    ours = statistics.median(r["ours_wall_s"] for r in reps)
+    direct = statistics.median(r["direct_wall_s"] for r in reps)
+    assert (row["reps"], row["wall_s"], row["direct_wall_s"]) == (2, round(ours, 2), round(direct, 2))
+    assert row["ratio"] == round(ours / direct, 4) < 0.9
+    assert row["bitwise_equal"] is True and [p["order"] for p in row["per_rep"]] == [["ours", "direct"],
+                                                                                      ["direct", "ours"]]
+    # the same file twice: repetition 0 twice, not joined
+    twice = scale_gpu.collect([files[0], files[0]], tmp_path / "twice.json")
+    assert len(twice) == 2 and all(r["reps"] == 1 for r in twice)
