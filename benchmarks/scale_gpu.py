@@ -493,7 +493,7 @@ def merge_split_runs(rows: list[tuple[str, dict]], compared: list[dict]) -> list
         (osrc, ours), (dsrc, direct) = pair["ours"], pair["direct"]
         joined = {**ours, "runs": ["ours", "direct"], "reps": []}
         for r_o, r_d in zip(ours["reps"], direct["reps"]):
-            r = {**r_d, **r_o, "order": ["ours (own call)", "direct (own call)"]}
+            r = {**r_d, **r_o, "order": ["ours (own driver)", "direct (own driver)"]}
             for c in compared:  # a saved comparison names its case, format, repetition, windows and mode
                 if (c["case"], c["format"], c.get("rep", 0), c.get("windows"), bool(c.get("deterministic"))) == (
                         ours["case"], ours["format"], r["rep"], ours["windows_asked"], bool(ours.get("deterministic"))):

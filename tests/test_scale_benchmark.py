@@ -298,7 +298,7 @@ def test_each_repetition_is_compared_with_the_first_of_the_same_program(tmp_path
         return 1.0, 0
 
     monkeypatch.setattr(scale_gpu, "run_process", fake_run)
-    a = argparse.Namespace(work=str(tmp_path / "work"), text=None, windows=4, seq=32, batch=2, devices="0,1",
+    a = argparse.Namespace(work=str(tmp_path / "work"), text=None, windows=4, first_rep=0, seq=32, batch=2, devices="0,1",
                            concurrent=False, first_guess_s=1.0, keep_digests=False, deterministic=True,
                            cpu_threads=None)
     out = tmp_path / "out"
