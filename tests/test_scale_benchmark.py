@@ -335,3 +335,23 @@ def test_repetitions_run_in_two_calls_are_one_row_with_their_median(tmp_path):
     # the same file twice: repetition 0 twice, not joined
     twice = scale_gpu.collect([files[0], files[0]], tmp_path / "twice.json")
     assert len(twice) == 2 and all(r["reps"] == 1 for r in twice)
+
+
+def test_moe_probe_recipes_are_the_quantize_stage_alone_and_pass_check(tmp_path):
+    """benchmarks/moe_probe.py (the next session's first MoE call) asks for the quantize stage alone with nothing
+    saved, at the batch given; each recipe passes ``check`` for 2 GPUs before any GPU time is spent on it."""
+    import moe_probe
+
+    from modelopt_typed_recipes.plan.check import Environment, check_recipe
+    from modelopt_typed_recipes.spec.recipe import Recipe
+    from modelopt_typed_recipes.spec.serde import from_yaml
+
+    text = tmp_path / "calib.jsonl"
+    text.write_text(json.dumps({"text": "calibration text " * 50}) + "\n")
+    for batch in (8, 32):
+        recipe = from_yaml(moe_probe.recipe_yaml(str(text), 32, batch, tmp_path / f"b{batch}"), Recipe)
+        assert [s.technique for s in recipe.stages] == ["quantize"] and recipe.save == "none"
+        assert recipe.calibration.batch_size == batch and recipe.deterministic
+        report = check_recipe(recipe, env=Environment(megatron_core="0.19.2", modelopt="0.47.0", cuda=True,
+                                                      gpu_count=2))
+        assert not report.errors, report.errors

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# GPU work planned for the seventh session (issue 9's last case: qwen3-30b-a3b EP2 -> PP2 at 512 windows), one warm
+# nvidia-h200-x4. Usage (repo root; carry .whl, .scale and .torch_ext, the last unpacked from the sixth session's
+# torch_ext.tgz so that ModelOpt's CUDA extensions are not built again):
+#   bash benchmarks/gpu_session11.sh PART...
+# Planned calls:
+#   1. env prewarm moe-probe pack   (~200 s)  the quantize stage alone at batch 8 and 32 (32 windows): tokens/s
+#   2. moe512 pack                  (~590 s)  only if the probe's batch-32 rate is >= 3,000 tokens/s: ours on GPUs
+#                                             0,1 and the direct script on GPUs 2,3 at once, 512 windows, batch
+#                                             MOE_BATCH (32), deterministic: true, tensors compared on the CPU after
+# Why: the MoE calibrates at ~1,000 tokens/s at batch 8 (sixth session), so 512 windows (1 M tokens) take over 1,000 s;
+# if the cost is per forward pass (64 local experts run one after another in each of 48 layers), a larger batch
+# brings it into one call for both programs alike.
+set -uo pipefail
+OUT=${OUT:-benchmarks/raw/session11}
+source "$(dirname "$0")/gpu_env.sh"
+TEXT=.scale/scale_calib.jsonl
+drive() {  # drive SUBDIR DEVICES TIMEOUT ARGS...: one scale_gpu.py driver in the background, its own work folder
+  local sub=$1 dev=$2 t=$3; shift 3
+  mkdir -p "$OUT/$part/$sub"
+  OUT="$OUT/$part/$sub" timeout -k 5 "$t" python3 benchmarks/scale_gpu.py --devices "$dev" --budget-s $((t - 10)) \
+    --text $TEXT --work "/tmp/scale_$sub" --cpu-threads 16 --keep-digests "$@" > "$OUT/$part/$sub/driver.txt" 2>&1 &
+}
+session_part() {
+  case $1 in
+    moe-probe)
+      CUDA_VISIBLE_DEVICES=0,1 timeout -k 5 300 python3 benchmarks/moe_probe.py --text $TEXT --batches 8,32 \
+        --out /tmp/moe_probe | tee "$OUT/$part/probe.jsonl"
+      cp /tmp/moe_probe/*.log "$OUT/$part/"; rm -rf /tmp/moe_probe ;;
+    moe512)
+      df -h /tmp /dev/shm | tee "$OUT/$part/df.txt"
+      local b=${MOE_BATCH:-32}
+      drive moe-ours 0,1 585 --deterministic --windows 512 --batch "$b" --cases qwen3-30b-a3b-ep2:nvfp4:1:ours \
+        --first-guess-s 480
+      drive moe-direct 2,3 585 --deterministic --windows 512 --batch "$b" \
+        --cases qwen3-30b-a3b-ep2:nvfp4:1:direct --first-guess-s 480
+      wait; echo "moe512 drivers done"; tail -n 3 "$OUT/$part"/*/driver.txt; ls /dev/shm; rm -rf /tmp/scale_moe-* ;;
+    pack)  # everything under $OUT in one archive (a call returns at most 8 files)
+      rmdir "$OUT/$part"; tar -czf /tmp/pack.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/pack.tgz "$OUT/" \
+        && ls -l "$OUT" ;;
+    *) return 1 ;;
+  esac
+  return 0
+}
+run_parts "$@"
