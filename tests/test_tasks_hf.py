@@ -12,15 +12,18 @@ import pytest
 
 from modelopt_typed_recipes.errors import DataError, GateError
 from modelopt_typed_recipes.runtime import api
+from modelopt_typed_recipes.runtime.tasks import items as task_items
 from modelopt_typed_recipes.runtime.tasks.items import (
+    items_digest,
     load_mmlu,
     mmlu_prompt,
     next_sentence_items,
     questions_from_items,
+    read_items,
     task_documents,
     write_mmlu_folder,
 )
-from modelopt_typed_recipes.spec.evaluation import MMLU, NextSentence, metric_key
+from modelopt_typed_recipes.spec.evaluation import MMLU, Generate, NextSentence, metric_key
 
 torch = pytest.importorskip("torch")
 datasets = pytest.importorskip("datasets")
@@ -102,8 +105,8 @@ def test_mmlu_scorer_equals_a_direct_transformers_computation(mmlu_dir: Path) ->
     tok = load_tokenizer(folder)
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
     task = MMLU(path=str(mmlu_dir), few_shots=1, batch_size=5)
-    ours = run_mmlu(task, HFTaskModel(model, device="cpu", progress=False), tok, path="t", seed=0)
     data = load_mmlu(task, path="t")
+    ours = run_mmlu(task, data, HFTaskModel(model, device="cpu", progress=False), tok, path="t", seed=0)
     letters = [tok.encode(f" {c}", add_special_tokens=False)[-1] for c in "ABCD"]
     right = 0
     with torch.no_grad():
@@ -154,3 +157,54 @@ def test_mmlu_before_is_measured_again_when_the_folder_holds_other_questions(tmp
     write_mmlu_folder(qs[10:20], folder, dev=qs[:10])
     second = run("b")
     assert second["before"]["total"] == second["after"]["total"] == 10, second
+
+
+def test_each_tasks_data_is_read_once_by_the_backend(mmlu_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """The cache key of the result before the stages and the measurements before, after and on the export all
+    use one read of each task's data: the MMLU folder's test split and the next_sentence file are read once by
+    the pre-flight check and once by the backend, however many phases there are."""
+    from modelopt_typed_recipes.runtime import data
+
+    heldout = (data.REFERENCE_DIR / "heldout.txt").read_text(encoding="utf-8").split(data.DOC_SEPARATOR)
+    text = tmp_path / "docs.jsonl"
+    text.write_text("".join(json.dumps({"text": d}) + "\n" for d in heldout if d.strip()), encoding="utf-8")
+    reads = {"mmlu": 0, "next_sentence": 0}
+    rows, documents = task_items._rows, data.read_documents
+
+    def counting_rows(folder: Path, split: str, *, where: str):
+        reads["mmlu"] += split == "test" and folder == mmlu_dir
+        return rows(folder, split, where=where)
+
+    def counting_documents(spec, *, path: str = "calibration"):
+        reads["next_sentence"] += str(text) in spec.files
+        return documents(spec, path=path)
+
+    monkeypatch.setattr(task_items, "_rows", counting_rows)
+    monkeypatch.setattr(data, "read_documents", counting_documents)
+    small = {"dataset": "reference-train", "num_samples": 2, "seq_length": 128, "batch_size": 2}
+    tasks = [{"task": "mmlu", "path": str(mmlu_dir), "fraction": 0.25},
+             {"task": "next_sentence", "dataset": None, "files": [str(text)], "num_items": 8}]
+    result = api.run_post_training(recipe(tmp_path, mmlu_dir, calibration=small, evaluation=None, tasks=tasks,
+                                          stages=[{"technique": "quantize", "format": "fp8"},
+                                                  {"technique": "export"}]), progress=False)
+    assert all(set(result.tasks[name]) == {"before", "after", "export"} for name in reads), result.tasks
+    assert result.tasks["next_sentence"]["before"]["total"] == 8
+    assert reads == {"mmlu": 2, "next_sentence": 2}, reads
+
+
+def test_items_digest_follows_the_items_asked(mmlu_dir: Path) -> None:
+    """The cache key's part read from the data: the same items give the same digest, other items another."""
+    def digest(task) -> str:
+        return items_digest(read_items([task])[0])
+
+    mmlu = MMLU(path=str(mmlu_dir), few_shots=2, fraction=0.5)
+    assert digest(mmlu) == digest(MMLU(path=str(mmlu_dir), few_shots=2, fraction=0.5))
+    assert len({digest(mmlu), digest(MMLU(path=str(mmlu_dir), few_shots=2, fraction=0.25)),
+                digest(MMLU(path=str(mmlu_dir), few_shots=0, fraction=0.5))}) == 3  # other questions; no dev split read
+    sentences = NextSentence(num_items=8, seed=3)
+    assert digest(sentences) == digest(NextSentence(num_items=8, seed=3))
+    assert len({digest(sentences), digest(NextSentence(num_items=8, seed=4)),
+                digest(NextSentence(num_items=9, seed=3))}) == 3
+    # generate asks its spec's prompts: nothing is read, and the spec's own hash tells its tasks apart
+    assert read_items([Generate(prompts=("a",))]) == [None]
+    assert digest(Generate(prompts=("a",))) == digest(Generate(prompts=("b",)))

@@ -45,12 +45,15 @@ def reference_on_megatron():
 def test_megatron_scores_and_generates_as_transformers_does(reference_on_megatron, tmp_path: Path) -> None:
     from modelopt_typed_recipes.runtime.hf.evaluate import HFTaskModel
     from modelopt_typed_recipes.runtime.megatron.tasks import MegatronTaskModel
+    from modelopt_typed_recipes.runtime.tasks.items import read_items
     from modelopt_typed_recipes.runtime.tasks.run import evaluate_tasks
 
     mc, hf, tok = reference_on_megatron
     tasks = (NextSentence(num_items=32, seed=5), Generate(prompts=PROMPTS, max_new_tokens=8))
-    ours = evaluate_tasks(tasks, MegatronTaskModel(mc, max_length=1024, workspace=tmp_path, progress=False), tok)
-    ref = evaluate_tasks(tasks, HFTaskModel(hf, device="cpu", progress=False), tok)
+    items = read_items(tasks)
+    ours = evaluate_tasks(tasks, items, MegatronTaskModel(mc, max_length=1024, workspace=tmp_path, progress=False),
+                          tok)
+    ref = evaluate_tasks(tasks, items, HFTaskModel(hf, device="cpu", progress=False), tok)
     assert ours["next_sentence"].correct == ref["next_sentence"].correct
     assert ours["next_sentence"].accuracy >= 0.6  # the reference model's signal survives the import
     assert ours["generate"].texts == ref["generate"].texts and all(ours["generate"].texts)
@@ -114,7 +117,7 @@ def test_modelopt_megatron_mmlu_answers_as_our_scorer(letter_model, tmp_path: Pa
 
     from modelopt_typed_recipes.runtime.hf.evaluate import HFTaskModel
     from modelopt_typed_recipes.runtime.megatron.tasks import MegatronTaskModel
-    from modelopt_typed_recipes.runtime.tasks.items import write_mmlu_folder
+    from modelopt_typed_recipes.runtime.tasks.items import read_items, write_mmlu_folder
     from modelopt_typed_recipes.runtime.tasks.run import evaluate_tasks
 
     mc, hf, tok = letter_model
@@ -135,10 +138,11 @@ def test_modelopt_megatron_mmlu_answers_as_our_scorer(letter_model, tmp_path: Pa
     for label, questions, n in cases:
         folder = write_mmlu_folder(questions, tmp_path / label.replace(" ", "-").replace(",", ""), dev=dev)
         tasks = (MMLU(path=str(folder), fraction=n / 24, batch_size=5),)
+        items = read_items(tasks)
         with megatron_mmlu_on_cpu():
-            ours = evaluate_tasks(tasks, MegatronTaskModel(mc, max_length=1024, workspace=tmp_path / "w",
-                                                           progress=False), tok)["mmlu"]
-        ref = evaluate_tasks(tasks, HFTaskModel(hf, device="cpu", progress=False), tok)["mmlu"]
+            ours = evaluate_tasks(tasks, items, MegatronTaskModel(mc, max_length=1024, workspace=tmp_path / "w",
+                                                                  progress=False), tok)["mmlu"]
+        ref = evaluate_tasks(tasks, items, HFTaskModel(hf, device="cpu", progress=False), tok)["mmlu"]
         assert (ours.scorer, ref.scorer) == ("megatron_mmlu", "log-likelihood")
         assert seen[-1] == ours.total == ref.total == n and ours.correct == ref.correct, (label, seen, ours, ref)
         if label.startswith("all"):
@@ -154,6 +158,7 @@ def test_megatron_mmlu_never_falls_back_quietly(reference_on_megatron, tmp_path:
 
     from modelopt_typed_recipes.plan.check import Environment, check_recipe
     from modelopt_typed_recipes.runtime.megatron.tasks import MegatronTaskModel
+    from modelopt_typed_recipes.runtime.tasks.items import read_items
     from modelopt_typed_recipes.runtime.tasks.run import evaluate_tasks
 
     mc, _, tok = reference_on_megatron
@@ -172,11 +177,13 @@ def test_megatron_mmlu_never_falls_back_quietly(reference_on_megatron, tmp_path:
     lm = MegatronTaskModel(mc, max_length=1024, workspace=tmp_path / "w", progress=False)
     # the error names the offending task's place in the recipe, as the plan's check does (here the second task)
     with pytest.raises(CompatibilityError, match="megatron_mmlu") as info:
-        evaluate_tasks((Generate(prompts=("a",)), MMLU(path=str(fixture))), lm, tok, only=[1])
+        tasks = (Generate(prompts=("a",)), MMLU(path=str(fixture)))
+        evaluate_tasks(tasks, read_items(tasks), lm, tok, only=[1])
     assert info.value.path == "tasks[1].task"
     # so does a sampled generate task that a direct caller hands over without the plan's check
     with pytest.raises(CompatibilityError, match="greedily") as info:
-        evaluate_tasks((MMLU(path=str(fixture)), Generate(prompts=("a",), greedy=False)), lm, tok, only=[1])
+        tasks = (MMLU(path=str(fixture)), Generate(prompts=("a",), greedy=False))
+        evaluate_tasks(tasks, read_items(tasks), lm, tok, only=[1])
     assert info.value.path == "tasks[1].greedy"
 
 

@@ -46,7 +46,7 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
     from ...plan.techniques.distill import teacher_span
     from ...spec.serde import content_hash
     from ..data import batches, data_hash, token_windows
-    from ..tasks.items import items_digest
+    from ..tasks.items import items_digest, read_items
     from ..tasks.run import evaluate_tasks, record
     from . import evaluate, export
     from .model import count_params, load_model
@@ -90,12 +90,13 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
         metrics["eval_tokens"] = float(eval_windows.shape[0] * (eval_windows.shape[1] - 1))
         timings["evaluate_before"] = time.perf_counter() - t
     tasks: dict[str, dict[str, Any]] = {}
+    items = read_items(recipe.tasks)  # once: the cache keys and every phase use these
     if recipe.tasks:
         t = time.perf_counter()
-        keys = [(model_key, plan.dtype, device, content_hash(task), items_digest(task, path=f"tasks[{i}]"))
-                for i, task in enumerate(recipe.tasks)]
+        keys = [(model_key, plan.dtype, device, content_hash(task), items_digest(asked))
+                for task, asked in zip(recipe.tasks, items, strict=True)]
         todo = [i for i, k in enumerate(keys) if k not in _TASK_BASELINES]
-        fresh = evaluate_tasks(recipe.tasks, evaluate.HFTaskModel(model, device=device, progress=progress),
+        fresh = evaluate_tasks(recipe.tasks, items, evaluate.HFTaskModel(model, device=device, progress=progress),
                                tokenizer, seed=recipe.seed, only=todo)
         for i in todo:
             _TASK_BASELINES[keys[i]] = fresh[recipe.tasks[i].name]
@@ -104,7 +105,7 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
         timings["tasks_before"] = time.perf_counter() - t
 
     run = HFRun(recipe=recipe, plan=plan, model=model, tokenizer=tokenizer, windows=windows,
-                eval_batches=eval_batches, metrics=metrics, timings=timings,
+                eval_batches=eval_batches, task_items=items, metrics=metrics, timings=timings,
                 tasks=tasks, measured_after="perplexity_after" in metrics,  # a resumed run measured it
                 quantized=any(s.technique in ("quantize", "auto_quantize") for s in done))
     stages: list[StageResult] = list(done)
@@ -150,9 +151,8 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
             timings["evaluate_export"] = time.perf_counter() - t
         if recipe.tasks:
             t = time.perf_counter()
-            record("export", evaluate_tasks(recipe.tasks, evaluate.HFTaskModel(reloaded, device=device,
-                                                                                 progress=progress),
-                                            tokenizer, seed=recipe.seed), metrics, tasks)
+            lm = evaluate.HFTaskModel(reloaded, device=device, progress=progress)
+            record("export", evaluate_tasks(recipe.tasks, items, lm, tokenizer, seed=recipe.seed), metrics, tasks)
             timings["tasks_export"] = time.perf_counter() - t
         stages[-1].details["reloaded_layers"] = counts
     add_change(metrics)

@@ -28,6 +28,8 @@ class HFRun:
     windows: Any
     """The recipe's calibration windows (token ids)."""
     eval_batches: list[Any] | None = None
+    task_items: list[Any] = attrs.Factory(list)
+    """Each evaluation task's items, read once for the run (``runtime.tasks.items.read_items``)."""
     metrics: dict[str, float | None] = attrs.Factory(dict)
     timings: dict[str, float] = attrs.Factory(dict)
     tasks: dict[str, dict[str, Any]] = attrs.Factory(dict)
@@ -76,7 +78,8 @@ class HFRun:
         if self.recipe.tasks:
             t = time.perf_counter()
             lm = evaluate.HFTaskModel(self.model, device=self.plan.device, progress=self.plan.progress)
-            record("after", evaluate_tasks(self.recipe.tasks, lm, self.tokenizer, seed=self.recipe.seed),
+            record("after", evaluate_tasks(self.recipe.tasks, self.task_items, lm, self.tokenizer,
+                                           seed=self.recipe.seed),
                    self.metrics, self.tasks)
             self.timings["tasks_after"] = time.perf_counter() - t
         self.measured_after = True

@@ -51,6 +51,7 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
     from ...plan.save import changes_model
     from ...plan.techniques import technique_for
     from .. import data, distributed
+    from ..tasks.items import read_items
     from . import build, stages
     from .steps import MegatronRun
 
@@ -112,9 +113,10 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
             t = time.perf_counter()
             metrics["perplexity_before"] = stages.perplexity(model, eval_batches, progress=plan.progress)
             timings["evaluate_before"] = time.perf_counter() - t
+    items = read_items(recipe.tasks)  # once: the measurements before and after the stages use these
     if recipe.tasks and not all("before" in tasks.get(task.name, {}) for task in recipe.tasks):
         t = time.perf_counter()
-        _measure_tasks("before", recipe, model, arch, tokenizer, staging, plan.progress, metrics, tasks)
+        _measure_tasks("before", recipe, items, model, arch, tokenizer, staging, plan.progress, metrics, tasks)
         timings["tasks_before"] = time.perf_counter() - t
 
     archs = list(plan.stage_archs)
@@ -170,7 +172,8 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
         add_change(metrics)
     if recipe.tasks and (run.quantized or run.changed):
         t = time.perf_counter()
-        _measure_tasks("after", recipe, run.model, run.archs[-1], tokenizer, staging, plan.progress, metrics, tasks)
+        _measure_tasks("after", recipe, items, run.model, run.archs[-1], tokenizer, staging, plan.progress, metrics,
+                       tasks)
         timings["tasks_after"] = time.perf_counter() - t
     distributed.barrier()
     return PostTrainingResult(
@@ -256,14 +259,15 @@ def _state_after(journal: Any, plan: RunPlan, index: int, outputs: tuple[str, ..
     return staging / before if before else None
 
 
-def _measure_tasks(phase: str, recipe: Recipe, model: Any, arch: ModelArch, tokenizer: Any, staging: Path,
-                   progress: bool, metrics: dict[str, float | None], tasks: dict[str, dict[str, Any]]) -> None:
+def _measure_tasks(phase: str, recipe: Recipe, items: list[Any], model: Any, arch: ModelArch, tokenizer: Any,
+                   staging: Path, progress: bool, metrics: dict[str, float | None],
+                   tasks: dict[str, dict[str, Any]]) -> None:
     """The recipe's evaluation tasks on the model as it is now (every rank; the results agree)."""
     from ..tasks.run import evaluate_tasks, record
     from .tasks import MegatronTaskModel
 
     lm = MegatronTaskModel(model, max_length=arch.max_position_embeddings, workspace=staging, progress=progress)
-    record(phase, evaluate_tasks(recipe.tasks, lm, tokenizer, seed=recipe.seed), metrics, tasks)
+    record(phase, evaluate_tasks(recipe.tasks, items, lm, tokenizer, seed=recipe.seed), metrics, tasks)
 
 
 def _hand_over(run: Any, sp: Any, arch: ModelArch, *, dtype: str, device: str, spec: str,

@@ -5,7 +5,8 @@ seeded ``random.Random``: the same text and seed give the same items on every ma
 MMLU from a local folder (the ``cais/mmlu`` layout or a ``save_to_disk`` folder) and checks its columns;
 ``write_mmlu_folder`` writes questions in the ``cais/mmlu`` layout (the offline test fixture, and the folder
 ModelOpt's ``megatron_mmlu`` reads through ``datasets.load_dataset(folder, "all")``). ``check_tasks`` runs
-in ``run_post_training``'s pre-flight, so bad task data fails before any model is built.
+in ``run_post_training``'s pre-flight, so bad task data fails before any model is built; a backend then reads
+each task's items once (``read_items``) for its cache keys and every phase's measurement.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import attrs
 
 from ...errors import DataError
-from ...spec.evaluation import MMLU, Generate, LMEval, NextSentence, Task
+from ...spec.evaluation import MMLU, LMEval, NextSentence, Task
 from ...spec.recipe import TextData
 
 LETTERS = "ABCD"
@@ -255,17 +256,36 @@ def questions_from_items(items: Sequence[ChoiceItem], *, subjects: Sequence[str]
     return out
 
 
-# --------------------------------------------------------------------------- identity
-def items_digest(task: Task, *, path: str) -> str:
-    """What identifies the items ``task`` asks, beyond its spec: the questions read from its MMLU folder (their
+# --------------------------------------------------------------------------- a run's items
+TaskItems = MMLUData | list[ChoiceItem] | None
+"""What a task asks, read from its data: MMLU's questions, next_sentence's items, or None (generate's prompts
+are its spec; lm_eval's data is lm-eval's)."""
+
+
+def task_items(task: Task, *, path: str) -> TaskItems:
+    """The items ``task`` asks, read from its folder or text; DataError at ``path`` when unreadable."""
+    if isinstance(task, MMLU):
+        return load_mmlu(task, path=path)
+    if isinstance(task, NextSentence):
+        return next_sentence_items(task, task_documents(task, path=path))
+    return None
+
+
+def read_items(tasks: Sequence[Task]) -> list[TaskItems]:
+    """Every task's items, read once for a run: its cache keys and each phase's measurement use these, so the
+    data is not read again (and a folder rewritten during the run cannot mix two question sets)."""
+    return [task_items(task, path=f"tasks[{i}]") for i, task in enumerate(tasks)]
+
+
+def items_digest(items: TaskItems) -> str:
+    """What identifies the items a task asks, beyond its spec: the questions read from its MMLU folder (their
     subjects, splits and number, as ``fraction`` took them) or the items cut from its text. A result kept under
     the spec alone would be read back after the folder or the files under the same path changed."""
     content: object = ()  # generate: the prompts are the spec; lm_eval: its task names pick lm-eval's data
-    if isinstance(task, MMLU):
-        data = load_mmlu(task, path=path)
-        content = (data.test, sorted(data.dev.items()))
-    elif isinstance(task, NextSentence):
-        content = next_sentence_items(task, task_documents(task, path=path))
+    if isinstance(items, MMLUData):
+        content = (items.test, sorted(items.dev.items()))
+    elif items is not None:
+        content = items
     return hashlib.sha256(repr(content).encode()).hexdigest()[:16]
 
 
@@ -274,21 +294,18 @@ def check_tasks(tasks: Sequence[Task]) -> None:
     """Every task's data readable and non-empty (no torch); raises DataError at ``tasks[i]...``."""
     for i, task in enumerate(tasks):
         path = f"tasks[{i}]"
-        if isinstance(task, NextSentence):
-            if not next_sentence_items(task, task_documents(task, path=path)):
-                raise DataError(
-                    f"the text gives no {task.choices}-choice item: documents need at least {task.choices} "
-                    f"sentences of {_MIN_CHARS}-{_MAX_CHARS} characters", path=f"{path}.{'files' if task.files else 'dataset'}",
-                    hint="give longer documents, or fewer choices")
-        elif isinstance(task, MMLU):
-            load_mmlu(task, path=path)
-        elif isinstance(task, Generate):
-            pass  # prompts and references are checked by the spec
-        elif isinstance(task, LMEval):
+        items = task_items(task, path=path)
+        if isinstance(task, NextSentence) and not items:
+            raise DataError(
+                f"the text gives no {task.choices}-choice item: documents need at least {task.choices} "
+                f"sentences of {_MIN_CHARS}-{_MAX_CHARS} characters", path=f"{path}.{'files' if task.files else 'dataset'}",
+                hint="give longer documents, or fewer choices")
+        if isinstance(task, LMEval):
             from . import harness  # lm-eval's index and its data loaders (the optional extra)
 
             harness.check(task, path=path)
 
 
-__all__ = ["ChoiceItem", "MMLUData", "Question", "check_tasks", "items_digest", "load_mmlu", "mmlu_prompt",
-           "next_sentence_items", "questions_from_items", "task_documents", "write_mmlu_folder"]
+__all__ = ["ChoiceItem", "MMLUData", "Question", "TaskItems", "check_tasks", "items_digest", "load_mmlu", "mmlu_prompt",
+           "next_sentence_items", "questions_from_items", "read_items", "task_documents", "task_items",
+           "write_mmlu_folder"]

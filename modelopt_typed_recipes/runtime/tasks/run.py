@@ -72,10 +72,10 @@ def _ids(tokenizer: Any, text: str, *, special: bool = False) -> list[int]:
 
 
 # --------------------------------------------------------------------------- executors
-def run_next_sentence(task: NextSentence, lm: TaskModel, tokenizer: Any, *, path: str, seed: int) -> TaskResult:
+def run_next_sentence(task: NextSentence, items: list[_items.ChoiceItem], lm: TaskModel, tokenizer: Any, *,
+                      path: str, seed: int) -> TaskResult:
     """The choice the passage makes most likely relative to its likelihood on its own (pointwise mutual
     information, lm-eval's ``acc_mutual_info``): log p(sentence | passage) - log p(sentence | document start)."""
-    items = _items.next_sentence_items(task, _items.task_documents(task, path=path))
     start = [next((t for t in (getattr(tokenizer, "eos_token_id", None), getattr(tokenizer, "bos_token_id", None))
                    if t is not None), 0)]
     pairs, alone = [], []
@@ -99,9 +99,8 @@ def run_next_sentence(task: NextSentence, lm: TaskModel, tokenizer: Any, *, path
                       seconds=0.0, scorer="log-likelihood")
 
 
-def run_mmlu(task: MMLU, lm: TaskModel, tokenizer: Any, *, path: str, seed: int) -> TaskResult:
+def run_mmlu(task: MMLU, data: _items.MMLUData, lm: TaskModel, tokenizer: Any, *, path: str, seed: int) -> TaskResult:
     """The backend's MMLU where it has one, else the answer letter with the highest next-token logit."""
-    data = _items.load_mmlu(task, path=path)
     native = lm.mmlu(task, data, tokenizer, path=path)
     if native is not None:
         return TaskResult(accuracy=native, correct=round(native * len(data.test)), total=len(data.test),
@@ -118,7 +117,7 @@ def run_mmlu(task: MMLU, lm: TaskModel, tokenizer: Any, *, path: str, seed: int)
                       scorer="log-likelihood")
 
 
-def run_generate(task: Generate, lm: TaskModel, tokenizer: Any, *, path: str, seed: int) -> TaskResult:
+def run_generate(task: Generate, items: None, lm: TaskModel, tokenizer: Any, *, path: str, seed: int) -> TaskResult:
     """Continue every prompt; with references, count the continuations that begin with theirs."""
     import torch
 
@@ -137,7 +136,7 @@ def run_generate(task: Generate, lm: TaskModel, tokenizer: Any, *, path: str, se
                       scorer="generate", texts=tuple(texts))
 
 
-def run_lm_eval(task: LMEval, lm: TaskModel, tokenizer: Any, *, path: str, seed: int) -> TaskResult:
+def run_lm_eval(task: LMEval, items: None, lm: TaskModel, tokenizer: Any, *, path: str, seed: int) -> TaskResult:
     """lm-eval's ``simple_evaluate`` on the backend's Hugging Face model (the plan refuses other backends)."""
     from . import harness
 
@@ -157,19 +156,23 @@ def matches(generated: str, reference: str) -> bool:
 Executor = Callable[..., TaskResult]
 EXECUTORS: Mapping[type, Executor] = {NextSentence: run_next_sentence, MMLU: run_mmlu, Generate: run_generate,
                                       LMEval: run_lm_eval}
-"""One executor per task class: a new task is one spec class and one function here."""
+"""One executor per task class: a new task is one spec class and one function here. Each takes the task, its
+items (``items.task_items``; None where the spec or lm-eval holds them), the model and the tokenizer."""
 
 
 # --------------------------------------------------------------------------- a phase
-def evaluate_tasks(tasks: Sequence[Task], lm: TaskModel, tokenizer: Any, *, seed: int = 0,
-                   only: Sequence[int] | None = None) -> dict[str, TaskResult]:
-    """Every task (or the indices in ``only``) on ``lm``, in recipe order: name -> result."""
+def evaluate_tasks(tasks: Sequence[Task], items: Sequence[_items.TaskItems], lm: TaskModel, tokenizer: Any, *,
+                   seed: int = 0, only: Sequence[int] | None = None) -> dict[str, TaskResult]:
+    """Every task (or the indices in ``only``) on ``lm``, in recipe order: name -> result. ``items``: each
+    task's items as ``items.read_items`` read them once for the run (one per task, in the same order)."""
+    if len(items) != len(tasks):
+        raise ValueError(f"{len(tasks)} tasks but {len(items)} item lists: give read_items(tasks)")
     out: dict[str, TaskResult] = {}
-    for i, task in enumerate(tasks):
+    for i, (task, asked) in enumerate(zip(tasks, items, strict=True)):
         if only is not None and i not in only:
             continue
         t = time.perf_counter()
-        result = EXECUTORS[type(task)](task, lm, tokenizer, path=f"tasks[{i}]", seed=seed)
+        result = EXECUTORS[type(task)](task, asked, lm, tokenizer, path=f"tasks[{i}]", seed=seed)
         out[task.name] = attrs.evolve(result, seconds=time.perf_counter() - t)
     return out
 
