@@ -18,12 +18,27 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Callable
+from typing import Any
 
 
 def _die() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _call_then_die(owner: Any, name: str, *, when: Callable[..., bool] = lambda *a, **k: True) -> None:
+    """Replace ``owner.name`` (a module's function, or a class's method) with one that calls it, then dies when
+    ``when`` (given the same arguments) says so: the moment is just after the real call's effects."""
+    original = getattr(owner, name)
+
+    def call_then_die(*a: Any, **k: Any) -> Any:
+        out = original(*a, **k)
+        if when(*a, **k):
+            _die()
+        return out
+    setattr(owner, name, call_then_die)
 
 
 def main() -> int:
@@ -40,40 +55,19 @@ def main() -> int:
         quantize.track = track
     elif moment.startswith("after:stages["):
         index = int(moment[len("after:stages["):-1])
-        finish = journal.Journal.finish_stage
-
-        def finish_stage(self, i, *a, **k):  # noqa: ANN001, ANN202
-            finish(self, i, *a, **k)
-            if i == index:
-                _die()
-        journal.Journal.finish_stage = finish_stage
+        _call_then_die(journal.Journal, "finish_stage", when=lambda _self, i, *a, **k: i == index)
     elif moment == "inside:stages[1]":
-        write = export.export
-
-        def export_then_die(*a, **k):  # noqa: ANN002, ANN003, ANN202
-            write(*a, **k)
-            _die()
-        export.export = export_then_die
+        _call_then_die(export, "export")
     elif moment == "evaluating-export":
         export.load_export = lambda *a, **k: _die()
     elif moment == "inside:megatron-export":
         from modelopt_typed_recipes.runtime.megatron import stages
 
-        write_hf = stages.export_hf
-
-        def export_hf_then_die(*a, **k):  # noqa: ANN002, ANN003, ANN202
-            write_hf(*a, **k)
-            _die()
-        stages.export_hf = export_hf_then_die
+        _call_then_die(stages, "export_hf")
     elif moment == "inside:handover":
         from modelopt_typed_recipes.runtime.megatron import build
 
-        save = build.save_checkpoint
-
-        def save_then_die(*a, **k):  # noqa: ANN002, ANN003, ANN202
-            save(*a, **k)
-            _die()
-        build.save_checkpoint = save_then_die
+        _call_then_die(build, "save_checkpoint")
     elif moment == "before-swap":
         outputs.publish = lambda *a, **k: _die()
     else:
