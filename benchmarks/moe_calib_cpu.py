@@ -136,16 +136,45 @@ def _inputs(args, batch):
 
 
 def _time(model, x, reps):
+    """Median and least wall seconds of ``reps`` forwards, and the least CPU seconds of this process (the CPU
+    is shared: CPU time is less disturbed by other processes than wall time)."""
     import torch
 
     with torch.no_grad():
         model(x)  # warm-up
-        times = []
+        times, cpu = [], []
         for _ in range(reps):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             model(x)
             times.append(time.perf_counter() - t0)
-    return statistics.median(times), min(times)
+            cpu.append(time.process_time() - c0)
+    return statistics.median(times), min(times), min(cpu)
+
+
+def _expert_calls(model, args, tag, emit):
+    """One local expert called alone (what SequentialMLP's loop does per expert), at growing token counts: the
+    per-call cost is the time at few tokens, the per-token cost the slope."""
+    import torch
+
+    expert = model.layers[0].experts.local_experts[0]
+    counter = _OpCounter()
+    with torch.no_grad():
+        for n in args.expert_tokens:
+            x, probs = torch.randn(n, args.hidden), torch.ones(n)
+            expert(x, probs)
+            best_wall = best_cpu = float("inf")
+            for _ in range(3):
+                t0, c0 = time.perf_counter(), time.process_time()
+                for _ in range(args.expert_reps):
+                    expert(x, probs)
+                best_wall = min(best_wall, (time.perf_counter() - t0) / args.expert_reps)
+                best_cpu = min(best_cpu, (time.process_time() - c0) / args.expert_reps)
+            counter.counts.clear()
+            with counter.mode:
+                expert(x, probs)
+            emit({"what": "expert_call", "model": tag, "tokens": n, "us_per_call_wall": round(1e6 * best_wall, 1),
+                  "us_per_call_cpu": round(1e6 * best_cpu, 1), "aten_ops": sum(counter.counts.values()),
+                  "host_syncs": counter.counts["aten._local_scalar_dense"]})
 
 
 def _sweep(model, args, tag, emit, deterministic=False):
@@ -155,11 +184,11 @@ def _sweep(model, args, tag, emit, deterministic=False):
     try:
         for batch in args.batches:
             tokens = batch * args.seq
-            med, best = _time(model, _inputs(args, batch), args.reps)
+            med, best, cpu = _time(model, _inputs(args, batch), args.reps)
             calls = args.layers * args.experts
             emit({"what": "forward", "model": tag, "deterministic": deterministic, "batch": batch,
-                  "tokens": tokens, "median_s": round(med, 5), "min_s": round(best, 5),
-                  "tokens_per_s": round(tokens / med, 1), "ms_per_expert_call": round(1e3 * med / calls, 4)})
+                  "tokens": tokens, "median_s": round(med, 5), "min_s": round(best, 5), "min_cpu_s": round(cpu, 5),
+                  "tokens_per_s": round(tokens / best, 1), "ms_per_expert_call": round(1e3 * best / calls, 4)})
     finally:
         torch.use_deterministic_algorithms(False)
 
@@ -233,7 +262,9 @@ def main(argv=None) -> None:
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     p.add_argument("--dispatcher", default="alltoall", choices=["alltoall", "allgather"])
-    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--reps", type=int, default=7)
+    p.add_argument("--expert-tokens", type=int, nargs="+", default=[1, 16, 64, 256, 1024, 4096])
+    p.add_argument("--expert-reps", type=int, default=100)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
@@ -268,11 +299,13 @@ def main(argv=None) -> None:
         model = build_stack(args)
         _sweep(model, args, "plain", emit)
         _count_ops(model, args, "plain", emit, args.batches[0])
+        _expert_calls(model, args, "plain", emit)
         for batch in (args.batches[0], args.batches[-1]):
             _profile(model, args, "plain", out, batch, emit)
 
         def forward_loop(m):
             # every measurement runs here: ModelOpt's max calibration state (quantize off, amax collection on)
+            _expert_calls(m, args, "calib_fp8", emit)
             _sweep(m, args, "calib_fp8", emit)
             _sweep(m, args, "calib_fp8", emit, deterministic=True)
             for batch in (args.batches[0], args.batches[-1]):
