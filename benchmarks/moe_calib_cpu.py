@@ -17,7 +17,10 @@ writes a cProfile of one calibrating forward.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/moe_calib_cpu.py --out benchmarks/raw/moe_calib_cpu
 
-Prints one JSON line per measurement and writes ``results.jsonl`` and ``profile_*.txt`` under ``--out``.
+Prints one JSON line per measurement and writes ``results_<tag>.jsonl`` and ``profile_*.txt`` under ``--out``
+(``-O`` runs, which strip Python's ``assert`` statements, add ``_O``). Then the fixed and per-token costs:
+
+    .venv/bin/python benchmarks/moe_calib_cpu.py --fit benchmarks/raw/moe_calib_cpu/results_*.jsonl
 """
 
 from __future__ import annotations
@@ -252,6 +255,31 @@ def _profile(model, args, tag, out: Path | None, batch, emit):
         (out / f"profile{'_O' if sys.flags.optimize else ''}_{tag}_b{batch}_{key}.txt").write_text(buf.getvalue())
 
 
+def fit(paths) -> list[dict]:
+    """Least squares ``seconds = per_forward + per_token * tokens`` over each results file's forward sweeps
+    (least wall seconds of each batch) and ``us = per_call + per_token * tokens`` over its single expert calls."""
+    import numpy as np
+
+    out = []
+    for path in paths:
+        rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
+        groups = collections.defaultdict(list)
+        for r in rows:
+            if r["what"] == "forward":
+                groups[("forward", r["model"], r["deterministic"])].append((r["tokens"], r["min_s"]))
+            elif r["what"] == "expert_call":
+                groups[("expert_call", r["model"], False)].append((r["tokens"], r["us_per_call_cpu"]))
+        for (what, model, det), pts in groups.items():
+            x, y = np.array(pts, dtype=float).T
+            slope, intercept = np.polyfit(x, y, 1)
+            row = {"file": Path(path).name, "what": what, "model": model, "deterministic": det,
+                   "fixed": round(float(intercept), 5), "per_token": round(float(slope), 8),
+                   "fixed_share_at_max_tokens": round(float(intercept / (intercept + slope * x.max())), 3)}
+            out.append(row)
+            print(json.dumps(row))
+    return out
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--layers", type=int, default=4)
@@ -261,13 +289,21 @@ def main(argv=None) -> None:
     p.add_argument("--ffn", type=int, default=64)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    p.add_argument("--config", default="FP8_DEFAULT_CFG", choices=["FP8_DEFAULT_CFG", "NVFP4_DEFAULT_CFG"],
+                   help="ModelOpt's config; while calibrating, quantization is off, so NVFP4's calibration runs "
+                        "on the CPU too")
     p.add_argument("--dispatcher", default="alltoall", choices=["alltoall", "allgather"])
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--expert-tokens", type=int, nargs="+", default=[1, 16, 64, 256, 1024, 4096])
     p.add_argument("--expert-reps", type=int, default=100)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--fit", nargs="+", metavar="RESULTS_JSONL",
+                   help="only fit fixed + per-token costs to earlier results files and print them")
     args = p.parse_args(argv)
+    if args.fit:
+        fit(args.fit)
+        return
 
     import torch
 
@@ -303,23 +339,25 @@ def main(argv=None) -> None:
         for batch in (args.batches[0], args.batches[-1]):
             _profile(model, args, "plain", out, batch, emit)
 
+        tag = "calib_" + args.config.split("_")[0].lower()
+
         def forward_loop(m):
             # every measurement runs here: ModelOpt's max calibration state (quantize off, amax collection on)
-            _expert_calls(m, args, "calib_fp8", emit)
-            _sweep(m, args, "calib_fp8", emit)
-            _sweep(m, args, "calib_fp8", emit, deterministic=True)
+            _expert_calls(m, args, tag, emit)
+            _sweep(m, args, tag, emit)
+            _sweep(m, args, tag, emit, deterministic=True)
             for batch in (args.batches[0], args.batches[-1]):
-                _count_ops(m, args, "calib_fp8", emit, batch)
-                _profile(m, args, "calib_fp8", out, batch, emit)
-            _count_ops(m, args, "calib_fp8", emit, args.batches[0], deterministic=True)
+                _count_ops(m, args, tag, emit, batch)
+                _profile(m, args, tag, out, batch, emit)
+            _count_ops(m, args, tag, emit, args.batches[0], deterministic=True)
 
         t0 = time.perf_counter()
-        mtq.quantize(model, mtq.FP8_DEFAULT_CFG, forward_loop)
+        mtq.quantize(model, getattr(mtq, args.config), forward_loop)
         emit({"what": "mtq.quantize", "wall_s": round(time.perf_counter() - t0, 2),
               "quantizers": sum(type(m).__name__ == "TensorQuantizer" for m in model.modules()),
               "expert_fc1": type(model.layers[0].experts.local_experts[0].linear_fc1).__name__})
     if out is not None:
-        name = "results_O.jsonl" if sys.flags.optimize else "results.jsonl"
+        name = f"results_{tag}{'_O' if sys.flags.optimize else ''}.jsonl"
         with (out / name).open("w") as f:
             for row in rows:
                 f.write(json.dumps(row) + "\n")
