@@ -11,9 +11,11 @@ cost little. ModelOpt's real ``mtq.quantize(model, FP8_DEFAULT_CFG, forward_loop
 measurement runs inside its forward loop, i.e. in the calibration state (quantizers collecting amax).
 For each batch (``--batches`` windows of ``--seq`` tokens) it times ``--reps`` forwards of the plain model
 (before ``mtq.quantize``) and of the calibrating model, with and without
-``torch.use_deterministic_algorithms(True, warn_only=True)``; counts the aten operations and the host
+``torch.use_deterministic_algorithms(True, warn_only=True)``; times one local expert called alone at
+``--expert-tokens`` token counts (per-call against per-token cost); counts the aten operations and the host
 syncs (``aten._local_scalar_dense``: ``.item()``, ``bool(tensor)``) per forward with a dispatch mode; and
-writes a cProfile of one calibrating forward.
+writes a cProfile of one calibrating forward. ``--config NVFP4_DEFAULT_CFG`` calibrates for NVFP4 instead
+(quantization is off while calibrating, so that too runs on the CPU).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/moe_calib_cpu.py --out benchmarks/raw/moe_calib_cpu
 
