@@ -250,25 +250,13 @@ def test_under_torchrun_each_rank_gets_its_share_instead_of_torchruns_one_thread
     """Two gloo ranks under ``torch.distributed.run --nproc_per_node=2`` with no OMP_NUM_THREADS of ours: torchrun
     sets 1, the run records that and uses the usable cores / 2 (the Megatron-Core backend, quantize at TP=2)."""
     pytest.importorskip("megatron.core")
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text("""\
-name: threads
-model: reference-llama
-source: {type: builtin}
-stages: [{technique: quantize, format: fp8}]
-calibration: {dataset: reference-train, num_samples: 4, seq_length: 64, batch_size: 4}
-layout: {tensor_parallel: 2}
-backend: megatron
-device: cuda
-output_dir: outputs/threads
-""")
-    environ = {k: v for k, v in os.environ.items()
-               if k not in ("OMP_NUM_THREADS", "WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_PORT")}
+    from _ranks import rank_environ, two_rank_recipe
+
+    recipe = two_rank_recipe(tmp_path, "threads")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            "tests/_megatron_cpu_cli.py", "run", str(recipe), "--no-progress", "--json",
                            "--output-dir", str(tmp_path / "out")],
-                          cwd=ROOT, env={**environ, "PYTHONWARNINGS": "ignore"}, capture_output=True, text=True,
-                          timeout=600)
+                          cwd=ROOT, env=rank_environ(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     start = proc.stdout.find("{")
     facts = json.JSONDecoder().raw_decode(proc.stdout, max(start, 0))[0]["cpu_threads"]

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _ranks import rank_environ, two_rank_recipe
 
 from modelopt_typed_recipes.plan import outputs
 from modelopt_typed_recipes.runtime.api import load_recipe
@@ -23,23 +24,10 @@ from modelopt_typed_recipes.runtime.api import load_recipe
 pytest.importorskip("megatron.core")
 
 ROOT = Path(__file__).resolve().parent.parent
-RECIPE_TEXT = """\
-name: ranks-output
-model: reference-llama
-source: {type: builtin}
-stages: [{technique: quantize, format: fp8}]
-calibration: {dataset: reference-train, num_samples: 4, seq_length: 64, batch_size: 4}
-layout: {tensor_parallel: 2}
-backend: megatron
-device: cuda
-output_dir: outputs/ranks-output   # each run gives --output-dir
-"""
 
 
 def _recipe(tmp_path: Path) -> Path:
-    f = tmp_path / "r.yaml"
-    f.write_text(RECIPE_TEXT)
-    return f
+    return two_rank_recipe(tmp_path, "ranks-output")
 
 
 def _two_ranks(recipe: Path | str, out: Path, cli: tuple[str, ...] = ("tests/_megatron_cpu_cli.py",)
@@ -50,9 +38,8 @@ def _two_ranks(recipe: Path | str, out: Path, cli: tuple[str, ...] = ("tests/_me
     port = str(free_port())
     procs = []
     for rank in (0, 1):
-        env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", "RANK": str(rank),
-               "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
-               "MASTER_PORT": port}
+        env = rank_environ(OMP_NUM_THREADS="1", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                           LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
         procs.append(subprocess.Popen([sys.executable, *cli, "run", str(recipe), "--json",
                                        "--no-progress", "--output-dir", str(out)], cwd=ROOT, env=env, text=True,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE))

@@ -1,0 +1,38 @@
+"""Test helper: what the tests of two real ranks share (the Megatron-Core backend on the CPU through
+``tests/_megatron_cpu_cli.py``, gloo, one process per rank): the recipe they run, and an environment free of the
+launch variables of whatever started pytest, so that the ranks' world is the one the test sets up."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+RECIPE_TEXT = """\
+name: {name}
+model: reference-llama
+source: {{type: builtin}}
+stages: [{{technique: quantize, format: fp8}}]
+calibration: {{dataset: reference-train, num_samples: 4, seq_length: 64, batch_size: 4}}
+layout: {{tensor_parallel: 2}}
+backend: megatron
+device: cuda
+output_dir: outputs/{name}   # each run gives --output-dir
+"""
+"""FP8 quantization at TP=2: ``device: cuda`` as on a GPU machine (the CPU helper says the machine has CUDA)."""
+
+LAUNCH_VARIABLES = ("OMP_NUM_THREADS", "WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+                    "MASTER_PORT")
+"""What torchrun sets for each rank (and ``OMP_NUM_THREADS``, which it sets to 1 when absent)."""
+
+
+def two_rank_recipe(folder: Path, name: str) -> Path:
+    """The recipe, named ``name``, written to ``folder/r.yaml``."""
+    path = folder / "r.yaml"
+    path.write_text(RECIPE_TEXT.format(name=name))
+    return path
+
+
+def rank_environ(**values: str) -> dict[str, str]:
+    """This process's environment without the launch variables, with library warnings off, and ``values`` set."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARIABLES}
+    return {**env, "PYTHONWARNINGS": "ignore", **values}
