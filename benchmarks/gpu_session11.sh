@@ -4,10 +4,13 @@
 # torch_ext.tgz so that ModelOpt's CUDA extensions are not built again):
 #   bash benchmarks/gpu_session11.sh PART...
 # Planned calls:
-#   1. env prewarm moe-probe pack   (~200 s)  the quantize stage alone at batch 8 and 32 (32 windows): tokens/s
-#   2. moe512 pack                  (~590 s)  only if the probe's batch-32 rate is >= 3,000 tokens/s: ours on GPUs
-#                                             0,1 and the direct script on GPUs 2,3 at once, 512 windows, batch
-#                                             MOE_BATCH (32), deterministic: true, tensors compared on the CPU after
+#   1. env prewarm moe-probe pack   (~250 s)  the quantize stage alone, two forward passes each: batch 8 and 48 with
+#                                             deterministic: true, batch 48 without: tokens/s of each
+#   2. moe512 pack                  (~590 s)  only if the probe's deterministic batch-48 rate is >= 3,500 tokens/s
+#                                             (1 M tokens in <= 300 s, leaving ~250 s for start, hand-over and
+#                                             export): ours on GPUs 0,1 and the direct script on GPUs 2,3 at once,
+#                                             512 windows, batch MOE_BATCH (48; planned 102 GiB per rank),
+#                                             deterministic: true, tensors compared on the CPU afterwards
 # Why: the MoE calibrates at ~1,000 tokens/s at batch 8 (sixth session), so 512 windows (1 M tokens) take over 1,000 s;
 # if the cost is per forward pass (64 local experts run one after another in each of 48 layers), a larger batch
 # brings it into one call for both programs alike.
@@ -24,12 +27,12 @@ drive() {  # drive SUBDIR DEVICES TIMEOUT ARGS...: one scale_gpu.py driver in th
 session_part() {
   case $1 in
     moe-probe)
-      CUDA_VISIBLE_DEVICES=0,1 timeout -k 5 300 python3 benchmarks/moe_probe.py --text $TEXT --batches 8,32 \
-        --out /tmp/moe_probe | tee "$OUT/$part/probe.jsonl"
+      CUDA_VISIBLE_DEVICES=0,1 timeout -k 5 400 python3 benchmarks/moe_probe.py --text $TEXT --batches 8,48 \
+        --nondeterministic-too --out /tmp/moe_probe | tee "$OUT/$part/probe.jsonl"
       cp /tmp/moe_probe/*.log "$OUT/$part/"; rm -rf /tmp/moe_probe ;;
     moe512)
       df -h /tmp /dev/shm | tee "$OUT/$part/df.txt"
-      local b=${MOE_BATCH:-32}
+      local b=${MOE_BATCH:-48}
       drive moe-ours 0,1 585 --deterministic --windows 512 --batch "$b" --cases qwen3-30b-a3b-ep2:nvfp4:1:ours \
         --first-guess-s 480
       drive moe-direct 2,3 585 --deterministic --windows 512 --batch "$b" \

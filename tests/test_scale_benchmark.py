@@ -348,10 +348,11 @@ def test_moe_probe_recipes_are_the_quantize_stage_alone_and_pass_check(tmp_path)
 
     text = tmp_path / "calib.jsonl"
     text.write_text(json.dumps({"text": "calibration text " * 50}) + "\n")
-    for batch in (8, 32):
-        recipe = from_yaml(moe_probe.recipe_yaml(str(text), 32, batch, tmp_path / f"b{batch}"), Recipe)
+    for batch, deterministic in ((8, True), (48, True), (48, False)):
+        recipe = from_yaml(moe_probe.recipe_yaml(str(text), 2 * batch, batch, tmp_path / f"b{batch}", deterministic),
+                           Recipe)
         assert [s.technique for s in recipe.stages] == ["quantize"] and recipe.save == "none"
-        assert recipe.calibration.batch_size == batch and recipe.deterministic
+        assert recipe.calibration.batch_size == batch and recipe.deterministic is deterministic
         report = check_recipe(recipe, env=Environment(megatron_core="0.19.2", modelopt="0.47.0", cuda=True,
                                                       gpu_count=2))
         assert not report.errors, report.errors
