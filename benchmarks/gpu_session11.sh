@@ -11,6 +11,8 @@
 #                                             export): ours on GPUs 0,1 and the direct script on GPUs 2,3 at once,
 #                                             512 windows, batch MOE_BATCH (48; planned 102 GiB per rank),
 #                                             deterministic: true, tensors compared on the CPU afterwards
+# Since the sixth session's runs each of EP2's two data-parallel replicas calibrates on half the windows (both
+# programs), which alone should about double the rate.
 # Why: the MoE calibrates at ~1,000 tokens/s at batch 8 (sixth session), so 512 windows (1 M tokens) take over 1,000 s;
 # if the cost is per forward pass (64 local experts run one after another in each of 48 layers), a larger batch
 # brings it into one call for both programs alike.

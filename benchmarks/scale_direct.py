@@ -224,6 +224,16 @@ def main() -> None:
     model = build(a.model, a.tp, 1, a.ep, a.deterministic)
     timings["build"] = time.perf_counter() - t
     data = windows(a.text, a.hf_reference, a.windows, a.seq)
+    all_windows = int(data.shape[0])
+    # each data-parallel replica calibrates on its share, dealt as ModelOpt's Megatron calibration loader (used by
+    # Megatron-LM's quantize.py) deals it: DistributedSampler, no shuffle; mtq max-reduces the amax across them
+    from megatron.core import parallel_state
+    from torch.utils.data import DistributedSampler
+
+    if parallel_state.get_data_parallel_world_size() > 1:
+        data = data[list(DistributedSampler(range(data.shape[0]), shuffle=False,
+                                            num_replicas=parallel_state.get_data_parallel_world_size(),
+                                            rank=parallel_state.get_data_parallel_rank()))]
 
     torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
@@ -278,7 +288,7 @@ def main() -> None:
     timings["total_in_process"] = time.perf_counter() - t0
     if dist.get_rank() == 0:
         with open(a.result, "w") as f:
-            json.dump({"timings": timings, "peaks": peaks, "windows": int(data.shape[0]), "world": world,
+            json.dump({"timings": timings, "peaks": peaks, "windows": all_windows, "windows_this_replica": int(data.shape[0]), "world": world,
                        "deterministic": torch.are_deterministic_algorithms_enabled(),
                        "cpu_threads": {"threads": torch.get_num_threads(), "torch_threads_before": threads_before,
                                        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}}, f)

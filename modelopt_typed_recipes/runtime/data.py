@@ -266,14 +266,32 @@ def batches(windows: Any, batch_size: int) -> list[Any]:
     return [windows[i : i + batch_size] for i in range(0, windows.shape[0], batch_size)]
 
 
-def stage_batches(plan: CalibrationWindows | None, calibration: TextData, tokenizer: Any, windows: Any) -> list[Any]:
+def stage_batches(plan: CalibrationWindows | None, calibration: TextData, tokenizer: Any, windows: Any, *,
+                  replica: int = 0, replicas: int = 1) -> list[Any]:
     """Calibration batches for one stage: the recipe's ``windows`` unless the stage's plan asks for its own
-    count / length (then those are cut from the same text). ``plan``: ``StagePlan.calibration``."""
+    count / length (then those are cut from the same text). ``plan``: ``StagePlan.calibration``. With
+    ``replicas`` > 1, only data-parallel replica ``replica``'s share (:func:`data_parallel_share`)."""
     n = plan.num_samples if plan is not None else calibration.num_samples
     seq = plan.seq_length if plan is not None else calibration.seq_length
     if (n, seq) != (calibration.num_samples, calibration.seq_length):
         windows = token_windows(calibration, tokenizer, path="calibration", num_samples=n, seq_length=seq)
+    windows = data_parallel_share(windows, replica, replicas)
     return batches(windows, plan.batch_size if plan is not None else calibration.batch_size)
+
+
+def data_parallel_share(windows: Any, replica: int, replicas: int) -> Any:
+    """The windows data-parallel replica ``replica`` of ``replicas`` calibrates on, as ModelOpt's Megatron
+    calibration loader (``get_megatron_calibration_dataloader``, which Megatron-LM's ``quantize.py`` uses) deals
+    them: torch's ``DistributedSampler`` without shuffling, so replica r takes windows r, r + replicas, ... and the
+    last round is filled from the first windows. Each replica then runs 1/replicas of the forwards;
+    ``mtq.quantize`` max-reduces every amax across the data-parallel group, so the scales are the maxima over all
+    windows, as if each replica had seen them all."""
+    if replicas <= 1:
+        return windows
+    from torch.utils.data import DistributedSampler
+
+    order = list(DistributedSampler(range(windows.shape[0]), num_replicas=replicas, rank=replica, shuffle=False))
+    return windows[order]
 
 
 def data_hash(windows: Any) -> str:

@@ -67,10 +67,14 @@ class MegatronRun:
                              "bytes_per_rank": md.model_bytes(self.teacher), "where": self.plan.device,
                              "copy_seconds": round(time.perf_counter() - t, 3)}
 
-    def calibration_batches(self, sp: StagePlan) -> list[Any]:
+    def calibration_batches(self, sp: StagePlan, *, shard: bool = False) -> list[Any]:
+        """The stage's calibration batches; ``shard``: only this data-parallel replica's share of the windows
+        (``data.data_parallel_share``; for ``mtq.quantize``, which max-reduces its amax across the replicas)."""
         from ..data import stage_batches
 
-        return stage_batches(sp.calibration, self.recipe.calibration, self.tokenizer, self.windows)
+        replica, replicas = data_parallel_place() if shard else (0, 1)
+        return stage_batches(sp.calibration, self.recipe.calibration, self.tokenizer, self.windows,
+                             replica=replica, replicas=replicas)
 
     def out_dir(self, sp: StagePlan) -> Path:
         return self.plan.stage_dir(sp.index, sp.label)
@@ -93,17 +97,27 @@ class MegatronRun:
         return (info["path"],), {"checkpoint": info}
 
 
+def data_parallel_place() -> tuple[int, int]:
+    """(this rank's data-parallel replica, the number of replicas); (0, 1) before Megatron-Core's groups exist."""
+    from megatron.core import parallel_state
+
+    if not parallel_state.model_parallel_is_initialized():
+        return 0, 1
+    return parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
+
+
 def quantize(run: MegatronRun, stage: Quantize, sp: StagePlan) -> StepResult:
     from . import stages
 
     if sp.quant_config is None:
         raise SpecError("the plan has no ModelOpt config for this stage: it failed its check", path=sp.path)
-    cfg = stages.quantize(run.model, stage, run.calibration_batches(sp), config=sp.quant_config.config,
-                          progress=run.plan.progress)
+    batches = run.calibration_batches(sp, shard=True)
+    cfg = stages.quantize(run.model, stage, batches, config=sp.quant_config.config, progress=run.plan.progress)
     fmt = stage.quant_format
     run.quantized = True
     outputs, saved = run.save_checkpoint(sp, run.archs[sp.index])
-    return StepResult(details={"algorithm": cfg.get("algorithm"), **saved},
+    windows = {"this_replica": sum(int(b.shape[0]) for b in batches), "data_parallel": data_parallel_place()[1]}
+    return StepResult(details={"algorithm": cfg.get("algorithm"), "calibration_windows": windows, **saved},
                       effective_bits=fmt.weight_bits if fmt else None, outputs=outputs)
 
 

@@ -1,0 +1,103 @@
+"""Calibration windows dealt across data-parallel replicas, as ModelOpt's Megatron calibration loader deals them
+(``get_megatron_calibration_dataloader``: torch's ``DistributedSampler`` without shuffling, which Megatron-LM's
+``quantize.py`` uses): each replica runs its share of the forwards and ``mtq.quantize`` max-reduces the amax across
+the replicas, so two replicas give the scales one process gives on all the windows, in half the forwards each."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from _ranks import rank_environ
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+torch = pytest.importorskip("torch")
+
+from modelopt_typed_recipes.runtime.data import data_parallel_share  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@given(n=st.integers(1, 40), replicas=st.integers(1, 8))
+@settings(max_examples=60, deadline=None)
+def test_the_replicas_shares_cover_every_window_in_equal_parts(n, replicas):
+    windows = torch.arange(n).unsqueeze(1).expand(n, 3)  # window i holds token id i
+    shares = [data_parallel_share(windows, r, replicas) for r in range(replicas)]
+    assert {int(w[0]) for s in shares for w in s} == set(range(n))
+    assert {s.shape[0] for s in shares} == {-(-n // replicas)}  # ceil: the last round filled from the first
+    for r, share in enumerate(shares):  # replica r takes r, r + replicas, ...
+        assert [int(w[0]) for w in share[: (n - r + replicas - 1) // replicas]] == list(range(r, n, replicas))
+
+
+def test_one_replica_keeps_the_windows_as_they_are():
+    windows = torch.arange(12).reshape(4, 3)
+    assert data_parallel_share(windows, 0, 1) is windows
+
+
+RECIPE = """\
+name: dp-calibration
+model: reference-llama
+source: {{type: builtin}}
+stages: [{{technique: quantize, format: fp8}}, {{technique: export}}]
+calibration: {{dataset: reference-train, num_samples: 8, seq_length: 64, batch_size: 2}}
+{layout}backend: megatron
+device: cuda
+output_dir: outputs/dp-calibration
+"""
+
+
+def _run(tmp_path: Path, name: str, ranks: int) -> list[dict]:
+    """The recipe through ``tests/_megatron_cpu_cli.py`` (gloo, the CPU shim) on ``ranks`` processes."""
+    from modelopt_typed_recipes.runtime.distributed import free_port
+
+    recipe = tmp_path / f"{name}.yaml"
+    recipe.write_text(RECIPE.format(layout="layout: {data_parallel: 2}\n" if ranks == 2 else ""))
+    out = tmp_path / name
+    port = str(free_port())
+    procs = []
+    for rank in range(ranks):
+        world = dict(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(ranks), LOCAL_WORLD_SIZE=str(ranks),
+                     MASTER_ADDR="127.0.0.1", MASTER_PORT=port) if ranks > 1 else {}
+        procs.append(subprocess.Popen([sys.executable, "tests/_megatron_cpu_cli.py", "run", str(recipe), "--json",
+                                       "--no-progress", "--output-dir", str(out)], cwd=ROOT, text=True,
+                                      env=rank_environ(OMP_NUM_THREADS="1", **world),
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    results = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=600)
+        assert p.returncode == 0, stderr[-3000:]
+        if stdout.strip():
+            results.append(json.loads(stdout))
+    return results
+
+
+def _amax(folder: Path) -> dict:
+    """Every quantizer's amax of the exported model by global layer number (the export runs pipeline-parallel on
+    two ranks: rank 1's layers are numbered from 0 in its own tensors)."""
+    import re
+
+    from safetensors.torch import load_file
+
+    out: dict = {}
+    for path in sorted(folder.rglob("rank*.safetensors")):
+        tensors = {k: v for k, v in load_file(str(path)).items() if k.endswith("_amax")}
+        offset = len({re.search(r"layers\.(\d+)\.", k).group(1) for k in out})
+        for key, value in tensors.items():
+            out[re.sub(r"layers\.(\d+)\.", lambda m: f"layers.{int(m.group(1)) + offset}.", key)] = value
+    return out
+
+
+def test_two_replicas_calibrate_half_the_windows_each_and_give_one_process_scales(tmp_path):
+    one = _run(tmp_path, "one", 1)[0]
+    two = _run(tmp_path, "two", 2)[0]
+    assert one["stages"][0]["details"]["calibration_windows"] == {"this_replica": 8, "data_parallel": 1}
+    assert two["stages"][0]["details"]["calibration_windows"] == {"this_replica": 4, "data_parallel": 2}
+    a, b = _amax(tmp_path / "one"), _amax(tmp_path / "two")
+    assert len(list((tmp_path / "two").rglob("rank*.safetensors"))) == 2  # exported at PP2
+    assert a and a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
