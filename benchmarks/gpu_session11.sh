@@ -4,7 +4,7 @@
 # torch_ext.tgz so that ModelOpt's CUDA extensions are not built again):
 #   bash benchmarks/gpu_session11.sh PART...
 # Planned calls:
-#   1. env prewarm moe-probe pack   (~250 s)  the quantize stage alone, two forward passes each: batch 8 and 48 with
+#   1. env prewarm moe-probe pack   (~250 s)  the quantize stage alone, two forward passes per rank: batch 8 and 48 with
 #                                             deterministic: true, batch 48 without: tokens/s of each
 #   2. moe512 pack                  (~590 s)  only if the probe's deterministic batch-48 rate is >= 3,500 tokens/s
 #                                             (1 M tokens in <= 300 s, leaving ~250 s for start, hand-over and

@@ -39,7 +39,8 @@ def recipe_yaml(text: str, windows: int, batch: int, out: Path, deterministic: b
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--text", required=True)
-    p.add_argument("--forwards", type=int, default=2, help="forward passes per run (windows = forwards x batch)")
+    p.add_argument("--forwards", type=int, default=4, help="batches per run (windows = forwards x batch), dealt "
+                   "across the 2 data-parallel replicas: 2 forward passes on each rank")
     p.add_argument("--batches", default="8,48")
     p.add_argument("--nondeterministic-too", action="store_true", help="one more run at the largest batch without "
                    "deterministic: true")
