@@ -101,3 +101,30 @@ def test_two_replicas_calibrate_half_the_windows_each_and_give_one_process_scale
     assert a and a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_experts_left_without_tokens_on_a_replica_are_a_typed_error(monkeypatch):
+    """With the windows dealt across replicas an expert can get tokens on one replica's share and none on
+    another's; ModelOpt then stops every rank with a RuntimeError. The run reports it as a DataError naming
+    calibration.num_samples; other RuntimeErrors pass through unchanged."""
+    pytest.importorskip("modelopt")
+    import modelopt.torch.quantization as mtq
+
+    from modelopt_typed_recipes.errors import DataError
+    from modelopt_typed_recipes.runtime.megatron import stages
+    from modelopt_typed_recipes.spec.techniques import Quantize
+
+    def incomplete(*_a, **_k):
+        raise RuntimeError("MoE calibration incomplete: some experts received no tokens during calibration.")
+
+    monkeypatch.setattr(mtq, "quantize", incomplete)
+    with pytest.raises(DataError) as err:
+        stages.quantize(torch.nn.Linear(2, 2), Quantize(format="fp8"), [], config={"quant_cfg": {}, "algorithm": "max"})
+    assert err.value.path == "calibration.num_samples" and "data_parallel" in err.value.hint
+
+    def other(*_a, **_k):
+        raise RuntimeError("something else")
+
+    monkeypatch.setattr(mtq, "quantize", other)
+    with pytest.raises(RuntimeError, match="something else"):
+        stages.quantize(torch.nn.Linear(2, 2), Quantize(format="fp8"), [], config={"quant_cfg": {}, "algorithm": "max"})

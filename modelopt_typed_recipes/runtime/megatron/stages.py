@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ...bridges import modelopt_names as mn
-from ...errors import CompatibilityError, SpecError
+from ...errors import CompatibilityError, DataError, SpecError
 from ...spec.arch import ModelArch
 from ...spec.techniques import AutoQuantize, Prune, Quantize
 from ..modelopt_config import AutoQuantizeInputs
@@ -71,7 +71,17 @@ def quantize(model: Any, stage: Quantize, batches: Sequence[Any], *, config: dic
 
     cfg = config
     loop = forward_loop(batches, progress=progress) if mtq.need_calibration(cfg) else None
-    mtq.quantize(model, cfg, loop)
+    try:
+        mtq.quantize(model, cfg, loop)
+    except RuntimeError as err:
+        if "MoE calibration incomplete" not in str(err):
+            raise
+        # ModelOpt checks on every rank together (no rank is left waiting): an expert that got tokens on one
+        # data-parallel replica's share of the windows and none on another's cannot have one scale
+        raise DataError("some experts received no calibration tokens on some data-parallel replicas, so their "
+                        "scales cannot be agreed", path="calibration.num_samples",
+                        hint="calibrate on more windows (each replica takes 1/DP of them), or lower "
+                             "layout.data_parallel") from err
     if stage.compress:
         mtq.compress(model)
     return cfg
