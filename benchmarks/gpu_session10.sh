@@ -18,12 +18,6 @@ set -uo pipefail
 OUT=${OUT:-benchmarks/raw/session10}
 source "$(dirname "$0")/gpu_env.sh"
 TEXT=.scale/scale_calib.jsonl
-drive() {  # drive SUBDIR DEVICES TIMEOUT ARGS...: one scale_gpu.py driver in the background, its own work folder
-  local sub=$1 dev=$2 t=$3; shift 3
-  mkdir -p "$OUT/$part/$sub"
-  OUT="$OUT/$part/$sub" timeout -k 5 "$t" python3 benchmarks/scale_gpu.py --devices "$dev" --budget-s $((t - 10)) \
-    --text $TEXT --work "/tmp/scale_$sub" --cpu-threads 16 --keep-digests --first-rep "${FIRST_REP:-0}" "$@" > "$OUT/$part/$sub/driver.txt" 2>&1 &
-}
 session_part() {
   case $1 in
     machine)
@@ -49,10 +43,6 @@ session_part() {
       drive t2-fp8 0,1 "$t" --windows 512 --cases qwen3-8b-tp2:fp8:1 --first-guess-s 200
       drive t2-nvfp4 2,3 "$t" --windows 512 --cases qwen3-8b-tp2:nvfp4:1 --first-guess-s 250
       wait; echo "tp2 drivers done"; tail -n 3 "$OUT/$part"/*/driver.txt; rm -rf /tmp/scale_t2-* ;;
-    pack)  # everything under $OUT in one archive (a call returns at most 8 files)
-      rmdir "$OUT/$part"; tar -czf /tmp/pack.tgz -C "$OUT" --exclude=torch_ext.tgz . \
-        && find "$OUT" -mindepth 1 -maxdepth 1 ! -name savext -exec rm -rf {} + && mv /tmp/pack.tgz "$OUT/" \
-        && ls -l "$OUT" ;;
     *) return 1 ;;
   esac
   return 0

@@ -20,12 +20,6 @@ set -uo pipefail
 OUT=${OUT:-benchmarks/raw/session11}
 source "$(dirname "$0")/gpu_env.sh"
 TEXT=.scale/scale_calib.jsonl
-drive() {  # drive SUBDIR DEVICES TIMEOUT ARGS...: one scale_gpu.py driver in the background, its own work folder
-  local sub=$1 dev=$2 t=$3; shift 3
-  mkdir -p "$OUT/$part/$sub"
-  OUT="$OUT/$part/$sub" timeout -k 5 "$t" python3 benchmarks/scale_gpu.py --devices "$dev" --budget-s $((t - 10)) \
-    --text $TEXT --work "/tmp/scale_$sub" --cpu-threads 16 --keep-digests "$@" > "$OUT/$part/$sub/driver.txt" 2>&1 &
-}
 session_part() {
   case $1 in
     moe-probe)
@@ -40,9 +34,6 @@ session_part() {
       drive moe-direct 2,3 585 --deterministic --windows 512 --batch "$b" \
         --cases qwen3-30b-a3b-ep2:nvfp4:1:direct --first-guess-s 480
       wait; echo "moe512 drivers done"; tail -n 3 "$OUT/$part"/*/driver.txt; ls /dev/shm; rm -rf /tmp/scale_moe-* ;;
-    pack)  # everything under $OUT in one archive (a call returns at most 8 files)
-      rmdir "$OUT/$part"; tar -czf /tmp/pack.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/pack.tgz "$OUT/" \
-        && ls -l "$OUT" ;;
     *) return 1 ;;
   esac
   return 0
