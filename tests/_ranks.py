@@ -36,3 +36,32 @@ def rank_environ(**values: str) -> dict[str, str]:
     """This process's environment without the launch variables, with library warnings off, and ``values`` set."""
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARIABLES}
     return {**env, "PYTHONWARNINGS": "ignore", **values}
+
+
+def launch_ranks(args: list[str], ranks: int, *, cwd: Path, timeout: float = 240,
+                 **values: str) -> list["subprocess.CompletedProcess[str]"]:
+    """``python ARGS`` as ranks 0..ranks-1 of one gloo world on this machine (the environment torchrun sets;
+    one plain process when ``ranks`` is 1), each with :func:`rank_environ` and ``values``; a rank still running
+    after ``timeout`` seconds kills them all and fails the test (a rank left waiting)."""
+    import subprocess
+    import sys
+
+    from modelopt_typed_recipes.runtime.distributed import free_port
+
+    port = str(free_port())
+    procs = []
+    for rank in range(ranks):
+        world = dict(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(ranks), LOCAL_WORLD_SIZE=str(ranks),
+                     MASTER_ADDR="127.0.0.1", MASTER_PORT=port) if ranks > 1 else {}
+        procs.append(subprocess.Popen([sys.executable, *args], cwd=cwd, env=rank_environ(**values, **world),
+                                      text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    done = []
+    for p in procs:
+        try:
+            stdout, stderr = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise AssertionError("a rank hung") from None
+        done.append(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr))
+    return done

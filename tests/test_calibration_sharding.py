@@ -6,12 +6,10 @@ the replicas, so two replicas give the scales one process gives on all the windo
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from _ranks import rank_environ
+from _ranks import launch_ranks
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -52,27 +50,13 @@ output_dir: outputs/dp-calibration
 
 def _run(tmp_path: Path, name: str, ranks: int) -> list[dict]:
     """The recipe through ``tests/_megatron_cpu_cli.py`` (gloo, the CPU shim) on ``ranks`` processes."""
-    from modelopt_typed_recipes.runtime.distributed import free_port
-
     recipe = tmp_path / f"{name}.yaml"
     recipe.write_text(RECIPE.format(layout="layout: {data_parallel: 2}\n" if ranks == 2 else ""))
-    out = tmp_path / name
-    port = str(free_port())
-    procs = []
-    for rank in range(ranks):
-        world = dict(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(ranks), LOCAL_WORLD_SIZE=str(ranks),
-                     MASTER_ADDR="127.0.0.1", MASTER_PORT=port) if ranks > 1 else {}
-        procs.append(subprocess.Popen([sys.executable, "tests/_megatron_cpu_cli.py", "run", str(recipe), "--json",
-                                       "--no-progress", "--output-dir", str(out)], cwd=ROOT, text=True,
-                                      env=rank_environ(OMP_NUM_THREADS="1", **world),
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-    results = []
-    for p in procs:
-        stdout, stderr = p.communicate(timeout=600)
-        assert p.returncode == 0, stderr[-3000:]
-        if stdout.strip():
-            results.append(json.loads(stdout))
-    return results
+    done = launch_ranks(["tests/_megatron_cpu_cli.py", "run", str(recipe), "--json", "--no-progress", "--output-dir",
+                         str(tmp_path / name)], ranks, cwd=ROOT, timeout=600, OMP_NUM_THREADS="1")
+    for proc in done:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads(proc.stdout) for proc in done if proc.stdout.strip()]
 
 
 def _amax(folder: Path) -> dict:

@@ -12,11 +12,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from _ranks import rank_environ, two_rank_recipe
+from _ranks import launch_ranks, two_rank_recipe
 
 from modelopt_typed_recipes.plan import outputs
 from modelopt_typed_recipes.runtime.api import load_recipe
@@ -33,26 +32,8 @@ def _recipe(tmp_path: Path) -> Path:
 def _two_ranks(recipe: Path | str, out: Path, cli: tuple[str, ...] = ("tests/_megatron_cpu_cli.py",)
                ) -> list[subprocess.CompletedProcess[str]]:
     """``run RECIPE --json --output-dir OUT`` as ranks 0 and 1 of one world (the environment torchrun sets)."""
-    from modelopt_typed_recipes.runtime.distributed import free_port
-
-    port = str(free_port())
-    procs = []
-    for rank in (0, 1):
-        env = rank_environ(OMP_NUM_THREADS="1", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
-                           LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
-        procs.append(subprocess.Popen([sys.executable, *cli, "run", str(recipe), "--json",
-                                       "--no-progress", "--output-dir", str(out)], cwd=ROOT, env=env, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-    done = []
-    for p in procs:
-        try:
-            stdout, stderr = p.communicate(timeout=240)
-        except subprocess.TimeoutExpired:  # a rank left waiting: the failure this test exists for
-            for q in procs:
-                q.kill()
-            raise AssertionError("a rank hung") from None
-        done.append(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr))
-    return done
+    return launch_ranks([*cli, "run", str(recipe), "--json", "--no-progress", "--output-dir", str(out)], 2, cwd=ROOT,
+                        OMP_NUM_THREADS="1")
 
 
 def test_a_launch_to_a_held_folder_fails_on_every_rank(tmp_path: Path) -> None:
