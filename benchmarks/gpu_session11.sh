@@ -11,6 +11,8 @@
 #                                             export): ours on GPUs 0,1 and the direct script on GPUs 2,3 at once,
 #                                             512 windows, batch MOE_BATCH (48; planned 102 GiB per rank),
 #                                             deterministic: true, tensors compared on the CPU afterwards
+# On nvidia-h200-x2 (the seventh session: 4-GPU kinds withheld), call 2 becomes two calls, back to back on one warm
+# machine: `env moe512-ours pack` then `env moe512-direct pack` (~590 s each).
 # Since the sixth session's runs each of EP2's two data-parallel replicas calibrates on half the windows (both
 # programs), which alone should about double the rate.
 # Why: the MoE calibrates at ~1,000 tokens/s at batch 8 (sixth session), so 512 windows (1 M tokens) take over 1,000 s;
@@ -34,6 +36,12 @@ session_part() {
       drive moe-direct 2,3 585 --deterministic --windows 512 --batch "$b" \
         --cases qwen3-30b-a3b-ep2:nvfp4:1:direct --first-guess-s 480
       wait; echo "moe512 drivers done"; tail -n 3 "$OUT/$part"/*/driver.txt; ls /dev/shm; rm -rf /tmp/scale_moe-* ;;
+    moe512-ours|moe512-direct)  # the same case on a 2-GPU machine (nvidia-h200-x2): one program per call
+      local who=${part#moe512-} b=${MOE_BATCH:-48}
+      df -h /tmp /dev/shm | tee "$OUT/$part/df.txt"
+      drive "moe-$who" 0,1 575 --deterministic --windows 512 --batch "$b" \
+        --cases "qwen3-30b-a3b-ep2:nvfp4:1:$who" --first-guess-s 450
+      wait; echo "$part driver done"; tail -n 5 "$OUT/$part"/*/driver.txt; rm -rf /tmp/scale_moe-* ;;
     *) return 1 ;;
   esac
   return 0
