@@ -255,6 +255,7 @@ def main() -> None:
         from modelopt.torch.opt.plugins import restore_sharded_modelopt_state, save_sharded_modelopt_state
 
         t = time.perf_counter()
+        torch.cuda.empty_cache()  # calibration's cached blocks freed before the writer's NCCL gather (as ours)
         ckpt = a.export_dir + ".ckpt"
         if dist.get_rank() == 0:
             os.makedirs(ckpt, exist_ok=True)

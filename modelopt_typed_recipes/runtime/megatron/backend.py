@@ -280,7 +280,12 @@ def _hand_over(run: Any, sp: Any, arch: ModelArch, *, dtype: str, device: str, s
     from .. import distributed
     from . import build, handover
 
+    import torch
+
     t = time.perf_counter()
+    if torch.cuda.is_available():  # the calibration's cached blocks back to the driver first: the checkpoint
+        torch.cuda.empty_cache()   # writer's first gather opens NCCL's point-to-point channels, whose buffers
+        # come from outside PyTorch's allocator ("unhandled cuda error" at batch 48 on a 30 B MoE otherwise)
     own = sum(x.numel() * x.element_size() for x in itertools.chain(run.model.parameters(), run.model.buffers()))
     total = distributed.sum_over_ranks(own)
     where = handover.place(total, staging=run.plan.staging(), output_dir=run.plan.output_dir or run.plan.staging(),
