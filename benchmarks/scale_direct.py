@@ -247,7 +247,8 @@ def main() -> None:
     mtq.quantize(model, copy.deepcopy(getattr(mtq, PRESETS[a.format])), loop)
     torch.cuda.synchronize()
     timings["quantize"] = time.perf_counter() - t
-    peaks["quantize"] = peak()
+    torch.cuda.empty_cache()  # calibration's cached blocks freed before the first NCCL call on the default group,
+    peaks["quantize"] = peak()  # whose buffers come from outside PyTorch's allocator (out of memory otherwise)
 
     export_pp = a.export_pp or world
     if (a.tp, a.ep) != (1, 1) or export_pp != 1:  # export is pipeline-parallel only: through a checkpoint
@@ -255,7 +256,6 @@ def main() -> None:
         from modelopt.torch.opt.plugins import restore_sharded_modelopt_state, save_sharded_modelopt_state
 
         t = time.perf_counter()
-        torch.cuda.empty_cache()  # calibration's cached blocks freed before the writer's NCCL gather (as ours)
         ckpt = a.export_dir + ".ckpt"
         if dist.get_rank() == 0:
             os.makedirs(ckpt, exist_ok=True)
