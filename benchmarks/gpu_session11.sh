@@ -40,7 +40,7 @@ session_part() {
       local who=${part#moe512-} b=${MOE_BATCH:-48}
       df -h /tmp /dev/shm | tee "$OUT/$part/df.txt"
       drive "moe-$who" 0,1 575 --deterministic --windows 512 --batch "$b" \
-        --cases "qwen3-30b-a3b-ep2:nvfp4:1:$who" --first-guess-s 450
+        --cases "qwen3-30b-a3b-ep2:${MOE_FORMAT:-nvfp4}:1:$who" --first-guess-s 450
       wait; echo "$part driver done"; tail -n 5 "$OUT/$part"/*/driver.txt; rm -rf /tmp/scale_moe-* ;;
     *) return 1 ;;
   esac
