@@ -1,23 +1,17 @@
 #!/usr/bin/env bash
-# GPU work planned for the seventh session (issue 9's last case: qwen3-30b-a3b EP2 -> PP2 at 512 windows), one warm
-# nvidia-h200-x4. Usage (repo root; carry .whl, .scale and .torch_ext, the last unpacked from the sixth session's
-# torch_ext.tgz so that ModelOpt's CUDA extensions are not built again):
+# Issue 9's MoE at full size: qwen3-30b-a3b EP2 DP2 -> PP2 at 512 windows of 2,048 tokens, batch MOE_BATCH (48),
+# deterministic: true, both programs. Usage (repo root; carry .whl, .scale and .torch_ext, the last ModelOpt's built
+# CUDA extensions, so that a fresh machine does not build them again):
 #   bash benchmarks/gpu_session11.sh PART...
-# Planned calls:
-#   1. env prewarm moe-probe pack   (~250 s)  the quantize stage alone, two forward passes per rank: batch 8 and 48 with
-#                                             deterministic: true, batch 48 without: tokens/s of each
-#   2. moe512 pack                  (~590 s)  only if the probe's deterministic batch-48 rate is >= 3,500 tokens/s
-#                                             (1 M tokens in <= 300 s, leaving ~250 s for start, hand-over and
-#                                             export): ours on GPUs 0,1 and the direct script on GPUs 2,3 at once,
-#                                             512 windows, batch MOE_BATCH (48; planned 102 GiB per rank),
-#                                             deterministic: true, tensors compared on the CPU afterwards
-# On nvidia-h200-x2 (the seventh session: 4-GPU kinds withheld), call 2 becomes two calls, back to back on one warm
-# machine: `env moe512-ours pack` then `env moe512-direct pack` (~590 s each).
-# Since the sixth session's runs each of EP2's two data-parallel replicas calibrates on half the windows (both
-# programs), which alone should about double the rate.
-# Why: the MoE calibrates at ~1,000 tokens/s at batch 8 (sixth session), so 512 windows (1 M tokens) take over 1,000 s;
-# if the cost is per forward pass (64 local experts run one after another in each of 48 layers), a larger batch
-# brings it into one call for both programs alike.
+# Parts: moe512-ours / moe512-direct (one program on GPUs 0,1: a 2-GPU machine runs the pair as two calls, back to
+# back), moe512 (both at once on a 4-GPU machine), moe-probe (the quantize stage alone at batches 8 and 48:
+# benchmarks/moe_probe.py), and gpu_env.sh's env, prewarm, pack.
+# Ran in the seventh session (nvidia-h200-x2, NVFP4): `env moe512-ours pack`, then `env moe512-direct pack`, ~520 s
+# each with start and pack; 476.36 s against 482.40 s, 74,739/74,739 tensors equal (benchmarks/scale_gpu.md).
+# Next: FP8, the direct script first this time (two calls, ~1,050 device seconds with the machine's start):
+#   MOE_FORMAT=fp8 OUT=$OUT bash benchmarks/gpu_session11.sh env moe512-direct pack
+#   MOE_FORMAT=fp8 OUT=$OUT bash benchmarks/gpu_session11.sh env moe512-ours pack
+# then on the CPU: scale_gpu.py --compare-digests OURS DIRECT, saved like benchmarks/raw/session11/moe512_compare.json.
 set -uo pipefail
 OUT=${OUT:-benchmarks/raw/session11}
 source "$(dirname "$0")/gpu_env.sh"
