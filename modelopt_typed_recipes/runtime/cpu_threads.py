@@ -13,15 +13,17 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+import attrs
+
 from ..plan.cpu_threads import ThreadChoice, for_this_process
 
 
+@attrs.frozen(kw_only=True)
 class CpuThreads:
     """What a run asked for and used: the result's and the manifest's ``cpu_threads``."""
 
-    def __init__(self, choice: ThreadChoice, before: int) -> None:
-        self.choice = choice
-        self.before = before
+    choice: ThreadChoice
+    before: int  # PyTorch's count before the run, given back on exit
 
     def facts(self) -> dict[str, Any]:
         c = self.choice
@@ -36,7 +38,7 @@ def applied(requested: str | int) -> Iterator[CpuThreads]:
     import torch
 
     before = torch.get_num_threads()
-    state = CpuThreads(for_this_process(requested, current=before), before)
+    state = CpuThreads(choice=for_this_process(requested, current=before), before=before)
     torch.set_num_threads(state.choice.threads)
     try:
         yield state
