@@ -40,18 +40,23 @@ RECIPE = """\
 name: dp-calibration
 model: reference-llama
 source: {{type: builtin}}
-stages: [{{technique: quantize, format: fp8}}, {{technique: export}}]
+stages: [{stages}]
 calibration: {{dataset: reference-train, num_samples: 8, seq_length: 64, batch_size: 2}}
 {layout}backend: megatron
 device: cuda
 output_dir: outputs/dp-calibration
 """
+QUANTIZE = "{technique: quantize, format: fp8}, {technique: export}"
+AUTO_QUANTIZE = "{technique: auto_quantize, formats: [fp8], effective_bits: 12, score_size: 4, save: true}"
+"""FP8 or no quantization for each searched layer; 4 of the 8 windows scored (2 steps of 2 in one process). Its
+checkpoint holds the scales (no export: reloading an auto-quantized model at the export's PP2 fails, on main too)."""
 
 
-def _run(tmp_path: Path, name: str, ranks: int) -> list[dict]:
-    """The recipe through ``tests/_megatron_cpu_cli.py`` (gloo, the CPU shim) on ``ranks`` processes."""
+def _run(tmp_path: Path, name: str, ranks: int, stages: str = QUANTIZE) -> list[dict]:
+    """The recipe with ``stages`` through ``tests/_megatron_cpu_cli.py`` (gloo, the CPU shim) on ``ranks``
+    processes (``layout: {data_parallel: 2}`` on two)."""
     recipe = tmp_path / f"{name}.yaml"
-    recipe.write_text(RECIPE.format(layout="layout: {data_parallel: 2}\n" if ranks == 2 else ""))
+    recipe.write_text(RECIPE.format(stages=stages, layout="layout: {data_parallel: 2}\n" if ranks == 2 else ""))
     done = launch_ranks(["tests/_megatron_cpu_cli.py", "run", str(recipe), "--json", "--no-progress", "--output-dir",
                          str(tmp_path / name)], ranks, cwd=ROOT, timeout=600, OMP_NUM_THREADS="1")
     for proc in done:
@@ -80,11 +85,43 @@ def test_two_replicas_calibrate_half_the_windows_each_and_give_one_process_scale
     two = _run(tmp_path, "two", 2)[0]
     assert one["stages"][0]["details"]["calibration_windows"] == {"this_replica": 8, "data_parallel": 1}
     assert two["stages"][0]["details"]["calibration_windows"] == {"this_replica": 4, "data_parallel": 2}
-    a, b = _amax(tmp_path / "one"), _amax(tmp_path / "two")
     assert len(list((tmp_path / "two").rglob("rank*.safetensors"))) == 2  # exported at PP2
+    _assert_same_scales(_amax(tmp_path / "one"), _amax(tmp_path / "two"))
+
+
+def _checkpoint_amax(folder: Path, scratch: Path) -> dict:
+    """Every quantizer's amax in the first stage's Megatron checkpoint under ``folder`` (torch's distributed
+    checkpoint format, read back into one file without a process group)."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    (checkpoint,) = folder.glob("01-*/checkpoint")
+    dcp_to_torch_save(checkpoint, scratch / f"{folder.name}.pt")
+    return {k: v for k, v in torch.load(scratch / f"{folder.name}.pt", weights_only=False).items()
+            if k.endswith("_amax")}
+
+
+def _assert_same_scales(a: dict, b: dict) -> None:
+    """The same quantizers (the same layers quantized) with bitwise equal amax."""
     assert a and a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_two_replicas_search_half_the_windows_each_and_choose_as_one_process(tmp_path):
+    """auto_quantize deals its windows as quantize does (Megatron-LM's ``quantize.py`` gives its search the same
+    split loader): each replica calibrates its half and scores its part of ``score_size``; ModelOpt max-reduces the
+    amax and sums each layer's score over the replicas. The scored windows are the same four (one process: batches
+    {0, 1} and {2, 3}; replica r: {r, r + 2}), so the per-layer choice and the scales are one process's and the
+    score agrees up to the order of the float sums (the sum over replicas is not the sum over steps)."""
+    one = _run(tmp_path, "one", 1, AUTO_QUANTIZE)[0]["stages"][0]
+    two = _run(tmp_path, "two", 2, AUTO_QUANTIZE)[0]["stages"][0]
+    assert one["details"]["calibration_windows"] == {"this_replica": 8, "data_parallel": 1}
+    assert two["details"]["calibration_windows"] == {"this_replica": 4, "data_parallel": 2}
+    assert (one["details"]["score_steps"], two["details"]["score_steps"]) == (2, 1)
+    assert one["details"]["is_satisfied"] and two["details"]["is_satisfied"]
+    assert one["effective_bits"] == two["effective_bits"] < 16
+    assert two["details"]["score"] == pytest.approx(one["details"]["score"], rel=1e-6, abs=0)  # measured: 1e-8
+    _assert_same_scales(_checkpoint_amax(tmp_path / "one", tmp_path), _checkpoint_amax(tmp_path / "two", tmp_path))
 
 
 def test_experts_left_without_tokens_on_a_replica_are_a_typed_error(monkeypatch):

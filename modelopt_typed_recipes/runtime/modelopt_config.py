@@ -67,6 +67,13 @@ class AutoQuantizeInputs:
     kv_entries: list[dict[str, Any]] | None = None
     """KV-cache ``quant_cfg`` entries to apply after the search (a copy), or None."""
 
+    def score_steps(self, *, batches: int, batch_size: int, replicas: int = 1) -> int:
+        """``num_score_steps`` for one data-parallel replica's loader of ``batches`` batches. ModelOpt sums each
+        layer's score over the replicas, so ``score_size`` counts the samples of all replicas together: each scores
+        ``score_size / replicas`` of them. Rounded down to whole batches (at least one), the one rule for one
+        process and for many; Megatron-LM's ``quantize.py`` rounds up instead, which would change one-process runs."""
+        return min(batches, max(self.score_size // (replicas * batch_size), 1))
+
 
 def auto_quantize_inputs(stage: AutoQuantize, *, path: str = "", disabled: Iterable[str],
                          budget_excludes_disabled: bool = False) -> AutoQuantizeInputs:

@@ -57,7 +57,7 @@ def auto_quantize(model: Any, stage: AutoQuantize, batches: list[Any], *, path: 
     """Per-layer format search (``mtq.auto_quantize``) under the stage's effective-bits budget."""
     mtq = _mtq()
     inputs = auto_quantize_inputs(stage, path=path, disabled=default_disabled_patterns())
-    method, score_size, kv_entries = inputs.method, inputs.score_size, inputs.kv_entries
+    method, kv_entries = inputs.method, inputs.kv_entries
 
     loader = [b.to(device) for b in batches]
     if method == "kl_div":
@@ -69,7 +69,7 @@ def auto_quantize(model: Any, stage: AutoQuantize, batches: list[Any], *, path: 
         model, search = mtq.auto_quantize(
             model, constraints=inputs.constraints, quantization_formats=inputs.formats, data_loader=loader,
             disabled_layers=inputs.disabled_layers, num_calib_steps=steps,
-            num_score_steps=min(steps, max(score_size // batch_size, 1)), method=method, verbose=False, **kwargs,
+            num_score_steps=inputs.score_steps(batches=steps, batch_size=batch_size), method=method, verbose=False, **kwargs,
         )
     except ValueError as exc:
         if "infeasible" not in str(exc):

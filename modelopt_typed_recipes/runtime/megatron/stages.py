@@ -10,7 +10,8 @@ bar (stderr) on rank 0.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,22 @@ def perplexity(model: Any, batches: Sequence[Any], *, progress: bool = True, lab
 
 
 # --------------------------------------------------------------------------- quantize
+@contextmanager
+def experts_calibrated_on_every_replica() -> Iterator[None]:
+    """ModelOpt's max calibration (``mtq.quantize``, and ``mtq.auto_quantize`` for each candidate) as a DataError
+    when an expert got tokens on one data-parallel replica's share of the windows and none on another's: its scale
+    cannot be agreed. ModelOpt checks on every rank together (no rank is left waiting); other RuntimeErrors pass."""
+    try:
+        yield
+    except RuntimeError as err:
+        if "MoE calibration incomplete" not in str(err):
+            raise
+        raise DataError("some experts received no calibration tokens on some data-parallel replicas, so their "
+                        "scales cannot be agreed", path="calibration.num_samples",
+                        hint="calibrate on more windows (each replica takes 1/DP of them), or lower "
+                             "layout.data_parallel") from err
+
+
 def quantize(model: Any, stage: Quantize, batches: Sequence[Any], *, config: dict[str, Any],
              progress: bool = True) -> dict[str, Any]:
     """``mtq.quantize`` in place with ``config`` (the plan's, composed once: ``StagePlan.quant_config``),
@@ -71,17 +88,8 @@ def quantize(model: Any, stage: Quantize, batches: Sequence[Any], *, config: dic
 
     cfg = config
     loop = forward_loop(batches, progress=progress) if mtq.need_calibration(cfg) else None
-    try:
+    with experts_calibrated_on_every_replica():
         mtq.quantize(model, cfg, loop)
-    except RuntimeError as err:
-        if "MoE calibration incomplete" not in str(err):
-            raise
-        # ModelOpt checks on every rank together (no rank is left waiting): an expert that got tokens on one
-        # data-parallel replica's share of the windows and none on another's cannot have one scale
-        raise DataError("some experts received no calibration tokens on some data-parallel replicas, so their "
-                        "scales cannot be agreed", path="calibration.num_samples",
-                        hint="calibrate on more windows (each replica takes 1/DP of them), or lower "
-                             "layout.data_parallel") from err
     if stage.compress:
         mtq.compress(model)
     return cfg
@@ -125,10 +133,14 @@ def auto_quantize_inputs(stage: AutoQuantize, *, path: str = "") -> AutoQuantize
                                        budget_excludes_disabled=True)
 
 
-def auto_quantize(model: Any, stage: AutoQuantize, batches: Sequence[Any], *, progress: bool = True,
-                  path: str = "") -> dict[str, Any]:
+def auto_quantize(model: Any, stage: AutoQuantize, batches: Sequence[Any], *, replicas: int = 1,
+                  progress: bool = True, path: str = "") -> dict[str, Any]:
     """``mtq.auto_quantize`` with the loss (gradient) or the logits (kl_div) of ``megatron_prefill``-style
-    forwards; returns the search state's best (``effective_bits`` achieved, per-layer recipe)."""
+    forwards; returns the search state's best (``effective_bits`` achieved, score) and the score steps.
+
+    ``batches``: this data-parallel replica's share of the windows, one of ``replicas``. ModelOpt max-reduces the
+    candidates' amax and sums each layer's score over the replicas, so each scores its part of ``score_size``
+    (``AutoQuantizeInputs.score_steps``) and the search sees what one process sees on all the windows."""
     import modelopt.torch.quantization as mtq
     import torch
     from megatron.core import parallel_state
@@ -157,17 +169,19 @@ def auto_quantize(model: Any, stage: AutoQuantize, batches: Sequence[Any], *, pr
     kwargs: dict[str, Any] = dict(
         constraints=inputs.constraints, quantization_formats=inputs.formats,
         data_loader=loader, disabled_layers=inputs.disabled_layers, num_calib_steps=len(loader),
-        num_score_steps=min(len(loader), max(inputs.score_size // batch_size, 1)), method=inputs.method,
-        verbose=False,
+        num_score_steps=inputs.score_steps(batches=len(loader), batch_size=batch_size, replicas=replicas),
+        method=inputs.method, verbose=False,
     )
     kwargs["forward_step"] = forward_step  # ModelOpt 0.47 asserts it for both methods
     if inputs.method == "gradient":
         kwargs["forward_backward_step"] = forward_backward_step
-    model, state = mtq.auto_quantize(model, **kwargs)
+    with experts_calibrated_on_every_replica():
+        model, state = mtq.auto_quantize(model, **kwargs)
     model.eval()
     best = state.get("best", {}) if isinstance(state, dict) else {}
     return {"effective_bits": (best.get("constraints") or {}).get("effective_bits"),
-            "is_satisfied": best.get("is_satisfied"), "score": best.get("score")}
+            "is_satisfied": best.get("is_satisfied"), "score": best.get("score"),
+            "score_steps": kwargs["num_score_steps"]}
 
 
 # --------------------------------------------------------------------------- prune

@@ -69,7 +69,8 @@ class MegatronRun:
 
     def calibration_batches(self, sp: StagePlan, *, shard: bool = False) -> list[Any]:
         """The stage's calibration batches; ``shard``: only this data-parallel replica's share of the windows
-        (``data.data_parallel_share``; for ``mtq.quantize``, which max-reduces its amax across the replicas)."""
+        (``data.data_parallel_share``; for ``mtq.quantize`` and ``mtq.auto_quantize``, which max-reduce their amax
+        and sum their scores across the replicas)."""
         from ..data import stage_batches
 
         replica, replicas = data_parallel_place() if shard else (0, 1)
@@ -116,19 +117,26 @@ def quantize(run: MegatronRun, stage: Quantize, sp: StagePlan) -> StepResult:
     fmt = stage.quant_format
     run.quantized = True
     outputs, saved = run.save_checkpoint(sp, run.archs[sp.index])
-    windows = {"this_replica": sum(int(b.shape[0]) for b in batches), "data_parallel": data_parallel_place()[1]}
-    return StepResult(details={"algorithm": cfg.get("algorithm"), "calibration_windows": windows, **saved},
-                      effective_bits=fmt.weight_bits if fmt else None, outputs=outputs)
+    return StepResult(details={"algorithm": cfg.get("algorithm"), "calibration_windows": calibration_windows(batches),
+                               **saved}, effective_bits=fmt.weight_bits if fmt else None, outputs=outputs)
+
+
+def calibration_windows(batches: list[Any]) -> dict[str, int]:
+    """What a stage's details say of its calibration: the windows this replica ran, and how many replicas shared
+    them (the others ran theirs)."""
+    return {"this_replica": sum(int(b.shape[0]) for b in batches), "data_parallel": data_parallel_place()[1]}
 
 
 def auto_quantize(run: MegatronRun, stage: AutoQuantize, sp: StagePlan) -> StepResult:
     from . import stages
 
-    best = stages.auto_quantize(run.model, stage, run.calibration_batches(sp), progress=run.plan.progress,
-                                path=sp.path)
+    batches = run.calibration_batches(sp, shard=True)
+    best = stages.auto_quantize(run.model, stage, batches, replicas=data_parallel_place()[1],
+                                progress=run.plan.progress, path=sp.path)
     run.quantized = True
     outputs, saved = run.save_checkpoint(sp, run.archs[sp.index])
-    return StepResult(details={**best, **saved}, effective_bits=best.get("effective_bits"), outputs=outputs)
+    return StepResult(details={**best, "calibration_windows": calibration_windows(batches), **saved},
+                      effective_bits=best.get("effective_bits"), outputs=outputs)
 
 
 def prune(run: MegatronRun, stage: Prune, sp: StagePlan) -> StepResult:
