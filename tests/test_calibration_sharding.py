@@ -36,6 +36,26 @@ def test_one_replica_keeps_the_windows_as_they_are():
     assert data_parallel_share(windows, 0, 1) is windows
 
 
+@given(per_step=st.integers(1, 8), replicas=st.integers(1, 8), rounds=st.integers(1, 20), extra=st.integers(0, 63))
+@settings(max_examples=60, deadline=None)
+def test_the_replicas_score_score_size_together(per_step, replicas, rounds, extra):
+    """auto_quantize's score steps per replica: together the replicas score what one process scores (all
+    ``score_size`` samples when it is a multiple of replicas x batch size), else less than one more round of steps
+    short (rounded down, as one process rounds down), never more, and at least one step each."""
+    from modelopt_typed_recipes.runtime.modelopt_config import AutoQuantizeInputs
+
+    score_size = replicas * per_step * rounds + extra
+    inputs = AutoQuantizeInputs(constraints={}, formats=[], disabled_layers=[], method="gradient",
+                                score_size=score_size)
+    one = inputs.score_steps(batches=10_000, batch_size=per_step)
+    each = inputs.score_steps(batches=10_000, batch_size=per_step, replicas=replicas)
+    assert one == score_size // per_step  # one process: as before
+    assert 0 <= score_size - replicas * each * per_step < replicas * per_step and each >= 1
+    if extra == 0:
+        assert replicas * each == one
+    assert inputs.score_steps(batches=1, batch_size=per_step, replicas=replicas) == 1  # a short loader caps it
+
+
 RECIPE = """\
 name: dp-calibration
 model: reference-llama
@@ -124,28 +144,39 @@ def test_two_replicas_search_half_the_windows_each_and_choose_as_one_process(tmp
     _assert_same_scales(_checkpoint_amax(tmp_path / "one", tmp_path), _checkpoint_amax(tmp_path / "two", tmp_path))
 
 
-def test_experts_left_without_tokens_on_a_replica_are_a_typed_error(monkeypatch):
+@pytest.mark.parametrize("call", ["quantize", "auto_quantize"])
+def test_experts_left_without_tokens_on_a_replica_are_a_typed_error(monkeypatch, call):
     """With the windows dealt across replicas an expert can get tokens on one replica's share and none on
-    another's; ModelOpt then stops every rank with a RuntimeError. The run reports it as a DataError naming
-    calibration.num_samples; other RuntimeErrors pass through unchanged."""
+    another's; ModelOpt's max calibration (in ``mtq.quantize``, and in ``mtq.auto_quantize`` for each candidate)
+    then stops every rank with a RuntimeError. The run reports it as a DataError naming calibration.num_samples;
+    other RuntimeErrors pass through unchanged."""
     pytest.importorskip("modelopt")
     import modelopt.torch.quantization as mtq
+    from megatron.core import parallel_state
 
     from modelopt_typed_recipes.errors import DataError
     from modelopt_typed_recipes.runtime.megatron import stages
-    from modelopt_typed_recipes.spec.techniques import Quantize
+    from modelopt_typed_recipes.spec.techniques import AutoQuantize, Quantize
+
+    monkeypatch.setattr(parallel_state, "get_pipeline_model_parallel_world_size", lambda: 1)
+    stage_call = {
+        "quantize": lambda: stages.quantize(torch.nn.Linear(2, 2), Quantize(format="fp8"), [],
+                                            config={"quant_cfg": {}, "algorithm": "max"}),
+        "auto_quantize": lambda: stages.auto_quantize(torch.nn.Linear(2, 2),
+                                                      AutoQuantize(formats=("fp8",), effective_bits=12.0), []),
+    }[call]
 
     def incomplete(*_a, **_k):
         raise RuntimeError("MoE calibration incomplete: some experts received no tokens during calibration.")
 
-    monkeypatch.setattr(mtq, "quantize", incomplete)
+    monkeypatch.setattr(mtq, call, incomplete)
     with pytest.raises(DataError) as err:
-        stages.quantize(torch.nn.Linear(2, 2), Quantize(format="fp8"), [], config={"quant_cfg": {}, "algorithm": "max"})
+        stage_call()
     assert err.value.path == "calibration.num_samples" and "data_parallel" in err.value.hint
 
     def other(*_a, **_k):
         raise RuntimeError("something else")
 
-    monkeypatch.setattr(mtq, "quantize", other)
+    monkeypatch.setattr(mtq, call, other)
     with pytest.raises(RuntimeError, match="something else"):
-        stages.quantize(torch.nn.Linear(2, 2), Quantize(format="fp8"), [], config={"quant_cfg": {}, "algorithm": "max"})
+        stage_call()
