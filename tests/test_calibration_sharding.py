@@ -69,7 +69,9 @@ output_dir: outputs/dp-calibration
 QUANTIZE = "{technique: quantize, format: fp8}, {technique: export}"
 AUTO_QUANTIZE = "{technique: auto_quantize, formats: [fp8], effective_bits: 12, score_size: 4, save: true}"
 """FP8 or no quantization for each searched layer; 4 of the 8 windows scored (2 steps of 2 in one process). Its
-checkpoint holds the scales (no export: reloading an auto-quantized model at the export's PP2 fails, on main too)."""
+checkpoint holds the scales. No export: the hand-over to the export's PP2 fails on this machine's megatron-core 0.16
+(ModelOpt 0.47 keeps a quantized model's ``output_layer._extra_state`` only by patching the body of newer versions'
+``GPTModel.sharded_state_dict``)."""
 
 
 def _run(tmp_path: Path, name: str, ranks: int, stages: str = QUANTIZE) -> list[dict]:
