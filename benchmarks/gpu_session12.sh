@@ -13,6 +13,12 @@
 set -uo pipefail
 OUT=${OUT:-benchmarks/raw/session12}
 source "$(dirname "$0")/gpu_env.sh"
+# aq_ranks NAME RECIPE: /tmp/RECIPE.yaml on two data-parallel ranks, output in $OUT/$part/NAME.{json,log}
+aq_ranks() {
+  timeout -k 5 200 python3 -m torch.distributed.run --standalone --nproc_per_node 2 -m modelopt_typed_recipes \
+    run "/tmp/$2.yaml" --json --no-progress > "$OUT/$part/$1.json" 2> "$OUT/$part/$1.log"
+  echo "$1 rc=$?"
+}
 session_part() {
   case $1 in
     aq-dp)  # the same auto_quantize recipe on one process and on two data-parallel ranks, then an export at DP2
@@ -23,12 +29,7 @@ session_part() {
       echo "$r, {technique: export}$rest, layout: {data_parallel: 2}, output_dir: /tmp/aq/two-export}" > /tmp/aq3.yaml
       python3 -m modelopt_typed_recipes run /tmp/aq1.yaml --json --no-progress > "$OUT/$part/one.json" \
         2> "$OUT/$part/one.log"; echo "one rc=$?"
-      for run in two:aq2 two-export:aq3; do
-        local n=${run%%:*} f=${run##*:}
-        timeout -k 5 200 python3 -m torch.distributed.run --standalone --nproc_per_node 2 -m modelopt_typed_recipes \
-          run "/tmp/$f.yaml" --json --no-progress > "$OUT/$part/$n.json" 2> "$OUT/$part/$n.log"
-        echo "$n rc=$?"
-      done
+      aq_ranks two aq2
       python3 - "$OUT/$part" <<'PY'
 import json, sys
 from pathlib import Path
@@ -36,8 +37,8 @@ import torch
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 out, amax = Path(sys.argv[1]), {}
 for n in ("one", "two"):
-    text = (out / f"{n}.json").read_text().strip().splitlines()
-    st = json.loads(text[0])["stages"][0]
+    text = [line for line in (out / f"{n}.json").read_text().splitlines() if line.startswith("{")]
+    st = json.loads(text[0])["stages"][0]  # one JSON result per rank: the first
     print(n, st["effective_bits"], json.dumps(st["details"]), flush=True)
     ck = next(Path("/tmp/aq", n).glob("01-*/checkpoint"))
     dcp_to_torch_save(ck, f"/tmp/aq-{n}.pt")
@@ -46,7 +47,7 @@ a, b = amax["one"], amax["two"]
 same = sum(torch.equal(a[k], b[k]) for k in a if k in b)
 print("same quantizers", a.keys() == b.keys(), "amax bitwise", same, "/", len(a), flush=True)
 PY
-      ls /tmp/aq/two-export/*/ 2>&1 | head; rm -rf /tmp/aq /tmp/aq-*.pt ;;
+      aq_ranks two-export aq3; ls /tmp/aq/two-export/*/ 2>&1 | head; rm -rf /tmp/aq /tmp/aq-*.pt ;;
     handover-prof)  # the MoE hand-over with cProfile on each rank (random weights, FP8, EP2 -> PP2 via /dev/shm)
       timeout -k 5 560 python3 -m torch.distributed.run --standalone --nproc_per_node=2 benchmarks/handover_cpu.py \
         --device cuda --model qwen3-30b-a3b --work /tmp/hp_work --profile "$OUT/$part" 2>&1 | grep -v Warning \
