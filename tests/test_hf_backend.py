@@ -142,6 +142,21 @@ def test_cuda_only_format_on_cpu(tmp_path: Path, fmt: str) -> None:
     assert_nothing_left(tmp_path)
 
 
+def test_auto_quantize_without_the_lp_solver_fails_before_the_model(tmp_path: Path, monkeypatch) -> None:
+    """ModelOpt's search picks the formats with pulp's CBC solver, after all calibration and scoring: a pulp without
+    its solver binary (a slimmed wheel) is refused at the stage before anything is loaded, not with pulp's traceback."""
+    pulp = pytest.importorskip("pulp")
+    monkeypatch.setattr(pulp.PULP_CBC_CMD, "available", lambda self: False)
+    doc = tiny_recipe(tmp_path, "tiny-dense", [
+        {"technique": "auto_quantize", "effective_bits": 7.8, "formats": ["int4_awq", "fp8"], "score_size": 8},
+        {"technique": "export"},
+    ])
+    with pytest.raises(CompatibilityError) as info:
+        api.run_post_training(doc, progress=False)
+    assert info.value.path == "stages[0]" and "CBC solver" in str(info.value) and "pulp" in info.value.hint
+    assert_nothing_left(tmp_path)
+
+
 def test_missing_checkpoint_directory(tmp_path: Path) -> None:
     doc = tiny_recipe(tmp_path, "tiny-dense", [{"technique": "quantize", "format": "fp8"}],
                       source={"type": "hf", "path": str(tmp_path / "nowhere")})

@@ -83,6 +83,13 @@ def plan_run(recipe: Recipe, *, progress: bool = True) -> RunPlan:
             problem = technique_for(stage).cuda_problem(stage, f"stages[{i}]")
             if problem is not None:
                 raise problem
+    for i, stage in enumerate(recipe.stages):
+        if stage.technique == "auto_quantize":
+            from .modelopt_config import solver_problem
+
+            problem = solver_problem(f"stages[{i}]")
+            if problem is not None:
+                raise problem
     backend = backend_choice.choose_backend(recipe, env)
     for problem in backend_choice.backend_problems(backend, env, cuda=device == "cuda", world_size=launch_world()[0]):
         raise problem
