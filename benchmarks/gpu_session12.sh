@@ -10,6 +10,11 @@
 #      dealt across two data-parallel replicas against one process (checked on the CPU only so far)
 #   4. if >= 560 s are left: bash benchmarks/gpu_session12.sh env handover-prof pack          (~500 s)  where the
 #      MoE hand-over's save and load spend their time at real size (87 s + 89 s for 64 GB through /dev/shm)
+# Call 3 ran once at the end of the seventh session on its last device seconds (benchmarks/raw/session11/c5-aq-dp):
+# one process calibrated each candidate on 8 batches and scored 4, each of the two DP ranks on 4 and 2, as intended;
+# then every run stopped at ModelOpt's format choice: pulp's CBC solver was missing from a .whl/ slimmed to fit the
+# 64 MiB the device call carries (now refused before the model loads). Keep the pulp wheel's linux/i64 solver: remove
+# only pulp/solverdir/cbc/{osx,win,linux/i32,linux/arm64} (.whl/ 11 MB; with .scale and .torch_ext ~59 MB in all).
 set -uo pipefail
 OUT=${OUT:-benchmarks/raw/session12}
 source "$(dirname "$0")/gpu_env.sh"
