@@ -59,6 +59,12 @@ MODELS = {
                     moe_aux_loss_coeff=0.0, moe_grouped_gemm=False, moe_token_dispatcher_type="alltoall",
                     moe_router_dtype="fp32", moe_layer_freq=[1] * 2),
         vocab=1024, max_pos=1024, rope_base=1e6, rope_scaling=None),
+    # the package's own trained model (its config.json), imported from its Hugging Face folder with --hf-checkpoint:
+    # the run the first measurement timed as a new user would
+    "reference-llama": dict(
+        config=dict(num_layers=6, hidden_size=256, ffn_hidden_size=768, num_attention_heads=4,
+                    num_query_groups=2, kv_channels=64, qk_layernorm=False, layernorm_epsilon=1e-5),
+        vocab=4096, max_pos=1024, rope_base=10000.0, rope_scaling=None),
 }
 PRESETS = {"fp8": "FP8_DEFAULT_CFG", "nvfp4": "NVFP4_DEFAULT_CFG"}
 SEED = 1234  # the recipe's seed (Megatron's parallel RNG)
@@ -171,6 +177,8 @@ def main() -> None:
     p.add_argument("--ep", type=int, default=1)
     p.add_argument("--export-pp", type=int, default=None, help="export layout (pipeline only); default: world size")
     p.add_argument("--hf-reference", required=True)
+    p.add_argument("--hf-checkpoint", action="store_true", help="load the weights from --hf-reference with "
+                   "ModelOpt's import_mcore_gpt_from_hf (a trained model) instead of random ones")
     p.add_argument("--text", required=True)
     p.add_argument("--windows", type=int, required=True)
     p.add_argument("--seq", type=int, required=True)
@@ -222,6 +230,8 @@ def main() -> None:
     torch.manual_seed(WEIGHT_SEED)
     tensor_parallel.model_parallel_cuda_manual_seed(WEIGHT_SEED)
     model = build(a.model, a.tp, 1, a.ep, a.deterministic)
+    if a.hf_checkpoint:
+        mte.import_mcore_gpt_from_hf(model, a.hf_reference, dtype=torch.bfloat16)
     timings["build"] = time.perf_counter() - t
     data = windows(a.text, a.hf_reference, a.windows, a.seq)
     all_windows = int(data.shape[0])

@@ -48,6 +48,11 @@ CASES: dict[str, dict] = {  # guess_s: one process's wall with 512 windows of 2,
     # before the 30 B model's calls (run it with --seq 256, the tiny model's context)
     "tiny-moe-ep2": dict(model="tiny-moe", gpus=2, layout={"expert_parallel": 2, "data_parallel": 2},
                          direct=dict(tp=1, ep=2), guess_s=40),
+    # the first measurement: the package's trained reference model from its shipped Hugging Face folder
+    # (source: builtin), as a new user runs it; the direct script imports it with import_mcore_gpt_from_hf
+    # (run it with --windows 32 --seq 1024, the model's context)
+    "reference-llama-tp1": dict(model="reference-llama", gpus=1, layout={}, direct=dict(tp=1, ep=1), guess_s=40,
+                                source="builtin"),
 }
 KINDS = {
     "nvidia-h200": "qwen3-8b-tp1:fp8:3,qwen3-8b-tp1:nvfp4:1,llama3.1-8b-tp1:fp8:1",
@@ -226,7 +231,7 @@ def run_case(name: str, fmt: str, reps: int, a: argparse.Namespace, out: Path, d
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     recipe = Recipe.from_dict({
-        "name": f"scale-{name}-{fmt}", "model": case["model"], "source": {"type": "random", "seed": 0},
+        "name": f"scale-{name}-{fmt}", "model": case["model"], "source": {"type": "builtin"} if case.get("source") == "builtin" else {"type": "random", "seed": 0},
         "stages": [{"technique": "quantize", "format": fmt}, {"technique": "export"}],
         "calibration": {**({"files": [str(Path(a.text).resolve())]} if a.text else {"dataset": "reference-train"}),
                         "num_samples": a.windows, "seq_length": a.seq, "batch_size": a.batch},
@@ -238,8 +243,13 @@ def run_case(name: str, fmt: str, reps: int, a: argparse.Namespace, out: Path, d
     recipe_file.write_text(to_yaml(recipe))
     # the direct script's Hugging Face folder (a user has the model's own): config from the architecture,
     # the reference tokenizer; made once, not timed
-    ref = work / "hf-reference"
-    write_hf_reference(ref, arch, data.random_init_tokenizer(arch.vocab.size))
+    if case.get("source") == "builtin":  # the shipped folder: weights, config and tokenizer
+        from modelopt_typed_recipes.catalog.models.reference import builtin_weights_dir
+
+        ref = builtin_weights_dir(case["model"])
+    else:
+        ref = work / "hf-reference"
+        write_hf_reference(ref, arch, data.random_init_tokenizer(arch.vocab.size))
     report = check_recipe(recipe, env=Environment(megatron_core="0.19.2", modelopt="0.47.0", cuda=True,
                                                   gpu_count=gpus))
     layouts = [s.layout for s in report.stages]  # ParallelLayout of each stage
@@ -250,6 +260,7 @@ def run_case(name: str, fmt: str, reps: int, a: argparse.Namespace, out: Path, d
     d = case["direct"]
     direct_cmd = [*launcher(gpus), str(ROOT / "benchmarks" / "scale_direct.py"), "--model", case["model"],
                   "--format", fmt, "--tp", str(d["tp"]), "--ep", str(d["ep"]), "--hf-reference", str(ref),
+                  *(["--hf-checkpoint"] if case.get("source") == "builtin" else []),
                   "--text", str(Path(a.text).resolve()) if a.text else str(data.BUILTIN_FILES["reference-train"]),
                   "--windows", str(a.windows),
                   "--seq", str(a.seq), "--batch", str(a.batch), "--export-dir", str(work / "direct-export"),

@@ -129,7 +129,8 @@ def test_direct_script_builds_the_same_transformer_config_as_ours():
     for name, layout, (tp, ep) in [("qwen3-8b", ParallelLayout(tensor_parallel=2), (2, 1)),
                                    ("llama3.1-8b", ParallelLayout(), (1, 1)),
                                    ("qwen3-30b-a3b", ParallelLayout(expert_parallel=2, data_parallel=2), (1, 2)),
-                                   ("tiny-moe", ParallelLayout(expert_parallel=2, data_parallel=2), (1, 2))]:
+                                   ("tiny-moe", ParallelLayout(expert_parallel=2, data_parallel=2), (1, 2)),
+                                   ("reference-llama", ParallelLayout(), (1, 1))]:
         for deterministic in (False, True):
             ours = build.transformer_config(get_arch(name), layout, deterministic=deterministic)
             direct = scale_direct.transformer_config(name, tp, 1, ep, deterministic)
@@ -167,6 +168,33 @@ def test_dry_run_with_deterministic_sets_the_recipe_field_and_the_direct_flag(tm
     from modelopt_typed_recipes.spec.recipe import Recipe
 
     assert Recipe.load(tmp_path / "work" / "tiny-moe-ep2-fp8" / "recipe.yaml").deterministic
+
+
+def test_the_reference_model_case_runs_the_shipped_checkpoint_on_both_sides(tmp_path, monkeypatch):
+    """The issue's first measurement: ours from ``source: builtin``, the direct script importing the same shipped
+    Hugging Face folder (``--hf-checkpoint``), on the same reference-train windows."""
+    monkeypatch.setenv("OUT", str(tmp_path / "out"))
+    monkeypatch.setattr(sys, "argv", ["scale_gpu.py", "--dry-run", "--windows", "32", "--seq", "1024",
+                                      "--work", str(tmp_path / "work"), "--cases", "reference-llama-tp1:nvfp4:2"])
+    _main_dry(monkeypatch)
+    [row] = json.loads((tmp_path / "out" / "scale_gpu.json").read_text())
+    assert (row["layout"], row["export_layout"], row["text"]) == ("TP1 PP1 EP1", "TP1 PP1", "reference-train")
+    from modelopt_typed_recipes.catalog.models.reference import builtin_weights_dir
+    from modelopt_typed_recipes.spec.recipe import Recipe
+
+    recipe = Recipe.load(tmp_path / "work" / "reference-llama-tp1-nvfp4" / "recipe.yaml")
+    assert recipe.source.type == "builtin"
+    log = (tmp_path / "out" / "scale_raw.log").read_text()
+    assert log.count(f"--hf-reference {builtin_weights_dir('reference-llama')} --hf-checkpoint") == 2
+    assert not (tmp_path / "work" / "reference-llama-tp1-nvfp4" / "hf-reference").exists()
+    from scale_direct import windows as direct_windows
+
+    from modelopt_typed_recipes.runtime import data
+
+    ours = data.token_windows(recipe.calibration, data.load_tokenizer(None))
+    direct = direct_windows(str(data.BUILTIN_FILES["reference-train"]), str(builtin_weights_dir("reference-llama")),
+                            32, 1024)
+    assert ours.shape == (32, 1024) and torch.equal(ours, direct)
 
 
 def test_dry_run_with_cpu_threads_sets_the_recipe_field_and_the_direct_flag(tmp_path, monkeypatch):
