@@ -103,6 +103,9 @@ def check_recipe(recipe: Recipe, *, env: Environment | None = None, layout: Para
             errors.append(not_here)
             stages_out.append(planned)
             continue
+        missing = technique.environment_problem(stage, env, path)
+        if missing is not None:
+            errors.append(missing)
         found = technique.check(stage, StageContext(recipe=recipe, index=i, arch=arch, archs=archs, backend=backend,
                                                     env=env, cuda=cuda, layout=stage_layout))
         errors += found.errors

@@ -1,5 +1,6 @@
 """What the machine offers, probed without importing torch: package versions from metadata, Transformer
-Engine from ``importlib.util.find_spec``, the GPU from nvidia-ml-py (or the ``/dev/nvidia*`` nodes)."""
+Engine from ``importlib.util.find_spec``, the GPU from nvidia-ml-py (or the ``/dev/nvidia*`` nodes), pulp's
+CBC solver when a stage asks for it."""
 
 from __future__ import annotations
 
@@ -32,6 +33,27 @@ def dist_version(name: str) -> str | None:
         return None
 
 
+def probe_lp_solver() -> str | None:
+    """Why pulp's CBC solver cannot run here, or None when it can.
+
+    ``mtq.auto_quantize`` chooses its formats with it (``PULP_CBC_CMD``, a binary inside the pulp wheel) only
+    after every candidate's calibration and scoring, so a pulp without it (a slimmed wheel, an unsupported
+    platform) would fail late with pulp's traceback. pulp is imported here, in the call (about 0.1 s, once a
+    process), never on the package's import.
+    """
+    try:
+        import pulp
+    except ImportError as exc:
+        return f"pulp does not import here ({exc})"
+    import warnings
+
+    with warnings.catch_warnings():  # pulp 3.3 marks the class deprecated for 4.0; ModelOpt 0.47 still uses it
+        warnings.simplefilter("ignore")
+        if pulp.PULP_CBC_CMD(msg=False).available():  # the solver ModelOpt's search builds
+            return None
+    return "pulp's CBC solver is not available here"
+
+
 @attrs.frozen(kw_only=True)
 class Environment:
     """What the machine offers, read without importing torch."""
@@ -42,6 +64,9 @@ class Environment:
     cuda: bool = False
     gpu_name: str | None = None
     gpu_count: int = 0
+    lp_solver: bool | None = None
+    """Whether pulp's CBC solver runs here; None: not probed yet (:meth:`lp_solver_problem` probes on the first
+    ask, so only recipes that need it pay pulp's import)."""
 
     @classmethod
     def detect(cls) -> Environment:
@@ -66,6 +91,12 @@ class Environment:
             gpu_name=gpu_name,
             gpu_count=count,
         )
+
+    def lp_solver_problem(self) -> str | None:
+        """Why pulp's CBC solver cannot run here (``lp_solver``, or :func:`probe_lp_solver` when unset), or None."""
+        if self.lp_solver is None:
+            return probe_lp_solver()
+        return None if self.lp_solver else "pulp's CBC solver is not available here"
 
     def mcore_at_least(self, version: tuple[int, int]) -> bool:
         v = version_tuple(self.megatron_core)

@@ -3,7 +3,8 @@
 Order of work, so that mistakes cost nothing:
 
 1. read the recipe (object, YAML path or dict) and apply overrides;
-2. checks that need no heavy import: architecture and stage sizes, CUDA for CUDA-only formats, the
+2. checks that need no heavy import: architecture and stage sizes, CUDA for CUDA-only formats, what a
+   stage needs installed (each technique's ``environment_problem``: pulp's solver for auto-quantize), the
    checkpoint directory, calibration/evaluation text present and non-empty, the planner's full check
    (ModelOpt names, versions, layouts, pattern coverage);
 3. only then the backend (Megatron-Core or Hugging Face) is imported and run, writing into a staging
@@ -78,18 +79,12 @@ def plan_run(recipe: Recipe, *, progress: bool = True) -> RunPlan:
     if problem is not None:
         raise problem
     device = backend_choice.choose_device(recipe, env)
-    if device == "cpu":
-        for i, stage in enumerate(recipe.stages):
-            problem = technique_for(stage).cuda_problem(stage, f"stages[{i}]")
-            if problem is not None:
-                raise problem
     for i, stage in enumerate(recipe.stages):
-        if stage.technique == "auto_quantize":
-            from .modelopt_config import solver_problem
-
-            problem = solver_problem(f"stages[{i}]")
-            if problem is not None:
-                raise problem
+        technique = technique_for(stage)
+        problem = technique.cuda_problem(stage, f"stages[{i}]") if device == "cpu" else None
+        problem = problem or technique.environment_problem(stage, env, f"stages[{i}]")
+        if problem is not None:
+            raise problem
     backend = backend_choice.choose_backend(recipe, env)
     for problem in backend_choice.backend_problems(backend, env, cuda=device == "cuda", world_size=launch_world()[0]):
         raise problem

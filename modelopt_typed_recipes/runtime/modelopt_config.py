@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 
 from ..bridges import modelopt_names as mn
-from ..errors import CompatibilityError, SpecError, UnknownNameError, did_you_mean
+from ..errors import SpecError, UnknownNameError, did_you_mean
 from ..spec.techniques import AutoQuantize, resolve_format
 
 
@@ -24,26 +24,6 @@ def _mtq() -> Any:
     import modelopt.torch.quantization as mtq
 
     return mtq
-
-
-def solver_problem(path: str) -> CompatibilityError | None:
-    """``mtq.auto_quantize`` picks the formats with pulp's CBC solver (a binary inside the pulp wheel), after every
-    candidate's calibration and scoring: a pulp installed without it (a slimmed wheel, an unsupported platform)
-    would fail only then, with pulp's own traceback. None when pulp finds the solver."""
-    try:
-        import pulp
-    except ImportError as exc:
-        return CompatibilityError(f"pulp does not import here ({exc}); auto-quantize needs its solver", path=path,
-                                  hint="pip install pulp (nvidia-modelopt's dependency)")
-    import warnings
-
-    with warnings.catch_warnings():  # pulp 3.3 marks the class deprecated for 4.0; ModelOpt 0.47 still uses it
-        warnings.simplefilter("ignore")
-        if pulp.PULP_CBC_CMD(msg=False).available():  # the solver ModelOpt's search builds
-            return None
-    return CompatibilityError("pulp's CBC solver is not available here; auto-quantize chooses its formats with it",
-                              path=path, hint="reinstall pulp with its bundled solver: "
-                                              "pip install --force-reinstall --no-deps pulp")
 
 
 def _field(path: str, name: str) -> str:

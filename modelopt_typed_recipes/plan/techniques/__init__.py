@@ -76,6 +76,10 @@ def _no_cuda_problem(_stage: object, _path: str) -> RecipeError | None:
     return None
 
 
+def _no_environment_problem(_stage: object, _env: Environment, _path: str) -> RecipeError | None:
+    return None
+
+
 @attrs.frozen(kw_only=True)
 class Technique(Generic[S]):
     """A post-training technique: its spec class, checks and executors by backend."""
@@ -95,6 +99,9 @@ class Technique(Generic[S]):
     """Whether the stage reads calibration windows (its spec may set ``calibration_samples``)."""
     cuda_problem: Callable[[S, str], RecipeError | None] = _no_cuda_problem
     """Why the stage cannot run on the CPU (fake-quant kernels that exist only for CUDA), or None."""
+    environment_problem: Callable[[S, Environment, str], RecipeError | None] = _no_environment_problem
+    """Why the stage cannot run with what this machine has installed (auto-quantize: pulp's CBC solver), or
+    None. ``check_recipe`` (so the ``check`` command) and ``run_post_training`` both ask it, before any model."""
 
     def runs_on(self, backend: str) -> bool:
         return backend in self.executors

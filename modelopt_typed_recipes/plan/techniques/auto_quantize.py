@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...bridges import modelopt_names as mn
 from ...errors import CompatibilityError, RecipeError, SpecError
@@ -13,12 +13,26 @@ from ..coverage import Coverage, module_patterns_unmatched, replay, suggest
 from . import Findings, StageContext, Technique, register
 from .quantize import algorithm_method, modules
 
+if TYPE_CHECKING:
+    from ..environment import Environment
+
 
 def cuda_problem(stage: AutoQuantize, path: str) -> RecipeError | None:
     if not stage.needs_cuda:
         return None
     return CompatibilityError("a candidate format fake-quantizes with CUDA kernels only (NVFP4/MX)",
                               path=f"{path}.formats", hint="run on a GPU or use fp8/int4_awq candidates")
+
+
+def environment_problem(_stage: AutoQuantize, env: Environment, path: str) -> RecipeError | None:
+    """``mtq.auto_quantize`` chooses the formats with pulp's CBC solver, after every candidate's calibration and
+    scoring: without it the search would fail only then, with pulp's traceback."""
+    why = env.lp_solver_problem()
+    if why is None:
+        return None
+    return CompatibilityError(f"{why}; auto-quantize chooses its formats with it", path=path,
+                              hint="install pulp with its bundled CBC solver (nvidia-modelopt's dependency): "
+                                   "pip install --force-reinstall --no-deps pulp")
 
 
 def check(stage: AutoQuantize, ctx: StageContext) -> Findings:
@@ -106,6 +120,7 @@ def check(stage: AutoQuantize, ctx: StageContext) -> Findings:
 
 TECHNIQUE = register(Technique(
     name="auto_quantize", spec=AutoQuantize, title="auto-quantization", check=check, cuda_problem=cuda_problem,
+    environment_problem=environment_problem,
     executors={"hf": "modelopt_typed_recipes.runtime.hf.steps:auto_quantize",
                "megatron": "modelopt_typed_recipes.runtime.megatron.steps:auto_quantize"},
 ))
