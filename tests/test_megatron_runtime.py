@@ -17,6 +17,7 @@ import attrs
 import pytest
 
 from _dist import init_gloo_world
+from _stage_events import record_stages_and_releases
 from megatron_cpu_shim import megatron_on_cpu
 from modelopt_typed_recipes.catalog import get_arch
 from modelopt_typed_recipes.plan.sources import saved_layer_spec
@@ -376,13 +377,14 @@ def test_check_refuses_exports_it_cannot_write(tmp_path, export_env):
     assert [e.path for e in report.errors] == ["model.vocab.size"] and "257" in report.errors[0].message
 
 
-def test_layout_handover_frees_the_old_model_before_building_the_new(dist_cpu, tmp_path):
+def test_layout_handover_frees_the_old_model_before_building_the_new(dist_cpu, tmp_path, monkeypatch):
     """Between layouts the model goes through a temporary checkpoint; the old model (and its reference cycles)
     must be gone before the new one is built, or both share the GPU (measured: the TP2 -> PP2 export peak
     held a second 8 GB copy of qwen3-8b; a traceback PuLP keeps from its import had pinned the stage's frame)."""
     import gc
     import weakref
 
+    from modelopt_typed_recipes.runtime import distributed
     from modelopt_typed_recipes.runtime.backend import load_backend
     from modelopt_typed_recipes.runtime.megatron import build, stages
 
@@ -393,6 +395,11 @@ def test_layout_handover_frees_the_old_model_before_building_the_new(dist_cpu, t
     before = stages.amax_state(m)
     build.save_checkpoint(m, tmp_path / "h", arch=arch_4k())
     gone = weakref.ref(m)
+    events: list[tuple[str, bool]] = []  # the cache goes back once the old model is freed, before the new groups
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: events.append(("release", gone() is None)))
+    real_set_layout = distributed.set_layout
+    monkeypatch.setattr(distributed, "set_layout",
+                        lambda *a, **k: events.append(("set_layout", gone() is None)) or real_set_layout(*a, **k))
     gc.disable()  # only _reload's own collection may free it
     try:
         del m
@@ -401,6 +408,7 @@ def test_layout_handover_frees_the_old_model_before_building_the_new(dist_cpu, t
     finally:
         gc.enable()
     assert gone() is None and not (tmp_path / "h").exists()
+    assert events == [("release", True), ("set_layout", True)]
     after = stages.amax_state(fresh)
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in after)
 
@@ -510,3 +518,53 @@ def test_run_post_training_continues_a_stopped_megatron_run(dist_cpu, hf_dense, 
     manifest = outputs.read_manifest(out)
     assert manifest is not None and set(manifest["files"]) == set(outputs.inventory(out))
     assert "journal.json" not in manifest["files"] and (out / "01-quantize-fp8" / "checkpoint" / "metadata.json").is_file()
+
+
+def test_each_stage_gives_the_cuda_cache_back_before_the_next_work(dist_cpu, tmp_path, export_env, monkeypatch):
+    """After a batch-48 calibration of a 30 B MoE on two H200s, the next NCCL call died with "Cuda failure 2 'out
+    of memory'": PyTorch's allocator held the freed calibration blocks and NCCL allocates outside it. The stage
+    loop gives the cache back after every stage: before the next stage and before the measurements after."""
+    from modelopt_typed_recipes.runtime.megatron import stages, steps
+    from modelopt_typed_recipes.spec.recipe import RandomInit
+
+    events = record_stages_and_releases(monkeypatch, steps, ("quantize", "export"))
+    real_perplexity = stages.perplexity
+    monkeypatch.setattr(stages, "perplexity", lambda *a, **k: events.append("perplexity") or real_perplexity(*a, **k))
+    r = Recipe(name="t", model=arch_4k(), source=RandomInit(), stages=(Quantize(format="fp8"), Export()),
+               calibration=CALIB, evaluation=EVAL, output_dir=str(tmp_path / "o"), backend="megatron", device="cuda")
+    res = _run(r, tmp_path)
+    assert math.isfinite(res.metrics["perplexity_after"])
+    assert events == ["perplexity", "quantize", "quantize done", "release", "export", "export done", "release",
+                      "perplexity"]
+
+
+def test_the_cache_is_given_back_before_a_hand_over_writes_its_checkpoint(dist_cpu, tmp_path, export_env,
+                                                                         monkeypatch):
+    """A move between layouts saves through the checkpoint writer, whose first gather opens NCCL's point-to-point
+    channels (buffers outside PyTorch's allocator): the stage before has given its cached blocks back by then.
+    The save here stops the run (one process has no second layout to load into); nothing is left behind."""
+    from modelopt_typed_recipes.plan.check import Environment, check_recipe
+    from modelopt_typed_recipes.runtime.megatron import backend, build, steps
+    from modelopt_typed_recipes.runtime.megatron import handover as H
+    from modelopt_typed_recipes.spec.recipe import RandomInit
+
+    events = record_stages_and_releases(monkeypatch, steps, ("quantize", "export"))
+
+    def save(model, folder, **_kw):
+        events.append("save")
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        raise OSError("stop after the save began")
+
+    monkeypatch.setattr(build, "save_checkpoint", save)
+    monkeypatch.setenv(H.ENV, "output")  # the scratch folder under the staging folder, where the test can look
+    r = Recipe(name="t", model=arch_4k(), source=RandomInit(), stages=(Quantize(format="fp8"), Export()),
+               calibration=CALIB, output_dir=str(tmp_path / "o"), backend="megatron", device="cuda")
+    plan = check_recipe(r, env=Environment.detect(), backend="megatron")
+    plan.raise_first()
+    quant, export = plan.stages
+    plan = attrs.evolve(plan, device="cpu", dtype="fp32", output_dir=tmp_path / "out", staging_dir=tmp_path / "staging",
+                        stages=(quant, attrs.evolve(export, layout=ParallelLayout(tensor_parallel=2))))
+    with pytest.raises(OSError, match="stop after"):
+        backend.run(r, plan)
+    assert events == ["quantize", "quantize done", "release", "save"]
+    assert sorted(p.name for p in (tmp_path / "staging").iterdir()) == ["journal.json"]  # hand-over folder gone

@@ -16,6 +16,7 @@ from typing import Any
 
 from ...plan.run_plan import RunPlan
 from ...spec.recipe import RandomInit, Recipe
+from ..cached_memory import release_cached_memory
 from ..evaluate import add_change
 from ..tasks.run import TaskResult
 from ..result import PostTrainingResult, StageResult, peak_memory, reset_peak_memory
@@ -136,6 +137,7 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
         journal.extra.update(metrics=metrics, timings=timings)
         journal.finish_stage(sp.index, stages[-1].to_dict(), _save_state(run.model, plan, sp.index, sp.label,
                                                                          len(plan.stages)))
+        release_cached_memory()  # the stage's freed blocks (and a teacher dropped above) before the next work
 
     if run.changed and not run.measured_after:
         run.evaluate_after()

@@ -30,6 +30,7 @@ from ...plan.run_plan import RunPlan
 from ...spec.arch import ModelArch
 from ...spec.layout import ParallelLayout
 from ...spec.recipe import Builtin, HFCheckpoint, MegatronCheckpoint, RandomInit, Recipe
+from ..cached_memory import release_cached_memory
 from ..evaluate import add_change
 from ..result import PostTrainingResult, StageResult, peak_memory, reset_peak_memory
 
@@ -163,6 +164,7 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
         if distributed.is_main():
             journal.extra.update(metrics=metrics, timings=timings, tasks=tasks)
             journal.finish_stage(sp.index, results[-1].to_dict(), _state_after(journal, plan, sp.index, step.outputs))
+        release_cached_memory()  # on every rank, before the next stage, its hand-over or the measurements after
         distributed.barrier()
 
     if eval_batches is not None and (run.quantized or run.changed):
@@ -280,12 +282,9 @@ def _hand_over(run: Any, sp: Any, arch: ModelArch, *, dtype: str, device: str, s
     from .. import distributed
     from . import build, handover
 
-    import torch
-
+    # no cache release of its own: run's loop gave the stage before's cached blocks back (the writer's first
+    # gather opens NCCL's point-to-point channels, whose buffers come from outside PyTorch's allocator)
     t = time.perf_counter()
-    if torch.cuda.is_available():  # the calibration's cached blocks back to the driver first: the checkpoint
-        torch.cuda.empty_cache()   # writer's first gather opens NCCL's point-to-point channels, whose buffers
-        # come from outside PyTorch's allocator ("unhandled cuda error" at batch 48 on a 30 B MoE otherwise)
     own = sum(x.numel() * x.element_size() for x in itertools.chain(run.model.parameters(), run.model.buffers()))
     total = distributed.sum_over_ranks(own)
     where = handover.place(total, staging=run.plan.staging(), output_dir=run.plan.output_dir or run.plan.staging(),
@@ -312,15 +311,13 @@ def _reload(arch: ModelArch, new: ParallelLayout, tmp: Path, *, dtype: str, devi
     ModelOpt state) loaded and deleted. ``times`` gets the seconds to build (``build_s``) and load (``load_s``)."""
     import gc
 
-    import torch
-
     from .. import distributed
     from . import build
 
     t = time.perf_counter()
     gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    release_cached_memory()  # the old model's blocks, freed just now, are cached: back to the driver before
+    # set_layout's new groups open NCCL communicators outside PyTorch's allocator
     distributed.set_layout(new, seed=seed, device=device)
     fresh = build.build_model(arch, new, dtype=dtype, device=device, spec=spec, deterministic=deterministic)
     t_built = time.perf_counter()
