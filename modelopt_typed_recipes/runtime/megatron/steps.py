@@ -67,13 +67,14 @@ class MegatronRun:
                              "bytes_per_rank": md.model_bytes(self.teacher), "where": self.plan.device,
                              "copy_seconds": round(time.perf_counter() - t, 3)}
 
-    def calibration_batches(self, sp: StagePlan, *, shard: bool = False) -> list[Any]:
-        """The stage's calibration batches; ``shard``: only this data-parallel replica's share of the windows
-        (``data.data_parallel_share``; for ``mtq.quantize`` and ``mtq.auto_quantize``, which max-reduce their amax
-        and sum their scores across the replicas)."""
+    def calibration_batches(self, sp: StagePlan, *, place: tuple[int, int] = (0, 1)) -> list[Any]:
+        """The stage's calibration batches; ``place``: (this replica, replicas) from :func:`data_parallel_place`
+        to read only this data-parallel replica's share of the windows (``data.data_parallel_share``; for
+        ``mtq.quantize`` and ``mtq.auto_quantize``, which max-reduce their amax and sum their scores across the
+        replicas); the default reads every window."""
         from ..data import stage_batches
 
-        replica, replicas = data_parallel_place() if shard else (0, 1)
+        replica, replicas = place
         return stage_batches(sp.calibration, self.recipe.calibration, self.tokenizer, self.windows,
                              replica=replica, replicas=replicas)
 
@@ -112,30 +113,33 @@ def quantize(run: MegatronRun, stage: Quantize, sp: StagePlan) -> StepResult:
 
     if sp.quant_config is None:
         raise SpecError("the plan has no ModelOpt config for this stage: it failed its check", path=sp.path)
-    batches = run.calibration_batches(sp, shard=True)
+    place = data_parallel_place()
+    batches = run.calibration_batches(sp, place=place)
     cfg = stages.quantize(run.model, stage, batches, config=sp.quant_config.config, progress=run.plan.progress)
     fmt = stage.quant_format
     run.quantized = True
     outputs, saved = run.save_checkpoint(sp, run.archs[sp.index])
-    return StepResult(details={"algorithm": cfg.get("algorithm"), "calibration_windows": calibration_windows(batches),
-                               **saved}, effective_bits=fmt.weight_bits if fmt else None, outputs=outputs)
+    return StepResult(details={"algorithm": cfg.get("algorithm"),
+                               "calibration_windows": calibration_windows(batches, place), **saved},
+                      effective_bits=fmt.weight_bits if fmt else None, outputs=outputs)
 
 
-def calibration_windows(batches: list[Any]) -> dict[str, int]:
+def calibration_windows(batches: list[Any], place: tuple[int, int]) -> dict[str, int]:
     """What a stage's details say of its calibration: the windows this replica ran, and how many replicas shared
-    them (the others ran theirs)."""
-    return {"this_replica": sum(int(b.shape[0]) for b in batches), "data_parallel": data_parallel_place()[1]}
+    them (the others ran theirs); ``place`` as the batches were read with."""
+    return {"this_replica": sum(int(b.shape[0]) for b in batches), "data_parallel": place[1]}
 
 
 def auto_quantize(run: MegatronRun, stage: AutoQuantize, sp: StagePlan) -> StepResult:
     from . import stages
 
-    batches = run.calibration_batches(sp, shard=True)
-    best = stages.auto_quantize(run.model, stage, batches, replicas=data_parallel_place()[1],
+    place = data_parallel_place()  # read once: the windows dealt, the score steps and the details agree
+    batches = run.calibration_batches(sp, place=place)
+    best = stages.auto_quantize(run.model, stage, batches, replicas=place[1],
                                 progress=run.plan.progress, path=sp.path)
     run.quantized = True
     outputs, saved = run.save_checkpoint(sp, run.archs[sp.index])
-    return StepResult(details={**best, "calibration_windows": calibration_windows(batches), **saved},
+    return StepResult(details={**best, "calibration_windows": calibration_windows(batches, place), **saved},
                       effective_bits=best.get("effective_bits"), outputs=outputs)
 
 
