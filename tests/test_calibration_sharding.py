@@ -169,7 +169,7 @@ def test_experts_left_without_tokens_on_a_replica_are_a_typed_error(monkeypatch,
     }[call]
 
     def incomplete(*_a, **_k):
-        raise RuntimeError("MoE calibration incomplete: some experts received no tokens during calibration.")
+        raise RuntimeError(f"{stages.MOE_CALIBRATION_INCOMPLETE}: some experts received no tokens during calibration.")
 
     monkeypatch.setattr(mtq, call, incomplete)
     with pytest.raises(DataError) as err:
@@ -182,3 +182,19 @@ def test_experts_left_without_tokens_on_a_replica_are_a_typed_error(monkeypatch,
     monkeypatch.setattr(mtq, call, other)
     with pytest.raises(RuntimeError, match="something else"):
         stage_call()
+
+
+def test_modelopt_still_raises_the_message_the_run_recognises():
+    """``experts_calibrated_on_every_replica`` knows ModelOpt's expert-coverage error only by its message (a plain
+    RuntimeError); the installed ModelOpt must still raise it, from the check ``max_calibrate`` calls, so a
+    rewording or a move in an upgrade fails here instead of bringing back the bare traceback."""
+    import inspect
+
+    from modelopt.torch.quantization import model_calib
+
+    from modelopt_typed_recipes.runtime.megatron import stages
+
+    raising = inspect.getsource(model_calib._check_moe_calibration_complete)
+    raise_site = raising[raising.index("raise RuntimeError("):]
+    assert raise_site.split('"', 2)[1].startswith(stages.MOE_CALIBRATION_INCOMPLETE), raise_site[:200]
+    assert "_check_moe_calibration_complete(" in inspect.getsource(model_calib.max_calibrate)

@@ -64,15 +64,24 @@ def perplexity(model: Any, batches: Sequence[Any], *, progress: bool = True, lab
 
 
 # --------------------------------------------------------------------------- quantize
+MOE_CALIBRATION_INCOMPLETE = "MoE calibration incomplete"
+"""How ModelOpt 0.47's error begins (``modelopt.torch.quantization.model_calib._check_moe_calibration_complete``,
+a plain RuntimeError; tests/test_calibration_sharding.py reads that function's source so a rewording fails CI)."""
+
+
 @contextmanager
 def experts_calibrated_on_every_replica() -> Iterator[None]:
     """ModelOpt's max calibration (``mtq.quantize``, and ``mtq.auto_quantize`` for each candidate) as a DataError
     when an expert got tokens on one data-parallel replica's share of the windows and none on another's: its scale
-    cannot be agreed. ModelOpt checks on every rank together (no rank is left waiting); other RuntimeErrors pass."""
+    cannot be agreed. ModelOpt checks on every rank together (no rank is left waiting); other RuntimeErrors pass.
+
+    The check is ModelOpt's ``model_calib._check_moe_calibration_complete``, called inside ``max_calibrate``
+    between the forwards and the amax sync; it raises a plain RuntimeError, and no public call could repeat it
+    afterwards (the sync that follows it needs every rank to hold the amax), so its message is what we match."""
     try:
         yield
     except RuntimeError as err:
-        if "MoE calibration incomplete" not in str(err):
+        if MOE_CALIBRATION_INCOMPLETE not in str(err):
             raise
         raise DataError("some experts received no calibration tokens on some data-parallel replicas, so their "
                         "scales cannot be agreed", path="calibration.num_samples",
