@@ -137,3 +137,60 @@ def test_a_run_stopped_after_quantize_resumes_with_the_teacher_rebuilt(tmp_path:
     for key in ("perplexity_after", "perplexity_export"):
         assert b["metrics"][key] == pytest.approx(a["metrics"][key], rel=1e-6), key
     assert b["stages"][1]["details"]["loss_last"] == pytest.approx(a["stages"][1]["details"]["loss_last"], rel=1e-6)
+
+
+def test_fp8_qat_past_the_calibrated_ranges_exports_the_codes_it_trained_with(tmp_path: Path, monkeypatch) -> None:
+    """FP8 QAT at a high learning rate (held-out perplexity 39 -> 13) moves weights past the ranges calibrated
+    before training. In memory they saturate; ModelOpt's export casts ``w / scale`` to FP8 unclamped (here up to
+    |w / scale| = 471 unsnapped), which PyTorch 2.11 (the GPU machine's) turns into NaN, and rounds twice (3 % of
+    the codes a step off). The export stage puts the trained weights on their quantizers' grid first: what
+    ModelOpt casts is in the FP8 range, and the stored codes are the fake quantizer's codes of the trained model,
+    bit for bit."""
+    import modelopt.torch.export.unified_export_hf as ueh
+    import modelopt.torch.opt as mto
+    import torch
+    from modelopt.torch.export.quant_utils import QUANTIZATION_FP8
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from modelopt_typed_recipes.catalog.models.reference import builtin_weights_dir
+    from modelopt_typed_recipes.runtime.api import run_post_training
+
+    cast: dict[str, float] = {}  # the largest |w / scale| ModelOpt casts to FP8, per layer
+    real = ueh.to_quantized_weight
+
+    def spy(weight: Any, scale: Any, quantization: str, *args: Any, **kwargs: Any) -> Any:
+        if quantization == QUANTIZATION_FP8:
+            cast[str(len(cast))] = float((weight.detach().float() / scale.float()).abs().max())
+        return real(weight, scale, quantization, *args, **kwargs)
+
+    monkeypatch.setattr(ueh, "to_quantized_weight", spy)
+    doc = recipe(tmp_path / "qat", {"technique": "quantize", "format": "fp8"},
+                 {"technique": "distill", "teacher": "none", "skip_lm_loss": False, "steps": 8,
+                  "micro_batch_size": 4, "seq_length": 128, "learning_rate": 1e-3, "lr_schedule": "constant",
+                  "data": {"dataset": "reference-heldout"}, "save": True},
+                 {"technique": "export"})
+    result = run_post_training(doc, progress=False)
+    d = result.stage("distill")
+    snapped = result.stage("export").details["snapped_to_grid"]
+    layers = snapped["weights"]["fp8"]
+    assert layers == len(cast) > 0 and snapped["values_beyond_range"] > 0  # training left the calibrated ranges
+    # within the range (2**-8 is the export dtype's rounding): no cast, saturating or not, makes these NaN
+    assert max(cast.values()) <= 448 * (1 + 2**-8), cast
+    # the codes on disk are the fake quantizer's codes of the trained model (the distill stage's checkpoint)
+    model = AutoModelForCausalLM.from_pretrained(str(builtin_weights_dir("reference-llama")), dtype=torch.float32)
+    mto.restore(model, str(Path(result.output_dir) / d.outputs[0] / "modelopt_model.pth"))
+    stored = load_file(str(Path(result.output_dir) / "export" / "model.safetensors"))
+    compared = 0
+    for name, m in model.named_modules():
+        q = getattr(m, "weight_quantizer", None)
+        if q is None or not q.is_enabled:
+            continue
+        codes = (m.weight.detach().float() * (448.0 / q.amax.float())).clamp(-448, 448).to(torch.float8_e4m3fn)
+        assert torch.equal(stored[f"{name}.weight"].view(torch.uint8), codes.view(torch.uint8)), name
+        compared += 1
+    assert compared == layers
+    # re-loaded from disk, the export measures what the trained model in memory measured
+    after, exported = d.details["perplexity_after_stage"], result.metrics["perplexity_export"]
+    assert after < d.details["perplexity_before_stage"]
+    assert math.isfinite(exported) and exported == pytest.approx(after, rel=2e-3)

@@ -226,3 +226,21 @@ def test_megatron_memory_figure_says_which_gpu_it_assumes() -> None:
     assert seen == {None: ("h100-80gb", True, False, 1), "NVIDIA L40S": ("h100-80gb", True, False, 1),
                     "h200-141gb": ("h200-141gb", False, False, 0)}
     assert report.to_dict()["stages"][1]["memory"]["gpu_assumed"] is False
+
+
+@pytest.mark.parametrize(("techniques", "expected"), [
+    (("quantize", "distill", "export"), True),  # QAT / QAD: the export snaps the trained weights
+    (("auto_quantize", "prune", "distill", "distill", "export"), True),
+    (("quantize", "export"), False),  # PTQ: ModelOpt's export of the calibrated weights, untouched
+    (("distill", "quantize", "export"), False),  # trained before the ranges were calibrated
+    (("quantize", "distill", "quantize", "export"), False),  # calibrated again after training
+    (("prune", "distill", "export"), False),  # nothing quantized
+])
+def test_an_export_snaps_only_weights_trained_after_quantization(techniques: tuple[str, ...], expected: bool) -> None:
+    from types import SimpleNamespace
+
+    from modelopt_typed_recipes.plan.techniques.distill import trained_while_quantized
+
+    stages = tuple(SimpleNamespace(technique=t) for t in techniques)
+    assert trained_while_quantized(stages, len(stages) - 1) is expected
+    assert trained_while_quantized(stages, 0) is False

@@ -202,6 +202,63 @@ def test_micro_batches_repeat_the_windows_in_order():
         next(md.micro_batches(w[:0], 2))
 
 
+def _fp8_codes(weight, amax):
+    """The codes FP8 fake quantization computes with (ModelOpt's rule: scale to 448, saturate, round)."""
+    return (weight.detach().float() * (448.0 / amax.float())).clamp(-448, 448).to(torch.float8_e4m3fn)
+
+
+def test_fp8_qat_past_the_ranges_snaps_onto_the_grid_the_export_writes(dist_cpu):
+    """FP8 QAT at a high learning rate leaves Megatron-Core weights beyond the ranges calibrated before it.
+    ``snap_to_grid`` puts them on their quantizers' grid: the logits stay bitwise what they were, and ModelOpt's
+    Megatron exporter's per-layer path (``get_weight_scaling_factor`` then ``to_quantized_weight`` of the bf16
+    weight, as ``GPTModelExporter`` calls them) casts values within the FP8 range to exactly the in-memory codes.
+    Unsnapped, it casts values a non-saturating cast (PyTorch 2.11) makes NaN, and rounds some codes differently."""
+    import copy
+
+    import modelopt.torch.quantization as mtq
+    from modelopt.torch.export.quant_utils import (
+        get_quantization_format,
+        get_weight_scaling_factor,
+        to_quantized_weight,
+    )
+    from modelopt.torch.utils.plugins.megatron_generate import megatron_prefill
+
+    from modelopt_typed_recipes.runtime.megatron import distill as md, stages
+    from modelopt_typed_recipes.runtime.quant_grid import snap_to_grid
+
+    student = _reference()
+    mtq.quantize(student, copy.deepcopy(mtq.FP8_DEFAULT_CFG),
+                 stages.forward_loop([_windows("reference-train", 4)], progress=False))
+    student, _ = md.distill(student, None, _windows("reference-heldout", 16),
+                            _train(steps=6, lr=3e-3, lr_schedule="constant"), md.KDLoss())
+    layers = {n: m for n, m in student.named_modules()
+              if getattr(m, "weight_quantizer", None) is not None and m.weight_quantizer.is_enabled}
+
+    def cast(m):
+        w = m.weight.detach().to(torch.bfloat16)  # the exporter's dtype
+        return w, get_weight_scaling_factor(m), get_quantization_format(m)
+
+    codes = {n: _fp8_codes(m.weight, m.weight_quantizer.amax) for n, m in layers.items()}
+    unsnapped = {n: to_quantized_weight(*cast(m)) for n, m in layers.items()}
+    assert max(float((w.float() / s).abs().max()) for w, s, _ in map(cast, layers.values())) > 464  # NaN on 2.11
+    assert any(not torch.equal(unsnapped[n].view(torch.uint8), codes[n].view(torch.uint8)) for n in layers)
+    held_out = _windows("reference-heldout", 4)
+    with torch.no_grad():
+        logits = megatron_prefill(student, held_out)
+
+    report = snap_to_grid(student)
+    assert report["weights"] == {"fp8": len(layers)} and report["values_beyond_range"] > 0
+    with torch.no_grad():
+        assert torch.equal(megatron_prefill(student, held_out), logits)  # the model computes what it computed
+    for name, m in layers.items():
+        w, scale, fmt = cast(m)
+        assert float((w.float() / scale).abs().max()) <= 448 * (1 + 2**-8), name
+        assert torch.equal(to_quantized_weight(w, scale, fmt).view(torch.uint8), codes[name].view(torch.uint8)), name
+    snapped = {n: m.weight.detach().clone() for n, m in layers.items()}
+    snap_to_grid(student)
+    assert all(torch.equal(m.weight, snapped[n]) for n, m in layers.items())  # snapping again changes nothing
+
+
 @pytest.fixture
 def gpu_env(monkeypatch):
     import importlib
@@ -244,6 +301,54 @@ def test_recipe_quantize_then_distill_on_the_backend(dist_cpu, tmp_path, gpu_env
     ppl_q, ppl_after = det["perplexity_before_stage"], res.metrics["perplexity_after"]
     assert ppl_after == det["perplexity_after_stage"] != ppl_q and abs(ppl_after / ppl_q - 1) < 0.05
     assert (tmp_path / "s" / d.outputs[0] / "metadata.json").is_file()  # save: true wrote the distilled model
+
+
+def test_recipe_qat_then_export_hands_the_exporter_snapped_weights(dist_cpu, tmp_path, monkeypatch):
+    """The export stage after QAT snaps the weights before ModelOpt's exporter sees them (the exporter is a
+    recorder here: megatron-core 0.16 cannot import ModelOpt's); a PTQ export is handed the weights untouched."""
+    import importlib
+    import shutil
+    from pathlib import Path
+
+    from modelopt_typed_recipes.plan.check import Environment, check_recipe
+    from modelopt_typed_recipes.runtime.data import REFERENCE_DIR
+    from modelopt_typed_recipes.runtime.megatron import backend, stages
+    from modelopt_typed_recipes.spec.recipe import HFCheckpoint, Recipe
+    from modelopt_typed_recipes.spec.techniques import Distill, Export, Quantize
+    from modelopt_typed_recipes.spec.text import TrainingText
+
+    check_mod = importlib.import_module("modelopt_typed_recipes.plan.check")
+    env = check_mod.Environment(megatron_core="0.19.2", modelopt="0.47.0", cuda=True, gpu_count=1)
+    monkeypatch.setattr(check_mod.Environment, "detect", classmethod(lambda cls: env))
+    seen: list[dict[str, tuple[bool, bool]]] = []
+
+    def recorder(model, hf_reference, export_dir, **kw):  # per layer: (beyond its range, off the grid)
+        seen.append({n: (bool((m.weight.abs() > m.weight_quantizer.amax * (1 + 2**-20)).any()),
+                         not torch.equal(m.weight_quantizer(m.weight.detach()), m.weight.detach()))
+                     for n, m in model.named_modules()
+                     if getattr(m, "weight_quantizer", None) is not None and m.weight_quantizer.is_enabled})
+        shutil.copy(Path(hf_reference) / "config.json", Path(export_dir) / "config.json")
+
+    monkeypatch.setattr(stages, "export_hf", recorder)
+    qat = Distill(teacher="none", skip_lm_loss=False, steps=6, micro_batch_size=4, seq_length=SEQ, learning_rate=3e-3,
+                  lr_schedule="constant", warmup_steps=1, data=TrainingText(dataset="reference-heldout"))
+    results = []
+    for name, body in (("qat", (Quantize(format="fp8"), qat, Export())), ("ptq", (Quantize(format="fp8"), Export()))):
+        r = Recipe(name=name, model=get_arch("reference-llama"), source=HFCheckpoint(path=str(REFERENCE_DIR)),
+                   stages=body, output_dir=str(tmp_path / name),
+                   calibration=TextData(dataset="reference-train", num_samples=4, seq_length=SEQ, batch_size=4),
+                   backend="megatron", device="cuda")
+        plan = check_recipe(r, env=Environment.detect(), backend="megatron")
+        plan.raise_first()
+        plan = attrs.evolve(plan, device="cpu", dtype=DTYPE, output_dir=tmp_path / name / "out",
+                            staging_dir=tmp_path / name / "s", progress=False)
+        results.append(backend.run(r, plan).stages[-1].details)
+    (qat_export, ptq_export), (qat_layers, ptq_layers) = results, seen
+    snapped = qat_export["snapped_to_grid"]
+    assert snapped["weights"] == {"fp8": len(qat_layers)} and snapped["values_beyond_range"] > 0
+    assert not any(beyond or off for beyond, off in qat_layers.values()), qat_layers
+    assert "snapped_to_grid" not in ptq_export  # PTQ: ModelOpt's export of the calibrated weights, as they are
+    assert not any(beyond for beyond, _ in ptq_layers.values()) and any(off for _, off in ptq_layers.values())
 
 
 def test_recipe_named_teacher_then_finetune(dist_cpu, tmp_path, gpu_env):

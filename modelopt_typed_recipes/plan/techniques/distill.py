@@ -32,6 +32,20 @@ def first_compression(stages: tuple[object, ...], before: int) -> int | None:
                  if getattr(s, "technique", None) in COMPRESSING_TECHNIQUES), None)
 
 
+def trained_while_quantized(stages: tuple[object, ...], before: int) -> bool:
+    """Whether a distill stage before ``before`` trained the weights of a quantized model, with no quantize or
+    auto_quantize stage since (which would have calibrated its ranges again): QAT or QAD, whose export puts
+    the weights on their quantizers' grid first (``runtime.quant_grid``)."""
+    trained = quantized = False
+    for s in stages[:before]:
+        technique = getattr(s, "technique", None)
+        if technique in ("quantize", "auto_quantize"):
+            quantized, trained = True, False
+        elif technique == "distill":
+            trained = trained or quantized
+    return trained
+
+
 def teacher_span(stages: tuple[object, ...]) -> tuple[int | None, int | None]:
     """Where a run keeps the model for ``teacher: before_compression``: (the stage before which the copy is
     made, the last stage that learns from it), or (None, None) when no stage needs it."""

@@ -133,6 +133,8 @@ def auto_quantize(run: HFRun, stage: AutoQuantize, sp: StagePlan) -> StepResult:
 
 
 def export(run: HFRun, stage: Export, sp: StagePlan) -> StepResult:
+    from ...plan.techniques.distill import trained_while_quantized
+    from ..quant_grid import snap_to_grid
     from . import export as ex
 
     excluded = 0.0
@@ -140,10 +142,13 @@ def export(run: HFRun, stage: Export, sp: StagePlan) -> StepResult:
         t = time.perf_counter()
         run.evaluate_after()
         excluded = time.perf_counter() - t
+    details: dict[str, Any] = {"format": stage.format}
+    if stage.format == "hf" and trained_while_quantized(run.recipe.stages, sp.index):
+        details["snapped_to_grid"] = snap_to_grid(run.model)  # the export writes what the trained model computes
     out = run.plan.staging() / stage.folder
     files = ex.export(run.model, run.tokenizer, out, fmt=stage.format, dtype=stage.dtype, path=sp.path)
-    return StepResult(details={"format": stage.format, "files": files, "quant_config": ex.read_quant_config(out)},
-                      outputs=(stage.folder,), excluded_seconds=excluded)
+    details.update(files=files, quant_config=ex.read_quant_config(out))
+    return StepResult(details=details, outputs=(stage.folder,), excluded_seconds=excluded)
 
 
 def distill(run: HFRun, stage: Distill, sp: StagePlan) -> StepResult:

@@ -278,7 +278,9 @@ def _later_needs_kept_teacher(run: MegatronRun, sp: StagePlan) -> bool:
 
 
 def export(run: MegatronRun, stage: Export, sp: StagePlan) -> StepResult:
+    from ...plan.techniques.distill import trained_while_quantized
     from .. import distributed
+    from ..quant_grid import snap_to_grid
     from . import stages
 
     from ...spec.recipe import RandomInit
@@ -300,6 +302,9 @@ def export(run: MegatronRun, stage: Export, sp: StagePlan) -> StepResult:
     if distributed.is_main():
         out_dir.mkdir(parents=True, exist_ok=True)
     distributed.barrier()
+    if stage.format == "hf" and trained_while_quantized(run.recipe.stages, sp.index):
+        # the export writes what the trained model computes; the counts are of the main process's part of the model
+        details["snapped_to_grid"] = snap_to_grid(run.model)
     stages.export_hf(run.model, ref, str(out_dir), dtype=stage.dtype,
                      vllm_fakequant=stage.format == "vllm_fakequant",
                      moe_router_dtype=arch.moe.router_dtype if arch.moe else None)

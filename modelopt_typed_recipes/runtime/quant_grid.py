@@ -1,0 +1,76 @@
+"""Trained quantized weights put on their quantizers' grid before ModelOpt's export writes them (both backends).
+
+After a distill stage trained a quantized model (QAT, QAD), the weights have moved but each weight quantizer keeps
+the range (``amax``) calibrated before training. In memory, fake quantization saturates a weight beyond that range
+at the format's largest value. ModelOpt 0.47's export divides the weight by the scale from the same ``amax`` and
+casts (``to_quantized_weight``: ``(w / scale).to(torch.float8_e4m3fn)``) without clamping: PyTorch 2.11 casts a
+value that rounds beyond 448 to NaN (E4M3FN has no infinity); later releases saturate (pytorch/pytorch#178817).
+Within the range the export still rounds twice (to the export dtype, then to FP8), where fake quantization rounds
+once, so a few per cent of its codes are a step away from the ones the model was trained and measured with.
+
+``snap_to_grid`` replaces each such weight by its fake-quantized value, which is what the model in memory computes
+with. Quantizing a value already on the grid gives back its own code (the export dtype moves it by at most 2**-8
+of itself, less than half a step of FP8, INT8 or INT4), so the export writes the codes the model in memory uses,
+bit for bit, and fake quantization of the snapped weight is the snapped weight: the model in memory computes what
+it computed before. An untrained model is never snapped, so a PTQ export stays ModelOpt's own, byte for byte.
+Formats whose export derives the scales from the weight itself (NVFP4, MXFP8, FP8 blocks) are left as they are:
+their scales follow the trained weights, and ModelOpt clamps the NVFP4 block scales and E2M1 values.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def grid_format(quantizer: Any) -> str | None:
+    """The format of a weight quantizer whose export scale is its calibrated ``amax`` over the format's largest
+    value (FP8 per tensor or per channel, INT8, INT4 in static blocks); None for any other."""
+    from modelopt.torch.quantization.nn import TensorQuantizer
+
+    q = quantizer
+    if (not isinstance(q, TensorQuantizer) or not q.is_enabled or not q.fake_quant or q.amax is None
+            or q.backend is not None or q.pre_quant_scale is not None or q.rotate_is_enabled):
+        return None
+    blocks = q.block_sizes
+    if q.num_bits == (4, 3) and not blocks:
+        return "fp8"
+    if q.num_bits == 8 and not blocks:
+        return "int8"
+    if q.num_bits == 4 and blocks and blocks.get("type", "static") == "static" and "scale_bits" not in blocks:
+        return "int4"
+    return None
+
+
+def _beyond(weight: Any, quantizer: Any) -> int:
+    """How many values lie outside the quantizer's range (fake quantization saturates them)."""
+    amax = quantizer.amax.float()
+    x = weight.detach().float().abs()
+    block = (quantizer.block_sizes or {}).get(-1)
+    if block:
+        x, amax = x.reshape(-1, block), amax.reshape(-1, 1)
+    return int((x > amax).sum())
+
+
+def snap_to_grid(model: Any) -> dict[str, Any]:
+    """Each weight of a grid format (``grid_format``) replaced in place by its fake-quantized value; returns the
+    weights snapped by format and how many values were beyond their quantizer's range. W4A8's weight (INT4,
+    then FP8) is snapped with its INT4 step, the one whose codes the export writes."""
+    from modelopt.torch.quantization.nn import QuantModule, SequentialQuantizer
+
+    snapped: dict[str, int] = {}
+    beyond = 0
+    with torch.no_grad():
+        for module in model.modules():
+            if not isinstance(module, QuantModule):
+                continue
+            for weight, quantizer in module.iter_weights_for_calibration():
+                q = quantizer[0] if isinstance(quantizer, SequentialQuantizer) else quantizer
+                fmt = grid_format(q)
+                if fmt is None or not isinstance(weight, torch.Tensor):
+                    continue
+                beyond += _beyond(weight, q)
+                weight.data.copy_(q(weight.float().contiguous()).to(weight.dtype))
+                snapped[fmt] = snapped.get(fmt, 0) + 1
+    return {"weights": dict(sorted(snapped.items())), "values_beyond_range": beyond}
