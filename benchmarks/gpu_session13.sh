@@ -6,6 +6,8 @@
 #     quantize then the unified HF export, against benchmarks/scale_direct.py --hf-checkpoint (import_mcore_gpt_from_hf
 #     -> mtq.quantize -> export_mcore_gpt_to_hf); 3 alternating repetitions each, whole processes, tensors compared.
 #   hf-distill: tests/test_distill_hf_gpu.py (distillation on the HF backend on CUDA; NVFP4 QAD there for the first time)
+#   mdistill-fp8: tests/test_megatron_distill_gpu.py -k fp8 (FP8 QAT past the calibrated ranges on Megatron-Core, then
+#     the unified HF export: no NaN in the files, the export snapped onto the grid, re-loaded within 0.5 %)
 #   stage-cache: the cached CUDA blocks given back after each stage (reserved memory before and after each release)
 #   aq-one: gpu_session12.sh's auto_quantize recipe in one process through ModelOpt's format choice (the CBC solver
 #     kept in the slimmed pulp wheel) and a save; the two-rank half of that part needs a 2-GPU machine
@@ -23,6 +25,11 @@ session_part() {
     hf-distill)
       timeout -k 5 240 python3 -m pytest -q -m gpu -p no:cacheprovider -s -rs --durations=6 tests/test_distill_hf_gpu.py \
         2>&1 | grep -v -i "warn\|Loading weights\|Writing model shards" | tee "$OUT/$part/pytest.log" | tail -n 40
+      echo "pytest rc=${PIPESTATUS[0]}"; grep -o "{\"case\".*" "$OUT/$part/pytest.log" > "$OUT/$part/cases.jsonl" ;;
+    mdistill-fp8)
+      timeout -k 5 240 python3 -m pytest -q -m gpu -p no:cacheprovider -s -rs --durations=4 \
+        tests/test_megatron_distill_gpu.py -k fp8 2>&1 | grep -v -i "warn\|Loading weights\|Writing model shards" \
+        | tee "$OUT/$part/pytest.log" | tail -n 30
       echo "pytest rc=${PIPESTATUS[0]}"; grep -o "{\"case\".*" "$OUT/$part/pytest.log" > "$OUT/$part/cases.jsonl" ;;
     stage-cache)
       timeout -k 5 120 python3 - <<'PY' | tee "$OUT/$part/releases.json"
