@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from ..errors import CompatibilityError
+from ..errors import CompatibilityError, SpecError
 from ..spec.arch import MAMBA_DEFAULTS, Llama3Scaling, Mamba, MLAttention, ModelArch, YarnScaling, parse_layer_freq
 
 Pair = tuple[str, str | None]
@@ -93,7 +93,7 @@ _ACTIVATION_FLAGS = {
 
 
 # --------------------------------------------------------------------------- formatting
-def _num(value: float | int) -> str:
+def _num(value: float) -> str:
     """Integral values without a fraction (``--rotary-base`` is ``type=int`` in Megatron), others as repr."""
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
         return str(int(value))
@@ -363,7 +363,7 @@ def canonical_flags(pairs: Iterable[Pair]) -> Counter[tuple[str, str]]:
         if flag == "--moe-layer-freq" and value is not None and num_layers:
             try:
                 expanded = parse_layer_freq(int(value) if value.isdigit() else value, num_layers)
-            except Exception:  # leave unreadable expressions as written; the comparison will show them
+            except (SpecError, ValueError):  # unreadable: left as written, the comparison shows it (int() refuses "²")
                 pass
             else:
                 if all(expanded):

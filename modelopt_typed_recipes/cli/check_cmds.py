@@ -14,7 +14,6 @@ from .refs import load_ref
 
 if TYPE_CHECKING:
     from ..plan.run_plan import RunPlan
-    from ..spec.recipe import Recipe
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -78,7 +78,7 @@ class Environment:
             spec = detect_gpu()
             if spec is not None:
                 gpu_name, count = spec.name, 1
-        except Exception:  # nvidia-ml-py absent or broken: fall back to the device nodes
+        except Exception:  # noqa: BLE001 - nvidia-ml-py absent or broken: fall back to the device nodes
             spec = None
         if count == 0:
             nodes = sorted(Path("/dev").glob("nvidia[0-9]*"))

@@ -80,7 +80,7 @@ def detect() -> GpuSpec | None:
         return None
     try:
         pynvml.nvmlInit()
-    except Exception:  # no driver / no GPU
+    except Exception:  # noqa: BLE001 - a probe: any NVML failure (no driver, no GPU, a broken library) is no GPU
         return None
     try:
         count = pynvml.nvmlDeviceGetCount()
@@ -92,12 +92,12 @@ def detect() -> GpuSpec | None:
         total = int(pynvml.nvmlDeviceGetMemoryInfo(handle).total)
         try:
             cc = tuple(pynvml.nvmlDeviceGetCudaComputeCapability(handle))
-        except Exception:
+        except Exception:  # noqa: BLE001 - an old driver or library lacks it: capability unknown
             cc = (0, 0)
         return GpuSpec(name=name.lower(), memory_bytes=total, compute_capability=(int(cc[0]), int(cc[1])),
                        gpus_per_node=count, source="nvml")
     finally:
         try:
             pynvml.nvmlShutdown()
-        except Exception:
+        except Exception:  # noqa: BLE001, S110 - a failed shutdown leaves nothing to undo; the probe result stands
             pass

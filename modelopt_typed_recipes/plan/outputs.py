@@ -37,7 +37,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from ..errors import OutputError, OutputLockedError, RecipeError, SpecError
 
@@ -179,7 +179,7 @@ class OutputLock:
         self.identity = dict(identity)
         self._fd: int | None = None
 
-    def __enter__(self) -> OutputLock:
+    def __enter__(self) -> Self:
         import fcntl
 
         while True:
@@ -340,8 +340,8 @@ def _names(rels: list[str], n: int = 5) -> str:
 
 # --------------------------------------------------------------------------- machine faults
 _FAULTS = {
-    errno.ENOSPC: ("no space left on the device", "free space there (df -h shows how much), or choose an "
-                   "output_dir on another disk"),
+    errno.ENOSPC: ("no space left on the device", ("free space there (df -h shows how much), or choose an "
+                    "output_dir on another disk")),
     errno.EDQUOT: ("disk quota exceeded", "free space within your quota, or choose an output_dir elsewhere"),
     errno.EFBIG: ("a file grew past the file-size limit of this process",
                   "raise the limit (ulimit -f unlimited) or choose a smaller export"),

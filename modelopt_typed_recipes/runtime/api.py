@@ -142,12 +142,12 @@ def _run(recipe: Recipe | str | Path | Mapping[str, Any], *, progress: bool, for
     done = None if force else outputs.finished(output, recipe_hash)
     if done is not None:
         return PostTrainingResult.from_dict(done["result"], reused=True, output_dir=str(output), notes=(
-            f"{output} already holds the outputs of this recipe (hash {recipe_hash}); nothing was redone "
-            "(force=True / --force redoes it)",))
-    with determinism.applied(rec.deterministic) as det:  # before the backend's first torch import
-        with cpu_threads.applied(rec.cpu_threads) as threads:
-            return _execute(rec, plan, det, threads, recipe_hash=recipe_hash, staging=staging, output=output,
-                            t0=t0, t_plan=t_plan)
+            (f"{output} already holds the outputs of this recipe (hash {recipe_hash}); nothing was redone "
+             "(force=True / --force redoes it)"),))
+    # determinism before the backend's first torch import
+    with determinism.applied(rec.deterministic) as det, cpu_threads.applied(rec.cpu_threads) as threads:
+        return _execute(rec, plan, det, threads, recipe_hash=recipe_hash, staging=staging, output=output,
+                        t0=t0, t_plan=t_plan)
 
 
 def _execute(rec: Recipe, plan: RunPlan, det: determinism.Determinism, threads: cpu_threads.CpuThreads, *,

@@ -133,7 +133,7 @@ def _hf_dataset_documents(data: TextData, *, path: str) -> list[str]:
             ds = datasets.load_from_disk(str(folder))
         else:
             ds = datasets.load_dataset(data.hf_dataset, split=data.split)
-    except Exception as exc:  # datasets raises many types (FileNotFoundError, ConnectionError, DatasetNotFoundError)
+    except Exception as exc:  # noqa: BLE001 - datasets raises many types (FileNotFoundError, DatasetNotFoundError, ...)
         raise DataError(f"cannot load the dataset {data.hf_dataset!r}: {type(exc).__name__}: {exc}"[:400], path=where,
                         hint="give a folder written by save_to_disk, or a dataset name in the local cache") from None
     if isinstance(ds, datasets.DatasetDict):

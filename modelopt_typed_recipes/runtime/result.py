@@ -7,6 +7,7 @@ inside are relative to ``output_dir`` so a result stays true after the staging f
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -203,7 +204,7 @@ def _jsonable(value: Any) -> Any:
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
-    if isinstance(value, float) and value != value:  # NaN is not JSON
+    if isinstance(value, float) and math.isnan(value):  # NaN is not JSON
         return None
     if isinstance(value, str | int | float | bool) or value is None:
         return value

@@ -24,6 +24,7 @@ folder is put in place: a model below the bar leaves nothing behind.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Literal
@@ -216,7 +217,8 @@ def _accuracies(_inst: object, attr: attrs.Attribute, value: Mapping[str, float]
 
 
 def _optional_pct(_inst: object, attr: attrs.Attribute, value: float | None) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value != value):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                              or (isinstance(value, float) and math.isnan(value))):
         raise fail(attr.name, f"must be a number (percent), got {value!r}")
 
 
@@ -258,8 +260,8 @@ class Gate:
             for phase, value in _judged(metrics, task):
                 if before - value > drop:
                     misses.append((f"gate.max_accuracy_drop.{task}",
-                                   f"{task} accuracy fell from {before:.4f} to {value:.4f} ({phase}), "
-                                   f"more than the gate's {drop:g}"))
+                                   (f"{task} accuracy fell from {before:.4f} to {value:.4f} ({phase}), "
+                                    f"more than the gate's {drop:g}")))
         limit = self.max_perplexity_change_pct
         ppl = metrics.get("perplexity_before")
         if limit is not None and ppl:
@@ -267,8 +269,8 @@ class Gate:
                 now = metrics.get(f"perplexity_{phase}")
                 if now is not None and 100.0 * (now / ppl - 1) > limit:
                     misses.append(("gate.max_perplexity_change_pct",
-                                   f"held-out perplexity rose {100.0 * (now / ppl - 1):+.2f} % ({phase}: "
-                                   f"{ppl:.3f} -> {now:.3f}), more than the gate's {limit:+g} %"))
+                                   (f"held-out perplexity rose {100.0 * (now / ppl - 1):+.2f} % ({phase}: "
+                                    f"{ppl:.3f} -> {now:.3f}), more than the gate's {limit:+g} %")))
         if misses:
             from ..errors import GateError
 

@@ -20,6 +20,7 @@ from .arch import ModelArch
 from .evaluation import Gate, Generate, Task
 from .layout import ParallelLayout
 from .serde import typed_fields
+
 # the sources and text classes live in their own modules (a distillation stage names a teacher and training
 # text too); importing them from here keeps working
 from .sources import Builtin, HFCheckpoint, MegatronCheckpoint, RandomInit, Source  # noqa: F401
@@ -62,7 +63,7 @@ class Recipe:
     """A registry name (``reference-llama``, ``Qwen/Qwen3-8B``) or an inline architecture."""
     source: Source
     stages: tuple[Stage, ...]
-    calibration: TextData = TextData(dataset="reference-train")
+    calibration: TextData = TextData(dataset="reference-train")  # noqa: RUF009 - frozen: one shared default is safe
     evaluation: TextData | None = None
     """Held-out text for perplexity before and after; None skips the measurement."""
     tasks: tuple[Task, ...] = ()

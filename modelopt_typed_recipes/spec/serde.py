@@ -498,7 +498,7 @@ def apply_overrides(obj: T, overrides: Mapping[str, Any] | list[str]) -> T:
             if isinstance(node, list):
                 try:
                     idx = int(key)
-                    node[idx]  # noqa: B018 - bounds check
+                    node[idx]  # bounds check: IndexError below
                 except (ValueError, IndexError):
                     raise SpecError(f"no list index {brief(key)}", path=where) from None
                 if i == len(keys) - 1:

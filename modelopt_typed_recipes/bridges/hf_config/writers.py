@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 def act_name(arch: ModelArch, t: HFModelType) -> str:
     """The ``hidden_act`` that transformers maps to ``arch``'s activation in this model type's MLP."""
-    from .model_types import ACTIVATIONS, ACTIVATION_NAMES
+    from .model_types import ACTIVATION_NAMES, ACTIVATIONS
 
     kind = arch.activation.type
     name = ACTIVATION_NAMES.get(kind)

@@ -31,8 +31,8 @@ _GPT_OSS_20B = ModelArch(
     seq_length=4096, max_position_embeddings=40960,
     quirks=Quirks(gpt_oss=True, export_force_local_attention=True),
     notes=(
-        "YaRN original_max_position_embeddings=4096 (HF): the seed's --enable-gpt-oss builder sets 131072 and no "
-        "flag overrides it (bridges.megatron_flags.unexpressible lists it)",
+        ("YaRN original_max_position_embeddings=4096 (HF): the seed's --enable-gpt-oss builder sets 131072 and no "
+         "flag overrides it (bridges.megatron_flags.unexpressible lists it)"),
         "max_position_embeddings keeps the seed's 40960 (HF 131072)",
     ),
 )

@@ -23,8 +23,8 @@ MODELS: list[ModelArch] = [
         seq_length=2048, max_position_embeddings=2048,
         notes=(
             "no seed conf file; the early layout's `gptneox` family",
-            "GPT-NeoX adds attention and MLP in parallel (use_parallel_residual); Megatron-Core's GPT layer is "
-            "sequential, so a Megatron model with these flags computes differently from the checkpoint",
+            ("GPT-NeoX adds attention and MLP in parallel (use_parallel_residual); Megatron-Core's GPT layer is "
+             "sequential, so a Megatron model with these flags computes differently from the checkpoint"),
         ),
     ),
 ]

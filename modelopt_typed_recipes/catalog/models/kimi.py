@@ -39,8 +39,8 @@ MODELS: list[ModelArch] = [
             vocab=Vocab(size=163840, padded_size=163840, divisible_by=1),
             seq_length=4096, max_position_embeddings=131072,
             notes=(
-                "YaRN beta_fast=1 (HF) has no Megatron flag: MLATransformerConfig.beta_fast defaults to 32, so "
-                "a runtime must set it on the config (bridges.megatron_flags.unexpressible lists it)",
+                ("YaRN beta_fast=1 (HF) has no Megatron flag: MLATransformerConfig.beta_fast defaults to 32, so "
+                 "a runtime must set it on the config (bridges.megatron_flags.unexpressible lists it)"),
             ),
         ),
         "moonshotai/Kimi-K2-Instruct",

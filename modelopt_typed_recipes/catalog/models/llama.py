@@ -144,8 +144,8 @@ MODELS: list[ModelArch] = [
             seq_length=2048, max_position_embeddings=2048,
             quirks=Quirks(export_moe_apply_probs_on_input=True),
             notes=(
-                "the seed's --rope-scaling-factor 8.0 without --use-rope-scaling does nothing (HF rope_scaling "
-                "is null); it is Megatron's default, so leaving it out is the same model",
+                ("the seed's --rope-scaling-factor 8.0 without --use-rope-scaling does nothing (HF rope_scaling "
+                 "is null); it is Megatron's default, so leaving it out is the same model"),
                 "params exclude the vision encoder",
                 max_positions_note(2048, 1048576, "Megatron-LM's conf file sets 2048 (it sizes Megatron's RoPE "
                                    "cache; seq_length is what a run uses); config.json gives the 1M-token context"),

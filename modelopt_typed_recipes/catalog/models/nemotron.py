@@ -149,8 +149,8 @@ MODELS: list[ModelArch] = [
             position=None, activation=_RELU2,
             vocab=Vocab(size=_NEMOTRON_VOCAB),
             seq_length=8192, max_position_embeddings=8192,
-            notes=("the seed's embedded --tensor-model-parallel-size 8 --pipeline-model-parallel-size 1 and "
-                   "--exit-duration-in-mins 230 are run control, left to layouts and stages",),
+            notes=(("the seed's embedded --tensor-model-parallel-size 8 --pipeline-model-parallel-size 1 and "
+                    "--exit-duration-in-mins 230 are run control, left to layouts and stages"),),
         ),
         "nvidia/Nemotron-H-56B-Base-8K",
     ),
@@ -257,8 +257,8 @@ MODELS: list[ModelArch] = [
             vocab=Vocab(size=_NEMOTRON_VOCAB),
             seq_length=8192, max_position_embeddings=8192,
             notes=("vocab 131072 assumed from the Nemotron-H family (no config.json was readable)",
-                   "the seed spells the pattern flag --hybrid-override-pattern (deprecated alias) and repeats "
-                   "--num-layers 108; both are the same model"),
+                   ("the seed spells the pattern flag --hybrid-override-pattern (deprecated alias) and repeats "
+                    "--num-layers 108; both are the same model")),
         ),
         "nvidia/NVIDIA-Nemotron-3-Ultra-550B-A55B-BF16",
         dev(TOKENIZER_MODEL, None, "nvidia/NVIDIA-Nemotron-3-Ultra-550B-A55B-BF16",

@@ -107,10 +107,10 @@ def check(stage: Quantize, ctx: StageContext) -> Findings:
                                                 megatron=ctx.megatron)
     method = algorithm_method(composed.config)
     layout = ctx.layout
-    if ctx.megatron and layout is not None and layout.tensor_parallel > 1 and method in ("mse", "local_hessian"):
-        if "nvfp4" in source.lower():
-            errors.append(LayoutError(f"NVFP4 static weight calibration ({method}) raises NotImplementedError at TP>1",
-                                      path="layout.tensor_parallel", hint="use tensor_parallel=1"))
+    if (ctx.megatron and layout is not None and layout.tensor_parallel > 1 and method in ("mse", "local_hessian")
+            and "nvfp4" in source.lower()):
+        errors.append(LayoutError(f"NVFP4 static weight calibration ({method}) raises NotImplementedError at TP>1",
+                                  path="layout.tensor_parallel", hint="use tensor_parallel=1"))
     export = ctx.recipe.export
     if export is not None and ctx.megatron:
         why = exportable(stage, composed)

@@ -18,8 +18,8 @@ from ...plan.run_plan import RunPlan
 from ...spec.recipe import RandomInit, Recipe
 from ..cached_memory import release_cached_memory
 from ..evaluate import add_change
-from ..tasks.run import TaskResult
 from ..result import PostTrainingResult, StageResult, peak_memory, reset_peak_memory
+from ..tasks.run import TaskResult
 
 # perplexity of an unmodified model on the same windows, kept for the process (several recipes, one model)
 _BASELINES: dict[tuple[str, ...], float] = {}

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ...bridges.modelopt_names import default_disabled_patterns
 from ...errors import SpecError
 from ...spec.techniques import AutoQuantize, Quantize
-from ...bridges.modelopt_names import default_disabled_patterns
 from ..modelopt_config import auto_quantize_inputs
 from ..progress import track
 

@@ -31,7 +31,7 @@ def has_transformer_engine() -> bool:
         return False
     try:
         from megatron.core.extensions import transformer_engine as _te  # noqa: F401
-    except Exception:  # TE installed but broken for this torch: treat as absent
+    except Exception:  # noqa: BLE001 - TE installed but broken for this torch: treat as absent
         return False
     return True
 

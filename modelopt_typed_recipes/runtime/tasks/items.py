@@ -138,7 +138,7 @@ def _rows(folder: Path, split: str, *, where: str) -> list[dict[str, object]] | 
                 return None
             ds = datasets.load_dataset("parquet", data_files={split: [str(f) for f in files]},  # type: ignore[attr-defined]
                                        split=split)
-    except Exception as exc:  # datasets raises many types for a broken folder
+    except Exception as exc:  # noqa: BLE001 - datasets raises many types for a broken folder
         raise DataError(f"cannot read the {split} split of {str(folder)!r}: {type(exc).__name__}: {exc}"[:400],
                         path=where) from None
     missing = [c for c in MMLU_COLUMNS if c not in ds.column_names]
