@@ -26,7 +26,6 @@ import copy
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 import warnings
@@ -61,8 +60,8 @@ def main() -> None:
 
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     warnings.filterwarnings("ignore")
-    import torch
     import modelopt.torch.quantization as mtq
+    import torch
     from transformers import AutoModelForCausalLM
 
     from modelopt_typed_recipes.catalog.models.reference import builtin_weights_dir
@@ -187,8 +186,8 @@ def write_markdown(args: argparse.Namespace, rows: list[dict], base: float, toke
         "",
         f"Calibration: {args.calib} windows x 256 tokens of the training split; evaluation: {args.eval} windows x",
         f"256 tokens of the held-out split ({tokens:,} predicted tokens). Compute in fp32 from the shipped bf16",
-        f"weights. Python {platform.python_version()}, torch {md.version('torch')}, nvidia-modelopt "
-        f"{md.version('nvidia-modelopt')}, transformers {md.version('transformers')}.",
+        (f"weights. Python {platform.python_version()}, torch {md.version('torch')}, nvidia-modelopt "
+         f"{md.version('nvidia-modelopt')}, transformers {md.version('transformers')}."),
         "",
         "- **ours**: `run_post_training` (HF backend), the fake-quantized model in memory;",
         "- **export**: the unified HF checkpoint it wrote, re-loaded from disk (weights decoded from their stored",
@@ -203,9 +202,9 @@ def write_markdown(args: argparse.Namespace, rows: list[dict], base: float, toke
         f"  items (seed 11; {rows[0].get('mmlu_items', 0)} test questions over two subjects, 10 dev questions), 0-shot,",
         "  the answer letter with the highest next-token logit (the prompt ModelOpt's `megatron_mmlu` builds).",
         "",
-        "| format | bits/weight | ppl ours | change | ppl export | ppl direct ModelOpt | change | target | met |"
-        " next-sentence ours | next-sentence export | MMLU fixture ours | MMLU fixture export |"
-        " time ours (s) | time direct (s) |",
+        ("| format | bits/weight | ppl ours | change | ppl export | ppl direct ModelOpt | change | target | met |"
+         " next-sentence ours | next-sentence export | MMLU fixture ours | MMLU fixture export |"
+         " time ours (s) | time direct (s) |"),
         "|---|---:|---:|---:|---:|---:|---:|---:|:---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:

@@ -403,12 +403,12 @@ def main() -> None:
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     WORK.mkdir(parents=True, exist_ok=True)
-    from modelopt_typed_recipes.runtime import distributed
-    from modelopt_typed_recipes.spec.layout import ParallelLayout
-
     import importlib.metadata as im
 
     import torch
+
+    from modelopt_typed_recipes.runtime import distributed
+    from modelopt_typed_recipes.spec.layout import ParallelLayout
 
     env = {p: im.version(p) for p in ("torch", "megatron-core", "nvidia-modelopt", "transformers")}
     env.update(gpu=torch.cuda.get_device_name(0) if DEVICE == "cuda" else "cpu", transformer_engine=has_te())

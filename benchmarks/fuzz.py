@@ -23,9 +23,13 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests"))  # the shared harness (_fuzz) lives with the tests
 
-from _fuzz import (  # noqa: E402 - the shared harness lives with the tests
+import attrs
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from _fuzz import (
     BYTES,
     KINDS,
     SECONDS,
@@ -43,9 +47,6 @@ from _fuzz import (  # noqa: E402 - the shared harness lives with the tests
     run_cli_subprocess,
     warm_up,
 )
-import attrs  # noqa: E402
-from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 FAMILIES = {
     # name: (label in the table, examples at scale 1)
@@ -160,8 +161,8 @@ def write(tally: Tally, out: Path, *, wall: float, load: tuple[float, float]) ->
         "test. Each input gets one outcome: it returned or exited 0, or raised a typed error / exited 2 with one",
         f"`error:` line (**typed error or ok**); any other exception (**raw traceback**); over {SECONDS:g} s of CPU",
         f"time (interrupted at {WALL_LIMIT:g} s of wall time; CPU time because a shared machine's load stretches",
-        f"wall time many-fold: load average {raw['load'][0]:.0f} at the start, {raw['load'][1]:.0f} at the end, on "
-        f"{os.cpu_count()} cores), or over",
+        (f"wall time many-fold: load average {raw['load'][0]:.0f} at the start, {raw['load'][1]:.0f} at the end, on "
+         f"{os.cpu_count()} cores), or over"),
         f"{BYTES // 2**20} MB allocated at peak (tracemalloc; child processes: peak RSS), or an error message over",
         "2,000 characters (**hang / memory blow-up**); a change to a folder of the user's own files that the",
         "recipes point `output_dir` and checkpoint paths at (**data lost**).",

@@ -245,10 +245,10 @@ def main() -> int:
     rows.append(("all", sum(total.values()), total["ok"], total["typed"], total["traceback"], total["hang"],
                  total["blow-up"]))
     lines = [
-        f"# config.json reader fuzz run ({platform.python_implementation()} {platform.python_version()}, "
-        f"{os.cpu_count()} cores, seed {args.seed})",
+        (f"# config.json reader fuzz run ({platform.python_implementation()} {platform.python_version()}, "
+         f"{os.cpu_count()} cores, seed {args.seed})"),
         "",
-        "`python benchmarks/fuzz_hf_config.py --n %d --seed %d --cli %d`" % (args.n, args.seed, args.cli),
+        f"`python benchmarks/fuzz_hf_config.py --n {args.n} --seed {args.seed} --cli {args.cli}`",
         "",
         f"| documents | tried | ok | typed error | traceback | hang (> 5 s) | blow-up (> {MEMORY_MB} MB) |",
         "|---|---:|---:|---:|---:|---:|---:|",

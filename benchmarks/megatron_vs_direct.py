@@ -36,12 +36,10 @@ def main() -> None:
     import torch
     from modelopt.torch.utils.plugins.megatron_generate import megatron_prefill
 
-    import megatron_gpu as G
     from modelopt_typed_recipes.catalog import get_arch
-    from modelopt_typed_recipes.runtime import distributed
-    from modelopt_typed_recipes.runtime import data
-    from modelopt_typed_recipes.runtime.megatron import build, stages
     from modelopt_typed_recipes.plan.techniques.quantize import quantize_config
+    from modelopt_typed_recipes.runtime import data, distributed
+    from modelopt_typed_recipes.runtime.megatron import build, stages
     from modelopt_typed_recipes.spec.arch import Attention, Vocab
     from modelopt_typed_recipes.spec.layout import ParallelLayout
     from modelopt_typed_recipes.spec.recipe import TextData

@@ -19,11 +19,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from memory_plan_measure import BATCH, SEQ, arch_for  # noqa: E402
-
-from modelopt_typed_recipes.plan import memory  # noqa: E402
-from modelopt_typed_recipes.plan.gpus import get_gpu  # noqa: E402
-from modelopt_typed_recipes.spec.layout import ParallelLayout  # noqa: E402
+from memory_plan_measure import BATCH, SEQ, arch_for
+from modelopt_typed_recipes.plan import memory
+from modelopt_typed_recipes.plan.gpus import get_gpu
+from modelopt_typed_recipes.spec.layout import ParallelLayout
 
 GIB = 1024**3
 

@@ -62,9 +62,8 @@ def environment() -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tasks_gpu import reference_recipe
-
     from modelopt_typed_recipes.runtime.api import run_post_training
+    from tasks_gpu import reference_recipe
 
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))

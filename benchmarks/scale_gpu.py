@@ -73,8 +73,8 @@ def log(msg: str, out: Path) -> None:
 def prewarm(out: Path) -> float:
     """ModelOpt's three CUDA extensions, built in parallel before anything is timed."""
     t = time.perf_counter()
-    procs = [subprocess.Popen([sys.executable, "-c", f"from modelopt.torch.quantization import extensions as e; "
-                               f"print('{name}', e.{name}(raise_if_failed=True) is not None)"],
+    procs = [subprocess.Popen([sys.executable, "-c", (f"from modelopt.torch.quantization import extensions as e; "
+                                f"print('{name}', e.{name}(raise_if_failed=True) is not None)")],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **ENV})
              for name in ("get_cuda_ext_fp8", "get_cuda_ext", "get_cuda_ext_mx")]
     for p in procs:
@@ -90,7 +90,7 @@ def tensor_digests(folder: Path) -> dict[str, object]:
     def one(f: Path) -> dict[str, str]:
         out = {}
         with safe_open(str(f), framework="pt") as st:
-            for k in st.keys():
+            for k in st.keys():  # noqa: SIM118 - safe_open is no mapping: it has keys() but no iteration
                 t = st.get_tensor(k)
                 raw = t.contiguous().view(-1).view(__import__("torch").uint8).numpy().tobytes()
                 out[k] = f"{t.dtype}:{tuple(t.shape)}:{hashlib.sha256(raw).hexdigest()}"
@@ -125,7 +125,7 @@ def run_processes(jobs: list[tuple[str, list[str], dict[str, str]]], out: Path, 
     if DRY_RUN:
         return {label: (0.0, 0) for label, _cmd, _env in jobs}
     for label, cmd, env in jobs:
-        f = open(out / f"scale_{label.replace(' ', '_')}.tmp", "w")
+        f = open(out / f"scale_{label.replace(' ', '_')}.tmp", "w")  # noqa: SIM115 - closed after the process ends
         # own session: a time-out ends torchrun's workers too, not only the launcher
         procs[label] = (subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT,
                                          start_new_session=True),
@@ -194,11 +194,11 @@ def planned(arch, layout, stage: str, fmt: str, batch: int, seq: int, calibrated
     the export): a ParallelLayout or a dict of its fields. The export runs in the process that calibrated; it
     still holds the calibration's attention score buffer unless the hand-over rebuilt the parallel groups
     (the backend does that when the layouts differ)."""
+    import attrs
+
     from modelopt_typed_recipes.plan import memory
     from modelopt_typed_recipes.plan.gpus import get_gpu
     from modelopt_typed_recipes.spec.layout import ParallelLayout
-
-    import attrs
 
     def as_layout(value):
         return value if isinstance(value, ParallelLayout) else ParallelLayout(

@@ -78,8 +78,7 @@ def build(out: Path, *, windows: int, seq: int, packages: list[str]) -> dict:
             docs += batch
             used[pkg] = used.get(pkg, 0) + len(batch)
     with open(out, "w", encoding="utf-8") as f:
-        for d in docs:
-            f.write(json.dumps({"text": d}) + "\n")
+        f.writelines(json.dumps({"text": d}) + "\n" for d in docs)
     versions = {}
     for pkg in packages:
         try:

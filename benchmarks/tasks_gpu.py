@@ -160,8 +160,8 @@ def render(raw: Path) -> str:
     def pct(v: float | None) -> str:
         return "-" if v is None else f"{100 * v:.1f} %"
 
-    lines = ["| format | ppl before | ppl after | change | next-sentence before | after | MMLU fixture before "
-             "| after | seconds |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [("| format | ppl before | ppl after | change | next-sentence before | after | MMLU fixture before "
+              "| after | seconds |"), "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for line in raw.read_text().splitlines():
         r = json.loads(line)
         if "metrics" not in r:

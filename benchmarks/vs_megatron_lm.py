@@ -1021,7 +1021,7 @@ def _version(module: str) -> str | None:
 
     try:
         return str(importlib.import_module(module).__version__)
-    except Exception:  # noqa: BLE001  (no version is not an error here)
+    except Exception:  # no version is not an error here
         return None
 
 
@@ -1032,7 +1032,7 @@ def has_te() -> bool:
         return False
     try:
         import transformer_engine.pytorch  # noqa: F401
-    except Exception:  # noqa: BLE001  (a broken TE install is no TE)
+    except Exception:  # a broken TE install is no TE
         return False
     return True
 

@@ -50,7 +50,7 @@ ARCH = dict(
 # --------------------------------------------------------------------------- corpus
 def _documents() -> list[tuple[str, str]]:
     """(id, text) for every pydoc topic and every stdlib docstring of 200+ characters, in a fixed order."""
-    import pydoc_data.topics as topics
+    from pydoc_data import topics
 
     docs = [(f"pydoc:{k}", v) for k, v in sorted(topics.topics.items())]
     stdlib = Path(sysconfig.get_paths()["stdlib"])
@@ -137,7 +137,7 @@ def build_tokenizer() -> None:
 
 
 # --------------------------------------------------------------------------- model
-def _token_stream(tokenizer, docs: list[str]):  # noqa: ANN001 - a transformers tokenizer
+def _token_stream(tokenizer, docs: list[str]):  # tokenizer: a transformers tokenizer
     import torch
 
     eot = tokenizer.convert_tokens_to_ids(EOT)
@@ -148,12 +148,12 @@ def _token_stream(tokenizer, docs: list[str]):  # noqa: ANN001 - a transformers 
     return torch.tensor(ids, dtype=torch.long)
 
 
-def _windows(stream, seq: int):  # noqa: ANN001
+def _windows(stream, seq: int):
     n = (len(stream) - 1) // seq
     return stream[: n * seq + 1], n
 
 
-def evaluate(model, stream, seq: int, device: str, batch: int = 32) -> float:  # noqa: ANN001
+def evaluate(model, stream, seq: int, device: str, batch: int = 32) -> float:
     """Mean next-token loss over non-overlapping windows of ``seq`` tokens."""
     import torch
 

@@ -34,7 +34,7 @@ def _patch() -> None:
     real_plan = api.plan_run
     api.plan_run = lambda *a, **k: attrs.evolve(real_plan(*a, **k), device="cpu", dtype="fp32")
 
-    def export_hf(model, hf_reference, export_dir, **_kw):  # noqa: ANN001, ANN003, ANN202
+    def export_hf(model, hf_reference, export_dir, **_kw):
         import torch
         import torch.distributed as dist
         from safetensors.torch import save_file

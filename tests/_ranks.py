@@ -5,6 +5,7 @@ launch variables of whatever started pytest, so that the ranks' world is the one
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 RECIPE_TEXT = """\
@@ -39,11 +40,10 @@ def rank_environ(**values: str) -> dict[str, str]:
 
 
 def launch_ranks(args: list[str], ranks: int, *, cwd: Path, timeout: float = 240,
-                 **values: str) -> list["subprocess.CompletedProcess[str]"]:
+                 **values: str) -> list[subprocess.CompletedProcess[str]]:
     """``python ARGS`` as ranks 0..ranks-1 of one gloo world on this machine (the environment torchrun sets;
     one plain process when ``ranks`` is 1), each with :func:`rank_environ` and ``values``; a rank still running
     after ``timeout`` seconds kills them all and fails the test (a rank left waiting)."""
-    import subprocess
     import sys
 
     from modelopt_typed_recipes.runtime.distributed import free_port

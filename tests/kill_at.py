@@ -47,7 +47,7 @@ def main() -> int:
     from modelopt_typed_recipes.runtime.hf import export, quantize
 
     if moment == "inside:stages[0]":
-        def track(items, *_a, **_k):  # noqa: ANN001, ANN202
+        def track(items, *_a, **_k):
             for i, item in enumerate(items):
                 if i == 1:
                     _die()

@@ -9,13 +9,14 @@ import json
 from pathlib import Path
 
 import pytest
-from _ranks import launch_ranks
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from _ranks import launch_ranks
+
 torch = pytest.importorskip("torch")
 
-from modelopt_typed_recipes.runtime.data import data_parallel_share  # noqa: E402
+from modelopt_typed_recipes.runtime.data import data_parallel_share
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -98,7 +99,7 @@ def _amax(folder: Path) -> dict:
         tensors = {k: v for k, v in load_file(str(path)).items() if k.endswith("_amax")}
         offset = len({re.search(r"layers\.(\d+)\.", k).group(1) for k in out})
         for key, value in tensors.items():
-            out[re.sub(r"layers\.(\d+)\.", lambda m: f"layers.{int(m.group(1)) + offset}.", key)] = value
+            out[re.sub(r"layers\.(\d+)\.", lambda m, offset=offset: f"layers.{int(m.group(1)) + offset}.", key)] = value
     return out
 
 
@@ -125,8 +126,8 @@ def _checkpoint_amax(folder: Path, scratch: Path) -> dict:
 def _assert_same_scales(a: dict, b: dict) -> None:
     """The same quantizers (the same layers quantized) with bitwise equal amax."""
     assert a and a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    for key, value in a.items():
+        assert torch.equal(value, b[key]), key
 
 
 def test_two_replicas_search_half_the_windows_each_and_choose_as_one_process(tmp_path):

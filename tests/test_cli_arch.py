@@ -153,8 +153,8 @@ HEAVY = ("torch", "megatron", "modelopt", "transformers", "rich")
     [
         "import modelopt_typed_recipes",
         "import modelopt_typed_recipes.catalog as c; list(c.ARCHITECTURES)",
-        "import modelopt_typed_recipes.bridges.megatron_flags as m, modelopt_typed_recipes.catalog as c; "
-        "[m.to_megatron_args(a) for a in c.list_archs()]",
+        ("import modelopt_typed_recipes.bridges.megatron_flags as m, modelopt_typed_recipes.catalog as c; "
+         "[m.to_megatron_args(a) for a in c.list_archs()]"),
         "import modelopt_typed_recipes.catalog.profiles as p; p.list_profiles()",
     ],
 )

@@ -16,7 +16,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from modelopt_typed_recipes.runtime.hf import export  # noqa: E402
+from modelopt_typed_recipes.runtime.hf import export
 
 
 @pytest.mark.parametrize("shape", [(8, 64), (3, 16, 32), (1, 16)])

@@ -117,7 +117,7 @@ def test_argv_shape_and_round_trip(arch) -> None:
     assert argv[0].startswith("--")
     pairs = pairs_from_argv(argv)
     assert pairs == megatron_flag_pairs(arch)
-    assert not set(f for f, _ in pairs) & set(RUN_CONTROL_FLAGS)
+    assert not {f for f, _ in pairs} & set(RUN_CONTROL_FLAGS)
     if arch.position is not None and arch.position.base is not None:
         base = dict(pairs).get("--rotary-base")
         assert base is None or base.isdigit()  # Megatron parses --rotary-base with type=int

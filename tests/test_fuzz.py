@@ -8,6 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from _fuzz import (
     Sentinel,
     apply_to_base,
@@ -21,8 +24,6 @@ from _fuzz import (
     run_cli_subprocess,
     warm_up,
 )
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 FAST = settings(max_examples=120, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,

@@ -136,11 +136,10 @@ def quantized():
     from _dist import init_gloo_world
     from megatron_cpu_shim import megatron_on_cpu
     from modelopt_typed_recipes.runtime import distributed
-    from modelopt_typed_recipes.spec.layout import ParallelLayout
-    from test_megatron_runtime import _config, arch_4k
-
     from modelopt_typed_recipes.runtime.megatron import build, stages
+    from modelopt_typed_recipes.spec.layout import ParallelLayout
     from modelopt_typed_recipes.spec.techniques import Quantize
+    from test_megatron_runtime import _config, arch_4k
 
     init_gloo_world()
     distributed.set_layout(ParallelLayout(), device="cpu")

@@ -341,7 +341,6 @@ def test_each_stage_gives_the_cuda_cache_back_before_the_next(tmp_path: Path, mo
     loop gives them back to the driver after every stage, so the next work (an export, another stage, other
     processes on the GPU) finds the memory free. CPU: ``torch.cuda.empty_cache`` recorded, not run."""
     from _stage_events import record_stages_and_releases
-
     from modelopt_typed_recipes.runtime.hf import steps
 
     events = record_stages_and_releases(monkeypatch, steps, ("quantize", "export"))

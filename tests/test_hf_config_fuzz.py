@@ -155,7 +155,7 @@ def test_byte_edits_of_real_configs(hf_id: str, cuts: list[tuple[int, bytes]]) -
         b'{"model_type": "nemotron_h", "hybrid_override_pattern": "' + b"M" * 200_000 + b'"}',
         b'{"model_type": "deepseek_v3", "num_hidden_layers": 9007199254740993}',
         b'{"model_type": "mystery", "auto_map": {"AutoConfig": "x.Y"}}',
-        "{\"model_type\": \"llama\", \"_name_or_path\": \"\\udfff\"}".encode(),
+        b"{\"model_type\": \"llama\", \"_name_or_path\": \"\\udfff\"}",
     ],
 )
 def test_known_hard_inputs(data: bytes) -> None:

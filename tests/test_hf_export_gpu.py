@@ -26,10 +26,10 @@ TOLERANCE_PCT = {"fp8": 0.5, "int8_sq": 0.5, "mxfp8": 1.0, "nvfp4": 2.0, "int4_a
 def test_export_reloads_close_to_the_model_in_memory(tmp_path: Path, fmt: str) -> None:
     from modelopt_typed_recipes.runtime.api import run_post_training
 
-    result = run_post_training(str(ROOT / "examples" / "reference-fp8.yaml"), progress=False, **{
-        "name": f"reference-{fmt}-cuda", "stages": [{"technique": "quantize", "format": fmt},
-                                                    {"technique": "export", "format": "hf"}],
-        "device": "cuda", "output_dir": str(tmp_path / fmt)})
+    stages = [{"technique": "quantize", "format": fmt}, {"technique": "export", "format": "hf"}]
+    result = run_post_training(str(ROOT / "examples" / "reference-fp8.yaml"), progress=False,
+                               name=f"reference-{fmt}-cuda", stages=stages, device="cuda",
+                               output_dir=str(tmp_path / fmt))
     m = result.metrics
     after, exported = m["perplexity_after"], m["perplexity_export"]
     print(f"{fmt}: before {m['perplexity_before']:.3f} after {after:.3f} export {exported:.3f} "

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from modelopt_typed_recipes.catalog import get_arch
 from modelopt_typed_recipes.errors import LayoutError, ResourceError
 from modelopt_typed_recipes.plan.launch import plan
 

@@ -112,7 +112,6 @@ def test_fp8_qat_past_the_calibrated_ranges_exports_finite_weights(tmp_path):
 @needs_cuda
 def test_nvfp4_qad_exports_what_it_computes(tmp_path):
     import distill_gpu as G
-
     from modelopt_typed_recipes.spec.techniques import Export, Quantize
 
     out = tmp_path / "out"
@@ -134,7 +133,6 @@ def test_nvfp4_qad_exports_what_it_computes(tmp_path):
 def test_minitron_depth_prune_then_distill(tmp_path):
     """Needs Transformer Engine (ModelOpt's mcore_minitron mode registers only with it)."""
     import distill_gpu as G
-
     from modelopt_typed_recipes.runtime.megatron import stages
     from modelopt_typed_recipes.spec.techniques import Export, Prune
 

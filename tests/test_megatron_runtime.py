@@ -20,8 +20,8 @@ from _dist import init_gloo_world
 from _stage_events import record_stages_and_releases
 from megatron_cpu_shim import megatron_on_cpu
 from modelopt_typed_recipes.catalog import get_arch
-from modelopt_typed_recipes.plan.sources import saved_layer_spec
 from modelopt_typed_recipes.errors import CompatibilityError, SpecError
+from modelopt_typed_recipes.plan.sources import saved_layer_spec
 from modelopt_typed_recipes.spec.arch import Vocab
 from modelopt_typed_recipes.spec.layout import ParallelLayout
 from modelopt_typed_recipes.spec.recipe import HFCheckpoint, MegatronCheckpoint, Recipe, TextData

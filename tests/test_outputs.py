@@ -114,10 +114,10 @@ def test_publish_into_a_folder_that_filled_up_during_the_run_is_refused(tmp_path
 
 def test_lock_refuses_a_second_run_naming_the_holder(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    with outputs.OutputLock(out, outputs.run_identity("h1")):
-        with pytest.raises(OutputLockedError, match=rf"pid {os.getpid()} on .*recipe hash h1"):
-            with outputs.OutputLock(out, outputs.run_identity("h2")):
-                pass
+    with (outputs.OutputLock(out, outputs.run_identity("h1")),
+          pytest.raises(OutputLockedError, match=rf"pid {os.getpid()} on .*recipe hash h1"),
+          outputs.OutputLock(out, outputs.run_identity("h2"))):
+        pass
     with outputs.OutputLock(out, outputs.run_identity("h2")):  # released: free again
         pass
     assert not outputs.lock_path(out).exists()

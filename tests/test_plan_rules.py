@@ -200,9 +200,7 @@ def brute_force_accepts(arch: ModelArch, lay: dict, stage: str, seq: int) -> boo
                 break
         if not ok:
             return False
-    if cp > 1 and seq % (2 * cp):
-        return False
-    return True
+    return not (cp > 1 and seq % (2 * cp))
 
 
 @st.composite

@@ -15,8 +15,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from _ranks import launch_ranks, two_rank_recipe
 
+from _ranks import launch_ranks, two_rank_recipe
 from modelopt_typed_recipes.plan import outputs
 from modelopt_typed_recipes.runtime.api import load_recipe
 

@@ -84,11 +84,10 @@ def test_a_time_out_ends_the_whole_process_group(tmp_path, monkeypatch):
 def test_generated_text_gives_the_same_windows_to_both_programs(tmp_path):
     """More windows than the built-in corpus holds: scale_text.py adds installed packages' docstrings, and the
     recipe's ``files`` reader and the hand-written script cut the same windows from the file."""
-    from scale_direct import windows as direct_windows
-    from scale_text import build
-
     from modelopt_typed_recipes.runtime import data
     from modelopt_typed_recipes.spec.recipe import TextData
+    from scale_direct import windows as direct_windows
+    from scale_text import build
 
     out = tmp_path / "calib.jsonl"
     info = build(out, windows=201, seq=2048, packages=["email", "hypothesis"])
@@ -121,7 +120,6 @@ def test_direct_script_builds_the_same_transformer_config_as_ours():
     import dataclasses
 
     import scale_direct
-
     from modelopt_typed_recipes.catalog import get_arch
     from modelopt_typed_recipes.runtime.megatron import build
     from modelopt_typed_recipes.spec.layout import ParallelLayout
@@ -142,7 +140,6 @@ def test_direct_script_builds_the_same_transformer_config_as_ours():
 def test_direct_script_makes_itself_deterministic_as_our_run_does(monkeypatch):
     """--deterministic by hand: the same environment our run sets, and PyTorch's deterministic algorithms."""
     import scale_direct
-
     from modelopt_typed_recipes.plan.determinism import ENV
 
     for name in ENV:
@@ -187,9 +184,8 @@ def test_the_reference_model_case_runs_the_shipped_checkpoint_on_both_sides(tmp_
     log = (tmp_path / "out" / "scale_raw.log").read_text()
     assert log.count(f"--hf-reference {builtin_weights_dir('reference-llama')} --hf-checkpoint") == 2
     assert not (tmp_path / "work" / "reference-llama-tp1-nvfp4" / "hf-reference").exists()
-    from scale_direct import windows as direct_windows
-
     from modelopt_typed_recipes.runtime import data
+    from scale_direct import windows as direct_windows
 
     ours = data.token_windows(recipe.calibration, data.load_tokenizer(None))
     direct = direct_windows(str(data.BUILTIN_FILES["reference-train"]), str(builtin_weights_dir("reference-llama")),
@@ -369,7 +365,6 @@ def test_moe_probe_recipes_are_the_quantize_stage_alone_and_pass_check(tmp_path)
     """benchmarks/moe_probe.py (the next session's first MoE call) asks for the quantize stage alone with nothing
     saved, at the batch given; each recipe passes ``check`` for 2 GPUs before any GPU time is spent on it."""
     import moe_probe
-
     from modelopt_typed_recipes.plan.check import Environment, check_recipe
     from modelopt_typed_recipes.spec.recipe import Recipe
     from modelopt_typed_recipes.spec.serde import from_yaml

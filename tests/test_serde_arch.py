@@ -10,16 +10,33 @@ import sys
 import attrs
 import pytest
 import yaml
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from modelopt_typed_recipes.catalog import get_arch, list_archs
 from modelopt_typed_recipes.errors import RecipeError, SpecError
 from modelopt_typed_recipes.spec.arch import (
-    Activation, Attention, Llama3Scaling, Mamba, MLAttention, ModelArch, MoE, Norm, RoPE, Vocab, YarnScaling,
+    Activation,
+    Attention,
+    Llama3Scaling,
+    Mamba,
+    MLAttention,
+    ModelArch,
+    MoE,
+    Norm,
+    RoPE,
+    Vocab,
+    YarnScaling,
 )
 from modelopt_typed_recipes.spec.serde import (
-    apply_overrides, content_hash, from_dict, from_json, from_yaml, to_dict, to_json, to_yaml,
+    apply_overrides,
+    content_hash,
+    from_dict,
+    from_json,
+    from_yaml,
+    to_dict,
+    to_json,
+    to_yaml,
 )
 
 ENTRIES = list_archs()

@@ -52,8 +52,8 @@ def local_task(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("lm-eval-tasks")
     source = NextSentence(num_items=ITEMS, seed=3)
     with open(folder / "items.jsonl", "w", encoding="utf-8") as f:
-        for item in next_sentence_items(source, task_documents(source, path="t")):
-            f.write(json.dumps({"context": item.context, "choices": list(item.choices), "answer": item.answer}) + "\n")
+        f.writelines(json.dumps({"context": item.context, "choices": list(item.choices), "answer": item.answer}) + "\n"
+                     for item in next_sentence_items(source, task_documents(source, path="t")))
     (folder / "local_next_sentence.yaml").write_text(
         "task: local_next_sentence\ndataset_path: json\n"
         f"dataset_kwargs:\n  data_files:\n    test: {folder / 'items.jsonl'}\n"

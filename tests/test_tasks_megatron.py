@@ -114,7 +114,6 @@ def test_modelopt_megatron_mmlu_answers_as_our_scorer(letter_model, tmp_path: Pa
 
     pytest.importorskip("datasets")
     from megatron_cpu_shim import megatron_mmlu_on_cpu
-
     from modelopt_typed_recipes.runtime.hf.evaluate import HFTaskModel
     from modelopt_typed_recipes.runtime.megatron.tasks import MegatronTaskModel
     from modelopt_typed_recipes.runtime.tasks.items import read_items, write_mmlu_folder

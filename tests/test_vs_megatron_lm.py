@@ -397,11 +397,11 @@ def test_random_qwen3_checkpoint_imports_into_megatron_core(tmp_path: Path) -> N
     """The checkpoint the GPU run makes (here on the CPU, from a small stand-in of the same shape) is read by
     ModelOpt's HF -> Megatron-Core importer, which both flows use, into a model giving transformers' logits."""
     import torch
-    from _dist import init_gloo_world
-    from megatron_cpu_shim import megatron_on_cpu
     from modelopt.torch.utils.plugins.megatron_generate import megatron_prefill
     from transformers import AutoModelForCausalLM
 
+    from _dist import init_gloo_world
+    from megatron_cpu_shim import megatron_on_cpu
     from modelopt_typed_recipes.runtime import data, distributed
     from modelopt_typed_recipes.runtime.megatron import build
     from modelopt_typed_recipes.spec.layout import ParallelLayout
