@@ -363,7 +363,7 @@ def canonical_flags(pairs: Iterable[Pair]) -> Counter[tuple[str, str]]:
         if flag == "--moe-layer-freq" and value is not None and num_layers:
             try:
                 expanded = parse_layer_freq(int(value) if value.isdigit() else value, num_layers)
-            except (SpecError, ValueError):  # unreadable: left as written, the comparison shows it (int() refuses "²")
+            except (SpecError, ValueError):  # unreadable: left as written, the comparison shows it
                 pass
             else:
                 if all(expanded):
