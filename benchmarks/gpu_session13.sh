@@ -8,6 +8,7 @@
 #   hf-distill: tests/test_distill_hf_gpu.py (distillation on the HF backend on CUDA; NVFP4 QAD there for the first time)
 #   mdistill-fp8: tests/test_megatron_distill_gpu.py -k fp8 (FP8 QAT past the calibrated ranges on Megatron-Core, then
 #     the unified HF export: no NaN in the files, the export snapped onto the grid, re-loaded within 0.5 %)
+#   all-gpu: every gpu-marked test under tests/ on this one GPU (ALL_GPU_S caps it, 420 s by default)
 #   stage-cache: the cached CUDA blocks given back after each stage (reserved memory before and after each release)
 #   aq-one: gpu_session12.sh's auto_quantize recipe in one process through ModelOpt's format choice (the CBC solver
 #     kept in the slimmed pulp wheel) and a save; the two-rank half of that part needs a 2-GPU machine
@@ -54,6 +55,10 @@ PY
       echo '{name: aq-one, model: reference-llama, source: {type: builtin}, stages: [{technique: auto_quantize, formats: [nvfp4, fp8], effective_bits: 6.0, score_size: 16, save: true}], calibration: {dataset: reference-train, num_samples: 32, seq_length: 256, batch_size: 4}, backend: megatron, device: cuda, output_dir: /tmp/aq/one}' > /tmp/aq1.yaml
       timeout -k 5 200 python3 -m modelopt_typed_recipes run /tmp/aq1.yaml --json --no-progress > "$OUT/$part/one.json" \
         2> "$OUT/$part/one.log"; echo "one rc=$?"; head -c 1500 "$OUT/$part/one.json"; echo; ls /tmp/aq/one/*/; rm -rf /tmp/aq ;;
+    all-gpu)  # every gpu-marked test on one GPU (the 2-GPU ones skip themselves), the regression check of the session
+      timeout -k 5 "${ALL_GPU_S:-420}" python3 -m pytest -q -m gpu -p no:cacheprovider -rs --durations=15 tests/ \
+        2>&1 | grep -v -i "warn\|Loading weights\|Writing model shards" | tee "$OUT/$part/pytest.log" | tail -n 45
+      echo "pytest rc=${PIPESTATUS[0]}" ;;
     *) return 1 ;;
   esac
 }
