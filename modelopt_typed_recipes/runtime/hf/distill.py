@@ -178,7 +178,7 @@ def train(student: Any, teacher: Any | None, stage: Distill, *, calibration: Any
                                       hint="lower learning_rate, or raise warmup_steps")
                 (loss / stage.gradient_accumulation_steps).backward()
                 step_loss += float(loss.detach()) / stage.gradient_accumulation_steps
-                tokens += int(ids.numel())
+                tokens += int(ids.shape[0]) * (int(ids.shape[1]) - 1)  # predicted tokens, as Megatron-Core's loop counts
             if stage.clip_grad > 0:
                 norms.append(float(torch.nn.utils.clip_grad_norm_(params, stage.clip_grad)))
             optimizer.step()
