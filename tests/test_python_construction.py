@@ -63,6 +63,24 @@ def test_wrong_types_are_typed_errors_with_paths(changes: dict, path: str, words
     assert err.path == path and words in str(err), (err.path, str(err))
 
 
+@pytest.mark.parametrize("field", ["backend", "device", "dtype", "save"])
+def test_none_for_a_required_choice_fails_as_yaml_null_does(field: str) -> None:
+    """Found by hypothesis: ``Recipe(backend=None)`` was accepted, and its YAML (``backend: null``) was refused."""
+    err = error(**{field: None})
+    assert isinstance(err, SpecError) and err.path == field and "got null" in err.message
+    assert f"leave {field} out for the default 'auto'" in err.hint
+    with pytest.raises(SpecError) as info:
+        Recipe.from_dict(yaml.safe_load(Recipe(**OK).to_yaml().replace(f"{field}: auto", f"{field}: null")))
+    assert info.value.path == field
+
+
+def test_none_stays_allowed_where_the_type_allows_it() -> None:
+    r = Recipe(**{**OK, "stages": (Quantize(format="fp8", kv_cache=None, algorithm=None), Export())})
+    assert r.stages[0].kv_cache is None and r == Recipe.from_dict(yaml.safe_load(r.to_yaml()))
+    assert AutoQuantize(effective_bits=6, formats=["int4_awq", "fp8"], kv_cache=None).kv_cache is None
+    assert TextData(dataset=None, files=["a.txt"]).dataset is None
+
+
 def test_stage_order_rules_hold_for_lists_too() -> None:
     assert error(stages=[{"technique": "quantize", "format": "fp8"}, "export",
                          {"technique": "quantize", "format": "int8_sq"}]).path == "stages[1]"

@@ -51,12 +51,19 @@ def fraction(_inst: Any, attr: Any, value: Any) -> None:
         raise fail(attr.name, f"must be in (0, 1], got {brief(value)}")
 
 
-def one_of(choices: Iterable[str]) -> Callable[[Any, Any, Any], None]:
+def one_of(choices: Iterable[str], *, optional: bool = False) -> Callable[[Any, Any, Any], None]:
+    """``value`` is one of ``choices``; None only where ``optional`` (a field typed ``... | None``), so a
+    required field given None in Python fails here as it fails when YAML's ``null`` is read back."""
     allowed = tuple(choices)
 
     def check(_inst: Any, attr: Any, value: Any) -> None:
-        if value is None:
+        if value is None and optional:
             return
+        if value is None:
+            default = attr.default if isinstance(attr.default, str) else None
+            raise fail(attr.name, f"must be one of {', '.join(map(repr, allowed))}, got null",
+                       f"leave {attr.name} out for the default {default!r}" if default else
+                       f"set {attr.name} to one of them")
         if value not in allowed:
             raise fail(
                 attr.name,

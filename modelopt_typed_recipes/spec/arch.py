@@ -136,7 +136,7 @@ class MoE:
     router_score_function: Literal["softmax", "sigmoid"] = attrs.field(
         default="softmax", validator=one_of(["softmax", "sigmoid"])
     )
-    router_dtype: Literal["fp32", "fp64"] | None = attrs.field(default=None, validator=one_of(["fp32", "fp64"]))
+    router_dtype: Literal["fp32", "fp64"] | None = attrs.field(default=None, validator=one_of(["fp32", "fp64"], optional=True))
     router_pre_softmax: bool = False
     router_enable_expert_bias: bool = False
     router_num_groups: int | None = attrs.field(default=None, validator=positive_int)

@@ -77,7 +77,7 @@ class NextSentence:
     task: Literal["next_sentence"] = attrs.field(default="next_sentence", validator=one_of(["next_sentence"]))
     name: str = attrs.field(default="next_sentence", validator=_task_name)
     """The key of its results (``next_sentence_accuracy_after``) and of its gate entries."""
-    dataset: str | None = attrs.field(default="reference-heldout", validator=one_of(TASK_CORPORA))
+    dataset: str | None = attrs.field(default="reference-heldout", validator=one_of(TASK_CORPORA, optional=True))
     """A built-in corpus; or set it to null and give ``files``."""
     files: tuple[str, ...] = attrs.field(default=(), validator=non_empty_strs)
     """``.txt`` (one document per file) or ``.jsonl`` (one per line, under ``text_field``)."""

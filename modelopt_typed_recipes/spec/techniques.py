@@ -100,11 +100,11 @@ class Quantize:
     """Short name from the format table (``fp8``, ``int4_awq``) or a ModelOpt preset (``FP8_DEFAULT_CFG``)."""
     recipe: str | None = attrs.field(default=None, validator=_recipe_path)
     """A ModelOpt PTQ recipe: built-in path (``general/ptq/nvfp4_default-kv_fp8_cast``) or a YAML file."""
-    kv_cache: str | None = attrs.field(default=None, validator=one_of(KV_CACHE_FORMATS))
+    kv_cache: str | None = attrs.field(default=None, validator=one_of(KV_CACHE_FORMATS, optional=True))
     """KV-cache preset added on top of ``format`` (``fp8``, ``fp8_cast``, ``nvfp4``...); None: leave it."""
     exclude: tuple[str, ...] = attrs.field(default=(), validator=non_empty_strs)
     """Module-name wildcards left unquantized, added after the preset's own exclusions."""
-    algorithm: str | None = attrs.field(default=None, validator=one_of(ALGORITHMS))
+    algorithm: str | None = attrs.field(default=None, validator=one_of(ALGORITHMS, optional=True))
     """Calibration algorithm; None keeps the preset's (``max`` for FP8, ``awq_lite`` for INT4-AWQ...)."""
     calibration_samples: int | None = attrs.field(default=None, validator=positive_int)
     """Overrides ``recipe.calibration.num_samples`` for this stage."""
@@ -176,7 +176,7 @@ class AutoQuantize:
     """Samples used to score the candidates (not steps)."""
     recipe: str | None = attrs.field(default=None, validator=_recipe_path)
     """A ModelOpt auto-quantize recipe (``general/auto_quantize/nvfp4_fp8_at_5p4bits``) instead of the fields."""
-    kv_cache: str | None = attrs.field(default=None, validator=one_of(KV_CACHE_FORMATS))
+    kv_cache: str | None = attrs.field(default=None, validator=one_of(KV_CACHE_FORMATS, optional=True))
     exclude: tuple[str, ...] = attrs.field(default=(), validator=non_empty_strs)
     """Layers never quantized (ModelOpt's ``disabled_layers``)."""
     calibration_samples: int | None = attrs.field(default=None, validator=positive_int)

@@ -22,7 +22,7 @@ class TextData:
     ``num_samples`` windows of ``seq_length`` tokens (fewer when the text runs out).
     """
 
-    dataset: str | None = attrs.field(default=None, validator=one_of(BUILTIN_DATASETS))
+    dataset: str | None = attrs.field(default=None, validator=one_of(BUILTIN_DATASETS, optional=True))
     files: tuple[str, ...] = attrs.field(default=(), validator=non_empty_strs)
     """``.txt`` (one document per file) or ``.jsonl`` (one document per line, under ``text_field``)."""
     hf_dataset: str | None = attrs.field(default=None, validator=attrs.validators.optional(non_empty_str))
@@ -57,7 +57,7 @@ class TrainingText:
     count or length (the stage's ``seq_length``, ``micro_batch_size`` and ``steps``/``tokens`` say how much
     it reads; the windows repeat, in order, when the text is shorter)."""
 
-    dataset: str | None = attrs.field(default=None, validator=one_of(BUILTIN_DATASETS))
+    dataset: str | None = attrs.field(default=None, validator=one_of(BUILTIN_DATASETS, optional=True))
     files: tuple[str, ...] = attrs.field(default=(), validator=non_empty_strs)
     """``.txt`` (one document per file) or ``.jsonl`` (one document per line, under ``text_field``)."""
     hf_dataset: str | None = attrs.field(default=None, validator=attrs.validators.optional(non_empty_str))
