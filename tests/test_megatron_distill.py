@@ -122,7 +122,8 @@ def test_qad_keeps_quantizers_and_a_restorable_state(dist_cpu, tmp_path):
     import modelopt.torch.opt as mto
     import modelopt.torch.quantization as mtq
 
-    from modelopt_typed_recipes.runtime.megatron import build, distill as md, stages
+    from modelopt_typed_recipes.runtime.megatron import build, stages
+    from modelopt_typed_recipes.runtime.megatron import distill as md
 
     teacher = _reference()
     student = _reference()
@@ -223,7 +224,8 @@ def test_fp8_qat_past_the_ranges_snaps_onto_the_grid_the_export_writes(dist_cpu)
     )
     from modelopt.torch.utils.plugins.megatron_generate import megatron_prefill
 
-    from modelopt_typed_recipes.runtime.megatron import distill as md, stages
+    from modelopt_typed_recipes.runtime.megatron import distill as md
+    from modelopt_typed_recipes.runtime.megatron import stages
     from modelopt_typed_recipes.runtime.quant_grid import snap_to_grid
 
     student = _reference()

@@ -45,7 +45,7 @@ def non_finite_tensors(export_dir: Path) -> tuple[list[str], int]:
     bad, fp8 = [], 0
     for f in sorted(export_dir.glob("*.safetensors")):
         with safe_open(str(f), framework="pt") as st:
-            for name in st.keys():
+            for name in st.keys():  # noqa: SIM118 - safe_open is no mapping: it has keys() but no __iter__
                 t = st.get_tensor(name)
                 fp8 += t.dtype == torch.float8_e4m3fn
                 if t.is_floating_point() and not bool(torch.isfinite(t.float()).all()):
@@ -57,8 +57,8 @@ def test_the_fp8_qat_recipe_passes_check_for_a_gpu():
     """CPU (runs in CI): the recipe of test_fp8_qat_past_the_calibrated_ranges_exports_finite_weights passes
     ``check`` for the Megatron-Core backend as on the GPU machine, so a GPU call is not spent on a recipe error."""
     import attrs
-    import distill_gpu as G
 
+    import distill_gpu as G
     from modelopt_typed_recipes.plan.check import Environment, check_recipe
 
     env = attrs.evolve(Environment.detect(), megatron_core="0.19.2", modelopt="0.47.0", cuda=True, gpu_count=1)

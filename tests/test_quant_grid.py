@@ -33,7 +33,11 @@ def quantized_linear(preset: str, seed: int, dtype: torch.dtype = torch.bfloat16
 
 def exported(layer: torch.nn.Module, dtype: torch.dtype) -> torch.Tensor:
     """The layer's weight as ModelOpt's export stores it, dequantized (per tensor, channel or block of 128)."""
-    from modelopt.torch.export.quant_utils import get_quantization_format, get_weight_scaling_factor, to_quantized_weight
+    from modelopt.torch.export.quant_utils import (
+        get_quantization_format,
+        get_weight_scaling_factor,
+        to_quantized_weight,
+    )
 
     from modelopt_typed_recipes.runtime.hf.export import decode_weight
 
@@ -78,8 +82,8 @@ def test_unsnapped_weights_past_their_range_export_other_values(fmt: str) -> Non
 
 def test_formats_whose_export_reads_the_weight_are_left_as_they_are() -> None:
     """NVFP4 (and MXFP8, FP8 blocks) export scales derived from the weights themselves: nothing to snap."""
-    from modelopt.torch.quantization.nn import TensorQuantizer
     from modelopt.torch.quantization.config import QuantizerAttributeConfig
+    from modelopt.torch.quantization.nn import TensorQuantizer
 
     from modelopt_typed_recipes.runtime.quant_grid import grid_format
 

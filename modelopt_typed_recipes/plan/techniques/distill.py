@@ -90,8 +90,8 @@ def teacher_arch(stage: Distill, ctx: StageContext) -> tuple[ModelArch | None, l
         errors += _folder_problems(src.path, f"{path}.path", marker="metadata.json",
                                    what="a Megatron distributed checkpoint")
         if src.hf_reference is None:
-            return None, errors, [f"{path}: the Megatron teacher's architecture is read at run time (set "
-                                  "hf_reference to its Hugging Face folder to check it now)"]
+            return None, errors, [(f"{path}: the Megatron teacher's architecture is read at run time (set "
+                                   "hf_reference to its Hugging Face folder to check it now)")]
         arch, more, notes = _hf_teacher(src.hf_reference, path, f"{path}.hf_reference")
         return arch, errors + more, notes
     return None, [SpecError(f"unknown teacher {stage.teacher!r}", path=path)], []  # pragma: no cover

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ...errors import CompatibilityError, SpecError
+from ...errors import SpecError
 from ..result import StepResult
 
 if TYPE_CHECKING:

@@ -326,7 +326,8 @@ def train_loop(model: Any, windows: Any, train: Training, *, distilling: bool, p
             out = model(x, pos, mask, labels=labels)  # per-token LM loss [b, s] (zeros when skip_lm_loss)
             lm = masked_sum(out, loss_mask)
             if distilling:
-                losses = model.compute_kd_loss(student_loss=lm, loss_reduction_fn=lambda o: masked_sum(o, loss_mask))
+                losses = model.compute_kd_loss(student_loss=lm,
+                                               loss_reduction_fn=lambda o, m=loss_mask: masked_sum(o, m))
                 loss = losses["kd_loss"] / n
                 logits_total += losses["logits_loss"].detach() / n
             else:

@@ -279,12 +279,11 @@ def _later_needs_kept_teacher(run: MegatronRun, sp: StagePlan) -> bool:
 
 def export(run: MegatronRun, stage: Export, sp: StagePlan) -> StepResult:
     from ...plan.techniques.distill import trained_while_quantized
+    from ...spec.recipe import RandomInit
     from .. import distributed
+    from ..data import ByteTokenizer
     from ..quant_grid import snap_to_grid
     from . import stages
-
-    from ...spec.recipe import RandomInit
-    from ..data import ByteTokenizer
 
     arch = run.archs[sp.index]
     details: dict[str, Any] = {}
