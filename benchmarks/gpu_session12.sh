@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# GPU work planned for the eighth session, one warm nvidia-h200-x2 (carry .whl, .scale and .torch_ext: ModelOpt's
+# The eighth session was lent only the 1-GPU kind, so none of these calls ran (its own calls: gpu_session13.sh; the
+# single-process half of call 3, `gpu_session13.sh aq-one`, ran through ModelOpt's format choice with the slimmed pulp).
+# GPU work planned for the next session with a warm nvidia-h200-x2 (carry .whl, .scale and .torch_ext: ModelOpt's
 # CUDA extensions as built before, so a fresh machine does not build them again). Usage (repo root):
 #   bash benchmarks/gpu_session12.sh PART...
 # Planned calls, in this order (about 1,700 device seconds with the machine's start):
