@@ -107,3 +107,13 @@ def test_run_refuses_auto_quantize_without_the_solver(tmp_path: Path, monkeypatc
         api.run_post_training(recipe_doc(tmp_path, [AQ, {"technique": "export"}]), progress=False)
     assert info.value.path == "stages[0]" and MISSING in str(info.value) and FIX in info.value.hint
     assert not (tmp_path / "out").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_a_run_probes_the_solver_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """plan_run leaves the question to check_recipe: one probe (pulp's import and a solver start) per stage."""
+    from modelopt_typed_recipes.spec.recipe import Recipe
+
+    calls: list[int] = []
+    monkeypatch.setattr(environment, "probe_lp_solver", lambda: calls.append(1) and None)
+    api.plan_run(Recipe.from_dict(recipe_doc(tmp_path, [AQ, {"technique": "export"}])), progress=False)
+    assert len(calls) == 1

@@ -79,12 +79,11 @@ def plan_run(recipe: Recipe, *, progress: bool = True) -> RunPlan:
     if problem is not None:
         raise problem
     device = backend_choice.choose_device(recipe, env)
-    for i, stage in enumerate(recipe.stages):
-        technique = technique_for(stage)
-        problem = technique.cuda_problem(stage, f"stages[{i}]") if device == "cpu" else None
-        problem = problem or technique.environment_problem(stage, env, f"stages[{i}]")
-        if problem is not None:
-            raise problem
+    if device == "cpu":  # each technique's environment_problem is asked once, by check_recipe below
+        for i, stage in enumerate(recipe.stages):
+            problem = technique_for(stage).cuda_problem(stage, f"stages[{i}]")
+            if problem is not None:
+                raise problem
     backend = backend_choice.choose_backend(recipe, env)
     for problem in backend_choice.backend_problems(backend, env, cuda=device == "cuda", world_size=launch_world()[0]):
         raise problem
