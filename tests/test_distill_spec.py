@@ -244,3 +244,15 @@ def test_an_export_snaps_only_weights_trained_after_quantization(techniques: tup
     stages = tuple(SimpleNamespace(technique=t) for t in techniques)
     assert trained_while_quantized(stages, len(stages) - 1) is expected
     assert trained_while_quantized(stages, 0) is False
+
+
+def test_the_plan_says_which_export_snaps() -> None:
+    """The decision is the plan's (``StagePlan.snap_to_grid``, in ``plan --json``); both backends' exports read it."""
+    qad = check_recipe(recipe(Quantize(format="fp8"), Distill(steps=5), Export()), env=CPU)
+    assert [s.snap_to_grid for s in qad.stages] == [False, False, True]
+    assert qad.to_dict()["stages"][2]["snap_to_grid"] is True
+    ptq = check_recipe(recipe(Quantize(format="fp8"), Export()), env=CPU)
+    assert not any(s.snap_to_grid for s in ptq.stages)
+    fakequant = check_recipe(recipe(Quantize(format="fp8"), Distill(steps=5), Export(format="vllm_fakequant")),
+                             env=CPU)
+    assert not fakequant.stages[2].snap_to_grid

@@ -31,6 +31,7 @@ from .save import save_decisions
 from .sources import source_problems, weights_dir
 from .tasks import task_problems
 from .techniques import StageContext, technique_for
+from .techniques.distill import trained_while_quantized
 from .techniques.quantize import quantize_config
 from .versions import MIN_MCORE_EXPORT, MIN_MCORE_PRUNE
 
@@ -96,8 +97,10 @@ def check_recipe(recipe: Recipe, *, env: Environment | None = None, layout: Para
                 num_samples=getattr(stage, "calibration_samples", None) or cal.num_samples,
                 seq_length=getattr(stage, "calibration_seq_length", None) or cal.seq_length,
                 batch_size=cal.batch_size)
+        snap = getattr(stage, "format", None) == "hf" and trained_while_quantized(recipe.stages, i)
         planned = StagePlan(index=i, label=stage.label, technique=technique.name, stage=stage, arch=arch,
-                            layout=stage_layout, calibration=windows, save=saves[i])
+                            layout=stage_layout, calibration=windows, save=saves[i],
+                            snap_to_grid=technique.name == "export" and snap)
         not_here = technique.backend_problem(backend, path)
         if not_here is not None:
             errors.append(not_here)

@@ -38,8 +38,8 @@ def probe_lp_solver() -> str | None:
 
     ``mtq.auto_quantize`` chooses its formats with it (``PULP_CBC_CMD``, a binary inside the pulp wheel) only
     after every candidate's calibration and scoring, so a pulp without it (a slimmed wheel, an unsupported
-    platform) would fail late with pulp's traceback. pulp is imported here, in the call (about 0.1 s, once a
-    process), never on the package's import.
+    platform) would fail late with pulp's traceback. pulp is imported here, in the call (about 0.1 s; once per
+    auto-quantize stage that ``check_recipe`` checks), never on the package's import.
     """
     try:
         import pulp

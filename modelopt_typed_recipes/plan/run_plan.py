@@ -60,6 +60,9 @@ class StagePlan:
     model as it is, as export does)."""
     memory: dict[str, Any] | None = None
     """The stage's per-rank memory plan (``plan.memory``'s summary; distillation on Megatron-Core), or None."""
+    snap_to_grid: bool = False
+    """An HF export after quantization-aware training: the trained weights go onto their quantizers' grid first
+    (``plan.techniques.distill.trained_while_quantized``; ``runtime.quant_grid`` says why)."""
 
     @property
     def path(self) -> str:
@@ -77,6 +80,7 @@ class StagePlan:
             "coverage": self.coverage.to_dict() if self.coverage is not None else None,
             "save": self.save.to_dict() if self.save is not None else None,
             "memory": self.memory,
+            "snap_to_grid": self.snap_to_grid,
         }
 
 

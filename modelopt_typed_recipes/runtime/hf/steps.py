@@ -133,7 +133,6 @@ def auto_quantize(run: HFRun, stage: AutoQuantize, sp: StagePlan) -> StepResult:
 
 
 def export(run: HFRun, stage: Export, sp: StagePlan) -> StepResult:
-    from ...plan.techniques.distill import trained_while_quantized
     from ..quant_grid import snap_to_grid
     from . import export as ex
 
@@ -143,7 +142,7 @@ def export(run: HFRun, stage: Export, sp: StagePlan) -> StepResult:
         run.evaluate_after()
         excluded = time.perf_counter() - t
     details: dict[str, Any] = {"format": stage.format}
-    if stage.format == "hf" and trained_while_quantized(run.recipe.stages, sp.index):
+    if sp.snap_to_grid:
         details["snapped_to_grid"] = snap_to_grid(run.model)  # the export writes what the trained model computes
     out = run.plan.staging() / stage.folder
     files = ex.export(run.model, run.tokenizer, out, fmt=stage.format, dtype=stage.dtype, path=sp.path)

@@ -278,7 +278,6 @@ def _later_needs_kept_teacher(run: MegatronRun, sp: StagePlan) -> bool:
 
 
 def export(run: MegatronRun, stage: Export, sp: StagePlan) -> StepResult:
-    from ...plan.techniques.distill import trained_while_quantized
     from ...spec.recipe import RandomInit
     from .. import distributed
     from ..data import ByteTokenizer
@@ -301,7 +300,7 @@ def export(run: MegatronRun, stage: Export, sp: StagePlan) -> StepResult:
     if distributed.is_main():
         out_dir.mkdir(parents=True, exist_ok=True)
     distributed.barrier()
-    if stage.format == "hf" and trained_while_quantized(run.recipe.stages, sp.index):
+    if sp.snap_to_grid:
         # the export writes what the trained model computes; the counts are of the main process's part of the model
         details["snapped_to_grid"] = snap_to_grid(run.model)
     stages.export_hf(run.model, ref, str(out_dir), dtype=stage.dtype,
