@@ -230,8 +230,10 @@ def run_case(name: str, fmt: str, reps: int, a: argparse.Namespace, out: Path, d
     work = Path(a.work) / f"{name}-{fmt}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    builtin = case.get("source") == "builtin"  # the shipped trained weights, not random ones
     recipe = Recipe.from_dict({
-        "name": f"scale-{name}-{fmt}", "model": case["model"], "source": {"type": "builtin"} if case.get("source") == "builtin" else {"type": "random", "seed": 0},
+        "name": f"scale-{name}-{fmt}", "model": case["model"],
+        "source": {"type": "builtin"} if builtin else {"type": "random", "seed": 0},
         "stages": [{"technique": "quantize", "format": fmt}, {"technique": "export"}],
         "calibration": {**({"files": [str(Path(a.text).resolve())]} if a.text else {"dataset": "reference-train"}),
                         "num_samples": a.windows, "seq_length": a.seq, "batch_size": a.batch},
@@ -243,7 +245,7 @@ def run_case(name: str, fmt: str, reps: int, a: argparse.Namespace, out: Path, d
     recipe_file.write_text(to_yaml(recipe))
     # the direct script's Hugging Face folder (a user has the model's own): config from the architecture,
     # the reference tokenizer; made once, not timed
-    if case.get("source") == "builtin":  # the shipped folder: weights, config and tokenizer
+    if builtin:  # the shipped folder: weights, config and tokenizer
         from modelopt_typed_recipes.catalog.models.reference import builtin_weights_dir
 
         ref = builtin_weights_dir(case["model"])
@@ -260,7 +262,7 @@ def run_case(name: str, fmt: str, reps: int, a: argparse.Namespace, out: Path, d
     d = case["direct"]
     direct_cmd = [*launcher(gpus), str(ROOT / "benchmarks" / "scale_direct.py"), "--model", case["model"],
                   "--format", fmt, "--tp", str(d["tp"]), "--ep", str(d["ep"]), "--hf-reference", str(ref),
-                  *(["--hf-checkpoint"] if case.get("source") == "builtin" else []),
+                  *(["--hf-checkpoint"] if builtin else []),
                   "--text", str(Path(a.text).resolve()) if a.text else str(data.BUILTIN_FILES["reference-train"]),
                   "--windows", str(a.windows),
                   "--seq", str(a.seq), "--batch", str(a.batch), "--export-dir", str(work / "direct-export"),
