@@ -22,6 +22,17 @@ pick_python() {
 # pip names every configured index folder that lacks a package ("Location ... is ignored"): noise
 pip_install() { .venv/bin/python -m pip install -q "$@" 2> >(grep -v "^WARNING: Location '" >&2); }
 
+# The venv takes about 5.5 GB on Python 3.12; pip's cache would keep another copy of the wheels. Without the
+# cache a full disk is found here, with the space it needs, instead of as an OSError halfway through torch.
+export PIP_NO_CACHE_DIR=1
+need_gb=6
+free_gb=$(df -Pk . | awk 'NR == 2 { print int($4 / 1048576) }')
+if [ ! -x .venv/bin/python ] && [ "${free_gb:-0}" -lt "$need_gb" ]; then
+    echo "setup: ${free_gb} GB free on $(df -P . | awk 'NR == 2 { print $6 }'); the venv needs about ${need_gb} GB" \
+        "(torch with its CUDA libraries on Python 3.12). Free some space or run from another disk." >&2
+    exit 1
+fi
+
 if [ ! -x .venv/bin/python ]; then
     PY=$(pick_python)
     step "creating .venv with $("$PY" -c 'import sys; print(sys.executable, sys.version.split()[0])')"
