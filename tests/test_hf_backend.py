@@ -338,8 +338,9 @@ def test_random_weights_with_a_real_vocabulary_export_the_reference_tokenizer(tm
 
 def test_each_stage_gives_the_cuda_cache_back_before_the_next(tmp_path: Path, monkeypatch) -> None:
     """PyTorch's allocator keeps a stage's freed blocks (calibration activations, a dropped teacher); the stage
-    loop gives them back to the driver after every stage, so the next work (an export, another stage, other
-    processes on the GPU) finds the memory free. CPU: ``torch.cuda.empty_cache`` recorded, not run."""
+    loop gives them back to the driver before the first stage (what loading left) and after every stage, so the next
+    work (an export, another stage, other processes on the GPU) finds the memory free. CPU:
+    ``torch.cuda.empty_cache`` recorded, not run."""
     from _stage_events import record_stages_and_releases
     from modelopt_typed_recipes.runtime.hf import steps
 
@@ -348,4 +349,4 @@ def test_each_stage_gives_the_cuda_cache_back_before_the_next(tmp_path: Path, mo
                       evaluation=None)
     result = api.run_post_training(doc, progress=False)
     assert [s.status for s in result.stages] == ["ok", "ok"]
-    assert events == ["quantize", "quantize done", "release", "export", "export done", "release"]
+    assert events == ["release", "quantize", "quantize done", "release", "export", "export done", "release"]

@@ -5,8 +5,9 @@ teacher) for its own reuse. NCCL takes its buffers (a new communicator, the firs
 between two ranks) from the driver, outside that cache: after a batch-48 calibration of qwen3-30b-a3b on two
 H200s the next stage's first NCCL call failed with "Cuda failure 2 'out of memory'" while PyTorch held the room
 as free cached blocks. Any stage can be followed by work that opens NCCL buffers (an export, an evaluation,
-tasks, a move between layouts), so both backends' stage loops call :func:`release_cached_memory` once after
-every stage.
+tasks, a move between layouts), so both backends' stage loops call :func:`release_cached_memory` once before
+the first stage (loading the model and the measurements before leave blocks cached too) and once after every
+stage.
 """
 
 from __future__ import annotations

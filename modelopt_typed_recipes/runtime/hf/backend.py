@@ -114,6 +114,7 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
     keep_at, keep_until = teacher_span(recipe.stages)
     if keep_at is not None and keep_until is not None and point.start > keep_at and point.start <= keep_until:
         run.teacher = _rebuilt_teacher(recipe, plan, journal, keep_at)  # a resumed run after the copy was made
+    release_cached_memory()  # what loading and the measurements before left cached, before the first stage
     for sp in plan.stages[point.start:]:
         stage = sp.stage
         if sp.index == keep_at:

@@ -131,6 +131,7 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
     del model  # the run holds it now (a hand-over between layouts must be able to free it)
     results: list[StageResult] = list(done)
     keep_teacher_at = _keep_teacher_at(recipe)
+    release_cached_memory()  # what loading and the measurements before left cached, before the first stage's NCCL
     for sp in plan.stages[start:]:
         stage = sp.stage
         if distributed.is_main():
