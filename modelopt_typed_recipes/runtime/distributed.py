@@ -97,25 +97,59 @@ def seed_weights(seed: int, *, device: str = "cuda") -> None:
 
 def max_over_ranks(value: int) -> int:
     """The largest ``value`` over all ranks (a stage's peak memory is its most loaded rank's)."""
-    return _reduce_int(value, "MAX")
+    return _reduce_ints([value], "MAX")[0]
 
 
 def sum_over_ranks(value: int) -> int:
     """``value`` summed over all ranks (the bytes of a model whose shards the ranks hold)."""
-    return _reduce_int(value, "SUM")
+    return _reduce_ints([value], "SUM")[0]
 
 
-def _reduce_int(value: int, op: str) -> int:
-    """One integer all-reduced with ``torch.distributed.ReduceOp[op]`` (itself when there is one rank)."""
+def sum_each_over_ranks(values: list[int]) -> list[int]:
+    """Each of ``values`` summed over all ranks, in one collective (every rank passes as many, in one order)."""
+    return _reduce_ints(values, "SUM")
+
+
+def _reduce_ints(values: list[int], op: str) -> list[int]:
+    """Integers all-reduced with ``torch.distributed.ReduceOp[op]`` (themselves when there is one rank)."""
     import torch
     import torch.distributed as dist
 
     if not dist.is_initialized() or dist.get_world_size() == 1:
-        return value
+        return list(values)
     device = torch.cuda.current_device() if dist.get_backend() == "nccl" else "cpu"
-    t = torch.tensor([value], dtype=torch.int64, device=device)
+    t = torch.tensor(values, dtype=torch.int64, device=device)
     dist.all_reduce(t, op=getattr(dist.ReduceOp, op))
-    return int(t.item())
+    return [int(v) for v in t.tolist()]
+
+
+def counts_here(module: Any, weight: Any) -> tuple[bool, bool]:
+    """Whether this rank counts ``weight`` (of Megatron-Core ``module``) as one of the model's weights, and
+    whether it counts its values, so that figures summed over the ranks count each weight and each value once.
+
+    Megatron-Core's own rule for what a rank holds (its gradient-norm sum skips duplicates the same way): an
+    expert weight (the module's ``is_expert``, or the weight's ``allreduce`` set to False when it is reduced over
+    the expert groups) is split over the expert-parallel ranks and the expert-tensor-parallel ones, and copied on
+    the expert-data-parallel ones; any other weight is split over the pipeline and tensor-parallel ranks and
+    copied on the data- (and context-) parallel ones. The first copy counts; of a weight split along the tensor
+    (``tensor_model_parallel``), every tensor-parallel rank counts its values and the first counts the weight; of
+    one copied on them too, the first counts both. Without Megatron-Core's groups, rank 0 (each holds the model)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return True, True
+    from megatron.core import parallel_state as ps
+
+    if not ps.model_parallel_is_initialized():
+        return is_main(), is_main()
+    if getattr(module, "is_expert", False) or not getattr(weight, "allreduce", True):
+        first_copy = ps.get_expert_data_parallel_rank() == 0
+        tp_rank = ps.get_expert_tensor_parallel_rank()
+    else:
+        first_copy = ps.get_data_parallel_rank(with_context_parallel=True) == 0
+        tp_rank = ps.get_tensor_model_parallel_rank()
+    split = bool(getattr(weight, "tensor_model_parallel", False))
+    return first_copy and tp_rank == 0, first_copy and (split or tp_rank == 0)
 
 
 def broadcast_object(obj: Any) -> Any:

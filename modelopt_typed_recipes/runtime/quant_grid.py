@@ -19,9 +19,13 @@ their scales follow the trained weights, and ModelOpt clamps the NVFP4 block sca
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
+
+GRID_FORMATS = ("fp8", "int4", "int8")
+"""The formats ``grid_format`` names (summed over the ranks in this order)."""
 
 
 def grid_format(quantizer: Any) -> str | None:
@@ -53,10 +57,15 @@ def _beyond(weight: Any, quantizer: Any) -> int:
     return int((x > amax).sum())
 
 
-def snap_to_grid(model: Any) -> dict[str, Any]:
+def snap_to_grid(model: Any, *, counts_here: Callable[[Any, Any], tuple[bool, bool]] | None = None) -> dict[str, Any]:
     """Each weight of a grid format (``grid_format``) replaced in place by its fake-quantized value; returns the
     weights snapped by format and how many values were beyond their quantizer's range. W4A8's weight (INT4,
-    then FP8) is snapped with its INT4 step, the one whose codes the export writes."""
+    then FP8) is snapped with its INT4 step, the one whose codes the export writes.
+
+    A model whose parts several ranks hold passes ``counts_here(module, weight)`` (Megatron-Core's:
+    ``distributed.counts_here``): whether this rank counts the weight, and its values; the figures are then summed
+    over the ranks (every rank calls this), so they are the whole model's, each weight and value counted once.
+    Without it every weight here counts (one process holds the model)."""
     from modelopt.torch.quantization.nn import QuantModule, SequentialQuantizer
 
     snapped: dict[str, int] = {}
@@ -70,7 +79,13 @@ def snap_to_grid(model: Any) -> dict[str, Any]:
                 fmt = grid_format(q)
                 if fmt is None or not isinstance(weight, torch.Tensor):
                     continue
-                beyond += _beyond(weight, q)
+                weight_here, values_here = counts_here(module, weight) if counts_here else (True, True)
+                beyond += _beyond(weight, q) if values_here else 0
                 weight.data.copy_(q(weight.float().contiguous()).to(weight.dtype))
-                snapped[fmt] = snapped.get(fmt, 0) + 1
-    return {"weights": dict(sorted(snapped.items())), "values_beyond_range": beyond}
+                snapped[fmt] = snapped.get(fmt, 0) + int(weight_here)
+    if counts_here is not None:
+        from .distributed import sum_each_over_ranks
+
+        *totals, beyond = sum_each_over_ranks([snapped.get(f, 0) for f in GRID_FORMATS] + [beyond])
+        snapped = dict(zip(GRID_FORMATS, totals))
+    return {"weights": {f: n for f, n in sorted(snapped.items()) if n}, "values_beyond_range": beyond}

@@ -301,8 +301,9 @@ def export(run: MegatronRun, stage: Export, sp: StagePlan) -> StepResult:
         out_dir.mkdir(parents=True, exist_ok=True)
     distributed.barrier()
     if sp.snap_to_grid:
-        # the export writes what the trained model computes; the counts are of the main process's part of the model
-        details["snapped_to_grid"] = snap_to_grid(run.model)
+        # the export writes what the trained model computes; every rank snaps its part, the counts are the whole
+        # model's (summed over the ranks, each weight once)
+        details["snapped_to_grid"] = snap_to_grid(run.model, counts_here=distributed.counts_here)
     stages.export_hf(run.model, ref, str(out_dir), dtype=stage.dtype,
                      vllm_fakequant=stage.format == "vllm_fakequant",
                      moe_router_dtype=arch.moe.router_dtype if arch.moe else None)
