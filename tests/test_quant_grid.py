@@ -18,7 +18,8 @@ torch = pytest.importorskip("torch")
 mtq = pytest.importorskip("modelopt.torch.quantization")
 
 FORMATS = {"fp8": "FP8_DEFAULT_CFG", "fp8_per_channel": "FP8_PER_CHANNEL_PER_TOKEN_CFG",
-           "int8": "INT8_WEIGHT_ONLY_CFG", "int4": "INT4_BLOCKWISE_WEIGHT_ONLY_CFG"}
+           "int8": "INT8_WEIGHT_ONLY_CFG", "int4": "INT4_BLOCKWISE_WEIGHT_ONLY_CFG", "w4a8": "W4A8_AWQ_BETA_CFG"}
+FAMILY = {"fp8_per_channel": "fp8", "w4a8": "int4"}  # the grid each is snapped to (W4A8: its INT4 step)
 
 
 def quantized_linear(preset: str, seed: int, dtype: torch.dtype = torch.bfloat16) -> torch.nn.Module:
@@ -31,20 +32,28 @@ def quantized_linear(preset: str, seed: int, dtype: torch.dtype = torch.bfloat16
     return model
 
 
-def exported(layer: torch.nn.Module, dtype: torch.dtype) -> torch.Tensor:
-    """The layer's weight as ModelOpt's export stores it, dequantized (per tensor, channel or block of 128)."""
+def stored(layer: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The layer's tensors as ModelOpt's Hugging Face export computes them (W4A8 adds ``weight_scale_2``)."""
     from modelopt.torch.export.quant_utils import (
         get_quantization_format,
         get_weight_scaling_factor,
+        get_weight_scaling_factor_2,
         to_quantized_weight,
     )
 
+    fmt = get_quantization_format(layer)
+    scale, scale_2 = get_weight_scaling_factor(layer), get_weight_scaling_factor_2(layer)
+    scale_2 = None if scale_2 is None else scale_2.squeeze()
+    tensors = {"weight": to_quantized_weight(layer.weight.detach().to(dtype), scale, fmt, scale_2, 128),
+               "weight_scale": scale}
+    return tensors if scale_2 is None else {**tensors, "weight_scale_2": scale_2}
+
+
+def exported(layer: torch.nn.Module, dtype: torch.dtype) -> torch.Tensor:
+    """The layer's weight as ModelOpt's export stores it, dequantized (per tensor, channel or block of 128)."""
     from modelopt_typed_recipes.runtime.hf.export import decode_weight
 
-    fmt = get_quantization_format(layer)
-    scale = get_weight_scaling_factor(layer)
-    stored = to_quantized_weight(layer.weight.detach().to(dtype), scale, fmt, None, 128)
-    return decode_weight({"weight": stored, "weight_scale": scale})[0]
+    return decode_weight(stored(layer, dtype))[0]
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -60,8 +69,7 @@ def test_snapped_weights_export_to_what_the_model_computes_with(fmt: str, seed: 
         layer.weight.copy_((layer.weight * grow).to(dtype).float())
         in_memory = layer.weight_quantizer(layer.weight.detach())
     report = snap_to_grid(model)
-    family = "fp8" if fmt.startswith("fp8") else fmt
-    assert report["weights"] == {family: 1} and report["values_beyond_range"] > 0
+    assert report["weights"] == {FAMILY.get(fmt, fmt): 1} and report["values_beyond_range"] > 0
     # the model in memory computes what it computed; the export stores exactly that
     with torch.no_grad():
         assert torch.equal(layer.weight_quantizer(layer.weight.detach()), in_memory)
@@ -71,7 +79,9 @@ def test_snapped_weights_export_to_what_the_model_computes_with(fmt: str, seed: 
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
 def test_unsnapped_weights_past_their_range_export_other_values(fmt: str) -> None:
     """What the snap is for: the same trained weights, not snapped, export to values the model does not compute
-    with (FP8: beyond 448 before the cast, NaN with PyTorch 2.11; integers: -128 / -8 where memory has -127 / -7)."""
+    with (FP8: beyond 448 before the cast, NaN with PyTorch 2.11; every format: weights rounded to the export dtype
+    before their grid, some a step off where memory rounds once; ModelOpt's integer ranges, [-128, 127] and [-8, 7],
+    are the export's)."""
     model = quantized_linear(FORMATS[fmt], 7)
     layer = model[0]
     with torch.no_grad():
@@ -96,3 +106,105 @@ def test_formats_whose_export_reads_the_weight_are_left_as_they_are() -> None:
     assert (grid_format(nvfp4), grid_format(fp8)) == (None, "fp8")
     fp8.disable()
     assert grid_format(fp8) is None
+
+
+def test_w4a8_exports_the_int4_codes_its_fp8_step_computes_with() -> None:
+    """W4A8 (ModelOpt's ``W4A8_AWQ_BETA_CFG``): INT4 per block of 128, then FP8 per tensor. The export stores INT4
+    codes, their block scales and the FP8 step's scale (``weight_scale_2``), so the snap uses the INT4 step: the
+    stored codes are the codes in memory, and the FP8 step over them gives the in-memory weight. Trained weights
+    (fp32, as training leaves them) need the snap: rounded to bf16 first, dozens of the export's codes are a
+    step off. Snapping with both steps would be wrong: FP8 values are not on the INT4 grid."""
+    from modelopt_typed_recipes.runtime.hf.export import _unpack_int4, decode_weight
+    from modelopt_typed_recipes.runtime.quant_grid import snap_to_grid
+
+    def trained() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+        model = quantized_linear(FORMATS["w4a8"], 3)
+        layer = model[0]
+        int4 = layer.weight_quantizer[0]
+        with torch.no_grad():
+            layer.weight.mul_(1.3)  # fp32 values, off the bf16 grid
+            in_memory = layer.weight_quantizer(layer.weight.detach())
+            step = (int4.amax / 7).reshape(-1, 1)
+            codes = (int4(layer.weight.detach()).reshape(-1, 128) / step).round().reshape(layer.weight.shape)
+        return model, in_memory, codes
+
+    def written(layer: torch.nn.Module) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        t = stored(layer, torch.bfloat16)
+        return t, _unpack_int4(t["weight"]).float()
+
+    model, in_memory, codes = trained()
+    layer = model[0]
+    assert not torch.equal(written(layer)[1], codes)  # unsnapped: rounded twice
+    assert snap_to_grid(model)["weights"] == {"int4": 1}
+    with torch.no_grad():
+        assert torch.equal(layer.weight_quantizer(layer.weight.detach()), in_memory)
+    t, exported_codes = written(layer)
+    assert torch.equal(exported_codes, codes) and int((codes == -8).sum()) > 0  # training reaches -8: ModelOpt's
+    # INT4 range is [-8, 7], and a calibrated block's largest value is +-7
+    assert torch.allclose(decode_weight(t)[0], in_memory, rtol=2**-20, atol=0)
+    # a -8 code in a block whose range is near the tensor's takes the FP8 step past 448 (up to 512): in memory it
+    # saturates at 448, as a GPU's conversion to E4M3 does (PTX's cvt to E4M3 is always .satfinite)
+    fp8_input = exported_codes * t["weight_scale"].repeat_interleave(128, dim=-1) / t["weight_scale_2"]
+    assert float(fp8_input.max()) <= 448 * (1 + 2**-20) and float(fp8_input.min()) < -464
+
+    both_steps, in_memory, codes = trained()
+    with torch.no_grad():
+        both_steps[0].weight.copy_(in_memory)
+    assert not torch.equal(written(both_steps[0])[1], codes)
+
+
+MOE_FORMATS = {"fp8": "FP8_DEFAULT_CFG", "fp8_per_channel": "FP8_PER_CHANNEL_PER_TOKEN_CFG",
+               "int8": "INT8_WEIGHT_ONLY_CFG"}
+
+
+@pytest.mark.parametrize("fmt", sorted(MOE_FORMATS))
+def test_fused_moe_experts_are_snapped_and_export_what_the_model_computes_with(fmt: str, tmp_path) -> None:
+    """transformers 5 stores MoE experts fused, as 3-D ``gate_up_proj``/``down_proj`` parameters; ModelOpt quantizes
+    them with a weight quantizer per expert and projection, and its Hugging Face export splits them into per-expert
+    ``gate_proj``/``up_proj``/``down_proj``. The quant module yields each expert's slice with its quantizer, so
+    the snap reaches every expert: ModelOpt's export of the tiny Qwen3-MoE (2 layers of 8 experts) writes the
+    values the experts compute with in memory. (ModelOpt 0.47's export of INT4 fused experts fails earlier, in its
+    AWQ re-smoothing of the experts.)"""
+    import transformers
+    from modelopt.torch.export import export_hf_checkpoint
+    from safetensors.torch import load_file
+
+    from modelopt_typed_recipes.bridges.hf_config import to_hf_config
+    from modelopt_typed_recipes.catalog import get_arch
+    from modelopt_typed_recipes.runtime.hf.export import decode_weight
+    from modelopt_typed_recipes.runtime.quant_grid import snap_to_grid
+
+    config = transformers.AutoConfig.for_model(**to_hf_config(get_arch("tiny-moe")))
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    tokens = torch.randint(0, config.vocab_size, (8, 64))
+    mtq.quantize(model, copy.deepcopy(getattr(mtq, MOE_FORMATS[fmt])), lambda m: m(tokens))
+    layers = model.model.layers
+    experts = [(i, layer.mlp.experts) for i, layer in enumerate(layers)]
+    with torch.no_grad():  # trained past the calibrated ranges
+        for _, e in experts:
+            e.gate_up_proj.mul_(1.3)
+            e.down_proj.mul_(1.3)
+        in_memory = {i: [q(w.detach().clone()) for w, q in e.iter_weights_for_calibration()] for i, e in experts}
+    report = snap_to_grid(model)
+    n = config.num_experts
+    attention = 4 * len(layers)
+    assert report["weights"] == {"fp8" if fmt.startswith("fp8") else fmt: attention + 2 * n * len(layers)}
+    assert report["values_beyond_range"] > 0
+    export_hf_checkpoint(model, dtype=torch.bfloat16, export_dir=str(tmp_path))
+    state: dict[str, torch.Tensor] = {}
+    for f in sorted(tmp_path.glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    half = config.moe_intermediate_size
+    compared = 0
+    for i, values in in_memory.items():
+        for x in range(n):
+            gate_up, down = values[x], values[n + x]
+            for proj, expected in (("gate_proj", gate_up[:half]), ("up_proj", gate_up[half:]), ("down_proj", down)):
+                key = f"model.layers.{i}.mlp.experts.{x}.{proj}"
+                tensors = {k: state[f"{key}.{k}"] for k in ("weight", "weight_scale") if f"{key}.{k}" in state}
+                decoded, kind = decode_weight(tensors)
+                assert kind == ("fp8" if fmt.startswith("fp8") else fmt), key
+                assert torch.allclose(decoded, expected, rtol=2**-20, atol=0), key
+                compared += 1
+    assert compared == 3 * n * len(layers)

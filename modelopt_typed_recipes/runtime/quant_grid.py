@@ -13,6 +13,12 @@ with. Quantizing a value already on the grid gives back its own code (the export
 of itself, less than half a step of FP8, INT8 or INT4), so the export writes the codes the model in memory uses,
 bit for bit, and fake quantization of the snapped weight is the snapped weight: the model in memory computes what
 it computed before. An untrained model is never snapped, so a PTQ export stays ModelOpt's own, byte for byte.
+W4A8 (INT4 blocks, then FP8 per tensor) is snapped with its INT4 step: the export writes INT4 codes with the FP8
+step's scale beside them, and the FP8 step over those codes is what the model computes with (its FP8 values are
+off the INT4 grid). Training reaches the code -8 (ModelOpt's INT4 range is [-8, 7]; calibrated blocks end at +-7),
+which can take the FP8 step past 448: in memory it saturates, as a GPU's conversion to E4M3 does. Fused MoE experts
+(transformers' 3-D ``gate_up_proj``/``down_proj``) are snapped per expert: ModelOpt's quant module yields each
+expert's slice with that expert's quantizer, the one its export splits into ``gate_proj``/``up_proj``/``down_proj``.
 Formats whose export derives the scales from the weight itself (NVFP4, MXFP8, FP8 blocks) are left as they are:
 their scales follow the trained weights, and ModelOpt clamps the NVFP4 block scales and E2M1 values.
 """
