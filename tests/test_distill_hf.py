@@ -195,3 +195,73 @@ def test_fp8_qat_past_the_calibrated_ranges_exports_the_codes_it_trained_with(tm
     after, exported = d.details["perplexity_after_stage"], result.metrics["perplexity_export"]
     assert after < d.details["perplexity_before_stage"]
     assert math.isfinite(exported) and exported == pytest.approx(after, rel=2e-3)
+
+
+def test_fp8_qat_of_fused_moe_experts_exports_each_experts_trained_codes(tmp_path: Path, monkeypatch) -> None:
+    """The same on a tiny Qwen3-MoE (transformers 5 keeps its 8 experts per layer fused, as 3-D ``gate_up_proj`` /
+    ``down_proj``; ModelOpt quantizes each expert's slice with its own quantizer): FP8 QAT moves the experts past
+    their calibrated ranges, the export stage snaps every expert, and ModelOpt's export, which splits the experts
+    into ``gate_proj``/``up_proj``/``down_proj``, stores each one's trained FP8 codes, bit for bit."""
+    import modelopt.torch.export.unified_export_hf as ueh
+    import modelopt.torch.opt as mto
+    import torch
+    from modelopt.torch.export.quant_utils import QUANTIZATION_FP8
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from modelopt_typed_recipes.runtime.api import run_post_training
+
+    cast: list[float] = []  # the largest |w / scale| ModelOpt casts to FP8, per weight (attention, each expert's)
+    real = ueh.to_quantized_weight
+
+    def spy(weight: Any, scale: Any, quantization: str, *args: Any, **kwargs: Any) -> Any:
+        if quantization == QUANTIZATION_FP8:
+            cast.append(float((weight.detach().float() / scale.float()).abs().max()))
+        return real(weight, scale, quantization, *args, **kwargs)
+
+    monkeypatch.setattr(ueh, "to_quantized_weight", spy)
+    small = {"dataset": "reference-heldout", "num_samples": 8, "seq_length": 64, "batch_size": 4}
+    doc = {"model": "tiny-moe", "source": {"type": "random", "seed": 0}, "backend": "hf", "device": "cpu",
+           "output_dir": str(tmp_path / "moe"), "calibration": {**small, "dataset": "reference-train"},
+           "evaluation": small,
+           "stages": [{"technique": "quantize", "format": "fp8"},
+                      {"technique": "distill", "teacher": "none", "skip_lm_loss": False, "steps": 4,
+                       "micro_batch_size": 4, "seq_length": 64, "learning_rate": 1e-2, "lr_schedule": "constant",
+                       "data": {"dataset": "reference-heldout"}, "save": True},
+                      {"technique": "export"}]}
+    result = run_post_training(doc, progress=False)
+    d, e = result.stage("distill"), result.stage("export")
+    snapped = e.details["snapped_to_grid"]
+    # 2 layers x (4 attention projections + 8 experts x (gate_up, down)), every one past its range somewhere
+    assert snapped["weights"] == {"fp8": 40} and snapped["values_beyond_range"] > 0
+    assert len(cast) == 2 * (4 + 8 * 3) and max(cast) <= 448 * (1 + 2**-8), max(cast)  # experts split in three
+    out = Path(result.output_dir)
+    config = AutoConfig.from_pretrained(str(out / "export"))
+    del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    mto.restore(model, str(out / d.outputs[0] / "modelopt_model.pth"))  # the trained model, as the stage saved it
+    stored = load_file(str(out / "export" / "model.safetensors"))
+
+    def codes(weight: Any, quantizer: Any) -> Any:
+        return (weight.detach().float() * (448.0 / quantizer.amax.float())).clamp(-448, 448).to(torch.float8_e4m3fn)
+
+    def same(key: str, expected: Any) -> bool:
+        return torch.equal(stored[key].view(torch.uint8), expected.view(torch.uint8))
+
+    half, compared = config.moe_intermediate_size, 0
+    for i, layer in enumerate(model.model.layers):
+        experts = layer.mlp.experts
+        for x in range(config.num_experts):
+            gate_up = codes(experts.gate_up_proj[x], experts.gate_up_proj_weight_quantizers[x])
+            down = codes(experts.down_proj[x], experts.down_proj_weight_quantizers[x])
+            prefix = f"model.layers.{i}.mlp.experts.{x}"
+            assert same(f"{prefix}.gate_proj.weight", gate_up[:half]), prefix
+            assert same(f"{prefix}.up_proj.weight", gate_up[half:]), prefix
+            assert same(f"{prefix}.down_proj.weight", down), prefix
+            compared += 3
+    assert compared == 2 * 8 * 3
+    # re-loaded from disk (the experts' inputs are not quantized there: per-expert input scales are not hooked)
+    assert e.details["reloaded_layers"] == {"fp8": 8, "fp8-experts": 48}
+    after, exported = d.details["perplexity_after_stage"], result.metrics["perplexity_export"]
+    assert after < d.details["perplexity_before_stage"]
+    assert math.isfinite(exported) and exported == pytest.approx(after, rel=1e-2)
