@@ -208,3 +208,44 @@ def test_fused_moe_experts_are_snapped_and_export_what_the_model_computes_with(f
                 assert torch.allclose(decoded, expected, rtol=2**-20, atol=0), key
                 compared += 1
     assert compared == 3 * n * len(layers)
+
+
+BMM_EXPERTS = {  # experts ModelOpt quantizes transposed, one quantizer for all of a layer's experts
+    "gpt_oss": dict(model_type="gpt_oss", num_local_experts=4, intermediate_size=128, layer_types=["full_attention"]),
+    "llama4_text": dict(model_type="llama4_text", num_local_experts=4, intermediate_size=128,
+                        intermediate_size_mlp=256, moe_layers=[0], num_experts_per_tok=1),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BMM_EXPERTS))
+def test_transposed_moe_experts_are_snapped_and_export_what_the_model_computes_with(kind: str, tmp_path) -> None:
+    """GPT-OSS and Llama 4 keep their experts as 3-D ``(experts, in, out)`` weights that ModelOpt quantizes
+    transposed and exports fused (one FP8 scale per projection): the snap writes through the transposed view
+    its quant module yields, and the export stores the values the experts compute with in memory."""
+    import transformers
+    from modelopt.torch.export import export_hf_checkpoint
+    from safetensors.torch import load_file
+
+    from modelopt_typed_recipes.runtime.quant_grid import snap_to_grid
+
+    config = transformers.AutoConfig.for_model(**BMM_EXPERTS[kind], vocab_size=256, hidden_size=128,
+                                               num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                                               head_dim=32)
+    config.architectures = [{"gpt_oss": "GptOssForCausalLM", "llama4_text": "Llama4ForCausalLM"}[kind]]
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    mtq.quantize(model, copy.deepcopy(mtq.FP8_DEFAULT_CFG), lambda m: m(torch.randint(0, 256, (4, 32))))
+    name, experts = next((n, m) for n, m in model.named_modules() if n.endswith(".experts"))
+    with torch.no_grad():  # trained past the calibrated ranges
+        experts.gate_up_proj.mul_(1.3)
+        experts.down_proj.mul_(1.3)
+        in_memory = [q(w.contiguous()).transpose(-1, -2) for w, q in experts.iter_weights_for_calibration()]
+    report = snap_to_grid(model)
+    shared_expert = 3 if kind == "llama4_text" else 0  # Llama 4's shared expert: plain linear layers
+    assert report["weights"] == {"fp8": 4 + 2 + shared_expert} and report["values_beyond_range"] > 0
+    export_hf_checkpoint(model, dtype=torch.bfloat16, export_dir=str(tmp_path))
+    state = load_file(str(next(tmp_path.glob("*.safetensors"))))
+    for proj, expected in zip(("gate_up_proj", "down_proj"), in_memory, strict=True):
+        weight, scale = state[f"{name}.{proj}"], state[f"{name}.{proj}_weight_scale"]
+        assert weight.dtype == torch.float8_e4m3fn and scale.dim() == 0
+        assert torch.allclose(weight.float() * scale.float(), expected, rtol=2**-20, atol=0), proj

@@ -18,7 +18,8 @@ step's scale beside them, and the FP8 step over those codes is what the model co
 off the INT4 grid). Training reaches the code -8 (ModelOpt's INT4 range is [-8, 7]; calibrated blocks end at +-7),
 which can take the FP8 step past 448: in memory it saturates, as a GPU's conversion to E4M3 does. Fused MoE experts
 (transformers' 3-D ``gate_up_proj``/``down_proj``) are snapped per expert: ModelOpt's quant module yields each
-expert's slice with that expert's quantizer, the one its export splits into ``gate_proj``/``up_proj``/``down_proj``.
+expert's slice with that expert's quantizer, the one its export splits into ``gate_proj``/``up_proj``/``down_proj``
+(GPT-OSS's and Llama 4's experts, quantized transposed and exported fused, come as one transposed view).
 Formats whose export derives the scales from the weight itself (NVFP4, MXFP8, FP8 blocks) are left as they are:
 their scales follow the trained weights, and ModelOpt clamps the NVFP4 block scales and E2M1 values.
 """
