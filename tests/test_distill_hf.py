@@ -265,3 +265,60 @@ def test_fp8_qat_of_fused_moe_experts_exports_each_experts_trained_codes(tmp_pat
     after, exported = d.details["perplexity_after_stage"], result.metrics["perplexity_export"]
     assert after < d.details["perplexity_before_stage"]
     assert math.isfinite(exported) and exported == pytest.approx(after, rel=1e-2)
+
+
+def test_w4a8_qat_exports_the_int4_codes_it_trained_with(tmp_path: Path) -> None:
+    """W4A8 (AWQ-smoothed INT4 blocks, then FP8 per tensor) QAT on a tiny dense model: the export stage snaps
+    each weight with its INT4 step, and every stored INT4 code is the trained model's (the distill stage's
+    checkpoint), with its block scales, FP8 scale and pre-quant scale, so decoded through the FP8 step the
+    checkpoint holds the weights the trained model computes with."""
+    import modelopt.torch.opt as mto
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from modelopt_typed_recipes.runtime.api import run_post_training
+    from modelopt_typed_recipes.runtime.hf.export import _unpack_int4, decode_weight
+
+    small = {"dataset": "reference-heldout", "num_samples": 8, "seq_length": 64, "batch_size": 4}
+    doc = {"model": "tiny-dense", "source": {"type": "random", "seed": 0}, "backend": "hf", "device": "cpu",
+           "output_dir": str(tmp_path / "w4a8"), "calibration": {**small, "dataset": "reference-train"},
+           "evaluation": small,
+           "stages": [{"technique": "quantize", "format": "w4a8_awq"},
+                      {"technique": "distill", "teacher": "none", "skip_lm_loss": False, "steps": 4,
+                       "micro_batch_size": 4, "seq_length": 64, "learning_rate": 1e-2, "lr_schedule": "constant",
+                       "data": {"dataset": "reference-heldout"}, "save": True},
+                      {"technique": "export"}]}
+    result = run_post_training(doc, progress=False)
+    d, e = result.stage("distill"), result.stage("export")
+    snapped = e.details["snapped_to_grid"]
+    assert snapped["weights"] == {"int4": 14} and snapped["values_beyond_range"] > 0
+    out = Path(result.output_dir)
+    config = AutoConfig.from_pretrained(str(out / "export"))
+    del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    mto.restore(model, str(out / d.outputs[0] / "modelopt_model.pth"))
+    stored = load_file(str(out / "export" / "model.safetensors"))
+    compared = 0
+    for name, m in model.named_modules():
+        if f"{name}.weight_scale_2" not in stored:  # not quantized (embeddings, lm_head)
+            continue
+        q = m.weight_quantizer
+        int4 = q[0]
+        with torch.no_grad():
+            in_memory = q(m.weight.detach())
+            step = (int4.amax.float() / 7).reshape(-1, 1)
+            codes = (int4(m.weight.detach()).reshape(-1, 128) / step).round().reshape(m.weight.shape)
+        t = {k: stored[f"{name}.{k}"] for k in ("weight", "weight_scale", "weight_scale_2")}
+        assert torch.equal(_unpack_int4(t["weight"]).float(), codes), name
+        pqs = m.input_quantizer.pre_quant_scale  # q/k/v's and gate/up's live in the norm before them (both sides)
+        assert (pqs is None) == (f"{name}.pre_quant_scale" not in stored), name
+        assert pqs is None or torch.equal(stored[f"{name}.pre_quant_scale"].float(), pqs.float()), name
+        decoded, kind = decode_weight(t)
+        assert kind == "int4+fp8" and torch.allclose(decoded, in_memory, rtol=2**-20, atol=0), name
+        compared += 1
+    assert compared == 14
+    norms = [k for k in stored if k.endswith("norm.weight")]  # AWQ's pre-quant scales of q/k/v and gate/up
+    state = model.state_dict()
+    assert norms and all(torch.equal(stored[k], state[k].to(stored[k].dtype)) for k in norms)
+    assert result.metrics["perplexity_export"] == pytest.approx(d.details["perplexity_after_stage"], rel=1e-4)
