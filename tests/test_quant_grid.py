@@ -154,7 +154,7 @@ def test_w4a8_exports_the_int4_codes_its_fp8_step_computes_with() -> None:
 
 
 MOE_FORMATS = {"fp8": "FP8_DEFAULT_CFG", "fp8_per_channel": "FP8_PER_CHANNEL_PER_TOKEN_CFG",
-               "int8": "INT8_WEIGHT_ONLY_CFG"}
+               "int8": "INT8_WEIGHT_ONLY_CFG", "int8_sq": "INT8_SMOOTHQUANT_CFG"}
 
 
 @pytest.mark.parametrize("fmt", sorted(MOE_FORMATS))
@@ -189,7 +189,8 @@ def test_fused_moe_experts_are_snapped_and_export_what_the_model_computes_with(f
     report = snap_to_grid(model)
     n = config.num_experts
     attention = 4 * len(layers)
-    assert report["weights"] == {"fp8" if fmt.startswith("fp8") else fmt: attention + 2 * n * len(layers)}
+    family = fmt.split("_")[0]  # fp8 or int8
+    assert report["weights"] == {family: attention + 2 * n * len(layers)}
     assert report["values_beyond_range"] > 0
     export_hf_checkpoint(model, dtype=torch.bfloat16, export_dir=str(tmp_path))
     state: dict[str, torch.Tensor] = {}
@@ -204,7 +205,7 @@ def test_fused_moe_experts_are_snapped_and_export_what_the_model_computes_with(f
                 key = f"model.layers.{i}.mlp.experts.{x}.{proj}"
                 tensors = {k: state[f"{key}.{k}"] for k in ("weight", "weight_scale") if f"{key}.{k}" in state}
                 decoded, kind = decode_weight(tensors)
-                assert kind == ("fp8" if fmt.startswith("fp8") else fmt), key
+                assert kind == family, key
                 assert torch.allclose(decoded, expected, rtol=2**-20, atol=0), key
                 compared += 1
     assert compared == 3 * n * len(layers)
