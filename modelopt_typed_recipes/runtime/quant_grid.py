@@ -27,15 +27,17 @@ their scales follow the trained weights, and ModelOpt clamps the NVFP4 block sca
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 
-GRID_FORMATS = ("fp8", "int4", "int8")
-"""The formats ``grid_format`` names (summed over the ranks in this order)."""
+GridFormat = Literal["fp8", "int4", "int8"]
+GRID_FORMATS: tuple[GridFormat, ...] = get_args(GridFormat)
+"""The formats ``grid_format`` names, summed over the ranks in this order: one list, which the type checker holds
+``grid_format`` to, so a new format cannot be left out of the sum."""
 
 
-def grid_format(quantizer: Any) -> str | None:
+def grid_format(quantizer: Any) -> GridFormat | None:
     """The format of a weight quantizer whose export scale is its calibrated ``amax`` over the format's largest
     value (FP8 per tensor or per channel, INT8, INT4 in static blocks); None for any other."""
     from modelopt.torch.quantization.nn import TensorQuantizer
@@ -75,7 +77,7 @@ def snap_to_grid(model: Any, *, counts_here: Callable[[Any, Any], tuple[bool, bo
     Without it every weight here counts (one process holds the model)."""
     from modelopt.torch.quantization.nn import QuantModule, SequentialQuantizer
 
-    snapped: dict[str, int] = {}
+    snapped: dict[GridFormat, int] = {}
     beyond = 0
     with torch.no_grad():
         for module in model.modules():
