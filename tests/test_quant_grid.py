@@ -250,3 +250,28 @@ def test_transposed_moe_experts_are_snapped_and_export_what_the_model_computes_w
         weight, scale = state[f"{name}.{proj}"], state[f"{name}.{proj}_weight_scale"]
         assert weight.dtype == torch.float8_e4m3fn and scale.dim() == 0
         assert torch.allclose(weight.float() * scale.float(), expected, rtol=2**-20, atol=0), proj
+
+
+@pytest.mark.parametrize("in_features", [64, 200])
+def test_int4_blocks_padded_past_a_short_row_are_snapped_and_counted(in_features: int) -> None:
+    """A row not a multiple of the block (128) is padded by ModelOpt to whole blocks, one amax each (64 inputs: one
+    block a row; 200: two). The snap counts each value against its own block's range, instead of stopping the
+    export with PyTorch's shape error."""
+    from modelopt_typed_recipes.runtime.quant_grid import snap_to_grid
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(in_features, 32, bias=False))
+    mtq.quantize(model, copy.deepcopy(mtq.INT4_BLOCKWISE_WEIGHT_ONLY_CFG), lambda m: m(torch.randn(4, in_features)))
+    layer = model[0]
+    quantizer = layer.weight_quantizer
+    with torch.no_grad():
+        layer.weight.mul_(1.3)
+        in_memory = quantizer(layer.weight.detach())
+    blocks = -(-in_features // 128)
+    amax = quantizer.amax.float().reshape(32, blocks)
+    values = layer.weight.detach().abs()
+    beyond = sum(int((values[:, j * 128:(j + 1) * 128] > amax[:, j:j + 1]).sum()) for j in range(blocks))
+    assert beyond > 0
+    assert snap_to_grid(model) == {"weights": {"int4": 1}, "values_beyond_range": beyond}
+    with torch.no_grad():
+        assert torch.equal(layer.weight, in_memory) and torch.equal(quantizer(layer.weight.detach()), in_memory)

@@ -61,7 +61,8 @@ def _beyond(weight: Any, quantizer: Any) -> int:
     amax = quantizer.amax.float()
     x = weight.detach().float().abs()
     block = (quantizer.block_sizes or {}).get(-1)
-    if block:
+    if block:  # a row shorter than whole blocks is padded, as ModelOpt pads it (zeros are never beyond)
+        x = torch.nn.functional.pad(x, (0, -x.shape[-1] % block))
         x, amax = x.reshape(-1, block), amax.reshape(-1, 1)
     return int((x > amax).sum())
 
