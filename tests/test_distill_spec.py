@@ -256,3 +256,25 @@ def test_the_plan_says_which_export_snaps() -> None:
     fakequant = check_recipe(recipe(Quantize(format="fp8"), Distill(steps=5), Export(format="vllm_fakequant")),
                              env=CPU)
     assert not fakequant.stages[2].snap_to_grid
+
+
+def test_an_export_after_training_a_quantized_megatron_checkpoint_snaps(tmp_path) -> None:
+    """A Megatron checkpoint saved with ModelOpt's state (a quantize stage's save, Megatron-LM's quantize script)
+    comes back quantized: a recipe that trains it (QAD from the quantized checkpoint, as Megatron-LM's flow runs
+    it) and exports trained weights past their calibrated ranges, so its export snaps them as after a quantize
+    stage. A checkpoint without ModelOpt's state, or an export not after training, does not snap."""
+    from modelopt_typed_recipes.spec.recipe import MegatronCheckpoint
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "metadata.json").write_text("{}")
+
+    def snaps(*stages: Any) -> list[bool]:
+        r = Recipe(model="reference-llama", source=MegatronCheckpoint(path=str(ckpt)), stages=stages,
+                   output_dir=str(tmp_path / "out"), backend="megatron")
+        return [s.snap_to_grid for s in check_recipe(r, env=CPU, backend="megatron").stages]
+
+    assert snaps(Distill(steps=5, teacher="none", skip_lm_loss=False), Export()) == [False, False]  # plain weights: nothing quantized
+    (ckpt / "modelopt_state").mkdir()
+    assert snaps(Distill(steps=5, teacher="none", skip_lm_loss=False), Export()) == [False, True]
+    assert snaps(Export()) == [False]  # PTQ export of the checkpoint as it was calibrated

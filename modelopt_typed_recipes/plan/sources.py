@@ -25,6 +25,18 @@ def saved_layer_spec(src: MegatronCheckpoint) -> str | None:
     return spec if isinstance(spec, str) else None
 
 
+def quantized_source(src: object) -> bool:
+    """Whether the source arrives quantized: a Megatron checkpoint saved with ModelOpt's state (its
+    ``modelopt_state`` folder, which ``runtime.megatron.build.load_checkpoint`` restores with the quantizers). A
+    state of other modes only counts too, harmlessly: the snap it leads to finds no quantizer to move."""
+    if not isinstance(src, MegatronCheckpoint):
+        return False
+    try:
+        return (user_path(src.path, path="source.path") / "modelopt_state").is_dir()
+    except (OSError, SpecError):  # source_problems reports the path
+        return False
+
+
 def builtin_weights(arch: ModelArch) -> Path | None:
     """The shipped Hugging Face folder of a registry model (None when it ships none)."""
     from ..catalog.models.reference import builtin_weights_dir

@@ -32,11 +32,12 @@ def first_compression(stages: tuple[object, ...], before: int) -> int | None:
                  if getattr(s, "technique", None) in COMPRESSING_TECHNIQUES), None)
 
 
-def trained_while_quantized(stages: tuple[object, ...], before: int) -> bool:
+def trained_while_quantized(stages: tuple[object, ...], before: int, *, source_quantized: bool = False) -> bool:
     """Whether a distill stage before ``before`` trained the weights of a quantized model, with no quantize or
     auto_quantize stage since (which would have calibrated its ranges again): QAT or QAD, whose export puts
-    the weights on their quantizers' grid first (``runtime.quant_grid``)."""
-    trained = quantized = False
+    the weights on their quantizers' grid first (``runtime.quant_grid``). ``source_quantized``: the model is
+    quantized before the first stage (``plan.sources.quantized_source``)."""
+    trained, quantized = False, source_quantized
     for s in stages[:before]:
         technique = getattr(s, "technique", None)
         if technique in ("quantize", "auto_quantize"):
