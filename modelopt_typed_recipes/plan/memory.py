@@ -16,6 +16,8 @@ Terms, for the most loaded rank (the pipeline stage holding the most bytes):
   MLP/Mamba intermediates or the full-vocabulary logits). An export run in the process that calibrated on
   the same layout still holds the score buffer (``estimate(..., calibrated_in_process=True)``).
 * ``kv_cache``: the KV cache of a sanity generation (0 unless ``generate_tokens``).
+* ``cuda_workspace``: PyTorch's cuBLAS workspace, taken at the process's first GEMM and kept
+  (``MemoryModel.cublas_workspace_bytes``).
 * ``export_buffers``: ModelOpt's unified export moves each weight to the host (``.to(dtype).cpu()``) and
   packs it there, so the GPU holds only the block scales it derives from the weights (kept on the GPU until
   the files are written) and the temporaries of the largest linear while they are made. Megatron-LM's

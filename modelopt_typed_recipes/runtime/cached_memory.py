@@ -15,7 +15,8 @@ from __future__ import annotations
 
 def release_cached_memory() -> None:
     """Return this process's unused cached CUDA blocks to the driver; blocks in use stay. A no-op where CUDA
-    was never initialised (a CPU run), and cheap when little is cached: no barrier, no extra synchronisation."""
+    was never initialised (a CPU run), and cheap when little is cached: no barrier between ranks; freeing a block
+    (``cudaFree``) waits for this GPU's queued work, which a stage boundary has finished anyway."""
     import torch
 
     torch.cuda.empty_cache()  # itself checks that CUDA is initialised
