@@ -13,8 +13,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def run(layout_kind: str, micro_batch_size: int) -> list[dict[str, float]]:
-    """Two steps of distilling a perturbed reference-llama into its teacher (same inputs on every layout)."""
+def run(layout_kind: str, micro_batch_size: int) -> dict:
+    """Two steps of distilling a perturbed reference-llama into its teacher (same inputs on every layout): the
+    loss curve and the tokens the run reports."""
     import torch
 
     import test_megatron_distill as T
@@ -38,7 +39,8 @@ def run(layout_kind: str, micro_batch_size: int) -> list[dict[str, float]]:
                 p.mul_(0.5)
     train = md.Training(steps=2, micro_batch_size=micro_batch_size, learning_rate=1e-4, lr_schedule="constant")
     _, report = md.distill(student, teacher, T._windows("reference-train", 8), train, md.KDLoss())
-    return [{"loss": r["loss"], "grad_norm": r["grad_norm"]} for r in report["curve"]]
+    return {"curve": [{"loss": r["loss"], "grad_norm": r["grad_norm"]} for r in report["curve"]],
+            "tokens": report["tokens"]}
 
 
 def main() -> None:
@@ -52,9 +54,9 @@ def main() -> None:
     distributed.init_process_group(device="cpu")
     distributed.set_layout(ParallelLayout(tensor_parallel=2) if kind == "tp" else ParallelLayout(), device="cpu")
     with megatron_on_cpu():
-        curve = run(kind, 2)
+        result = run(kind, 2)
     if dist.get_rank() == 0:
-        out.write_text(json.dumps(curve))
+        out.write_text(json.dumps(result))
     dist.destroy_process_group()
 
 

@@ -304,6 +304,21 @@ def test_recipe_quantize_then_distill_on_the_backend(dist_cpu, tmp_path, gpu_env
     assert ppl_after == det["perplexity_after_stage"] != ppl_q and abs(ppl_after / ppl_q - 1) < 0.05
     assert (tmp_path / "s" / d.outputs[0] / "metadata.json").is_file()  # save: true wrote the distilled model
 
+    # Megatron-LM's flow: a later run trains the quantized checkpoint further; it arrives with its quantizers
+    from modelopt_typed_recipes.spec.recipe import MegatronCheckpoint
+
+    saved = tmp_path / "saved"
+    (tmp_path / "s" / d.outputs[0]).rename(saved)
+    later = attrs.evolve(r, source=MegatronCheckpoint(path=str(saved)), evaluation=None, output_dir=str(tmp_path / "o2"),
+                         stages=(Distill(teacher="none", skip_lm_loss=False, steps=1, micro_batch_size=2, seq_length=SEQ,
+                                         learning_rate=1e-5, data=TrainingText(dataset="reference-train")),))
+    plan = check_recipe(later, env=Environment.detect(), backend="megatron")
+    plan.raise_first()
+    plan = attrs.evolve(plan, device="cpu", dtype=DTYPE, output_dir=tmp_path / "out2", staging_dir=tmp_path / "s2",
+                        progress=False)
+    (again,) = backend.run(later, plan).stages
+    assert again.details["qad"] is True and again.quantizer_summary == q.quantizer_summary
+
 
 def test_recipe_qat_then_export_hands_the_exporter_snapped_weights(dist_cpu, tmp_path, monkeypatch):
     """The export stage after QAT snaps the weights before ModelOpt's exporter sees them (the exporter is a
@@ -381,7 +396,7 @@ def test_recipe_named_teacher_then_finetune(dist_cpu, tmp_path, gpu_env):
 def test_two_processes_match_one(dist_cpu, tmp_path, kind):
     """TP=2 (logits KL reduced over the vocabulary shards, norm counted once per duplicate) gives the losses and
     gradient norms of TP=1; DP=2 (each replica half of a global micro-batch, gradients averaged) gives the
-    gradient norms of one process with the whole micro-batch."""
+    gradient norms of one process with the whole micro-batch; both report the tokens the whole run trained on."""
     import json
     import subprocess
     import sys
@@ -398,7 +413,8 @@ def test_two_processes_match_one(dist_cpu, tmp_path, kind):
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = json.loads(out.read_text())
     one = run("one", 2 if kind == "tp" else 4)
-    for a, b in zip(two, one, strict=True):
+    assert two["tokens"] == one["tokens"] == 2 * (2 if kind == "tp" else 4) * (SEQ - 1)
+    for a, b in zip(two["curve"], one["curve"], strict=True):
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
         if kind == "tp":
             assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)

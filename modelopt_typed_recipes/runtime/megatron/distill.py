@@ -348,6 +348,7 @@ def train_loop(model: Any, windows: Any, train: Training, *, distilling: bool, p
     sync()
     seconds = time.perf_counter() - t0
     model.eval()
+    tokens *= parallel_state.get_data_parallel_world_size()  # every replica trained on as many, its own windows
     return {"steps": train.steps, "tokens": tokens, "seconds": seconds,
             "tokens_per_second": tokens / seconds if seconds > 0 else None,
             "loss_first": curve[0]["loss"] if curve else None, "loss_last": curve[-1]["loss"] if curve else None,

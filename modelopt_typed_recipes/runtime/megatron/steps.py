@@ -45,6 +45,9 @@ class MegatronRun:
     """The architecture each stage starts from (a prune stage replaces the later ones with its result)."""
     eval_batches: list[Any] | None = None
     quantized: bool = False
+    """A stage of this run quantized the model (the measurements after are then worth taking)."""
+    source_quantized: bool = False
+    """The source checkpoint arrived quantized (``plan.sources.quantized_source``): its quantizers are restored."""
     changed: bool = False
     teacher: Any = None
     """The model as it was before the first compression stage, kept when a later distill stage learns from it."""
@@ -245,7 +248,8 @@ def distill(run: MegatronRun, stage: Distill, sp: StagePlan) -> StepResult:
     windows, distinct = training_windows(stage, run.recipe.calibration, run.tokenizer,
                                          needed=steps * train.windows_per_step * dp, seed=run.recipe.seed,
                                          path=sp.path)
-    details: dict[str, Any] = {"teacher": info, "qad": run.quantized, "after_prune": run.changed}
+    details: dict[str, Any] = {"teacher": info, "qad": run.quantized or run.source_quantized,
+                               "after_prune": run.changed}
     if run.eval_batches is not None:
         details["perplexity_before_stage"] = stages.perplexity(run.model, run.eval_batches, progress=False)
     run.model, report = md.distill(run.model, teacher, windows, train, md.KDLoss.of(stage),
