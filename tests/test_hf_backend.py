@@ -350,3 +350,37 @@ def test_each_stage_gives_the_cuda_cache_back_before_the_next(tmp_path: Path, mo
     result = api.run_post_training(doc, progress=False)
     assert [s.status for s in result.stages] == ["ok", "ok"]
     assert events == ["release", "quantize", "quantize done", "release", "export", "export done", "release"]
+
+
+def test_a_quantized_modelopt_export_is_refused_as_a_model_to_load(tmp_path: Path, hf_checkpoint: Path) -> None:
+    """An FP8 export's weights are FP8 codes beside their scales: loaded as a source they read as plain weights
+    (the reference model measured a held-out perplexity of 2,145 so, against 47). As a source or a teacher it is
+    refused before any model loads, naming the field; a vLLM fake-quant export (bf16 weights) is still a model."""
+    from modelopt_typed_recipes import check
+    from modelopt_typed_recipes.spec.recipe import Recipe
+
+    first = api.run_post_training(reference_recipe(tmp_path, hf_checkpoint, [
+        {"technique": "quantize", "format": "fp8"}, {"technique": "export"}], "first"), progress=False)
+    export = Path(first.output_dir) / "export"
+    assert json.loads((export / "config.json").read_text())["quantization_config"]["quant_method"] == "modelopt"
+
+    doc = reference_recipe(tmp_path, export, [{"technique": "quantize", "format": "fp8"}], "again")
+    with pytest.raises(CompatibilityError, match="quantized ModelOpt export") as err:
+        api.run_post_training(doc, progress=False)
+    assert err.value.path == "source.path" and "unquantized checkpoint" in (err.value.hint or "")
+    assert not (tmp_path / "again").exists()
+
+    teacher = reference_recipe(tmp_path, hf_checkpoint, [
+        {"technique": "quantize", "format": "fp8"},
+        {"technique": "distill", "steps": 1, "micro_batch_size": 2, "seq_length": 64,
+         "teacher": {"type": "hf", "path": str(export)}, "data": {"dataset": "reference-train"}}], "teacher")
+    problems = check(Recipe.from_dict(teacher)).errors
+    assert [(e.path, type(e)) for e in problems] == [("stages[1].teacher.path", CompatibilityError)]
+
+    only_marker = tmp_path / "marker"  # an older export: hf_quant_config.json beside a config without the block
+    only_marker.mkdir()
+    (only_marker / "config.json").write_text((hf_checkpoint / "config.json").read_text())
+    (only_marker / "hf_quant_config.json").write_text((export / "hf_quant_config.json").read_text())
+    with pytest.raises(CompatibilityError, match="quantized ModelOpt export"):
+        api.run_post_training(reference_recipe(tmp_path, only_marker, [{"technique": "quantize", "format": "fp8"}],
+                                               "marker-out"), progress=False)

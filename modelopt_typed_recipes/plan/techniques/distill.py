@@ -115,8 +115,11 @@ def _folder_problems(folder: str, path: str, *, marker: str, what: str) -> list[
 def _hf_teacher(folder: str, path: str, field: str) -> tuple[ModelArch | None, list[RecipeError], list[str]]:
     from ...bridges.hf_config import load_hf_config
     from ..outputs import user_path
+    from ..sources import hf_config_problems
 
     errors = _folder_problems(folder, field, marker="config.json", what="a Hugging Face checkpoint")
+    if not errors:
+        errors = hf_config_problems(user_path(folder, path=field), field)
     if errors:
         return None, errors, []
     try:
