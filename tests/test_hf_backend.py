@@ -376,6 +376,12 @@ def test_a_quantized_modelopt_export_is_refused_as_a_model_to_load(tmp_path: Pat
          "teacher": {"type": "hf", "path": str(export)}, "data": {"dataset": "reference-train"}}], "teacher")
     problems = check(Recipe.from_dict(teacher)).errors
     assert [(e.path, type(e)) for e in problems] == [("stages[1].teacher.path", CompatibilityError)]
+    megatron_teacher = tmp_path / "megatron-teacher"  # a Megatron teacher reads only the config of its hf_reference
+    megatron_teacher.mkdir()
+    (megatron_teacher / "metadata.json").write_text("{}")
+    teacher["stages"][1]["teacher"] = {"type": "megatron", "path": str(megatron_teacher), "hf_reference": str(export)}
+    problems = check(Recipe.from_dict({**teacher, "backend": "megatron"})).errors
+    assert not [e for e in problems if e.path.startswith("stages[1].teacher")], problems
 
     only_marker = tmp_path / "marker"  # an older export: hf_quant_config.json beside a config without the block
     only_marker.mkdir()

@@ -93,7 +93,7 @@ def teacher_arch(stage: Distill, ctx: StageContext) -> tuple[ModelArch | None, l
         if src.hf_reference is None:
             return None, errors, [(f"{path}: the Megatron teacher's architecture is read at run time (set "
                                    "hf_reference to its Hugging Face folder to check it now)")]
-        arch, more, notes = _hf_teacher(src.hf_reference, path, f"{path}.hf_reference")
+        arch, more, notes = _hf_teacher(src.hf_reference, path, f"{path}.hf_reference", weights=False)
         return arch, errors + more, notes
     return None, [SpecError(f"unknown teacher {stage.teacher!r}", path=path)], []  # pragma: no cover
 
@@ -112,13 +112,16 @@ def _folder_problems(folder: str, path: str, *, marker: str, what: str) -> list[
     return []
 
 
-def _hf_teacher(folder: str, path: str, field: str) -> tuple[ModelArch | None, list[RecipeError], list[str]]:
+def _hf_teacher(folder: str, path: str, field: str, *,
+                weights: bool = True) -> tuple[ModelArch | None, list[RecipeError], list[str]]:
+    """The teacher's architecture from a Hugging Face folder; ``weights``: the run loads the folder's weights
+    too (a Megatron teacher's ``hf_reference`` gives only its config, which an export's config serves as well)."""
     from ...bridges.hf_config import load_hf_config
     from ..outputs import user_path
     from ..sources import hf_config_problems
 
     errors = _folder_problems(folder, field, marker="config.json", what="a Hugging Face checkpoint")
-    if not errors:
+    if not errors and weights:
         errors = hf_config_problems(user_path(folder, path=field), field)
     if errors:
         return None, errors, []
