@@ -107,6 +107,31 @@ def test_megatron_checkpoint_is_rebuilt_with_its_saved_spec(tmp_path, saved, sta
     assert check_recipe(ok, env=GPU_TE).ok  # with TE every saved spec can be rebuilt
 
 
+def test_a_megatron_checkpoints_hf_reference_of_another_model_is_refused(tmp_path):
+    """The export writes ``hf_reference``'s config.json beside the weights of ``model``: a folder of another model
+    is refused at ``model`` before the GPU work, naming the field and the registry model the folder holds."""
+    from modelopt_typed_recipes.catalog import get_arch
+    from modelopt_typed_recipes.plan.sources import builtin_weights
+    from modelopt_typed_recipes.spec.recipe import MegatronCheckpoint
+
+    (tmp_path / "metadata.json").write_text("{}")
+    reference = builtin_weights(get_arch("reference-llama"))
+    assert reference is not None
+
+    def errors(model, hf_reference):
+        src = MegatronCheckpoint(path=str(tmp_path), hf_reference=hf_reference)
+        rec = Recipe(model=model, source=src, stages=(Quantize(format="fp8"), Export()), output_dir="/tmp/x",
+                     backend="megatron")
+        return [e for e in check_recipe(rec, env=GPU_TE).errors if e.path in ("model", "source.hf_reference")]
+
+    [err] = errors("qwen3-8b", str(reference))
+    assert (err.path, type(err).__name__) == ("model", "CompatibilityError")
+    assert "not the model in source.hf_reference" in err.message and "layers 36 against 6" in err.message
+    assert err.hint == "model: reference-llama (the registry's architecture of this checkpoint)"
+    assert errors("reference-llama", str(reference)) == []
+    assert errors("qwen3-8b", "Qwen/Qwen3-8B") == []  # a Hub id: the export reads it on the GPU machine
+
+
 def test_kv_cache_ok_with_te_and_counts_kv_quantizers():
     rep = check_recipe(recipe(Quantize(format="fp8", kv_cache="fp8")), env=GPU_TE)
     assert rep.ok, rep.errors

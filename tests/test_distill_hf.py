@@ -41,10 +41,13 @@ def test_lr_schedules_warm_up_then_decay_to_the_floor() -> None:
 
 
 def test_qad_recovers_part_of_the_ptq_loss_and_the_export_agrees(tmp_path: Path) -> None:
-    """FP8 PTQ, then distillation from the model before quantization, then the unified HF export."""
+    """INT4-AWQ PTQ, then distillation from the model before quantization, then the unified HF export. INT4, not
+    FP8: FP8 costs the reference model 0.08 % of its held-out perplexity, and 16 steps won back or lost
+    0.007 of it depending on the installed releases (transformers 5.24 with torch 2.13: a loss); INT4 costs 0.5 %,
+    and the distillation wins back a fifth of that."""
     from modelopt_typed_recipes.runtime.api import run_post_training
 
-    doc = recipe(tmp_path / "qad", {"technique": "quantize", "format": "fp8"},
+    doc = recipe(tmp_path / "qad", {"technique": "quantize", "format": "int4_awq"},
                  {"technique": "distill", "steps": 16, "micro_batch_size": 4, "seq_length": 128,
                   "learning_rate": 1e-4, "min_learning_rate": 1e-6},
                  {"technique": "export"})
@@ -52,8 +55,8 @@ def test_qad_recovers_part_of_the_ptq_loss_and_the_export_agrees(tmp_path: Path)
     d = result.stage("distill").details
     ptq, qad = d["perplexity_before_stage"], d["perplexity_after_stage"]
     base = result.metrics["perplexity_before"]
-    assert base < ptq, (base, ptq)  # FP8 costs something to win back
-    assert qad < ptq, (ptq, qad)
+    assert base < ptq, (base, ptq)  # INT4 costs something to win back
+    assert qad < ptq - (ptq - base) / 10, (base, ptq, qad)  # a tenth of the gap at least
     assert result.metrics["perplexity_after"] == pytest.approx(qad)
     # the export holds the trained, quantized weights: re-loaded from disk it measures the same
     assert result.metrics["perplexity_export"] == pytest.approx(qad, rel=2e-3)
@@ -62,7 +65,7 @@ def test_qad_recovers_part_of_the_ptq_loss_and_the_export_agrees(tmp_path: Path)
     assert d["loss_first"] > 0 and math.isfinite(d["loss_last"]) and d["tokens_per_second"] > 0
     assert d["aligned_with_export"] and len(d["loss_curve"]) == 11
     cfg = json.loads((Path(result.output_dir) / "export" / "config.json").read_text())
-    assert cfg["quantization_config"]["quant_algo"] == "FP8"
+    assert cfg["quantization_config"]["quant_algo"] == "W4A16_AWQ"
     manifest = json.loads((Path(result.output_dir) / "manifest.json").read_text())
     assert [s["technique"] for s in manifest["result"]["stages"]] == ["quantize", "distill", "export"]
 

@@ -390,3 +390,16 @@ def test_a_quantized_modelopt_export_is_refused_as_a_model_to_load(tmp_path: Pat
     with pytest.raises(CompatibilityError, match="quantized ModelOpt export"):
         api.run_post_training(reference_recipe(tmp_path, only_marker, [{"technique": "quantize", "format": "fp8"}],
                                                "marker-out"), progress=False)
+
+
+def test_a_model_other_than_the_sources_is_refused_before_loading(tmp_path: Path, hf_checkpoint: Path) -> None:
+    """``model`` decides the plan and the manifest's architecture, the folder what the backends load: a recipe
+    for qwen3-8b on the reference model's folder ran the reference model and reported qwen3-8b. Refused at
+    ``model``, naming the sizes that differ and the registry model the folder holds."""
+    doc = {**reference_recipe(tmp_path, hf_checkpoint, [{"technique": "quantize", "format": "fp8"}], "wrong"),
+           "model": "qwen3-8b"}
+    with pytest.raises(CompatibilityError, match="not the model in source.path") as err:
+        api.run_post_training(doc, progress=False)
+    assert err.value.path == "model" and "layers 36 against 6" in err.value.message
+    assert err.value.hint == "model: reference-llama (the registry's architecture of this checkpoint)"
+    assert not (tmp_path / "wrong").exists()

@@ -73,6 +73,40 @@ def quantized_export_problem(folder: Path, config: dict, path: str) -> RecipeErr
              "with TensorRT-LLM, vLLM or SGLang")
 
 
+def _shape(arch: ModelArch) -> dict[str, int]:
+    """The sizes that decide every weight's shape (the parameter count covers heads, experts and the rest)."""
+    return {"layers": arch.num_layers, "hidden size": arch.hidden_size, "FFN size": arch.ffn_hidden_size,
+            "vocabulary": arch.vocab.size, "parameters": arch.params_total}
+
+
+def source_arch_problem(arch: ModelArch, folder: Path, config: dict,
+                        field: str = "source.path") -> RecipeError | None:
+    """``model`` and the source's ``config.json`` (``field`` names where the folder was given) describing different
+    models. Everything the plan says (memory, layouts, which layers a stage quantizes) and the manifest's
+    architecture follow ``model``, while the backends load the folder: the Hugging Face backend ran such a recipe on
+    the folder's model and reported ``model``'s; Megatron-Core's import failed only after building the model, and
+    its export wrote the reference's ``config.json`` beside weights of another shape. None when they agree, or
+    when the config is one the bridge cannot read (the loader then says why)."""
+    from ..bridges.hf_config import from_hf_config
+
+    try:
+        found = from_hf_config(config)
+    except RecipeError:
+        return None
+    want, got = _shape(arch), _shape(found)
+    if want == got:
+        return None
+    from ..catalog import list_archs
+
+    differ = ", ".join(f"{k} {want[k]:,} against {got[k]:,}" for k in want if want[k] != got[k])
+    same = [a.name for a in list_archs() if _shape(a) == got]
+    hint = (f"model: {same[0]} (the registry's architecture of this checkpoint)" if same else
+            f"an inline architecture: `python -m modelopt_typed_recipes arch from-hf {str(folder)[:200]}` prints one")
+    return CompatibilityError(f"model {arch.name!r} is not the model in {field} (the model's against the "
+                              f"checkpoint's: {differ})", path="model",
+                              hint=hint)
+
+
 def hf_config_problems(folder: Path, path: str = "source.path") -> list[RecipeError]:
     """A checkpoint's ``config.json`` that transformers would fail on or misread: unreadable (read with the
     bridge's bounds), a model type only the checkpoint's own code defines (this package never runs that code),
@@ -93,6 +127,27 @@ def hf_config_problems(folder: Path, path: str = "source.path") -> list[RecipeEr
             "(auto_map); this package does not run a checkpoint's code", path=path,
             hint="supported model types: " + ", ".join(sorted(HF_MODEL_TYPES)))]
     return []
+
+
+def _reference_arch_problems(src: MegatronCheckpoint, arch: ModelArch) -> list[RecipeError]:
+    """A Megatron checkpoint's local ``hf_reference`` folder of another model than ``model`` (a Hub id, or a folder
+    whose config the bridge cannot read, is left to the export, which says why)."""
+    if src.hf_reference is None:
+        return []
+    try:
+        ref = user_path(src.hf_reference, path="source.hf_reference")
+    except SpecError:
+        return []
+    if not (ref / "config.json").is_file():
+        return []
+    from ..bridges.hf_config import read_config_json
+
+    try:
+        config = read_config_json(ref)
+    except RecipeError:
+        return []
+    mismatch = source_arch_problem(arch, ref, config, field="source.hf_reference")
+    return [mismatch] if mismatch is not None else []
 
 
 def source_problems(recipe: Recipe, arch: ModelArch, env: Environment, backend: str) -> list[RecipeError]:
@@ -118,12 +173,19 @@ def source_problems(recipe: Recipe, arch: ModelArch, env: Environment, backend: 
             out.append(SpecError(f"{src.path!r} has no config.json: not a Hugging Face checkpoint",
                                  path="source.path"))
         elif isinstance(src, HFCheckpoint):
-            out += hf_config_problems(p)
+            problems = hf_config_problems(p)
+            out += problems
+            if not problems:
+                from ..bridges.hf_config import read_config_json
+
+                mismatch = source_arch_problem(arch, p, read_config_json(p))
+                out += [mismatch] if mismatch is not None else []
         elif isinstance(src, MegatronCheckpoint) and not (p / "metadata.json").is_file():
             # megatron/build.load_checkpoint says so only after the model is built
             out.append(SpecError(f"{src.path!r} is not a Megatron distributed checkpoint (no metadata.json)",
                                  path="source.path", hint="point at the folder a Megatron-Core save wrote"))
         elif isinstance(src, MegatronCheckpoint) and backend == "megatron":
+            out += _reference_arch_problems(src, arch)
             saved = saved_layer_spec(src)
             if saved in ("te", "modelopt") and not env.transformer_engine:
                 out.append(CompatibilityError(
