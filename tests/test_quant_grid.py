@@ -275,3 +275,33 @@ def test_int4_blocks_padded_past_a_short_row_are_snapped_and_counted(in_features
     assert snap_to_grid(model) == {"weights": {"int4": 1}, "values_beyond_range": beyond}
     with torch.no_grad():
         assert torch.equal(layer.weight, in_memory) and torch.equal(quantizer(layer.weight.detach()), in_memory)
+
+
+@pytest.mark.parametrize("blocks", [{1: 128, "type": "static"}, {-1: 128, -2: 128, "type": "static"}])
+def test_int4_blocks_named_otherwise_are_snapped_and_counted_in_their_own_blocks(blocks: dict) -> None:
+    """A ModelOpt recipe file may name the last axis ``1`` instead of ``-1``, or give 2-D blocks (128 x 128): ModelOpt
+    quantizes both, one amax per block. The snap counts each value against its own block's range, as ModelOpt
+    blocks it, instead of stopping the export after training with PyTorch's shape error."""
+    from modelopt_typed_recipes.runtime.quant_grid import snap_to_grid
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 256, bias=False))
+    config = copy.deepcopy(mtq.INT4_BLOCKWISE_WEIGHT_ONLY_CFG)
+    for entry in config["quant_cfg"]:
+        if entry.get("quantizer_name") == "*weight_quantizer":
+            entry["cfg"] = {"num_bits": 4, "block_sizes": blocks}
+    mtq.quantize(model, config, lambda m: m(torch.randn(4, 256)))
+    layer, quantizer = model[0], model[0].weight_quantizer
+    with torch.no_grad():
+        layer.weight.mul_(1.3)
+        in_memory = quantizer(layer.weight.detach())
+    values = layer.weight.detach().abs()
+    if -2 in blocks:  # amax per 128 x 128 tile
+        amax = quantizer.amax.float().reshape(2, 2).repeat_interleave(128, 0).repeat_interleave(128, 1)
+    else:  # amax per 128 values of a row
+        amax = quantizer.amax.float().reshape(256, 2).repeat_interleave(128, 1)
+    beyond = int((values > amax).sum())
+    assert beyond > 0
+    assert snap_to_grid(model) == {"weights": {"int4": 1}, "values_beyond_range": beyond}
+    with torch.no_grad():
+        assert torch.equal(layer.weight, in_memory) and torch.equal(quantizer(layer.weight.detach()), in_memory)

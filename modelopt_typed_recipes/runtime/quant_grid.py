@@ -60,10 +60,10 @@ def _beyond(weight: Any, quantizer: Any) -> int:
     """How many values lie outside the quantizer's range (fake quantization saturates them)."""
     amax = quantizer.amax.float()
     x = weight.detach().float().abs()
-    block = (quantizer.block_sizes or {}).get(-1)
-    if block:  # a row shorter than whole blocks is padded, as ModelOpt pads it (zeros are never beyond)
-        x = torch.nn.functional.pad(x, (0, -x.shape[-1] % block))
-        x, amax = x.reshape(-1, block), amax.reshape(-1, 1)
+    if quantizer.block_sizes:  # INT4 blocks as ModelOpt's forward makes them, whichever way the recipe names the
+        # axes (-1 or 1, 2-D tiles): padded to whole blocks (zeros are never beyond), amax one per block
+        quantizer._setup_for_blockquant(x)
+        x = quantizer._process_for_blockquant(x)
     return int((x > amax).sum())
 
 
