@@ -132,6 +132,54 @@ def test_a_megatron_checkpoints_hf_reference_of_another_model_is_refused(tmp_pat
     assert errors("qwen3-8b", "Qwen/Qwen3-8B") == []  # a Hub id: the export reads it on the GPU machine
 
 
+
+def test_a_pruned_megatron_checkpoint_with_its_unpruned_hf_reference_is_accepted(tmp_path):
+    """A checkpoint this package saved after pruning records the pruned architecture (``model_arch.yaml``); its
+    ``hf_reference`` is the unpruned model's folder, whose tokenizer the run reads and whose config the export starts
+    from (ModelOpt's exporter writes the model's layers, hidden, FFN and head sizes over it). ``model`` is checked
+    against the recorded architecture, what the shards hold; the reference only on what neither rewrites."""
+    from modelopt_typed_recipes.bridges.hf_config import to_hf_config
+    from modelopt_typed_recipes.catalog import get_arch
+    from modelopt_typed_recipes.plan.sources import builtin_weights
+    from modelopt_typed_recipes.spec.recipe import MegatronCheckpoint
+    from modelopt_typed_recipes.spec.serde import to_yaml
+
+    def checkpoint(name, arch):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "metadata.json").write_text("{}")
+        (folder / "model_arch.yaml").write_text(to_yaml(arch))
+        return folder
+
+    def errors(model, folder, hf_reference, *stages):
+        src = MegatronCheckpoint(path=str(folder), hf_reference=str(hf_reference))
+        rec = Recipe(model=model, source=src, stages=stages, output_dir="/tmp/x", backend="megatron")
+        return [(e.path, e.message) for e in check_recipe(rec, env=GPU_TE).errors
+                if e.path in ("model", "source.hf_reference")]
+
+    reference = builtin_weights(get_arch("reference-llama"))
+    pruned = Prune(num_layers=4).pruned(get_arch("reference-llama"))
+    shallow = checkpoint("shallow", pruned)
+    assert errors(pruned, shallow, reference, Quantize(format="fp8"), Export()) == []
+    assert errors(pruned, shallow, reference, Quantize(format="fp8")) == []
+    # a model other than the one the shards hold fails their load after the build: refused at model
+    [(path, message)] = errors("reference-llama", shallow, reference, Quantize(format="fp8"))
+    assert path == "model" and "model_arch.yaml" in message and "layers 6 against 4" in message
+
+    # MoE: the export keeps the reference's expert sizes, so only a recipe without export may use that reference
+    moe = get_arch("tiny-moe")
+    moe_reference = tmp_path / "moe-reference"
+    moe_reference.mkdir()
+    (moe_reference / "config.json").write_text(json.dumps(to_hf_config(moe)))
+    fewer = Prune(num_moe_experts=4).pruned(moe)
+    fewer_experts = checkpoint("fewer-experts", fewer)
+    assert errors(fewer, fewer_experts, moe_reference, Quantize(format="fp8")) == []
+    [(path, message)] = errors(fewer, fewer_experts, moe_reference, Quantize(format="fp8"), Export())
+    assert path == "source.hf_reference" and "experts 4 against 8" in message
+    # a reference of another vocabulary tokenizes for another embedding: refused with or without export
+    [(path, message)] = errors(fewer, fewer_experts, reference, Quantize(format="fp8"))
+    assert path == "source.hf_reference" and "vocabulary" in message
+
 def test_kv_cache_ok_with_te_and_counts_kv_quantizers():
     rep = check_recipe(recipe(Quantize(format="fp8", kv_cache="fp8")), env=GPU_TE)
     assert rep.ok, rep.errors

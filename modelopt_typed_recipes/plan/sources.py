@@ -93,6 +93,14 @@ def source_arch_problem(arch: ModelArch, folder: Path, config: dict,
         found = from_hf_config(config)
     except RecipeError:
         return None
+    return _arch_mismatch(arch, found, field, inline=f"`python -m modelopt_typed_recipes arch from-hf "
+                                                    f"{str(folder)[:200]}` prints one")
+
+
+def _arch_mismatch(arch: ModelArch, found: ModelArch, field: str, *, inline: str) -> RecipeError | None:
+    """``model`` (``arch``) against the architecture ``found`` in ``field``: a CompatibilityError at ``model``
+    naming the sizes that differ and the registry model of that shape (else ``inline`` says where an inline
+    architecture comes from), or None when they agree."""
     want, got = _shape(arch), _shape(found)
     if want == got:
         return None
@@ -101,7 +109,7 @@ def source_arch_problem(arch: ModelArch, folder: Path, config: dict,
     differ = ", ".join(f"{k} {want[k]:,} against {got[k]:,}" for k in want if want[k] != got[k])
     same = [a.name for a in list_archs() if _shape(a) == got]
     hint = (f"model: {same[0]} (the registry's architecture of this checkpoint)" if same else
-            f"an inline architecture: `python -m modelopt_typed_recipes arch from-hf {str(folder)[:200]}` prints one")
+            f"an inline architecture: {inline}")
     return CompatibilityError(f"model {arch.name!r} is not the model in {field} (the model's against the "
                               f"checkpoint's: {differ})", path="model",
                               hint=hint)
@@ -129,9 +137,30 @@ def hf_config_problems(folder: Path, path: str = "source.path") -> list[RecipeEr
     return []
 
 
-def _reference_arch_problems(src: MegatronCheckpoint, arch: ModelArch) -> list[RecipeError]:
-    """A Megatron checkpoint's local ``hf_reference`` folder of another model than ``model`` (a Hub id, or a folder
-    whose config the bridge cannot read, is left to the export, which says why)."""
+def recorded_arch(src: MegatronCheckpoint) -> ModelArch | None:
+    """The architecture this package recorded beside a Megatron checkpoint's shards (``model_arch.yaml``: a prune
+    stage's checkpoint records the pruned one), or None (another tool's checkpoint, or a record unreadable here)."""
+    from ..spec.serde import from_yaml
+
+    try:
+        record = user_path(src.path, path="source.path") / "model_arch.yaml"
+        return from_yaml(record.read_text(), ModelArch, source=str(record))
+    except (OSError, ValueError):  # RecipeError is a ValueError; a checkpoint without the record reads None
+        return None
+
+
+def _reference_arch_problems(src: MegatronCheckpoint, arch: ModelArch, *, exports: bool) -> list[RecipeError]:
+    """``model`` against what a Megatron checkpoint holds: the architecture it records (``recorded_arch``), else
+    its local ``hf_reference`` folder's config (a Hub id, or a folder whose config the bridge cannot read, is left to
+    the export, which says why). With a record, the reference (often the unpruned model's folder of a pruned
+    checkpoint) gives the tokenizer and the export's config, over which ModelOpt's exporter writes the model's layer,
+    hidden, FFN and head sizes: its vocabulary must be the model's, and with an export stage its MoE sizes too."""
+    recorded = recorded_arch(src)
+    if recorded is not None:
+        mismatch = _arch_mismatch(arch, recorded, "source.path (its model_arch.yaml)",
+                                  inline=f"the one in {str(src.path)[:200]}/model_arch.yaml")
+        if mismatch is not None:
+            return [mismatch]
     if src.hf_reference is None:
         return []
     try:
@@ -140,14 +169,33 @@ def _reference_arch_problems(src: MegatronCheckpoint, arch: ModelArch) -> list[R
         return []
     if not (ref / "config.json").is_file():
         return []
-    from ..bridges.hf_config import read_config_json
+    from ..bridges.hf_config import from_hf_config, read_config_json
 
     try:
         config = read_config_json(ref)
+        found = from_hf_config(config)
     except RecipeError:
         return []
-    mismatch = source_arch_problem(arch, ref, config, field="source.hf_reference")
-    return [mismatch] if mismatch is not None else []
+    if recorded is None:
+        mismatch = _arch_mismatch(arch, found, "source.hf_reference", inline=f"`python -m modelopt_typed_recipes "
+                                                                             f"arch from-hf {str(ref)[:200]}` prints one")
+        return [mismatch] if mismatch is not None else []
+    kept = {"vocabulary": (arch.vocab.size, found.vocab.size)}
+    if exports:
+        moe, ref_moe = arch.moe, found.moe
+        kept.update({"experts": (moe.num_experts if moe else 0, ref_moe.num_experts if ref_moe else 0),
+                     "expert FFN size": (moe.ffn_hidden_size if moe else 0, ref_moe.ffn_hidden_size if ref_moe else 0),
+                     "shared expert FFN size": ((moe and moe.shared_expert_ffn_size) or 0,
+                                                (ref_moe and ref_moe.shared_expert_ffn_size) or 0)})
+    differ = {k: ab for k, ab in kept.items() if ab[0] != ab[1]}
+    if not differ:
+        return []
+    why = "the run reads its tokenizer" if "vocabulary" in differ else "the export keeps those from its config.json"
+    sizes = ", ".join(f"{k} {a:,} against {b:,}" for k, (a, b) in differ.items())
+    return [CompatibilityError(
+        f"source.hf_reference is not a folder of this checkpoint's model (the model's against the folder's: {sizes}); "
+        f"{why}", path="source.hf_reference",
+        hint="point hf_reference at the Hugging Face folder of the model the checkpoint was made from")]
 
 
 def source_problems(recipe: Recipe, arch: ModelArch, env: Environment, backend: str) -> list[RecipeError]:
@@ -185,7 +233,8 @@ def source_problems(recipe: Recipe, arch: ModelArch, env: Environment, backend: 
             out.append(SpecError(f"{src.path!r} is not a Megatron distributed checkpoint (no metadata.json)",
                                  path="source.path", hint="point at the folder a Megatron-Core save wrote"))
         elif isinstance(src, MegatronCheckpoint) and backend == "megatron":
-            out += _reference_arch_problems(src, arch)
+            exports = any(getattr(st, "technique", None) == "export" for st in recipe.stages)
+            out += _reference_arch_problems(src, arch, exports=exports)
             saved = saved_layer_spec(src)
             if saved in ("te", "modelopt") and not env.transformer_engine:
                 out.append(CompatibilityError(
