@@ -174,6 +174,44 @@ def test_a_teacher_of_another_vocabulary_or_family_is_refused(tmp_path: Any) -> 
     assert [e.path for e in missing.errors] == ["stages[1].teacher.path"]
 
 
+
+def test_a_megatron_teacher_is_checked_with_the_architecture_its_checkpoint_records(tmp_path: Any) -> None:
+    """A Megatron checkpoint this package saved records its architecture (``model_arch.yaml``), which the run builds
+    the teacher with before its ``hf_reference``: the check reads the same record, so a teacher of another
+    vocabulary is refused before any model is built (it would fail at the first logits comparison), and a pruned
+    teacher's unpruned reference does not stand in for it."""
+    from modelopt_typed_recipes.catalog import get_arch
+    from modelopt_typed_recipes.plan.sources import builtin_weights
+    from modelopt_typed_recipes.spec.recipe import MegatronCheckpoint
+
+    arch = get_arch("reference-llama")
+    gpu = Environment(megatron_core="0.19.2", modelopt="0.47.0", cuda=True, gpu_count=1)
+
+    def teacher(name: str, recorded: Any, hf_reference: Any = None) -> MegatronCheckpoint:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "metadata.json").write_text("{}")
+        (folder / "model_arch.yaml").write_text(to_yaml(recorded))
+        return MegatronCheckpoint(path=str(folder), hf_reference=None if hf_reference is None else str(hf_reference))
+
+    def checked(src: MegatronCheckpoint) -> Any:
+        return check_recipe(recipe(Quantize(format="fp8"), Distill(steps=5, teacher=src), backend="megatron"), env=gpu)
+
+    other_vocab = attrs.evolve(arch, vocab=attrs.evolve(arch.vocab, size=arch.vocab.size + 64, padded_size=None))
+    bad = checked(teacher("vocab", other_vocab))
+    assert [(type(e).__name__, e.path) for e in bad.errors] == [("CompatibilityError", "stages[1].teacher")]
+    assert "vocabulary" in bad.errors[0].message
+    same = checked(teacher("same", arch))
+    assert same.ok, same.errors
+    assert not any("read at run time" in w for w in same.warnings)
+    # a pruned teacher with its unpruned model's folder as hf_reference: the plan's teacher is the pruned one
+    pruned = Prune(num_layers=4).pruned(arch)
+    deep = checked(teacher("pruned", pruned, builtin_weights(arch)))
+    whole = checked(teacher("whole", arch, builtin_weights(arch)))
+    assert deep.ok and whole.ok, (deep.errors, whole.errors)
+    teacher_bytes = [c.stages[1].memory["terms"]["teacher"] for c in (deep, whole)]
+    assert teacher_bytes[0] < teacher_bytes[1]  # 4 layers of 6
+
 def test_layer_names_fit_the_backend_and_the_pruned_arch() -> None:
     pairs = [["decoder.layers.1", "decoder.layers.1"]]
     hf = check_recipe(recipe(Quantize(format="fp8"), Distill(steps=5, intermediate_layer_pairs=pairs)), env=CPU)

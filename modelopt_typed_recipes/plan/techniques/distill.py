@@ -90,6 +90,11 @@ def teacher_arch(stage: Distill, ctx: StageContext) -> tuple[ModelArch | None, l
                 path=f"{path}.type", hint="name the teacher's Hugging Face folder, or backend: megatron"))
         errors += _folder_problems(src.path, f"{path}.path", marker="metadata.json",
                                    what="a Megatron distributed checkpoint")
+        from ..sources import recorded_arch
+
+        recorded = None if errors else recorded_arch(src)
+        if recorded is not None:  # what the run builds the teacher with, before its hf_reference's config
+            return recorded, errors, []
         if src.hf_reference is None:
             return None, errors, [(f"{path}: the Megatron teacher's architecture is read at run time (set "
                                    "hf_reference to its Hugging Face folder to check it now)")]
