@@ -126,6 +126,22 @@ def test_set_takes_the_paths_errors_print() -> None:
     assert info.value.path == "stages[0].formt" and "format" in info.value.hint
 
 
+def test_set_fills_a_block_the_recipe_leaves_null() -> None:
+    """The Qwen recipes have ``evaluation: null``: ``--set evaluation.num_samples=8`` said "unknown key" for a
+    field evaluation has; the keys of a null block are now checked by the block's type."""
+    r = named_recipe("Qwen/Qwen3-0.6B:fp8")
+    assert r.evaluation is None and r.layout is None
+    e = apply_overrides(r, ["evaluation.dataset=reference-heldout", "evaluation.num_samples=8"]).evaluation
+    assert e is not None and (e.dataset, e.num_samples) == ("reference-heldout", 8)
+    assert apply_overrides(r, {"layout.tensor_parallel": 2}).layout.tensor_parallel == 2  # type: ignore[union-attr]
+    with pytest.raises(SpecError) as info:  # what the block still lacks, by its path
+        apply_overrides(r, ["evaluation.num_samples=8"])
+    assert info.value.path == "evaluation.dataset"
+    with pytest.raises(SpecError) as info:  # a key the block's type does not have
+        apply_overrides(r, ["evaluation.dataset=reference-heldout", "evaluation.nmu_samples=8"])
+    assert info.value.path == "evaluation.nmu_samples" and "num_samples" in info.value.hint
+
+
 # --------------------------------------------------------------------------- --launch
 def _run_parser() -> argparse.ArgumentParser:
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))

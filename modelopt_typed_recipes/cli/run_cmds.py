@@ -1,7 +1,8 @@
 """``run RECIPE.yaml [RECIPE.yaml ...] [--json] [--set KEY=VALUE ...]``: post-train, then print a table.
 
-Several recipes run one after another in one process (the model's baseline perplexity is measured once)
-and share one table; a recipe that fails with a typed error is reported and the next one still runs
+Several recipes are all read and validated first (a recipe that is not valid stops the command before any
+runs), then run one after another in one process (the model's baseline perplexity is measured once) and share
+one table; a recipe that fails its checks or its run with a typed error is reported and the next one still runs
 (exit 2 if any failed). ``--json`` prints the result (a list for several recipes, each a result or
 ``{"ok": false, "errors": [...]}``) on stdout; progress bars and ModelOpt's own messages go to stderr. A
 recipe whose outputs are already in its output folder (same hash) is not redone unless ``--force``. A recipe whose layout needs more processes than this one

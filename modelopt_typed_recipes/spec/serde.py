@@ -490,10 +490,14 @@ def apply_overrides(obj: T, overrides: Mapping[str, Any] | list[str]) -> T:
             pairs[key.strip()] = _parse_value(raw)
         overrides = pairs
     data = to_dict(obj)
+    # mappings made here from a null (evaluation: null, gate: null): their keys are the type's, which structure()
+    # checks below; before, any key under one was an "unknown key"
+    created: set[tuple[str, ...]] = set()
     for dotted, value in overrides.items():
         node = data
         keys = override_keys(dotted)
         for i, key in enumerate(keys):
+            fresh = tuple(keys[:i]) in created
             where = field_path(keys[: i + 1])
             if isinstance(node, list):
                 try:
@@ -506,14 +510,15 @@ def apply_overrides(obj: T, overrides: Mapping[str, Any] | list[str]) -> T:
                 else:
                     node = node[idx]
                 continue
-            if not isinstance(node, dict) or key not in node:
+            if not isinstance(node, dict) or (key not in node and not fresh):
                 known = list(node) if isinstance(node, dict) else []
                 raise SpecError("unknown key", path=where, hint=did_you_mean(key[:200], known) or "")
             if i == len(keys) - 1:
                 node[key] = value
             else:
-                if node[key] is None:
+                if node.get(key) is None:
                     node[key] = {}
+                    created.add(tuple(keys[: i + 1]))
                 node = node[key]
     return structure(data, type(obj))
 

@@ -75,7 +75,7 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
     arch = plan.arch
     current = _layout_at(recipe, plan, start)
     distributed.set_layout(current, seed=recipe.seed, device=device)
-    timings["setup"] = time.perf_counter() - t_start  # torch and Megatron-Core are first imported here
+    timings["setup"] = time.perf_counter() - t_start  # process group, parallel state; run_post_training adds the imports
 
     # ---- model and weights
     t = time.perf_counter()
