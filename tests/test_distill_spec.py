@@ -316,3 +316,29 @@ def test_an_export_after_training_a_quantized_megatron_checkpoint_snaps(tmp_path
     (ckpt / "modelopt_state").mkdir()
     assert snaps(Distill(steps=5, teacher="none", skip_lm_loss=False), Export()) == [False, True]
     assert snaps(Export()) == [False]  # PTQ export of the checkpoint as it was calibrated
+
+
+def test_an_export_of_a_checkpoint_this_package_trained_while_quantized_snaps(tmp_path) -> None:
+    """A checkpoint saved after QAT/QAD (a distill stage's ``save: true``) says so in its info file: a later recipe
+    that only exports it snaps the trained weights, as the export in the training run would have; one saved after
+    PTQ (or saying nothing) is exported as it was calibrated."""
+    import json
+
+    from modelopt_typed_recipes.spec.recipe import MegatronCheckpoint
+
+    def snaps(info: dict[str, Any], *stages: Any) -> list[bool]:
+        ckpt = tmp_path / json.dumps(info, sort_keys=True).replace('"', "").replace(" ", "")
+        ckpt.mkdir()
+        (ckpt / "metadata.json").write_text("{}")
+        (ckpt / "modelopt_state").mkdir()
+        (ckpt / MegatronCheckpoint.INFO_FILE).write_text(json.dumps(info))
+        r = Recipe(model="reference-llama", source=MegatronCheckpoint(path=str(ckpt)), stages=stages,
+                   output_dir=str(tmp_path / "out"), backend="megatron")
+        return [s.snap_to_grid for s in check_recipe(r, env=CPU, backend="megatron").stages]
+
+    assert snaps({"layer_spec": "local", "trained_while_quantized": True}, Export()) == [True]
+    assert snaps({"layer_spec": "local", "trained_while_quantized": False}, Export()) == [False]
+    assert snaps({"layer_spec": "local"}, Export()) == [False]
+    # quantized again before the export: its ranges are calibrated to the trained weights
+    assert snaps({"layer_spec": "modelopt", "trained_while_quantized": True}, Quantize(format="fp8"), Export()) == [
+        False, False]

@@ -8,6 +8,8 @@ training never sees, before and after a few steps.
 
 from __future__ import annotations
 
+import json
+
 import attrs
 import pytest
 
@@ -277,7 +279,7 @@ def test_recipe_quantize_then_distill_on_the_backend(dist_cpu, tmp_path, gpu_env
     from modelopt_typed_recipes.runtime.data import REFERENCE_DIR
     from modelopt_typed_recipes.runtime.megatron import backend
     from modelopt_typed_recipes.spec.recipe import HFCheckpoint, Recipe
-    from modelopt_typed_recipes.spec.techniques import Distill, Quantize
+    from modelopt_typed_recipes.spec.techniques import Distill, Export, Quantize
     from modelopt_typed_recipes.spec.text import TrainingText
 
     r = Recipe(name="qad", model=get_arch("reference-llama"), source=HFCheckpoint(path=str(REFERENCE_DIR)),
@@ -318,6 +320,10 @@ def test_recipe_quantize_then_distill_on_the_backend(dist_cpu, tmp_path, gpu_env
                         progress=False)
     (again,) = backend.run(later, plan).stages
     assert again.details["qad"] is True and again.quantizer_summary == q.quantizer_summary
+    # the checkpoint says its weights were trained while quantized: a recipe that only exports it snaps them
+    assert json.loads((saved / MegatronCheckpoint.INFO_FILE).read_text())["trained_while_quantized"] is True
+    export_only = check_recipe(attrs.evolve(later, stages=(Export(),)), env=Environment.detect(), backend="megatron")
+    assert [s.snap_to_grid for s in export_only.stages] == [True]
 
 
 def test_recipe_qat_then_export_hands_the_exporter_snapped_weights(dist_cpu, tmp_path, monkeypatch):

@@ -28,7 +28,7 @@ from .determinism import env_problems
 from .environment import Environment
 from .run_plan import CalibrationWindows, RunPlan, StagePlan
 from .save import save_decisions
-from .sources import quantized_source, source_problems, weights_dir
+from .sources import quantized_source, source_problems, trained_source, weights_dir
 from .tasks import task_problems
 from .techniques import StageContext, technique_for
 from .techniques.distill import trained_while_quantized
@@ -83,7 +83,7 @@ def check_recipe(recipe: Recipe, *, env: Environment | None = None, layout: Para
 
     cal = recipe.calibration
     saves = save_decisions(recipe)
-    source_quantized = quantized_source(recipe.source)
+    source_quantized, source_trained = quantized_source(recipe.source), trained_source(recipe.source)
     for i, stage in enumerate(recipe.stages):
         path = f"stages[{i}]"
         arch = archs[i]
@@ -98,8 +98,8 @@ def check_recipe(recipe: Recipe, *, env: Environment | None = None, layout: Para
                 num_samples=getattr(stage, "calibration_samples", None) or cal.num_samples,
                 seq_length=getattr(stage, "calibration_seq_length", None) or cal.seq_length,
                 batch_size=cal.batch_size)
-        snap = getattr(stage, "format", None) == "hf" and trained_while_quantized(recipe.stages, i,
-                                                                                  source_quantized=source_quantized)
+        snap = getattr(stage, "format", None) == "hf" and trained_while_quantized(
+            recipe.stages, i, source_quantized=source_quantized, source_trained=source_trained)
         planned = StagePlan(index=i, label=stage.label, technique=technique.name, stage=stage, arch=arch,
                             layout=stage_layout, calibration=windows, save=saves[i],
                             snap_to_grid=technique.name == "export" and snap)

@@ -14,15 +14,27 @@ from .environment import Environment
 from .outputs import user_path
 
 
-def saved_layer_spec(src: MegatronCheckpoint) -> str | None:
-    """The layer spec (``local``, ``modelopt``, ``te``) this package saved the checkpoint with, if recorded:
-    a model must be rebuilt with the same spec, or the shards' names do not match."""
+def _saved_info(src: MegatronCheckpoint) -> dict:
+    """What this package wrote beside a checkpoint's shards (``MegatronCheckpoint.INFO_FILE``); {} when nothing."""
     try:
         data = json.loads((user_path(src.path, path="source.path") / MegatronCheckpoint.INFO_FILE).read_text())
     except (OSError, ValueError):  # SpecError (~user with no home) is a ValueError too
-        return None
-    spec = data.get("layer_spec") if isinstance(data, dict) else None
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def saved_layer_spec(src: MegatronCheckpoint) -> str | None:
+    """The layer spec (``local``, ``modelopt``, ``te``) this package saved the checkpoint with, if recorded:
+    a model must be rebuilt with the same spec, or the shards' names do not match."""
+    spec = _saved_info(src).get("layer_spec")
     return spec if isinstance(spec, str) else None
+
+
+def trained_source(src: object) -> bool:
+    """Whether the source's weights were trained while quantized (QAT, QAD) and not calibrated again since: a
+    Megatron checkpoint whose info file, written by this package's save, says so. Its export snaps them as the
+    training run's would (``runtime.quant_grid``); a checkpoint that says nothing is exported as calibrated."""
+    return isinstance(src, MegatronCheckpoint) and _saved_info(src).get("trained_while_quantized") is True
 
 
 def quantized_source(src: object) -> bool:

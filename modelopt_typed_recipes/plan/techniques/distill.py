@@ -32,12 +32,14 @@ def first_compression(stages: tuple[object, ...], before: int) -> int | None:
                  if getattr(s, "technique", None) in COMPRESSING_TECHNIQUES), None)
 
 
-def trained_while_quantized(stages: tuple[object, ...], before: int, *, source_quantized: bool = False) -> bool:
+def trained_while_quantized(stages: tuple[object, ...], before: int, *, source_quantized: bool = False,
+                            source_trained: bool = False) -> bool:
     """Whether a distill stage before ``before`` trained the weights of a quantized model, with no quantize or
     auto_quantize stage since (which would have calibrated its ranges again): QAT or QAD, whose export puts
     the weights on their quantizers' grid first (``runtime.quant_grid``). ``source_quantized``: the model is
-    quantized before the first stage (``plan.sources.quantized_source``)."""
-    trained, quantized = False, source_quantized
+    quantized before the first stage (``plan.sources.quantized_source``); ``source_trained``: and its weights were
+    trained so in an earlier run (``plan.sources.trained_source``)."""
+    trained, quantized = source_quantized and source_trained, source_quantized
     for s in stages[:before]:
         technique = getattr(s, "technique", None)
         if technique in ("quantize", "auto_quantize"):

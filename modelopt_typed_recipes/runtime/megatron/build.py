@@ -242,14 +242,15 @@ def import_hf(model: Any, hf_dir: str, *, dtype: str, workspace: str | None = No
 
 # --------------------------------------------------------------------------- Megatron distributed checkpoints
 def save_checkpoint(model: Any, directory: Path, *, arch: ModelArch, spec: str | None = None,
-                    checks: bool = True) -> Path:
+                    checks: bool = True, trained_while_quantized: bool = False) -> Path:
     """Weights + ModelOpt state as a Megatron distributed checkpoint, written to a temporary folder
     and renamed when complete (a crash leaves no half checkpoint under the final name).
 
     ``checks=False`` skips Megatron-Core's global check that every shard has exactly one writer (an all-gather
     of every rank's shard metadata, checked on rank 0: seconds with thousands of quantizers per rank). The
     layout hand-over passes it: the same job reads the folder back at once, and a shard no rank wrote fails
-    that load."""
+    that load. ``trained_while_quantized`` goes into the info file beside ``spec``: a later run's export of this
+    checkpoint snaps weights trained while quantized (``plan.sources.trained_source``)."""
     import torch.distributed as dist
     from megatron.core import dist_checkpointing
     from modelopt.torch.opt.plugins import save_sharded_modelopt_state
@@ -271,7 +272,8 @@ def save_checkpoint(model: Any, directory: Path, *, arch: ModelArch, spec: str |
         if spec is not None:
             from ...spec.recipe import MegatronCheckpoint
 
-            (tmp / MegatronCheckpoint.INFO_FILE).write_text(json.dumps({"layer_spec": spec}) + "\n")
+            info = {"layer_spec": spec, "trained_while_quantized": trained_while_quantized}  # plan.sources reads
+            (tmp / MegatronCheckpoint.INFO_FILE).write_text(json.dumps(info) + "\n")
         if directory.exists():
             shutil.rmtree(directory)
         os.replace(tmp, directory)

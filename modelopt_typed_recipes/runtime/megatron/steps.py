@@ -96,8 +96,15 @@ class MegatronRun:
         info: dict[str, Any] = sp.save.to_dict()
         if not sp.save.save:
             return (), {"checkpoint": info}
+        from ...plan.sources import trained_source
+        from ...plan.techniques.distill import trained_while_quantized
+
+        src = self.recipe.source  # a later run that exports this checkpoint snaps weights trained while quantized
+        trained = trained_while_quantized(self.recipe.stages, sp.index + 1, source_quantized=self.source_quantized,
+                                          source_trained=trained_source(src))
         t = time.perf_counter()
-        ckpt = build.save_checkpoint(self.model, self.out_dir(sp) / "checkpoint", arch=arch, spec=self.spec)
+        ckpt = build.save_checkpoint(self.model, self.out_dir(sp) / "checkpoint", arch=arch, spec=self.spec,
+                                     trained_while_quantized=trained)
         info.update(path=str(ckpt.relative_to(self.plan.staging())), seconds=time.perf_counter() - t)
         return (info["path"],), {"checkpoint": info}
 
