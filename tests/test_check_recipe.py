@@ -179,6 +179,13 @@ def test_a_pruned_megatron_checkpoint_with_its_unpruned_hf_reference_is_accepted
     # a reference of another vocabulary tokenizes for another embedding: refused with or without export
     [(path, message)] = errors(fewer, fewer_experts, reference, Quantize(format="fp8"))
     assert path == "source.hf_reference" and "vocabulary" in message
+    # a reference of another model type (same vocabulary) would give the export another model's config
+    qwen = tmp_path / "qwen-reference"
+    qwen.mkdir()
+    other = attrs.evolve(get_arch("qwen3-0.6b"), vocab=get_arch("reference-llama").vocab)
+    (qwen / "config.json").write_text(json.dumps(to_hf_config(other)))
+    [(path, message)] = errors(pruned, shallow, qwen, Quantize(format="fp8"), Export())
+    assert path == "source.hf_reference" and "model type 'llama' against 'qwen3'" in message
 
 def test_kv_cache_ok_with_te_and_counts_kv_quantizers():
     rep = check_recipe(recipe(Quantize(format="fp8", kv_cache="fp8")), env=GPU_TE)

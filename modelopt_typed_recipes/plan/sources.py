@@ -161,12 +161,23 @@ def recorded_arch(src: MegatronCheckpoint) -> ModelArch | None:
         return None
 
 
+def _model_type(arch: ModelArch) -> str:
+    """The transformers model type that builds ``arch`` (pruning never changes it), or its kind when none does."""
+    from ..bridges.hf_config import hf_model_type
+
+    try:
+        return hf_model_type(arch)
+    except RecipeError:
+        return arch.kind
+
+
 def _reference_arch_problems(src: MegatronCheckpoint, arch: ModelArch, *, exports: bool) -> list[RecipeError]:
     """``model`` against what a Megatron checkpoint holds: the architecture it records (``recorded_arch``), else
     its local ``hf_reference`` folder's config (a Hub id, or a folder whose config the bridge cannot read, is left to
     the export, which says why). With a record, the reference (often the unpruned model's folder of a pruned
     checkpoint) gives the tokenizer and the export's config, over which ModelOpt's exporter writes the model's layer,
-    hidden, FFN and head sizes: its vocabulary must be the model's, and with an export stage its MoE sizes too."""
+    hidden, FFN and head sizes: its vocabulary and model type must be the model's, and with an export stage its MoE
+    sizes too."""
     recorded = recorded_arch(src)
     if recorded is not None:
         mismatch = _arch_mismatch(arch, recorded, "source.path (its model_arch.yaml)",
@@ -192,7 +203,8 @@ def _reference_arch_problems(src: MegatronCheckpoint, arch: ModelArch, *, export
         mismatch = _arch_mismatch(arch, found, "source.hf_reference", inline=f"`python -m modelopt_typed_recipes "
                                                                              f"arch from-hf {str(ref)[:200]}` prints one")
         return [mismatch] if mismatch is not None else []
-    kept = {"vocabulary": (arch.vocab.size, found.vocab.size)}
+    kept: dict[str, tuple[object, object]] = {"vocabulary": (arch.vocab.size, found.vocab.size),
+                                               "model type": (_model_type(arch), _model_type(found))}
     if exports:
         moe, ref_moe = arch.moe, found.moe
         kept.update({"experts": (moe.num_experts if moe else 0, ref_moe.num_experts if ref_moe else 0),
@@ -203,7 +215,8 @@ def _reference_arch_problems(src: MegatronCheckpoint, arch: ModelArch, *, export
     if not differ:
         return []
     why = "the run reads its tokenizer" if "vocabulary" in differ else "the export keeps those from its config.json"
-    sizes = ", ".join(f"{k} {a:,} against {b:,}" for k, (a, b) in differ.items())
+    sizes = ", ".join(f"{k} {a:,} against {b:,}" if isinstance(a, int) else f"{k} {a!r} against {b!r}"
+                      for k, (a, b) in differ.items())
     return [CompatibilityError(
         f"source.hf_reference is not a folder of this checkpoint's model (the model's against the folder's: {sizes}); "
         f"{why}", path="source.hf_reference",
