@@ -569,3 +569,27 @@ def test_the_cache_is_given_back_before_a_hand_over_writes_its_checkpoint(dist_c
         backend.run(r, plan)
     assert events == ["release", "quantize", "quantize done", "release", "save"]
     assert sorted(p.name for p in (tmp_path / "staging").iterdir()) == ["journal.json"]  # hand-over folder gone
+
+
+def test_folders_under_the_home_directory_load_as_check_read_them(dist_cpu, hf_dense, tmp_path, export_env,
+                                                                  monkeypatch):
+    """``check`` reads ``~/...`` source folders under the home directory; the Megatron-Core run loads the same
+    folders (it handed the raw ``~`` path to the importer, the checkpoint loader and the exporter, which failed after
+    building the model): an HF source, then its saved checkpoint with an ``hf_reference``, both given from ``~``."""
+    home = Path(hf_dense).parent.parent  # holds this test's folders too
+    monkeypatch.setenv("HOME", str(home))
+    assert tmp_path.parent == home
+
+    def tilde(p: Path) -> str:
+        return "~/" + str(p.relative_to(home))
+
+    r = Recipe(name="t", model=arch_4k(), source=HFCheckpoint(path=tilde(hf_dense)), stages=(Quantize(format="fp8"),),
+               calibration=CALIB, output_dir=str(tmp_path / "o"), backend="megatron", device="cuda", save="final")
+    (quant,) = _run(r, tmp_path / "first").stages
+    saved = tmp_path / "first" / "staging" / quant.outputs[0]
+    later = attrs.evolve(r, source=MegatronCheckpoint(path=tilde(saved), hf_reference=tilde(hf_dense)),
+                         stages=(Export(),))
+    (export,) = _run(later, tmp_path / "later").stages
+    [call] = export_env
+    assert call["config"]["vocab_size"] == 4096 and "tokenizer.json" in call["files"]
+    assert export.outputs and (tmp_path / "later" / "staging" / export.outputs[0] / "model.safetensors").is_file()

@@ -37,11 +37,15 @@ from ..result import PostTrainingResult, StageResult, peak_memory, reset_peak_me
 
 
 def _hf_reference(recipe: Recipe) -> str | None:
+    """The Hugging Face folder (or Hub id) the run imports, tokenizes and exports with; ``~`` expanded as ``check``
+    expands it (the importer, the tokenizer and the exporter take a raw ``~/...`` for a Hub id)."""
+    from ...plan.outputs import user_path
+
     src = recipe.source
     if isinstance(src, HFCheckpoint):
-        return src.path
+        return str(user_path(src.path, path="source.path"))
     if isinstance(src, MegatronCheckpoint):
-        return src.hf_reference
+        return None if src.hf_reference is None else str(user_path(src.hf_reference, path="source.hf_reference"))
     if isinstance(src, Builtin):
         from ..data import REFERENCE_DIR
 
@@ -94,7 +98,9 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
         if hf_ref is not None and isinstance(src, HFCheckpoint | Builtin):
             build.import_hf(model, hf_ref, dtype=dtype, workspace=str(staging / ".import"))
         elif isinstance(src, MegatronCheckpoint):
-            model = build.load_checkpoint(model, src.path)
+            from ...plan.outputs import user_path
+
+            model = build.load_checkpoint(model, user_path(src.path, path="source.path"))
         elif isinstance(src, Builtin):
             raise SpecError("the built-in reference weights are not installed", path="source")
     timings["load"] = time.perf_counter() - t

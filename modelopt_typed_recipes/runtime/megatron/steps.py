@@ -210,9 +210,8 @@ def _teacher_for(run: MegatronRun, stage: Distill, sp: StagePlan) -> tuple[Any, 
 
 def _teacher_source(src: Any, sp: StagePlan, *, dtype: str) -> tuple[ModelArch, Callable[[Any], Any]]:
     """The architecture of a named teacher checkpoint and the function that loads its weights into a model."""
-    from pathlib import Path
-
     from ...bridges.hf_config import load_hf_config
+    from ...plan.outputs import user_path
     from ...spec.arch import ModelArch
     from ...spec.recipe import Builtin, HFCheckpoint, MegatronCheckpoint
     from ...spec.serde import from_yaml
@@ -220,23 +219,24 @@ def _teacher_source(src: Any, sp: StagePlan, *, dtype: str) -> tuple[ModelArch, 
     from . import build
 
     where = f"{sp.path}.teacher"
-    if isinstance(src, Builtin | HFCheckpoint):
-        folder = str(REFERENCE_DIR) if isinstance(src, Builtin) else src.path
+    if isinstance(src, Builtin | HFCheckpoint):  # ~ expanded as check expands it
+        folder = str(REFERENCE_DIR) if isinstance(src, Builtin) else str(user_path(src.path, path=f"{where}.path"))
         def load_hf(m: Any) -> Any:
             build.import_hf(m, folder, dtype=dtype)
             return m
 
         return load_hf_config(folder), load_hf
     if isinstance(src, MegatronCheckpoint):
-        saved = Path(src.path) / "model_arch.yaml"
+        folder = user_path(src.path, path=f"{where}.path")
+        saved = folder / "model_arch.yaml"
         if saved.is_file():
             arch = from_yaml(saved.read_text(), ModelArch, source=str(saved))
         elif src.hf_reference is not None:
-            arch = load_hf_config(src.hf_reference)
+            arch = load_hf_config(user_path(src.hf_reference, path=f"{where}.hf_reference"))
         else:
             raise SpecError(f"{src.path!r} does not say its architecture (no model_arch.yaml)", path=f"{where}.path",
                             hint="set teacher.hf_reference to the teacher's Hugging Face folder")
-        return arch, lambda m: build.load_checkpoint(m, src.path)
+        return arch, lambda m: build.load_checkpoint(m, folder)
     raise SpecError(f"unknown teacher {src!r}", path=where)
 
 
