@@ -383,6 +383,14 @@ def test_a_quantized_modelopt_export_is_refused_as_a_model_to_load(tmp_path: Pat
     problems = check(Recipe.from_dict({**teacher, "backend": "megatron"})).errors
     assert not [e for e in problems if e.path.startswith("stages[1].teacher")], problems
 
+    fakequant = api.run_post_training(reference_recipe(tmp_path, hf_checkpoint, [
+        {"technique": "quantize", "format": "fp8"}, {"technique": "export", "format": "vllm_fakequant"}], "fq"),
+        progress=False)
+    fq_export = Path(fakequant.output_dir) / "export"  # bf16 weights (fake quantization folded in): a model
+    problems = check(Recipe.from_dict(reference_recipe(tmp_path, fq_export, [{"technique": "quantize", "format": "fp8"}],
+                                                       "fq-again"))).errors
+    assert not [e for e in problems if e.path in ("source.path", "model")], problems
+
     only_marker = tmp_path / "marker"  # an older export: hf_quant_config.json beside a config without the block
     only_marker.mkdir()
     (only_marker / "config.json").write_text((hf_checkpoint / "config.json").read_text())
