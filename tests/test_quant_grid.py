@@ -305,3 +305,35 @@ def test_int4_blocks_named_otherwise_are_snapped_and_counted_in_their_own_blocks
     assert snap_to_grid(model) == {"weights": {"int4": 1}, "values_beyond_range": beyond}
     with torch.no_grad():
         assert torch.equal(layer.weight, in_memory) and torch.equal(quantizer(layer.weight.detach()), in_memory)
+
+
+def test_a_quantized_output_layer_tied_to_the_embedding_is_left_as_it_is() -> None:
+    """A recipe file may quantize ``lm_head`` of a model whose output layer is its input embedding (tied, as in
+    Llama 3.2 1B or Qwen3 0.6B): snapping the shared weight would move the embedding too, which is not quantized,
+    and the model would compute something else than it was trained and measured with. The tied weight is left as it
+    is; every other weight is snapped."""
+    import transformers
+
+    from modelopt_typed_recipes.bridges.hf_config import to_hf_config
+    from modelopt_typed_recipes.catalog import get_arch
+    from modelopt_typed_recipes.runtime.quant_grid import snap_to_grid
+
+    config = transformers.AutoConfig.for_model(**{**to_hf_config(get_arch("tiny-dense")), "tie_word_embeddings": True})
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    tokens = torch.randint(0, config.vocab_size, (4, 32))
+    preset = copy.deepcopy(mtq.FP8_DEFAULT_CFG)
+    preset["quant_cfg"].append({"quantizer_name": "*lm_head*", "enable": True, "cfg": {"num_bits": (4, 3), "axis": None}})
+    mtq.quantize(model, preset, lambda m: m(tokens))
+    assert model.lm_head.weight_quantizer.is_enabled
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.3)
+        before = model(tokens).logits
+        embedding = model.model.embed_tokens.weight.detach().clone()
+    report = snap_to_grid(model)
+    assert report["weights"] == {"fp8": 7 * config.num_hidden_layers} and report["values_beyond_range"] > 0
+    with torch.no_grad():
+        assert torch.equal(model.model.embed_tokens.weight, embedding)
+        assert torch.equal(model(tokens).logits, before)

@@ -26,6 +26,7 @@ their scales follow the trained weights, and ModelOpt clamps the NVFP4 block sca
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, Literal, get_args
 
@@ -75,11 +76,13 @@ def snap_to_grid(model: Any, *, counts_here: Callable[[Any, Any], tuple[bool, bo
     A model whose parts several ranks hold passes ``counts_here(module, weight)`` (Megatron-Core's:
     ``distributed.counts_here``): whether this rank counts the weight, and its values; the figures are then summed
     over the ranks (every rank calls this), so they are the whole model's, each weight and value counted once.
-    Without it every weight here counts (one process holds the model)."""
+    Without it every weight here counts (one process holds the model). A weight another module shares (a quantized
+    ``lm_head`` tied to the input embedding) is left as it is: the snap would move the embedding too."""
     from modelopt.torch.quantization.nn import QuantModule, SequentialQuantizer
 
     snapped: dict[GridFormat, int] = {}
     beyond = 0
+    uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
     with torch.no_grad():
         for module in model.modules():
             if not isinstance(module, QuantModule):
@@ -87,8 +90,8 @@ def snap_to_grid(model: Any, *, counts_here: Callable[[Any, Any], tuple[bool, bo
             for weight, quantizer in module.iter_weights_for_calibration():
                 q = quantizer[0] if isinstance(quantizer, SequentialQuantizer) else quantizer
                 fmt = grid_format(q)
-                if fmt is None or not isinstance(weight, torch.Tensor):
-                    continue
+                if fmt is None or not isinstance(weight, torch.Tensor) or uses[id(weight)] > 1:
+                    continue  # a tied weight (lm_head sharing the embedding) feeds unquantized work too: left as is
                 weight_here, values_here = counts_here(module, weight) if counts_here else (True, True)
                 beyond += _beyond(weight, q) if values_here else 0
                 weight.data.copy_(q(weight.float().contiguous()).to(weight.dtype))
