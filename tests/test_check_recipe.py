@@ -132,7 +132,6 @@ def test_a_megatron_checkpoints_hf_reference_of_another_model_is_refused(tmp_pat
     assert errors("qwen3-8b", "Qwen/Qwen3-8B") == []  # a Hub id: the export reads it on the GPU machine
 
 
-
 def test_a_pruned_megatron_checkpoint_with_its_unpruned_hf_reference_is_accepted(tmp_path):
     """A checkpoint this package saved after pruning records the pruned architecture (``model_arch.yaml``); its
     ``hf_reference`` is the unpruned model's folder, whose tokenizer the run reads and whose config the export starts
@@ -186,6 +185,19 @@ def test_a_pruned_megatron_checkpoint_with_its_unpruned_hf_reference_is_accepted
     (qwen / "config.json").write_text(json.dumps(to_hf_config(other)))
     [(path, message)] = errors(pruned, shallow, qwen, Quantize(format="fp8"), Export())
     assert path == "source.hf_reference" and "model type 'llama' against 'qwen3'" in message
+
+    # pruned by another tool (Megatron-LM's prune.py): no record, so a model no larger than the reference in every
+    # size pruning cuts is checked as a recorded one is; a larger one cannot have come from it
+    unrecorded = tmp_path / "unrecorded"
+    unrecorded.mkdir()
+    (unrecorded / "metadata.json").write_text("{}")
+    assert errors(pruned, unrecorded, reference, Quantize(format="fp8"), Export()) == []
+    [(path, message)] = errors(fewer, unrecorded, moe_reference, Quantize(format="fp8"), Export())
+    assert path == "source.hf_reference" and "experts 4 against 8" in message
+    [(path, message)] = errors(attrs.evolve(pruned, name="deeper", num_layers=8), unrecorded, reference,
+                               Quantize(format="fp8"))
+    assert path == "model" and "layers 8 against 6" in message
+
 
 def test_kv_cache_ok_with_te_and_counts_kv_quantizers():
     rep = check_recipe(recipe(Quantize(format="fp8", kv_cache="fp8")), env=GPU_TE)

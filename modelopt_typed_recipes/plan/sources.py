@@ -171,11 +171,23 @@ def _model_type(arch: ModelArch) -> str:
         return arch.kind
 
 
+def _could_be_pruned_from(arch: ModelArch, found: ModelArch) -> bool:
+    """``arch`` no larger than ``found`` in every size Minitron pruning cuts (layers, hidden, FFN, heads): a checkpoint
+    pruned by another tool (Megatron-LM's ``prune.py``) records no architecture, and its ``hf_reference`` is the
+    unpruned model's folder. Such a pair is checked as a recorded pruned checkpoint is, on what the reference keeps;
+    a larger ``model`` cannot have come from the reference and is refused."""
+    sizes = ((arch.num_layers, found.num_layers), (arch.hidden_size, found.hidden_size),
+             (arch.ffn_hidden_size, found.ffn_hidden_size), (arch.params_total, found.params_total))
+    heads = (getattr(arch.attention, "num_heads", None), getattr(found.attention, "num_heads", None))
+    return all(a <= b for a, b in sizes) and (None in heads or heads[0] <= heads[1])
+
+
 def _reference_arch_problems(src: MegatronCheckpoint, arch: ModelArch, *, exports: bool) -> list[RecipeError]:
     """``model`` against what a Megatron checkpoint holds: the architecture it records (``recorded_arch``), else
     its local ``hf_reference`` folder's config (a Hub id, or a folder whose config the bridge cannot read, is left to
-    the export, which says why). With a record, the reference (often the unpruned model's folder of a pruned
-    checkpoint) gives the tokenizer and the export's config, over which ModelOpt's exporter writes the model's layer,
+    the export, which says why). With a record, or without one when ``model`` could be a prune of the reference
+    (``_could_be_pruned_from``), the reference (often the unpruned model's folder) gives the tokenizer and the
+    export's config, over which ModelOpt's exporter writes the model's layer,
     hidden, FFN and head sizes: its vocabulary and model type must be the model's, and with an export stage its MoE
     sizes too."""
     recorded = recorded_arch(src)
@@ -199,7 +211,7 @@ def _reference_arch_problems(src: MegatronCheckpoint, arch: ModelArch, *, export
         found = from_hf_config(config)
     except RecipeError:
         return []
-    if recorded is None:
+    if recorded is None and not _could_be_pruned_from(arch, found):
         mismatch = _arch_mismatch(arch, found, "source.hf_reference", inline=f"`python -m modelopt_typed_recipes "
                                                                              f"arch from-hf {str(ref)[:200]}` prints one")
         return [mismatch] if mismatch is not None else []
