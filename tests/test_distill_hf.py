@@ -325,3 +325,81 @@ def test_w4a8_qat_exports_the_int4_codes_it_trained_with(tmp_path: Path) -> None
     state = model.state_dict()
     assert norms and all(torch.equal(stored[k], state[k].to(stored[k].dtype)) for k in norms)
     assert result.metrics["perplexity_export"] == pytest.approx(d.details["perplexity_after_stage"], rel=1e-4)
+
+
+LM_HEAD_FP8 = """imports:
+  base_disable_all: configs/ptq/units/base_disable_all
+  default_disabled_quantizers: configs/ptq/units/default_disabled_quantizers
+  w8a8_fp8_fp8: configs/ptq/units/w8a8_fp8_fp8
+metadata: {recipe_type: ptq}
+quantize:
+  algorithm: max
+  quant_cfg:
+    - $import: base_disable_all
+    - $import: w8a8_fp8_fp8
+    - $import: default_disabled_quantizers
+    - {quantizer_name: '*lm_head*weight_quantizer', enable: true, cfg: {num_bits: e4m3, axis: null}}
+    - {quantizer_name: '*lm_head*input_quantizer', enable: true, cfg: {num_bits: e4m3, axis: null}}
+"""
+"""ModelOpt's FP8 recipe with ``lm_head`` quantized too (its presets leave it out): a recipe file may do this."""
+
+
+def test_fp8_qat_of_a_quantized_lm_head_tied_to_the_embedding_exports_its_trained_codes(tmp_path: Path,
+                                                                                         monkeypatch) -> None:
+    """A recipe file that quantizes ``lm_head`` of a model with tied embeddings (Llama 3.2 1B, Qwen3 0.6B style),
+    then QAT: ModelOpt's export writes ``lm_head`` as its own FP8 tensor beside the embedding's plain weights. The
+    export stage gives ``lm_head`` its own snapped copy (unsnapped, ModelOpt cast |w / scale| past 448 here: NaN
+    with PyTorch 2.11), so the stored codes are the trained model's, bit for bit, the stored embedding is the
+    trained embedding, and the export re-loaded measures what the model in memory measured."""
+    import attrs
+    import modelopt.torch.export.unified_export_hf as ueh
+    import modelopt.torch.opt as mto
+    import torch
+    from modelopt.torch.export.quant_utils import QUANTIZATION_FP8
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from modelopt_typed_recipes.catalog import get_arch
+    from modelopt_typed_recipes.runtime.api import run_post_training
+    from modelopt_typed_recipes.spec.serde import to_dict
+
+    cast: list[float] = []  # the largest |w / scale| ModelOpt casts to FP8, per layer
+    real = ueh.to_quantized_weight
+
+    def spy(weight: Any, scale: Any, quantization: str, *args: Any, **kwargs: Any) -> Any:
+        if quantization == QUANTIZATION_FP8:
+            cast.append(float((weight.detach().float() / scale.float()).abs().max()))
+        return real(weight, scale, quantization, *args, **kwargs)
+
+    monkeypatch.setattr(ueh, "to_quantized_weight", spy)
+    (tmp_path / "fp8_lm_head.yaml").write_text(LM_HEAD_FP8)
+    small = {"dataset": "reference-heldout", "num_samples": 8, "seq_length": 64, "batch_size": 4}
+    arch = attrs.evolve(get_arch("tiny-dense"), name="tiny-dense-tied", tie_embeddings=True)
+    doc = {"model": to_dict(arch), "source": {"type": "random", "seed": 0}, "backend": "hf", "device": "cpu",
+           "output_dir": str(tmp_path / "qat"), "calibration": {**small, "dataset": "reference-train"},
+           "evaluation": small,
+           "stages": [{"technique": "quantize", "recipe": str(tmp_path / "fp8_lm_head.yaml")},
+                      {"technique": "distill", "teacher": "none", "skip_lm_loss": False, "steps": 4,
+                       "micro_batch_size": 4, "seq_length": 64, "learning_rate": 1e-2, "lr_schedule": "constant",
+                       "data": {"dataset": "reference-heldout"}, "save": True},
+                      {"technique": "export"}]}
+    result = run_post_training(doc, progress=False)
+    d, e = result.stage("distill"), result.stage("export")
+    snapped = e.details["snapped_to_grid"]
+    assert snapped["weights"] == {"fp8": 15} and snapped["values_beyond_range"] > 0
+    assert len(cast) == 15 and max(cast) <= 448 * (1 + 2**-8), cast
+    out = Path(result.output_dir)
+    config = AutoConfig.from_pretrained(str(out / "export"))
+    del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    mto.restore(model, str(out / d.outputs[0] / "modelopt_model.pth"))
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # the trained model: tied
+    stored = load_file(str(out / "export" / "model.safetensors"))
+    q = model.lm_head.weight_quantizer
+    with torch.no_grad():
+        codes = (q(model.lm_head.weight).float() * (448.0 / q.amax.float())).clamp(-448, 448).to(torch.float8_e4m3fn)
+    assert torch.equal(stored["lm_head.weight"].view(torch.uint8), codes.view(torch.uint8))
+    embedding = stored["model.embed_tokens.weight"]
+    assert torch.equal(embedding, model.model.embed_tokens.weight.detach().to(embedding.dtype))
+    assert e.details["reloaded_layers"] == {"fp8": 15}
+    assert result.metrics["perplexity_export"] == pytest.approx(d.details["perplexity_after_stage"], rel=1e-4)

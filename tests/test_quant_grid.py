@@ -9,6 +9,7 @@ and ``to_quantized_weight``, as both its Hugging Face and its Megatron-Core expo
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -307,15 +308,21 @@ def test_int4_blocks_named_otherwise_are_snapped_and_counted_in_their_own_blocks
         assert torch.equal(layer.weight, in_memory) and torch.equal(quantizer(layer.weight.detach()), in_memory)
 
 
-def test_a_quantized_output_layer_tied_to_the_embedding_is_left_as_it_is() -> None:
+def test_a_quantized_output_layer_tied_to_the_embedding_exports_its_own_snapped_copy(tmp_path) -> None:
     """A recipe file may quantize ``lm_head`` of a model whose output layer is its input embedding (tied, as in
-    Llama 3.2 1B or Qwen3 0.6B): snapping the shared weight would move the embedding too, which is not quantized,
-    and the model would compute something else than it was trained and measured with. The tied weight is left as it
-    is; every other weight is snapped."""
+    Llama 3.2 1B or Qwen3 0.6B). ModelOpt 0.47's export writes that ``lm_head`` as its own tensor (FP8 codes,
+    ``weight_scale``, ``input_scale``) beside the embedding's plain weights, with ``tie_word_embeddings`` left true
+    in ``config.json``; transformers then declines to re-tie them. Snapping the shared tensor would move the
+    unquantized embedding too, and not snapping it (trained past its range) casts |w / scale| beyond 448 (NaN with
+    PyTorch 2.11). So ``lm_head`` gets its own snapped copy: the embedding and the logits stay as they were, and the
+    stored codes are the fake quantizer's codes, bit for bit."""
     import transformers
+    from modelopt.torch.export import export_hf_checkpoint
+    from safetensors.torch import load_file
 
     from modelopt_typed_recipes.bridges.hf_config import to_hf_config
     from modelopt_typed_recipes.catalog import get_arch
+    from modelopt_typed_recipes.runtime.hf.export import decode_weight, load_export
     from modelopt_typed_recipes.runtime.quant_grid import snap_to_grid
 
     config = transformers.AutoConfig.for_model(**{**to_hf_config(get_arch("tiny-dense")), "tie_word_embeddings": True})
@@ -324,16 +331,35 @@ def test_a_quantized_output_layer_tied_to_the_embedding_is_left_as_it_is() -> No
     assert model.lm_head.weight is model.model.embed_tokens.weight
     tokens = torch.randint(0, config.vocab_size, (4, 32))
     preset = copy.deepcopy(mtq.FP8_DEFAULT_CFG)
-    preset["quant_cfg"].append({"quantizer_name": "*lm_head*", "enable": True, "cfg": {"num_bits": (4, 3), "axis": None}})
+    head_fp8 = {"quantizer_name": "*lm_head*", "enable": True, "cfg": {"num_bits": (4, 3), "axis": None}}
+    preset["quant_cfg"].append(head_fp8)
     mtq.quantize(model, preset, lambda m: m(tokens))
-    assert model.lm_head.weight_quantizer.is_enabled
+    head = model.lm_head.weight_quantizer
+    assert head.is_enabled
     with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(1.3)
+        for p in model.parameters():  # trained past the calibrated ranges
+            p.copy_((p * 1.3).to(torch.bfloat16).float())
         before = model(tokens).logits
         embedding = model.model.embed_tokens.weight.detach().clone()
+        in_memory = head(embedding)
+    scale = head.amax.float() / 448
+    assert (embedding.to(torch.bfloat16).float() / scale).abs().max() > 448  # what the export would cast unsnapped
     report = snap_to_grid(model)
-    assert report["weights"] == {"fp8": 7 * config.num_hidden_layers} and report["values_beyond_range"] > 0
+    assert report["weights"] == {"fp8": 7 * config.num_hidden_layers + 1} and report["values_beyond_range"] > 0
+    assert model.lm_head.weight is not model.model.embed_tokens.weight
     with torch.no_grad():
         assert torch.equal(model.model.embed_tokens.weight, embedding)
+        assert torch.equal(model.lm_head.weight, in_memory)
         assert torch.equal(model(tokens).logits, before)
+    export_hf_checkpoint(model, dtype=torch.bfloat16, export_dir=str(tmp_path))
+    assert json.loads((tmp_path / "config.json").read_text())["tie_word_embeddings"] is True  # ModelOpt keeps it
+    stored = load_file(str(tmp_path / "model.safetensors"))
+    assert stored["lm_head.weight"].dtype == torch.float8_e4m3fn and "model.embed_tokens.weight_scale" not in stored
+    codes = (in_memory / scale).clamp(-448, 448).to(torch.float8_e4m3fn)
+    assert torch.equal(stored["lm_head.weight"].view(torch.uint8), codes.view(torch.uint8))
+    decoded, kind = decode_weight({k: stored[f"lm_head.{k}"] for k in ("weight", "weight_scale")})
+    assert kind == "fp8" and torch.allclose(decoded, in_memory, rtol=2**-20, atol=0)
+    plain = stored["model.embed_tokens.weight"]  # the embedding as trained, in the dtype the export wrote it
+    assert torch.equal(plain, embedding.to(plain.dtype))
+    reloaded, _ = load_export(tmp_path)  # transformers keeps the two apart: both present, different values
+    assert torch.equal(reloaded.lm_head.weight, decoded) and torch.equal(reloaded.model.embed_tokens.weight, embedding)

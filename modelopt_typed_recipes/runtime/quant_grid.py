@@ -22,6 +22,10 @@ expert's slice with that expert's quantizer, the one its export splits into ``ga
 (GPT-OSS's and Llama 4's experts, quantized transposed and exported fused, come as one transposed view).
 Formats whose export derives the scales from the weight itself (NVFP4, MXFP8, FP8 blocks) are left as they are:
 their scales follow the trained weights, and ModelOpt clamps the NVFP4 block scales and E2M1 values.
+A quantized ``lm_head`` tied to the unquantized input embedding (``tie_word_embeddings``, a recipe file that enables
+``*lm_head*``) gets its own snapped copy: ModelOpt 0.47's export writes it as its own tensor (FP8 codes and scales
+beside the embedding's plain weights; the tied-weight dedup keeps both, and transformers then declines to re-tie
+them), so the copy is what it stores, and the embedding keeps computing with the weights it was trained with.
 """
 
 from __future__ import annotations
@@ -68,6 +72,17 @@ def _beyond(weight: Any, quantizer: Any) -> int:
     return int((x > amax).sum())
 
 
+def _own_copy(module: Any, weight: Any) -> Any:
+    """Untie ``weight`` from the other modules that share it: ``module`` gets a copy of it as its own parameter
+    (returned). None when ``module`` does not hold it as a parameter of its own (left as it is)."""
+    for name, param in module.named_parameters(recurse=False):
+        if param is weight:
+            own = torch.nn.Parameter(weight.detach().clone(), requires_grad=weight.requires_grad)
+            setattr(module, name, own)
+            return own
+    return None
+
+
 def snap_to_grid(model: Any, *, counts_here: Callable[[Any, Any], tuple[bool, bool]] | None = None) -> dict[str, Any]:
     """Each weight of a grid format (``grid_format``) replaced in place by its fake-quantized value; returns the
     weights snapped by format and how many values were beyond their quantizer's range. W4A8's weight (INT4,
@@ -77,7 +92,8 @@ def snap_to_grid(model: Any, *, counts_here: Callable[[Any, Any], tuple[bool, bo
     ``distributed.counts_here``): whether this rank counts the weight, and its values; the figures are then summed
     over the ranks (every rank calls this), so they are the whole model's, each weight and value counted once.
     Without it every weight here counts (one process holds the model). A weight another module shares (a quantized
-    ``lm_head`` tied to the input embedding) is left as it is: the snap would move the embedding too."""
+    ``lm_head`` tied to the input embedding) is replaced in this module by a snapped copy (``_own_copy``): the
+    export writes it apart from the embedding, and snapping the shared tensor would move the embedding too."""
     from modelopt.torch.quantization.nn import QuantModule, SequentialQuantizer
 
     snapped: dict[GridFormat, int] = {}
@@ -90,8 +106,12 @@ def snap_to_grid(model: Any, *, counts_here: Callable[[Any, Any], tuple[bool, bo
             for weight, quantizer in module.iter_weights_for_calibration():
                 q = quantizer[0] if isinstance(quantizer, SequentialQuantizer) else quantizer
                 fmt = grid_format(q)
-                if fmt is None or not isinstance(weight, torch.Tensor) or uses[id(weight)] > 1:
-                    continue  # a tied weight (lm_head sharing the embedding) feeds unquantized work too: left as is
+                if fmt is None or not isinstance(weight, torch.Tensor):
+                    continue
+                if uses[id(weight)] > 1:  # tied (lm_head sharing the embedding): feeds unquantized work too
+                    weight = _own_copy(module, weight)
+                    if weight is None:
+                        continue
                 weight_here, values_here = counts_here(module, weight) if counts_here else (True, True)
                 beyond += _beyond(weight, q) if values_here else 0
                 weight.data.copy_(q(weight.float().contiguous()).to(weight.dtype))
