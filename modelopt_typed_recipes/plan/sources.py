@@ -4,23 +4,73 @@ so ``spec/`` stays plain data)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from ..errors import CompatibilityError, RecipeError, SpecError
+from ..errors import CompatibilityError, RecipeError, SpecError, brief
+from ..spec import bounded
 from ..spec.arch import ModelArch
 from ..spec.recipe import Builtin, HFCheckpoint, MegatronCheckpoint, RandomInit, Recipe
 from .environment import Environment
 from .outputs import user_path
 
 
-def _saved_info(src: MegatronCheckpoint) -> dict:
-    """What this package wrote beside a checkpoint's shards (``MegatronCheckpoint.INFO_FILE``); {} when nothing."""
+def _record_text(folder: Path, name: str, what: str) -> str | None:
+    """The text of a file this package writes beside a checkpoint's shards, read as any file a user hands us is
+    (:mod:`..spec.bounded`: size, UTF-8); None when there is no such file. Only a regular file is read: a FIFO
+    named so would wait for a writer forever, ``/dev/zero`` never ends. Unreadable: :class:`SpecError`."""
+    record = folder / name
     try:
-        data = json.loads((user_path(src.path, path="source.path") / MegatronCheckpoint.INFO_FILE).read_text())
-    except (OSError, ValueError):  # SpecError (~user with no home) is a ValueError too
+        regular = record.is_file()
+    except OSError as exc:  # a folder this user may not search (is_file raises only then)
+        raise SpecError(f"cannot read {what} {str(record)[:300]!r}: {exc.strerror or exc}", path=str(record)) from None
+    return bounded.read_text(record, what=what, limit=_RECORD_BYTES) if regular else None
+
+
+_RECORD_BYTES = 1 << 20
+"""A record (``model_arch.yaml``, the info file) is a few kilobytes; the bound of a recipe file."""
+
+
+def _info(src: MegatronCheckpoint) -> dict:
+    """What this package wrote beside a checkpoint's shards (``MegatronCheckpoint.INFO_FILE``); {} when nothing.
+    A file that is not a JSON object, or whose known keys hold other values, is a :class:`SpecError` naming it."""
+    folder = user_path(src.path, path="source.path")
+    text = _record_text(folder, MegatronCheckpoint.INFO_FILE, "checkpoint info file")
+    if text is None:
         return {}
-    return data if isinstance(data, dict) else {}
+    where = str(folder / MegatronCheckpoint.INFO_FILE)
+    data = bounded.load_json(text, source=where)
+    if not isinstance(data, dict):
+        raise SpecError(f"expected a JSON object, got {type(data).__name__}", path=where)
+    spec = data.get("layer_spec")
+    if spec is not None and spec not in MegatronCheckpoint.LAYER_SPECS:
+        raise SpecError(f"layer_spec {brief(spec)} is not one of {', '.join(MegatronCheckpoint.LAYER_SPECS)}",
+                        path=where)
+    trained = data.get("trained_while_quantized")
+    if trained is not None and not isinstance(trained, bool):
+        raise SpecError(f"trained_while_quantized {brief(trained)} is not true or false", path=where)
+    return data
+
+
+def _saved_info(src: MegatronCheckpoint) -> dict:
+    """:func:`_info`, or {} when it cannot be read (``info_problem`` reports that at ``source.path``)."""
+    try:
+        return _info(src)
+    except (OSError, SpecError):  # SpecError: ~user with no home too
+        return {}
+
+
+def info_problem(src: MegatronCheckpoint) -> RecipeError | None:
+    """A checkpoint info file this package cannot read: the run would build the model with a guessed layer spec
+    (its shards' names then fail the load, after the build) and export trained weights as calibrated ones."""
+    try:
+        _info(src)
+    except SpecError as err:
+        file = MegatronCheckpoint.INFO_FILE
+        return SpecError(f"its {file} cannot be read: {err.message}", path="source.path",
+                         hint=f"{file} is written by this package's save; restore it from the run that saved "
+                              "the checkpoint, or delete it (the run then builds with the default layer spec "
+                              "and exports the weights as calibrated)")
+    return None
 
 
 def saved_layer_spec(src: MegatronCheckpoint) -> str | None:
@@ -98,13 +148,20 @@ def source_arch_problem(arch: ModelArch, folder: Path, config: dict,
     architecture follow ``model``, while the backends load the folder: the Hugging Face backend ran such a recipe on
     the folder's model and reported ``model``'s; Megatron-Core's import failed only after building the model, and
     its export wrote the reference's ``config.json`` beside weights of another shape. None when they agree, or
-    when the config is one the bridge cannot read (the loader then says why)."""
+    when the config is one the bridge cannot express (the loader then reads it); one with values no model has
+    (``ConfigValueError``: a wrong type, zero heads, a NaN) is a :class:`SpecError` at ``field``."""
     from ..bridges.hf_config import from_hf_config
+    from ..bridges.hf_config.access import ConfigValueError
 
     try:
         found = from_hf_config(config)
-    except RecipeError:
-        return None
+    except RecipeError as err:
+        if not isinstance(err, ConfigValueError):
+            return None  # a type or feature only transformers (or the checkpoint's own code) reads
+        # transformers fails on the same values with its own exception (a str vocab_size, zero heads) or loads
+        # them (a NaN norm epsilon, whose calibration then fails on NaN ranges)
+        return SpecError(f"its config.json: {err.path + ': ' if err.path else ''}{err.message}", path=field,
+                         hint=err.hint or "fix config.json, or point at the checkpoint's original folder")
     return _arch_mismatch(arch, found, field, inline=f"`python -m modelopt_typed_recipes arch from-hf "
                                                     f"{str(folder)[:200]}` prints one")
 
@@ -135,8 +192,12 @@ def hf_config_problems(folder: Path, path: str = "source.path") -> list[RecipeEr
 
     try:
         config = read_config_json(folder)
-    except SpecError as err:
-        return [SpecError(err.message, path=path, hint=err.hint)]
+    except SpecError as err:  # err.path is the file's; the error is the field's, naming the file
+        return [SpecError(err.message if "config.json" in err.message else f"its config.json: {err.message}",
+                          path=path, hint=err.hint)]
+    bom = _bom_problem(folder / "config.json", path)
+    if bom is not None:
+        return [bom]
     exported = quantized_export_problem(folder, config, path)
     if exported is not None:
         return [exported]
@@ -149,15 +210,44 @@ def hf_config_problems(folder: Path, path: str = "source.path") -> list[RecipeEr
     return []
 
 
-def recorded_arch(src: MegatronCheckpoint) -> ModelArch | None:
-    """The architecture this package recorded beside a Megatron checkpoint's shards (``model_arch.yaml``: a prune
-    stage's checkpoint records the pruned one), or None (another tool's checkpoint, or a record unreadable here)."""
+def _bom_problem(config: Path, path: str) -> SpecError | None:
+    """A ``config.json`` that begins with a UTF-8 byte-order mark: the bridge reads it, transformers' loader
+    (``json.loads`` of the text) fails on it with an ``OSError`` ("not a valid JSON file") when the run loads the
+    model, so it is refused before."""
+    try:
+        with config.open("rb") as f:
+            head = f.read(3)
+    except OSError:  # read_config_json read it a moment ago; a race is the loader's to report
+        return None
+    if head != b"\xef\xbb\xbf":
+        return None
+    return SpecError("its config.json begins with a UTF-8 byte-order mark, which transformers' loader refuses "
+                     "('not a valid JSON file')", path=path, hint="save config.json as UTF-8 without a BOM")
+
+
+def read_recorded_arch(folder: Path, field: str) -> ModelArch | None:
+    """The architecture this package recorded beside a Megatron checkpoint's shards in ``folder``
+    (``model_arch.yaml``: a prune stage's checkpoint records the pruned one); None when there is no record
+    (another tool's checkpoint). A record that cannot be read is a :class:`SpecError` at ``field``."""
     from ..spec.serde import from_yaml
 
+    record = folder / "model_arch.yaml"
     try:
-        record = user_path(src.path, path="source.path") / "model_arch.yaml"
-        return from_yaml(record.read_text(), ModelArch, source=str(record))
-    except (OSError, ValueError):  # RecipeError is a ValueError; a checkpoint without the record reads None
+        text = _record_text(folder, "model_arch.yaml", "architecture record")
+        return None if text is None else from_yaml(text, ModelArch, source=str(record))
+    except RecipeError as err:
+        at = f"{err.path}: " if err.path and err.path != str(record) else ""
+        raise SpecError(f"its model_arch.yaml cannot be read: {at}{err.message}", path=field,
+                        hint="model_arch.yaml is written by this package's save; restore it from the run that "
+                             "saved the checkpoint, or delete it (set hf_reference for the architecture)") from None
+
+
+def recorded_arch(src: MegatronCheckpoint) -> ModelArch | None:
+    """:func:`read_recorded_arch` of a source or teacher checkpoint, None also when its record cannot be read: a
+    source's record only checks ``model`` (the run builds ``model``), a teacher's is refused by its own check."""
+    try:
+        return read_recorded_arch(user_path(src.path, path="source.path"), "source.path")
+    except (OSError, RecipeError):
         return None
 
 
@@ -272,6 +362,8 @@ def source_problems(recipe: Recipe, arch: ModelArch, env: Environment, backend: 
         elif isinstance(src, MegatronCheckpoint) and backend == "megatron":
             exports = any(getattr(st, "technique", None) == "export" for st in recipe.stages)
             out += _reference_arch_problems(src, arch, exports=exports)
+            unread = info_problem(src)
+            out += [unread] if unread is not None else []
             saved = saved_layer_spec(src)
             if saved in ("te", "modelopt") and not env.transformer_engine:
                 out.append(CompatibilityError(

@@ -32,6 +32,8 @@ class MegatronCheckpoint:
     INFO_FILE: ClassVar[str] = "mtr_checkpoint.json"
     """Written beside the shards by this package: the layer spec the weights were saved with (read by
     ``plan.sources.saved_layer_spec``)."""
+    LAYER_SPECS: ClassVar[tuple[str, ...]] = ("local", "modelopt", "te")
+    """The layer specs an info file may name (``runtime.megatron.build.SPECS``)."""
 
 
 @attrs.frozen(kw_only=True, field_transformer=typed_fields)

@@ -23,6 +23,13 @@ MAX_INT = 2**53
 """JSON numbers beyond this are not exact integers in any config writer."""
 
 
+class ConfigValueError(SpecError):
+    """A value no model has (a wrong type, a size below 1, a NaN, a size the file leaves out), as against a
+    feature the bridge cannot express (a RoPE scaling, an activation): transformers fails on such a file with
+    its own exception, or loads it and fails later (a NaN norm epsilon fails calibration), so a checkpoint's
+    loader is not left to say why (``plan.sources.source_arch_problem``)."""
+
+
 class _Missing:
     def __repr__(self) -> str:
         return "<required>"
@@ -72,12 +79,12 @@ class ConfigReader:
             if default is MISSING:
                 default = self.defaults.get(key, MISSING)
             if default is MISSING:
-                raise SpecError("required key missing from config.json", path=self.path(key))
+                raise ConfigValueError("required key missing from config.json", path=self.path(key))
             return default
         try:
             return check(value)
         except (TypeError, ValueError, OverflowError):
-            raise SpecError(f"expected {kind}, got {short_repr(value)}", path=self.path(key)) from None
+            raise ConfigValueError(f"expected {kind}, got {short_repr(value)}", path=self.path(key)) from None
 
     def int(self, key: Key, default: Any = MISSING) -> Any:
         def check(v: Any) -> int:
@@ -157,7 +164,7 @@ class ConfigReader:
             if default is MISSING and key in self.defaults:
                 return self.defaults[key]
         if default is MISSING:
-            raise SpecError(
+            raise ConfigValueError(
                 "required key missing from config.json",
                 path=self.path(keys[0]),
                 hint="also read as: " + ", ".join(keys[1:]) if len(keys) > 1 else "",
@@ -170,4 +177,4 @@ def build(r: ConfigReader, cls: Callable[..., T], keys: Mapping[str, str], **fie
     try:
         return cls(**fields)
     except SpecError as err:
-        raise SpecError(err.message, path=r.path(keys.get(err.path, err.path)), hint=err.hint) from None
+        raise ConfigValueError(err.message, path=r.path(keys.get(err.path, err.path)), hint=err.hint) from None

@@ -9,7 +9,7 @@ from typing import Any
 
 from ...errors import SpecError
 from ...spec.arch import ModelArch
-from .access import ConfigReader, short_repr
+from .access import ConfigReader, ConfigValueError, short_repr
 from .json_file import read_config_json
 from .model_types import BY_NAME, HFModelType, model_type
 
@@ -99,7 +99,7 @@ def from_hf_config(
         )
     except SpecError as err:
         key = _HF_KEY.get(err.path)
-        raise SpecError(err.message, path=reader.path(key) if key else err.path, hint=err.hint) from None
+        raise ConfigValueError(err.message, path=reader.path(key) if key else err.path, hint=err.hint) from None
 
 
 def load_hf_config(

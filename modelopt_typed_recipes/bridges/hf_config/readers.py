@@ -27,7 +27,7 @@ from ...spec.arch import (
     Vocab,
     YarnScaling,
 )
-from .access import ConfigReader, build, short_repr
+from .access import ConfigReader, ConfigValueError, build, short_repr
 
 if TYPE_CHECKING:
     from .model_types import HFModelType
@@ -197,7 +197,7 @@ def gqa(r: ConfigReader, t: HFModelType, hidden: int) -> Attention:
     kv = r.int("num_key_value_heads", heads)
     head_dim = r.first("int", t.head_dim_keys, None)
     if heads <= 0:
-        raise r.fail("num_attention_heads", f"must be a positive integer, got {heads}")
+        raise ConfigValueError(f"must be a positive integer, got {heads}", path=r.path("num_attention_heads"))
     if head_dim is not None and head_dim == hidden // heads and hidden % heads == 0:
         head_dim = None
     keys = {

@@ -92,9 +92,15 @@ def teacher_arch(stage: Distill, ctx: StageContext) -> tuple[ModelArch | None, l
                 path=f"{path}.type", hint="name the teacher's Hugging Face folder, or backend: megatron"))
         errors += _folder_problems(src.path, f"{path}.path", marker="metadata.json",
                                    what="a Megatron distributed checkpoint")
-        from ..sources import recorded_arch
+        from ..outputs import user_path
+        from ..sources import read_recorded_arch
 
-        recorded = None if errors else recorded_arch(src)
+        recorded = None
+        if not errors:
+            try:  # the run builds the teacher with it (runtime.megatron.steps reads it the same way)
+                recorded = read_recorded_arch(user_path(src.path, path=f"{path}.path"), f"{path}.path")
+            except SpecError as err:
+                return None, [err], []
         if recorded is not None:  # what the run builds the teacher with, before its hf_reference's config
             return recorded, errors, []
         if src.hf_reference is None:

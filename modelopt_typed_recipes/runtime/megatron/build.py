@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import CompatibilityError, SpecError
 from ...spec.arch import MLAttention, ModelArch
+from ...spec.sources import MegatronCheckpoint
 from ..dtypes import torch_dtype
 
 if TYPE_CHECKING:
@@ -128,7 +129,7 @@ def transformer_config(arch: ModelArch, layout: Any, *, dtype: str = "bf16", cpu
     return cls(**kw)
 
 
-SPECS = ("local", "modelopt", "te")
+SPECS = MegatronCheckpoint.LAYER_SPECS
 """Layer specs: Megatron-Core's local spec (no Transformer Engine); ModelOpt's spec (TE norms and attention,
 local linears: what ModelOpt's quantization examples build); the full TE spec (``TELayerNormColumnParallelLinear``
 and ``TEDotProductAttention``: what Megatron-LM's ``prune.sh`` builds with ``--export-default-te-spec``, and the
@@ -147,7 +148,6 @@ def spec_for_run(recipe: Recipe, *, te_available: bool) -> str:
     :func:`choose_spec`'s (the full TE spec when a technique needs it: Minitron pruning)."""
     from ...plan.sources import saved_layer_spec
     from ...plan.techniques import technique_for
-    from ...spec.recipe import MegatronCheckpoint
 
     if isinstance(recipe.source, MegatronCheckpoint):
         saved = saved_layer_spec(recipe.source)
@@ -270,8 +270,6 @@ def save_checkpoint(model: Any, directory: Path, *, arch: ModelArch, spec: str |
     if dist.get_rank() == 0:
         (tmp / "model_arch.yaml").write_text(to_yaml(arch))
         if spec is not None:
-            from ...spec.recipe import MegatronCheckpoint
-
             info = {"layer_spec": spec, "trained_while_quantized": trained_while_quantized}  # plan.sources reads
             (tmp / MegatronCheckpoint.INFO_FILE).write_text(json.dumps(info) + "\n")
         if directory.exists():

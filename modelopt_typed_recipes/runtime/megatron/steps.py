@@ -212,9 +212,8 @@ def _teacher_source(src: Any, sp: StagePlan, *, dtype: str) -> tuple[ModelArch, 
     """The architecture of a named teacher checkpoint and the function that loads its weights into a model."""
     from ...bridges.hf_config import load_hf_config
     from ...plan.outputs import user_path
-    from ...spec.arch import ModelArch
+    from ...plan.sources import read_recorded_arch
     from ...spec.recipe import Builtin, HFCheckpoint, MegatronCheckpoint
-    from ...spec.serde import from_yaml
     from ..data import REFERENCE_DIR
     from . import build
 
@@ -228,12 +227,10 @@ def _teacher_source(src: Any, sp: StagePlan, *, dtype: str) -> tuple[ModelArch, 
         return load_hf_config(folder), load_hf
     if isinstance(src, MegatronCheckpoint):
         folder = user_path(src.path, path=f"{where}.path")
-        saved = folder / "model_arch.yaml"
-        if saved.is_file():
-            arch = from_yaml(saved.read_text(), ModelArch, source=str(saved))
-        elif src.hf_reference is not None:
+        arch = read_recorded_arch(folder, f"{where}.path")  # as the check read it
+        if arch is None and src.hf_reference is not None:
             arch = load_hf_config(user_path(src.hf_reference, path=f"{where}.hf_reference"))
-        else:
+        elif arch is None:
             raise SpecError(f"{src.path!r} does not say its architecture (no model_arch.yaml)", path=f"{where}.path",
                             hint="set teacher.hf_reference to the teacher's Hugging Face folder")
         return arch, lambda m: build.load_checkpoint(m, folder)
