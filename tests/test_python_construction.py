@@ -147,3 +147,14 @@ def test_random_python_values_give_typed_errors_only(kwargs: dict) -> None:
         return
     assert isinstance(r.stages, tuple) and all(attrs.has(type(s)) for s in r.stages)
     assert r == Recipe.from_dict(yaml.safe_load(r.to_yaml()))
+
+
+@pytest.mark.parametrize(("version", "words"), [(0, r"from Python only this package's version \(1\)"),
+                                                (2, r"newer than this package understands \(1\)")])
+def test_a_schema_version_yaml_would_refuse_is_refused_from_python_too(version: int, words: str) -> None:
+    """Found by the property above: Recipe(schema_version=2) was built, and its own YAML then refused."""
+    with pytest.raises(SpecError, match=words) as err:
+        Recipe(model="reference-llama", source=Builtin(), stages=["export"], output_dir="o", schema_version=version)
+    assert err.value.path == "schema_version"
+    with pytest.raises(SpecError, match=words):
+        attrs.evolve(get_arch("reference-llama"), schema_version=version)

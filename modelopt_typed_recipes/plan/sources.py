@@ -268,8 +268,8 @@ def _could_be_pruned_from(arch: ModelArch, found: ModelArch) -> bool:
     a larger ``model`` cannot have come from the reference and is refused."""
     sizes = ((arch.num_layers, found.num_layers), (arch.hidden_size, found.hidden_size),
              (arch.ffn_hidden_size, found.ffn_hidden_size), (arch.params_total, found.params_total))
-    heads = (getattr(arch.attention, "num_heads", None), getattr(found.attention, "num_heads", None))
-    return all(a <= b for a, b in sizes) and (None in heads or heads[0] <= heads[1])
+    heads, ref_heads = getattr(arch.attention, "num_heads", None), getattr(found.attention, "num_heads", None)
+    return all(a <= b for a, b in sizes) and (heads is None or ref_heads is None or heads <= ref_heads)
 
 
 def _reference_arch_problems(src: MegatronCheckpoint, arch: ModelArch, *, exports: bool) -> list[RecipeError]:

@@ -37,6 +37,23 @@ def positive_int(_inst: Any, attr: Any, value: Any) -> None:
 MAX_SEED = 2**63 - 1
 
 
+def current_schema(version: int) -> Any:
+    """A ``schema_version`` validator: from Python only the package's own version (a YAML file of an older one is
+    migrated to it when read, ``serde.migrate``; a newer one is refused there with the same words)."""
+
+    def check(_inst: Any, attr: Any, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail(attr.name, f"expected an integer, got {brief(value)}")
+        if value > version:
+            raise fail(attr.name, f"schema_version={value} is newer than this package understands ({version})",
+                       "upgrade modelopt-typed-recipes")
+        if value != version:
+            raise fail(attr.name, f"schema_version={value}: from Python only this package's version ({version})",
+                       "leave schema_version out (a YAML file of an older version is migrated when read)")
+
+    return check
+
+
 def seed_range(_inst: Any, attr: Any, value: Any) -> None:
     """A random seed torch and Megatron-Core accept: ``torch.manual_seed`` takes below 2**64 and Megatron-Core
     adds per-rank offsets (``model_parallel_cuda_manual_seed``: +2718 + TP rank, +1024 + 100 * EP rank), so

@@ -17,7 +17,18 @@ from typing import Literal
 import attrs
 
 from ..errors import SpecError
-from ._validate import divisors, fail, fraction, non_empty_str, non_negative, one_of, positive, positive_int, to_float
+from ._validate import (
+    current_schema,
+    divisors,
+    fail,
+    fraction,
+    non_empty_str,
+    non_negative,
+    one_of,
+    positive,
+    positive_int,
+    to_float,
+)
 from .formats import get_format
 
 SCHEMA_VERSION = 1
@@ -393,7 +404,7 @@ class ModelArch:
     quirks: Quirks = Quirks()
     notes: tuple[str, ...] = ()
     """Why an entry differs from the seed (each documented fix), or where its facts come from."""
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = attrs.field(default=SCHEMA_VERSION, validator=current_schema(SCHEMA_VERSION))
 
     @name.validator
     def _check_name(self, attr: attrs.Attribute, value: str) -> None:

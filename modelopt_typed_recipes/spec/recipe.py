@@ -15,7 +15,7 @@ from typing import Literal
 import attrs
 
 from ..errors import RecipeError, brief
-from ._validate import fail, non_empty_str, one_of, seed_range
+from ._validate import current_schema, fail, non_empty_str, one_of, seed_range
 from .arch import ModelArch
 from .evaluation import Gate, Generate, Task
 from .layout import ParallelLayout
@@ -98,7 +98,7 @@ class Recipe:
     on this node, at least 1, where PyTorch's count is 1 (torchrun sets ``OMP_NUM_THREADS=1`` for every worker by
     itself) or above that share; a count in between is kept. Or a number. ModelOpt's Megatron export quantizes and packs the weights on the CPU, so this sets its speed.
     Speed only, the same bytes: not part of the content hash. ``plan/cpu_threads.py`` says why."""
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = attrs.field(default=SCHEMA_VERSION, validator=current_schema(SCHEMA_VERSION))
 
     @model.validator
     def _check_model(self, attr: attrs.Attribute, value: str | ModelArch) -> None:

@@ -226,14 +226,14 @@ def _teacher_source(src: Any, sp: StagePlan, *, dtype: str) -> tuple[ModelArch, 
 
         return load_hf_config(folder), load_hf
     if isinstance(src, MegatronCheckpoint):
-        folder = user_path(src.path, path=f"{where}.path")
-        arch = read_recorded_arch(folder, f"{where}.path")  # as the check read it
+        ckpt = user_path(src.path, path=f"{where}.path")
+        arch = read_recorded_arch(ckpt, f"{where}.path")  # as the check read it
         if arch is None and src.hf_reference is not None:
             arch = load_hf_config(user_path(src.hf_reference, path=f"{where}.hf_reference"))
         elif arch is None:
             raise SpecError(f"{src.path!r} does not say its architecture (no model_arch.yaml)", path=f"{where}.path",
                             hint="set teacher.hf_reference to the teacher's Hugging Face folder")
-        return arch, lambda m: build.load_checkpoint(m, folder)
+        return arch, lambda m: build.load_checkpoint(m, str(ckpt))
     raise SpecError(f"unknown teacher {src!r}", path=where)
 
 
