@@ -260,6 +260,13 @@ def test_refusals_name_the_file_and_field(root):
         # transformers' loader raised OSError ("not a valid JSON file") in the run on a config the check accepted
         ("config", b"\xef\xbb\xbf" + _CONFIG, "source.path", "begins with a UTF-8 byte-order mark"),
         ("teacher-config", b"\xef\xbb\xbf" + _CONFIG, "stages[1].teacher.path", "byte-order mark"),
+        # the Megatron run loads its tokenizer from hf_reference after loading the checkpoint, and AutoTokenizer
+        # reads config.json: OSError ("not a valid JSON file", a typed DataError only then) or a bare
+        # StrictDataclassFieldValidationError
+        ("reference", b"{not json", "source.hf_reference", "its config.json: not valid JSON"),
+        ("reference", b"\xef\xbb\xbf" + _CONFIG, "source.hf_reference", "byte-order mark"),
+        ("reference", json.dumps({**CONFIG, "vocab_size": "32"}).encode(), "source.hf_reference",
+         "config.json: vocab_size: expected an integer, got '32'"),
     ]
     for name, data, field, fragment in cases:
         errors = with_file(root, TARGETS[name], data)
@@ -363,8 +370,8 @@ def unusual(draw: Any, t: Target) -> bytes:
         if draw(st.booleans()):
             doc["quantization_config"] = {"quant_method": draw(st.sampled_from(["gptq", "awq", "bitsandbytes"]))}
     doc.update(draw(_EXTRA))
-    # transformers' loader refuses a config.json with a BOM (the reference's is read by the bridge only)
-    return _layouts(draw, doc, yaml_ok=False, bom=t.name in ("info", "reference"))
+    # transformers' loader refuses a config.json with a BOM
+    return _layouts(draw, doc, yaml_ok=False, bom=t.name == "info")
 
 
 @pytest.mark.parametrize("name", ["info", "arch", "teacher-arch", "reference", "config", "teacher-config"])

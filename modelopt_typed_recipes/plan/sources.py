@@ -160,8 +160,7 @@ def source_arch_problem(arch: ModelArch, folder: Path, config: dict,
             return None  # a type or feature only transformers (or the checkpoint's own code) reads
         # transformers fails on the same values with its own exception (a str vocab_size, zero heads) or loads
         # them (a NaN norm epsilon, whose calibration then fails on NaN ranges)
-        return SpecError(f"its config.json: {err.path + ': ' if err.path else ''}{err.message}", path=field,
-                         hint=err.hint or "fix config.json, or point at the checkpoint's original folder")
+        return _config_value_problem(err, field)
     return _arch_mismatch(arch, found, field, inline=f"`python -m modelopt_typed_recipes arch from-hf "
                                                     f"{str(folder)[:200]}` prints one")
 
@@ -192,9 +191,8 @@ def hf_config_problems(folder: Path, path: str = "source.path") -> list[RecipeEr
 
     try:
         config = read_config_json(folder)
-    except SpecError as err:  # err.path is the file's; the error is the field's, naming the file
-        return [SpecError(err.message if "config.json" in err.message else f"its config.json: {err.message}",
-                          path=path, hint=err.hint)]
+    except SpecError as err:
+        return [_config_read_problem(err, path)]
     bom = _bom_problem(folder / "config.json", path)
     if bom is not None:
         return [bom]
@@ -208,6 +206,18 @@ def hf_config_problems(folder: Path, path: str = "source.path") -> list[RecipeEr
             "(auto_map); this package does not run a checkpoint's code", path=path,
             hint="supported model types: " + ", ".join(sorted(HF_MODEL_TYPES)))]
     return []
+
+
+def _config_read_problem(err: SpecError, field: str) -> SpecError:
+    """``read_config_json``'s error (its path is the file's) at the recipe's ``field``, naming the file."""
+    return SpecError(err.message if "config.json" in err.message else f"its config.json: {err.message}", path=field,
+                     hint=err.hint)
+
+
+def _config_value_problem(err: RecipeError, field: str) -> SpecError:
+    """The bridge's ``ConfigValueError`` (its path is the config key) at the recipe's ``field``, naming the key."""
+    return SpecError(f"its config.json: {err.path + ': ' if err.path else ''}{err.message}", path=field,
+                     hint=err.hint or "fix config.json, or point at the checkpoint's original folder")
 
 
 def _bom_problem(config: Path, path: str) -> SpecError | None:
@@ -274,8 +284,8 @@ def _could_be_pruned_from(arch: ModelArch, found: ModelArch) -> bool:
 
 def _reference_arch_problems(src: MegatronCheckpoint, arch: ModelArch, *, exports: bool) -> list[RecipeError]:
     """``model`` against what a Megatron checkpoint holds: the architecture it records (``recorded_arch``), else
-    its local ``hf_reference`` folder's config (a Hub id, or a folder whose config the bridge cannot read, is left to
-    the export, which says why). With a record, or without one when ``model`` could be a prune of the reference
+    its local ``hf_reference`` folder's config (a Hub id, or a config the bridge cannot express, is left to the export,
+    which says why; one transformers cannot read is refused: the run loads its tokenizer with it). With a record, or without one when ``model`` could be a prune of the reference
     (``_could_be_pruned_from``), the reference (often the unpruned model's folder) gives the tokenizer and the
     export's config, over which ModelOpt's exporter writes the model's layer,
     hidden, FFN and head sizes: its vocabulary and model type must be the model's, and with an export stage its MoE
@@ -295,11 +305,21 @@ def _reference_arch_problems(src: MegatronCheckpoint, arch: ModelArch, *, export
     if not (ref / "config.json").is_file():
         return []
     from ..bridges.hf_config import from_hf_config, read_config_json
+    from ..bridges.hf_config.access import ConfigValueError
 
-    try:
+    field = "source.hf_reference"
+    try:  # the run reads the tokenizer there first, and transformers' AutoTokenizer reads config.json with it
         config = read_config_json(ref)
+    except SpecError as err:
+        return [_config_read_problem(err, field)]
+    bom = _bom_problem(ref / "config.json", field)
+    if bom is not None:
+        return [bom]
+    try:
         found = from_hf_config(config)
-    except RecipeError:
+    except ConfigValueError as err:  # AutoTokenizer's StrictDataclassFieldValidationError after the checkpoint loaded
+        return [_config_value_problem(err, field)]
+    except RecipeError:  # a type or feature the bridge does not read: left to the export
         return []
     if recorded is None and not _could_be_pruned_from(arch, found):
         mismatch = _arch_mismatch(arch, found, "source.hf_reference", inline=f"`python -m modelopt_typed_recipes "
