@@ -321,6 +321,25 @@ def test_files_that_are_not_regular_files(root, name, kind):
         assert any("has no config.json" in e.message for e in errors), errors
 
 
+@pytest.mark.skipif(os.geteuid() == 0, reason="root searches a folder of mode 000")
+@pytest.mark.parametrize("mode", [0o000, 0o600])
+@pytest.mark.parametrize("name", sorted(TARGETS))
+def test_a_folder_this_user_cannot_search(root, name, mode):
+    """pathlib's ``exists``/``is_file`` pass ``PermissionError`` on: a checkpoint folder of mode 000 (or readable but
+    not searchable) escaped ``check`` as a bare PermissionError from the first look inside it. (As root:
+    ``unshare -U`` runs this file without the privilege.)"""
+    t = TARGETS[name]
+    folder = root / t.folder
+    folder.chmod(mode)
+    try:
+        errors = checked(root, t)
+    finally:
+        folder.chmod(0o755)
+    assert [e.path for e in errors if "cannot be read: Permission denied" in e.message] == [
+        {"mck": "source.path", "hf": "source.path", "ref": "source.hf_reference"}.get(t.folder,
+                                                                                       "stages[1].teacher.path")]
+
+
 # --------------------------------------------------------------------------- valid but unusual: not refused
 def _layouts(draw: Any, doc: Any, *, yaml_ok: bool, bom: bool = True) -> bytes:
     """``doc`` written in one of the legal ways: indented or compact JSON, sorted or not, non-ASCII escaped or

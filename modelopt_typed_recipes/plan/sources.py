@@ -4,6 +4,7 @@ so ``spec/`` stays plain data)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..errors import CompatibilityError, RecipeError, SpecError, brief
@@ -28,6 +29,20 @@ def _record_text(folder: Path, name: str, what: str) -> str | None:
 
 _RECORD_BYTES = 1 << 20
 """A record (``model_arch.yaml``, the info file) is a few kilobytes; the bound of a recipe file."""
+
+
+def unsearchable(folder: Path, raw: str, field: str) -> SpecError | None:
+    """A folder (or one above it) this user may not search (``chmod 000``, another user's home): every look inside
+    it then raises ``PermissionError``, which pathlib's ``exists``/``is_file`` pass on (a root user never sees it).
+    None when it can be searched, or is missing or not a folder (the caller says so)."""
+    try:
+        os.stat(os.path.join(folder, "."))
+    except PermissionError as exc:
+        return SpecError(f"{raw[:200]!r} cannot be read: {exc.strerror or exc}", path=field,
+                         hint="give this user read and search permission on the folder (chmod u+rx), or copy it")
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 def _info(src: MegatronCheckpoint) -> dict:
@@ -302,6 +317,9 @@ def _reference_arch_problems(src: MegatronCheckpoint, arch: ModelArch, *, export
         ref = user_path(src.hf_reference, path="source.hf_reference")
     except SpecError:
         return []
+    locked = unsearchable(ref, src.hf_reference, "source.hf_reference")
+    if locked is not None:  # the run reads its tokenizer there
+        return [locked]
     if not (ref / "config.json").is_file():
         return []
     from ..bridges.hf_config import from_hf_config, read_config_json
@@ -357,8 +375,11 @@ def source_problems(recipe: Recipe, arch: ModelArch, env: Environment, backend: 
         except SpecError as err:
             out.append(err)
             p = None
+        locked = None if p is None else unsearchable(p, src.path, "source.path")
         if p is None:
             pass
+        elif locked is not None:
+            out.append(locked)
         elif not p.exists():
             out.append(SpecError(f"checkpoint directory {src.path!r} does not exist", path="source.path",
                                  hint="check the path, or use source: {type: builtin} for the reference model"))

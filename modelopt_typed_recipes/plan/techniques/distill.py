@@ -113,11 +113,15 @@ def teacher_arch(stage: Distill, ctx: StageContext) -> tuple[ModelArch | None, l
 
 def _folder_problems(folder: str, path: str, *, marker: str, what: str) -> list[RecipeError]:
     from ..outputs import user_path
+    from ..sources import unsearchable
 
     try:
         p = user_path(folder, path=path)
     except SpecError as err:
         return [err]
+    locked = unsearchable(p, folder, path)
+    if locked is not None:
+        return [locked]
     if not p.is_dir():
         return [SpecError(f"{folder[:300]!r} is not a directory", path=path, hint=f"point at {what}")]
     if not (p / marker).is_file():
