@@ -52,6 +52,12 @@ CONFIG = json.loads((REF / "config.json").read_text())
 INFO = {"layer_spec": "te", "trained_while_quantized": False}
 QUANT_CONFIG = {"producer": {"name": "modelopt", "version": "0.47.0"},
                 "quantization": {"quant_algo": "FP8", "kv_cache_quant_algo": None}}
+KV_ONLY = {"producer": {"name": "modelopt", "version": "0.47.0"},
+           "quantization": {"quant_algo": None, "kv_cache_quant_algo": "FP8"}}
+"""``hf_quant_config.json`` of a ModelOpt export that quantized only the KV cache: its weights are stored as they were."""
+KV_ONLY_QC = {"ignore": [], "kv_cache_scheme": {"dynamic": False, "num_bits": 8, "type": "float"},
+              "producer": {"name": "modelopt", "version": "0.47.0"}, "quant_method": "modelopt"}
+"""Its ``quantization_config`` (``convert_hf_quant_config_format(KV_ONLY)``, checked against ModelOpt below)."""
 
 
 @attrs.frozen
@@ -273,6 +279,14 @@ def test_refusals_name_the_file_and_field(root):
         assert any(e.path == field and fragment in e.message for e in errors), (name, fragment, errors)
     # a source's record only checks model (the run builds model, not the record): unreadable is no refusal
     assert with_file(root, TARGETS["arch"], b"\xff\xfe") == ()
+    # an export that quantized only the KV cache stores its weights as they were: refused as an export before
+    assert with_file(root, TARGETS["quant-config"], json.dumps(KV_ONLY).encode()) == ()
+    assert with_file(root, TARGETS["config"], json.dumps({**CONFIG, "quantization_config": KV_ONLY_QC}).encode()) == ()
+    weights = {**KV_ONLY_QC, "quant_algo": "FP8", "config_groups": {"group_0": {"targets": ["Linear"]}}}
+    for name, data in [("quant-config", json.dumps({**KV_ONLY, "quantization": QUANT_CONFIG["quantization"]})),
+                       ("quant-config", json.dumps({"quantization": {"kv_cache_quant_algo": "FP8"}})),
+                       ("config", json.dumps({**CONFIG, "quantization_config": weights}))]:
+        assert [e.path for e in with_file(root, TARGETS[name], data.encode())] == ["source.path"], data
 
 
 # --------------------------------------------------------------------------- not a regular file
@@ -415,13 +429,13 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _run(folder: Path, config: bytes | None, *, quant_config: bool = False) -> Path:
+def _run(folder: Path, config: bytes | None, *, quant_config: dict | None = None) -> Path:
     from modelopt_typed_recipes.runtime.api import run_post_training
 
     if config is not None:
         (folder / "config.json").write_bytes(config)
-    if quant_config:
-        (folder / "hf_quant_config.json").write_text(json.dumps(QUANT_CONFIG))
+    if quant_config is not None:
+        (folder / "hf_quant_config.json").write_text(json.dumps(quant_config))
     out = folder.parent / "out"
     doc = {"model": "reference-llama", "source": {"type": "hf", "path": str(folder)}, "backend": "hf",
            "device": "cpu", "stages": [{"technique": "quantize", "format": "fp8"}], "output_dir": str(out),
@@ -437,13 +451,13 @@ def _run(folder: Path, config: bytes | None, *, quant_config: bool = False) -> P
 @pytest.mark.parametrize(("config", "quant_config", "fragment"), [
     # transformers' StrictDataclassFieldValidationError, ZeroDivisionError, and ModelOpt's AssertionError on NaN
     # ranges escaped the run before: its check read what the bridge refused as "the loader says why"
-    (json.dumps({**CONFIG, "vocab_size": "32"}).encode(), False, "vocab_size: expected an integer"),
-    (json.dumps({**CONFIG, "num_attention_heads": 0}).encode(), False, "num_attention_heads: must be a positive"),
-    (json.dumps({**CONFIG, "rms_norm_eps": float("nan")}).encode(), False, "rms_norm_eps: expected a finite"),
-    (_CONFIG[: len(_CONFIG) // 2], False, "not valid JSON"),
-    (b"\xff" + _CONFIG, False, "not UTF-8"),
-    (None, True, "quantized ModelOpt export"),
-    (b"\xef\xbb\xbf" + _CONFIG, False, "byte-order mark"),  # transformers' OSError: "not a valid JSON file"
+    (json.dumps({**CONFIG, "vocab_size": "32"}).encode(), None, "vocab_size: expected an integer"),
+    (json.dumps({**CONFIG, "num_attention_heads": 0}).encode(), None, "num_attention_heads: must be a positive"),
+    (json.dumps({**CONFIG, "rms_norm_eps": float("nan")}).encode(), None, "rms_norm_eps: expected a finite"),
+    (_CONFIG[: len(_CONFIG) // 2], None, "not valid JSON"),
+    (b"\xff" + _CONFIG, None, "not UTF-8"),
+    (None, QUANT_CONFIG, "quantized ModelOpt export"),
+    (b"\xef\xbb\xbf" + _CONFIG, None, "byte-order mark"),  # transformers' OSError: "not a valid JSON file"
 ], ids=["vocab-str", "zero-heads", "nan-eps", "truncated", "non-utf8", "export", "bom"])
 def test_run_refuses_a_broken_config_and_writes_nothing(folder, config, quant_config, fragment):
     with pytest.raises(RecipeError) as err:
@@ -454,7 +468,11 @@ def test_run_refuses_a_broken_config_and_writes_nothing(folder, config, quant_co
 
 
 def test_run_accepts_an_unusual_but_valid_config(folder):
-    """Unknown keys, tabs and CRLF: the run loads it."""
-    config = {**CONFIG, "x_notes": {"by": ["hand", None]}, "x_é": 1e300}
-    out = _run(folder, json.dumps(config, indent="\t").replace("\n", "\r\n").encode())
+    """Unknown keys, tabs and CRLF, and the two files of a ModelOpt export that quantized only the KV cache
+    (refused as an export before, though its weights are stored as they were): the run loads it."""
+    from modelopt.torch.export.convert_hf_config import convert_hf_quant_config_format
+
+    assert convert_hf_quant_config_format(KV_ONLY) == {**KV_ONLY_QC, "producer": KV_ONLY["producer"]}
+    config = {**CONFIG, "x_notes": {"by": ["hand", None]}, "x_é": 1e300, "quantization_config": KV_ONLY_QC}
+    out = _run(folder, json.dumps(config, indent="\t").replace("\n", "\r\n").encode(), quant_config=KV_ONLY)
     assert (out / "manifest.json").is_file()

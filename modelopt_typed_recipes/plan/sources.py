@@ -136,10 +136,13 @@ def quantized_export_problem(folder: Path, config: dict, path: str) -> RecipeErr
     """A ModelOpt export given as a model to load (``hf_quant_config.json`` beside it, or ``quant_method:
     modelopt`` in its config): its weights are low-precision codes stored beside their scales, which both
     backends' loaders would read as plain weights (the reference model's FP8 export, loaded so, measured a
-    held-out perplexity of 2,145 against its 47). None for any other folder."""
+    held-out perplexity of 2,145 against its 47). None for any other folder, and for an export that quantized
+    only the KV cache (:func:`_kv_cache_only`)."""
     qc = config.get("quantization_config")
     if not (folder / "hf_quant_config.json").is_file() and not (
             isinstance(qc, dict) and qc.get("quant_method") == "modelopt"):
+        return None
+    if _kv_cache_only(folder, qc):
         return None
     algo = qc.get("quant_algo") if isinstance(qc, dict) else None
     what = f" ({str(algo)[:40]})" if algo else ""
@@ -148,6 +151,25 @@ def quantized_export_problem(folder: Path, config: dict, path: str) -> RecipeErr
         "not weights to load", path=path,
         hint="point at the unquantized checkpoint the export was made from; an export is for deployment "
              "with TensorRT-LLM, vLLM or SGLang")
+
+
+def _kv_cache_only(folder: Path, qc: object) -> bool:
+    """A ModelOpt export that quantized the KV cache only, as ModelOpt writes one (``_write_hf_export_config``):
+    ``hf_quant_config.json`` with ``quant_algo: null`` and a ``kv_cache_quant_algo``, and a ``quantization_config``
+    with a ``kv_cache_scheme`` but no ``quant_algo`` or ``config_groups``. Its weights are stored as they were
+    (transformers loads the folder as a plain model); the KV scales beside them are not read. Anything else, or
+    a file that cannot be read, counts as weights quantized."""
+    try:
+        text = _record_text(folder, "hf_quant_config.json", "quantization file")
+        data = None if text is None else bounded.load_json(text, source=str(folder / "hf_quant_config.json"))
+    except SpecError:
+        return False
+    q = data.get("quantization") if isinstance(data, dict) else None
+    file_says = text is None or (isinstance(q, dict) and "quant_algo" in q and q["quant_algo"] is None
+                                 and q.get("kv_cache_quant_algo") is not None)
+    config_says = qc is None or (isinstance(qc, dict) and qc.get("quant_algo") is None
+                                 and not qc.get("config_groups") and bool(qc.get("kv_cache_scheme")))
+    return file_says and config_says and (text is not None or qc is not None)
 
 
 def _shape(arch: ModelArch) -> dict[str, int]:
