@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from modelopt_typed_recipes.plan.check import Environment, check_recipe
 from modelopt_typed_recipes.runtime import data
 from modelopt_typed_recipes.spec.recipe import RandomInit, Recipe, TextData
@@ -80,3 +82,21 @@ def test_text_read_for_the_check_is_reused_for_the_windows_until_a_file_changes(
 
     with pytest.raises(data.DataError, match="does not exist"):
         data.read_documents(cal)
+
+
+def test_a_tokenizer_folder_whose_config_transformers_refuses_is_a_data_error(tmp_path) -> None:
+    """AutoTokenizer reads config.json as well: a mistyped value there raised huggingface_hub's
+    StrictDataclassFieldValidationError past the OSError/ValueError this caught (a bare traceback in a run)."""
+    import json
+    import shutil
+
+    from modelopt_typed_recipes.errors import DataError
+
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(data.REFERENCE_DIR / name, tmp_path / name)
+    assert data.load_tokenizer(tmp_path).eos_token_id is not None
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "vocab_size": "32"}))
+    with pytest.raises(DataError, match="no usable tokenizer.*vocab_size") as err:
+        data.load_tokenizer(tmp_path, path="source.hf_reference")
+    assert err.value.path == "source.hf_reference"

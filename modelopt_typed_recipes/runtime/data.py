@@ -178,8 +178,10 @@ def load_tokenizer(directory: str | Path | None, *, path: str = "source.path") -
     where = REFERENCE_DIR if directory is None else directory
     try:
         return AutoTokenizer.from_pretrained(str(where))
-    except (OSError, ValueError) as exc:
-        raise DataError(f"no usable tokenizer in {str(where)!r}: {exc}", path=path) from None
+    except Exception as exc:  # noqa: BLE001 - it reads config.json too: huggingface_hub's StrictDataclassError
+        # for a mistyped value, OSError, ValueError, and whatever a tokenizer class raises on its files
+        raise DataError(f"no usable tokenizer in {str(where)!r}: {type(exc).__name__}: {str(exc)[:500]}",
+                        path=path) from None
 
 
 class ByteTokenizer:
