@@ -131,6 +131,7 @@ def run_post_training(recipe: Recipe | str | Path | Mapping[str, Any], *, progre
 def _run(recipe: Recipe | str | Path | Mapping[str, Any], *, progress: bool, force: bool,
          overrides: Mapping[str, Any]) -> PostTrainingResult:
     t0 = time.perf_counter()
+    startup = _startup()  # taken by the process's first run whatever becomes of it (a failure, a reused result)
     rec = load_recipe(recipe, overrides)
     plan = plan_run(rec, progress=progress)
     t_plan = time.perf_counter() - t0
@@ -143,18 +144,19 @@ def _run(recipe: Recipe | str | Path | Mapping[str, Any], *, progress: bool, for
         return PostTrainingResult.from_dict(done["result"], reused=True, output_dir=str(output), notes=(
             (f"{output} already holds the outputs of this recipe (hash {recipe_hash}); nothing was redone "
              "(force=True / --force redoes it)"),))
-    # determinism before the backend's first torch import
+    # determinism before the backend's first torch import; cpu_threads imports torch first: ``setup`` starts here
+    t_setup = time.perf_counter()
     with determinism.applied(rec.deterministic) as det, cpu_threads.applied(rec.cpu_threads) as threads:
         return _execute(rec, plan, det, threads, recipe_hash=recipe_hash, staging=staging, output=output,
-                        t0=t0, t_plan=t_plan)
+                        t0=t0, t_plan=t_plan, t_setup=t_setup, startup=startup)
 
 
 def _execute(rec: Recipe, plan: RunPlan, det: determinism.Determinism, threads: cpu_threads.CpuThreads, *,
-             recipe_hash: str, staging: Path, output: Path, t0: float, t_plan: float) -> PostTrainingResult:
+             recipe_hash: str, staging: Path, output: Path, t0: float, t_plan: float, t_setup: float,
+             startup: float) -> PostTrainingResult:
     """The run proper, once it is known that something is to be done: backend, output folder, stages, swap."""
-    t = time.perf_counter()
-    backend = load_backend(plan.backend)  # torch and ModelOpt (with Megatron-Core) are first imported here
-    imports = time.perf_counter() - t
+    backend = load_backend(plan.backend)  # ModelOpt (with Megatron-Core or transformers) is first imported here
+    imports = time.perf_counter() - t_setup  # with torch's, in cpu_threads.applied
     check = getattr(backend, "check", None)
     if check is not None:
         check(rec, plan)
@@ -198,7 +200,7 @@ def _execute(rec: Recipe, plan: RunPlan, det: determinism.Determinism, threads: 
                     result = backend.run(rec, plan)
                     if rec.gate is not None:  # before any manifest or rename: a model below the bar leaves nothing
                         rec.gate.enforce(result.metrics)
-                    timings = {"startup": _startup(t0), "plan": t_plan,
+                    timings = {"startup": startup, "plan": t_plan,
                                "setup": imports + result.timings.get("setup", 0.0),
                                **{k: v for k, v in result.timings.items() if k != "setup"}}
                     result = attrs.evolve(result, output_dir=str(output), seconds=time.perf_counter() - t0,
@@ -261,14 +263,16 @@ def on_main(plan: RunPlan, work: Callable[[], T]) -> T:
 _STARTUP_COUNTED: list[bool] = []
 
 
-def _startup(t0: float) -> float:
-    """Seconds from the process's start to this run's (interpreter, imports, command line), for the process's first
-    run only: a later recipe of the same command or notebook paid none, and counting the earlier runs as its
-    startup made the second of the README's two recipes report the first one's whole run."""
+def _startup() -> float:
+    """Seconds from the process's start to now, the start of a run (interpreter, imports, command line), for the
+    process's first run only: a later recipe of the same command or notebook paid none, and counting the earlier
+    runs as its startup made the second of the README's two recipes report the first one's whole run. Called as
+    a run starts, so a first run that fails or is reused takes it too (counted at its end, it was left to the
+    next run, with the failed run in it)."""
     if _STARTUP_COUNTED:
         return 0.0
     _STARTUP_COUNTED.append(True)
-    return _seconds_since_process_start() - (time.perf_counter() - t0)
+    return max(0.0, _seconds_since_process_start())
 
 
 def _seconds_since_process_start() -> float:
