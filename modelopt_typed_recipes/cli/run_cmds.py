@@ -78,30 +78,28 @@ def child_argv(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def _run(args: argparse.Namespace) -> int:
+def read_recipes(args: argparse.Namespace) -> list[tuple[str, Any]]:
+    """Each recipe of the command line with its ``--set`` and ``--output-dir``, all validated before the first
+    runs: (the name given, the :class:`Recipe`)."""
     from pathlib import Path
 
     from ..runtime.api import load_recipe
+    from ..spec.serde import parse_overrides
     from .refs import load_ref
 
-    overrides: dict[str, Any] = {}
-    from ..spec.serde import _parse_value
-
-    for item in args.overrides:
-        if "=" not in item:
-            from ..errors import SpecError
-
-            raise SpecError(f"--set {item!r} is not KEY=VALUE", hint="e.g. --set calibration.num_samples=16")
-        key, _, raw = item.partition("=")
-        overrides[key.strip()] = _parse_value(raw)
+    overrides = parse_overrides(args.overrides, flag="--set")
     recipes = []
     for path in args.recipes:
         extra = dict(overrides)
         if args.output_dir:
             extra["output_dir"] = args.output_dir if len(args.recipes) == 1 else str(
                 Path(args.output_dir) / Path(path).stem.replace(":", "-"))
-        recipes.append((path, load_recipe(load_ref(path), extra)))  # all recipes validated before the first runs
+        recipes.append((path, load_recipe(load_ref(path), extra)))
+    return recipes
 
+
+def _run(args: argparse.Namespace) -> int:
+    recipes = read_recipes(args)
     launches = {path: argv for path, recipe in recipes if (argv := _launch_command(recipe, args)) is not None}
     if launches:
         sizes = {argv[4] for argv in launches.values()}

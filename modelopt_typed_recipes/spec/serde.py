@@ -13,7 +13,7 @@ import math
 import re
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -303,12 +303,33 @@ def _attrs_instance_or_dict(cls: Any) -> Callable[[Any, Any], Any]:
                                               _cattrs_detailed_validation=True)
 
     def hook(value: Any, _t: Any) -> Any:
-        return value if isinstance(value, cls) else inner(value, cls)
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, Mapping):  # cattrs' own words were Python's ("argument of type 'NoneType' ...")
+            raise SpecError(f"expected a block of keys, got {brief(value)}",
+                            hint=f"its keys: {', '.join(a.name for a in attrs.fields(cls))}")
+        return inner(value, cls)
 
     return hook
 
 
 converter.register_structure_hook_factory(attrs.has, _attrs_instance_or_dict)
+
+
+def _mapping_or_error(tp: Any) -> Callable[[Any, Any], Any]:
+    """``dict[K, V]`` fields (``gate.min_accuracy``): anything but a mapping is refused in words, not with
+    cattrs' ``'int' object has no attribute 'items'``."""
+    inner = cattrs.gen.make_mapping_structure_fn(tp, converter)
+
+    def hook(value: Any, _t: Any) -> Any:
+        if not isinstance(value, Mapping):
+            raise SpecError(f"expected a mapping (key: value), got {brief(value)}")
+        return inner(value, tp)
+
+    return hook
+
+
+converter.register_structure_hook_factory(lambda t: typing.get_origin(t) is dict, _mapping_or_error)
 
 
 def typed_fields(cls: type, fields: list[attrs.Attribute[Any]]) -> list[attrs.Attribute[Any]]:
@@ -479,16 +500,28 @@ def field_path(keys: list[str]) -> str:
     return out
 
 
+def parse_overrides(items: Iterable[str], *, flag: str = "override") -> dict[str, Any]:
+    """``KEY=VALUE`` strings -> ``{key: parsed value}`` in the order given. A key given again takes its last
+    place as well as its last value: ``evaluation.dataset=a evaluation=null evaluation.dataset=b`` ends with
+    dataset b (a dict keeps a key where it first came, so that was applied before the null, which won)."""
+    pairs: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise SpecError(f"{flag} {brief(item)} is not KEY=VALUE", hint="e.g. calibration.num_samples=16")
+        key, _, raw = item.partition("=")
+        pairs.pop(key.strip(), None)
+        pairs[key.strip()] = _parse_value(raw)
+    return pairs
+
+
 def apply_overrides(obj: T, overrides: Mapping[str, Any] | list[str]) -> T:
     """A new validated instance with dotted keys replaced: ``{"moe.num_experts": 64}`` or ``["moe.num_experts=64"]``."""
     if not isinstance(overrides, Mapping):
-        pairs: dict[str, Any] = {}
-        for item in overrides:
-            if "=" not in item:
-                raise SpecError(f"override {brief(item)} is not KEY=VALUE", hint="e.g. moe.num_experts=64")
-            key, _, raw = item.partition("=")
-            pairs[key.strip()] = _parse_value(raw)
-        overrides = pairs
+        overrides = parse_overrides(overrides)
+    for dotted in overrides:
+        if not isinstance(dotted, str):  # from Python: a key that is not a dotted field path
+            raise SpecError(f"an override's key must be a dotted field path (a str), got {brief(dotted)}",
+                            hint="e.g. {'calibration.num_samples': 16}")
     data = to_dict(obj)
     # mappings made here from a null (evaluation: null, gate: null): their keys are the type's, which structure()
     # checks below; before, any key under one was an "unknown key"
@@ -517,6 +550,9 @@ def apply_overrides(obj: T, overrides: Mapping[str, Any] | list[str]) -> T:
                 node[key] = value
             else:
                 if node.get(key) is None:
+                    if keys[i + 1].lstrip("-").isdigit():  # nothing to index (was "expected a list, got {'0': ...}")
+                        raise SpecError(f"no list index {brief(keys[i + 1])}", path=field_path(keys[: i + 2]),
+                                        hint=f"{where} has no value to index; set it whole ({where}=...)")
                     node[key] = {}
                     created.add(tuple(keys[: i + 1]))
                 node = node[key]
