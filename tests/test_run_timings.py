@@ -27,7 +27,7 @@ def test_startup_is_the_first_runs_even_when_it_failed_and_setup_holds_the_torch
     """A first recipe that failed (a gate, a check against the machine, a run-time error) or was reused left
     ``startup`` uncounted, so the next recipe's held the failed one's whole run. ``cpu_threads.applied`` is where
     a fresh process first imports torch (seconds): stood in for here by a pause, it was in no named timing."""
-    monkeypatch.setattr(api, "_STARTUP_COUNTED", [])  # as in a fresh process
+    monkeypatch.setattr(api, "_startup_counted", False)  # as in a fresh process
     load_backend("hf")  # ModelOpt and transformers imported already: only the pause below is left to time
     with pytest.raises(RecipeError):  # fails its checks against this machine: nvfp4 needs CUDA
         api.run_post_training(_tiny(tmp_path / "a", stages=[{"technique": "quantize", "format": "nvfp4"}]),

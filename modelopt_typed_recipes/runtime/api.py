@@ -260,7 +260,7 @@ def on_main(plan: RunPlan, work: Callable[[], T]) -> T:
     return value
 
 
-_STARTUP_COUNTED: list[bool] = []
+_startup_counted = False
 
 
 def _startup() -> float:
@@ -269,9 +269,10 @@ def _startup() -> float:
     runs as its startup made the second of the README's two recipes report the first one's whole run. Called as
     a run starts, so a first run that fails or is reused takes it too (counted at its end, it was left to the
     next run, with the failed run in it)."""
-    if _STARTUP_COUNTED:
+    global _startup_counted
+    if _startup_counted:
         return 0.0
-    _STARTUP_COUNTED.append(True)
+    _startup_counted = True
     return max(0.0, _seconds_since_process_start())
 
 
