@@ -98,11 +98,12 @@ def check_recipe(recipe: Recipe, *, env: Environment | None = None, layout: Para
                 num_samples=getattr(stage, "calibration_samples", None) or cal.num_samples,
                 seq_length=getattr(stage, "calibration_seq_length", None) or cal.seq_length,
                 batch_size=cal.batch_size)
-        snap = getattr(stage, "format", None) == "hf" and trained_while_quantized(
-            recipe.stages, i, source_quantized=source_quantized, source_trained=source_trained)
+        trained_before, trained_after = (trained_while_quantized(
+            recipe.stages, j, source_quantized=source_quantized, source_trained=source_trained) for j in (i, i + 1))
         planned = StagePlan(index=i, label=stage.label, technique=technique.name, stage=stage, arch=arch,
                             layout=stage_layout, calibration=windows, save=saves[i],
-                            snap_to_grid=technique.name == "export" and snap)
+                            snap_to_grid=technique.name == "export" and getattr(stage, "format", None) == "hf"
+                            and trained_before, trained_while_quantized=trained_after)
         not_here = technique.backend_problem(backend, path)
         if not_here is not None:
             errors.append(not_here)
@@ -118,7 +119,7 @@ def check_recipe(recipe: Recipe, *, env: Environment | None = None, layout: Para
         stages_out.append(attrs.evolve(planned, coverage=found.coverage, config_source=found.config_source,
                                        quant_config=found.quant_config, memory=found.memory))
     return attrs.evolve(base, errors=tuple(errors), warnings=tuple(warnings), stages=tuple(stages_out),
-                        weights_dir=weights_dir(recipe, archs[0]))
+                        weights_dir=weights_dir(recipe, archs[0]), source_quantized=source_quantized)
 
 
 def _stage_layout(arch: ModelArch, layout: ParallelLayout, stage: str, path: str,

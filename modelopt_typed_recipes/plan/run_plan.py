@@ -63,6 +63,9 @@ class StagePlan:
     snap_to_grid: bool = False
     """An HF export after quantization-aware training: the trained weights go onto their quantizers' grid first
     (``plan.techniques.distill.trained_while_quantized``; ``runtime.quant_grid`` says why)."""
+    trained_while_quantized: bool = False
+    """After this stage the weights were trained while quantized and not calibrated since: a checkpoint the stage
+    saves records it, so a later run's export snaps them (``plan.sources.trained_source``)."""
 
     @property
     def path(self) -> str:
@@ -104,6 +107,8 @@ class RunPlan:
     weights_dir: Path | None = None
     """The Hugging Face folder the run loads weights from (the source's, or the shipped weights); None for
     random init or a Megatron checkpoint."""
+    source_quantized: bool = False
+    """The source arrives quantized, its quantizers restored with it (``plan.sources.quantized_source``)."""
     output_dir: Path | None = None
     """Where the outputs end up (absent until the run succeeds); set by ``run_post_training``."""
     staging_dir: Path | None = None

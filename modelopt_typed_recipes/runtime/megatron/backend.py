@@ -27,7 +27,6 @@ from typing import Any
 
 from ...errors import SpecError
 from ...plan.run_plan import RunPlan
-from ...plan.sources import quantized_source
 from ...spec.arch import ModelArch
 from ...spec.layout import ParallelLayout
 from ...spec.recipe import Builtin, HFCheckpoint, MegatronCheckpoint, RandomInit, Recipe
@@ -134,7 +133,6 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
                       windows=calib, hf_reference=hf_ref, archs=archs, eval_batches=eval_batches)
     finished = [sp.stage for sp in plan.stages[:start]]
     run.quantized = any(st.technique in ("quantize", "auto_quantize") for st in finished)
-    run.source_quantized = quantized_source(recipe.source)
     run.changed = any(changes_model(st) and st.technique not in ("quantize", "auto_quantize") for st in finished)
     del model  # the run holds it now (a hand-over between layouts must be able to free it)
     results: list[StageResult] = list(done)
@@ -161,7 +159,7 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
         seconds = time.perf_counter() - t - step.excluded_seconds
         summary = step.quantizer_summary
         if summary is None:
-            summary = stages.quantizer_summary(run.model) if run.quantized or run.source_quantized else {}
+            summary = stages.quantizer_summary(run.model) if run.quantized or plan.source_quantized else {}
         results.append(StageResult(
             name=stage.label, technique=stage.technique, seconds=seconds,
             peak_memory_bytes=distributed.max_over_ranks(peak_memory(device)),

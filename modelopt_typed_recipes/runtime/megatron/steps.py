@@ -46,8 +46,6 @@ class MegatronRun:
     eval_batches: list[Any] | None = None
     quantized: bool = False
     """A stage of this run quantized the model (the measurements after are then worth taking)."""
-    source_quantized: bool = False
-    """The source checkpoint arrived quantized (``plan.sources.quantized_source``): its quantizers are restored."""
     changed: bool = False
     teacher: Any = None
     """The model as it was before the first compression stage, kept when a later distill stage learns from it."""
@@ -96,15 +94,9 @@ class MegatronRun:
         info: dict[str, Any] = sp.save.to_dict()
         if not sp.save.save:
             return (), {"checkpoint": info}
-        from ...plan.sources import trained_source
-        from ...plan.techniques.distill import trained_while_quantized
-
-        src = self.recipe.source  # a later run that exports this checkpoint snaps weights trained while quantized
-        trained = trained_while_quantized(self.recipe.stages, sp.index + 1, source_quantized=self.source_quantized,
-                                          source_trained=trained_source(src))
-        t = time.perf_counter()
+        t = time.perf_counter()  # a later run that exports the checkpoint snaps weights trained while quantized
         ckpt = build.save_checkpoint(self.model, self.out_dir(sp) / "checkpoint", arch=arch, spec=self.spec,
-                                     trained_while_quantized=trained)
+                                     trained_while_quantized=sp.trained_while_quantized)
         info.update(path=str(ckpt.relative_to(self.plan.staging())), seconds=time.perf_counter() - t)
         return (info["path"],), {"checkpoint": info}
 
@@ -252,7 +244,7 @@ def distill(run: MegatronRun, stage: Distill, sp: StagePlan) -> StepResult:
     windows, distinct = training_windows(stage, run.recipe.calibration, run.tokenizer,
                                          needed=steps * train.windows_per_step * dp, seed=run.recipe.seed,
                                          path=sp.path)
-    details: dict[str, Any] = {"teacher": info, "qad": run.quantized or run.source_quantized,
+    details: dict[str, Any] = {"teacher": info, "qad": run.quantized or run.plan.source_quantized,
                                "after_prune": run.changed}
     if run.eval_batches is not None:
         details["perplexity_before_stage"] = stages.perplexity(run.model, run.eval_batches, progress=False)
