@@ -187,19 +187,40 @@ def source_arch_problem(arch: ModelArch, folder: Path, config: dict,
     its export wrote the reference's ``config.json`` beside weights of another shape. None when they agree, or
     when the config is one the bridge cannot express (the loader then reads it); one with values no model has
     (``ConfigValueError``: a wrong type, zero heads, a NaN) is a :class:`SpecError` at ``field``."""
+    found, problem = _bridged(config, field)
+    if found is None:
+        return problem
+    return _arch_mismatch(arch, found, field, inline=f"`python -m modelopt_typed_recipes arch from-hf "
+                                                    f"{str(folder)[:200]}` prints one")
+
+
+def _bridged(config: dict, field: str) -> tuple[ModelArch | None, RecipeError | None]:
+    """The bridge's architecture of a ``config.json``; (None, a :class:`SpecError` at ``field``) for values no model
+    has (``ConfigValueError``: transformers fails on them with its own exception, a str vocab_size or zero heads, or
+    loads them, a NaN norm epsilon whose calibration then fails), (None, None) for a type or feature only
+    transformers (or the checkpoint's own code) reads."""
     from ..bridges.hf_config import from_hf_config
     from ..bridges.hf_config.access import ConfigValueError
 
     try:
-        found = from_hf_config(config)
-    except RecipeError as err:
-        if not isinstance(err, ConfigValueError):
-            return None  # a type or feature only transformers (or the checkpoint's own code) reads
-        # transformers fails on the same values with its own exception (a str vocab_size, zero heads) or loads
-        # them (a NaN norm epsilon, whose calibration then fails on NaN ranges)
-        return _config_value_problem(err, field)
-    return _arch_mismatch(arch, found, field, inline=f"`python -m modelopt_typed_recipes arch from-hf "
-                                                    f"{str(folder)[:200]}` prints one")
+        return from_hf_config(config), None
+    except ConfigValueError as err:
+        return None, _config_value_problem(err, field)
+    except RecipeError:
+        return None, None
+
+
+def _read_config(folder: Path, field: str) -> tuple[dict | None, RecipeError | None]:
+    """``folder``'s ``config.json`` read with the bridge's bounds, or the problem at ``field`` that transformers'
+    loader would meet there later (unreadable, not JSON, a byte-order mark)."""
+    from ..bridges.hf_config import read_config_json
+
+    try:
+        config = read_config_json(folder)
+    except SpecError as err:
+        return None, _config_read_problem(err, field)
+    bom = _bom_problem(folder / "config.json", field)
+    return (None, bom) if bom is not None else (config, None)
 
 
 def _arch_mismatch(arch: ModelArch, found: ModelArch, field: str, *, inline: str) -> RecipeError | None:
@@ -220,19 +241,17 @@ def _arch_mismatch(arch: ModelArch, found: ModelArch, field: str, *, inline: str
                               hint=hint)
 
 
-def hf_config_problems(folder: Path, path: str = "source.path") -> list[RecipeError]:
+def hf_config_problems(folder: Path, path: str = "source.path", *,
+                       arch: ModelArch | None = None) -> list[RecipeError]:
     """A checkpoint's ``config.json`` that transformers would fail on or misread: unreadable (read with the
     bridge's bounds), a model type only the checkpoint's own code defines (this package never runs that code),
-    or a quantized ModelOpt export."""
-    from ..bridges.hf_config import HF_MODEL_TYPES, read_config_json
+    or a quantized ModelOpt export; with ``arch`` (the recipe's ``model``), another model than that
+    (:func:`source_arch_problem`)."""
+    from ..bridges.hf_config import HF_MODEL_TYPES
 
-    try:
-        config = read_config_json(folder)
-    except SpecError as err:
-        return [_config_read_problem(err, path)]
-    bom = _bom_problem(folder / "config.json", path)
-    if bom is not None:
-        return [bom]
+    config, problem = _read_config(folder, path)
+    if config is None:
+        return [problem] if problem is not None else []
     exported = quantized_export_problem(folder, config, path)
     if exported is not None:
         return [exported]
@@ -242,7 +261,8 @@ def hf_config_problems(folder: Path, path: str = "source.path") -> list[RecipeEr
             f"model type {model_type[:80]!r} of {str(folder)[:200]!r} is defined by the checkpoint's own code "
             "(auto_map); this package does not run a checkpoint's code", path=path,
             hint="supported model types: " + ", ".join(sorted(HF_MODEL_TYPES)))]
-    return []
+    mismatch = None if arch is None else source_arch_problem(arch, folder, config, path)
+    return [mismatch] if mismatch is not None else []
 
 
 def _config_read_problem(err: SpecError, field: str) -> SpecError:
@@ -298,8 +318,9 @@ def recorded_arch(src: MegatronCheckpoint) -> ModelArch | None:
         return None
 
 
-def _model_type(arch: ModelArch) -> str:
-    """The transformers model type that builds ``arch`` (pruning never changes it), or its kind when none does."""
+def model_family(arch: ModelArch) -> str:
+    """The transformers model type that builds ``arch`` (pruning never changes it), or its kind when none does:
+    what a teacher and its student, or a checkpoint and its ``hf_reference``, must share."""
     from ..bridges.hf_config import hf_model_type
 
     try:
@@ -344,29 +365,18 @@ def _reference_arch_problems(src: MegatronCheckpoint, arch: ModelArch, *, export
         return [locked]
     if not (ref / "config.json").is_file():
         return []
-    from ..bridges.hf_config import from_hf_config, read_config_json
-    from ..bridges.hf_config.access import ConfigValueError
-
-    field = "source.hf_reference"
-    try:  # the run reads the tokenizer there first, and transformers' AutoTokenizer reads config.json with it
-        config = read_config_json(ref)
-    except SpecError as err:
-        return [_config_read_problem(err, field)]
-    bom = _bom_problem(ref / "config.json", field)
-    if bom is not None:
-        return [bom]
-    try:
-        found = from_hf_config(config)
-    except ConfigValueError as err:  # AutoTokenizer's StrictDataclassFieldValidationError after the checkpoint loaded
-        return [_config_value_problem(err, field)]
-    except RecipeError:  # a type or feature the bridge does not read: left to the export
-        return []
+    # the run reads the tokenizer there, after loading the checkpoint, and transformers' AutoTokenizer reads
+    # config.json with it (a mistyped value: its StrictDataclassFieldValidationError)
+    config, problem = _read_config(ref, "source.hf_reference")
+    found, problem = _bridged(config, "source.hf_reference") if config is not None else (None, problem)
+    if found is None:  # (None, None): a type or feature the bridge does not read, left to the export
+        return [problem] if problem is not None else []
     if recorded is None and not _could_be_pruned_from(arch, found):
         mismatch = _arch_mismatch(arch, found, "source.hf_reference", inline=f"`python -m modelopt_typed_recipes "
                                                                              f"arch from-hf {str(ref)[:200]}` prints one")
         return [mismatch] if mismatch is not None else []
     kept: dict[str, tuple[object, object]] = {"vocabulary": (arch.vocab.size, found.vocab.size),
-                                               "model type": (_model_type(arch), _model_type(found))}
+                                               "model type": (model_family(arch), model_family(found))}
     if exports:
         moe, ref_moe = arch.moe, found.moe
         kept.update({"experts": (moe.num_experts if moe else 0, ref_moe.num_experts if ref_moe else 0),
@@ -411,13 +421,7 @@ def source_problems(recipe: Recipe, arch: ModelArch, env: Environment, backend: 
             out.append(SpecError(f"{src.path!r} has no config.json: not a Hugging Face checkpoint",
                                  path="source.path"))
         elif isinstance(src, HFCheckpoint):
-            problems = hf_config_problems(p)
-            out += problems
-            if not problems:
-                from ..bridges.hf_config import read_config_json
-
-                mismatch = source_arch_problem(arch, p, read_config_json(p))
-                out += [mismatch] if mismatch is not None else []
+            out += hf_config_problems(p, arch=arch)
         elif isinstance(src, MegatronCheckpoint) and not (p / "metadata.json").is_file():
             # megatron/build.load_checkpoint says so only after the model is built
             out.append(SpecError(f"{src.path!r} is not a Megatron distributed checkpoint (no metadata.json)",

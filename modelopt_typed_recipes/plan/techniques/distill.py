@@ -149,26 +149,20 @@ def _hf_teacher(folder: str, path: str, field: str, *,
     return arch, [], []
 
 
-def _family(arch: ModelArch) -> str:
-    from ...bridges.hf_config import hf_model_type
-
-    try:
-        return hf_model_type(arch)
-    except RecipeError:
-        return arch.kind
-
-
 def teacher_problems(student: ModelArch, teacher: ModelArch, path: str) -> list[RecipeError]:
     """A teacher whose logits cannot be compared with the student's: another vocabulary or model family."""
+    from ..sources import model_family
+
     out: list[RecipeError] = []
     if teacher.vocab.size != student.vocab.size:
         out.append(CompatibilityError(
             f"the teacher's vocabulary has {teacher.vocab.size} tokens and the student's {student.vocab.size}: "
             "their logits cannot be compared token by token", path=path,
             hint="distil from a model of the same family and tokenizer"))
-    if _family(teacher) != _family(student):
+    if model_family(teacher) != model_family(student):
         out.append(CompatibilityError(
-            f"the teacher is a {_family(teacher)} model and the student a {_family(student)} model", path=path,
+            f"the teacher is a {model_family(teacher)} model and the student a {model_family(student)} model",
+            path=path,
             hint="distil from a model of the same family (the same architecture and tokenizer)"))
     return out
 
