@@ -67,25 +67,25 @@ def _info(src: MegatronCheckpoint) -> dict:
 
 
 def _saved_info(src: MegatronCheckpoint) -> dict:
-    """:func:`_info`, or {} when it cannot be read (``info_problem`` reports that at ``source.path``)."""
+    """:func:`_info`, or {} when it cannot be read (``checked_info`` reports that at ``source.path``)."""
     try:
         return _info(src)
     except (OSError, SpecError):  # SpecError: ~user with no home too
         return {}
 
 
-def info_problem(src: MegatronCheckpoint) -> RecipeError | None:
-    """A checkpoint info file this package cannot read: the run would build the model with a guessed layer spec
-    (its shards' names then fail the load, after the build) and export trained weights as calibrated ones."""
+def checked_info(src: MegatronCheckpoint) -> tuple[dict, RecipeError | None]:
+    """:func:`_info` read once for the check, with the problem of one this package cannot read ({} then): the run
+    would build the model with a guessed layer spec (its shards' names then fail the load, after the build) and
+    export trained weights as calibrated ones."""
     try:
-        _info(src)
+        return _info(src), None
     except SpecError as err:
         file = MegatronCheckpoint.INFO_FILE
-        return SpecError(f"its {file} cannot be read: {err.message}", path="source.path",
-                         hint=f"{file} is written by this package's save; restore it from the run that saved "
-                              "the checkpoint, or delete it (the run then builds with the default layer spec "
-                              "and exports the weights as calibrated)")
-    return None
+        return {}, SpecError(f"its {file} cannot be read: {err.message}", path="source.path",
+                             hint=f"{file} is written by this package's save; restore it from the run that saved "
+                                  "the checkpoint, or delete it (the run then builds with the default layer spec "
+                                  "and exports the weights as calibrated)")
 
 
 def saved_layer_spec(src: MegatronCheckpoint) -> str | None:
@@ -429,9 +429,9 @@ def source_problems(recipe: Recipe, arch: ModelArch, env: Environment, backend: 
         elif isinstance(src, MegatronCheckpoint) and backend == "megatron":
             exports = any(getattr(st, "technique", None) == "export" for st in recipe.stages)
             out += _reference_arch_problems(src, arch, exports=exports)
-            unread = info_problem(src)
+            info, unread = checked_info(src)
             out += [unread] if unread is not None else []
-            saved = saved_layer_spec(src)
+            saved = info.get("layer_spec")
             if saved in ("te", "modelopt") and not env.transformer_engine:
                 out.append(CompatibilityError(
                     f"this checkpoint was saved with the {saved!r} layer spec, which needs Transformer Engine",
