@@ -27,6 +27,37 @@ def recipe(out: Path, *stages: dict[str, Any]) -> dict[str, Any]:
             "backend": "hf", "device": "cpu", **SMALL}
 
 
+def qat_recipe(out: Path, model: Any, quantize: dict[str, Any]) -> dict[str, Any]:
+    """A tiny model's random weights quantized by ``quantize``, 4 steps of QAT on the LM loss at a rate that moves
+    weights past their calibrated ranges (saved, for the test to read the trained model back), then exported."""
+    small = {"dataset": "reference-heldout", "num_samples": 8, "seq_length": 64, "batch_size": 4}
+    return {"model": model, "source": {"type": "random", "seed": 0}, "backend": "hf", "device": "cpu",
+            "output_dir": str(out), "calibration": {**small, "dataset": "reference-train"}, "evaluation": small,
+            "stages": [quantize,
+                       {"technique": "distill", "teacher": "none", "skip_lm_loss": False, "steps": 4,
+                        "micro_batch_size": 4, "seq_length": 64, "learning_rate": 1e-2, "lr_schedule": "constant",
+                        "data": {"dataset": "reference-heldout"}, "save": True},
+                       {"technique": "export"}]}
+
+
+def fp8_casts(monkeypatch: Any) -> list[float]:
+    """The largest |w / scale| ModelOpt's export casts to FP8, one per call, filled as the export runs (past 448,
+    PyTorch 2.11's unclamped cast gives NaN)."""
+    import modelopt.torch.export.unified_export_hf as ueh
+    from modelopt.torch.export.quant_utils import QUANTIZATION_FP8
+
+    cast: list[float] = []
+    real = ueh.to_quantized_weight
+
+    def spy(weight: Any, scale: Any, quantization: str, *args: Any, **kwargs: Any) -> Any:
+        if quantization == QUANTIZATION_FP8:
+            cast.append(float((weight.detach().float() / scale.float()).abs().max()))
+        return real(weight, scale, quantization, *args, **kwargs)
+
+    monkeypatch.setattr(ueh, "to_quantized_weight", spy)
+    return cast
+
+
 def test_lr_schedules_warm_up_then_decay_to_the_floor() -> None:
     from modelopt_typed_recipes.runtime.hf.distill import lr_at
 
@@ -205,33 +236,15 @@ def test_fp8_qat_of_fused_moe_experts_exports_each_experts_trained_codes(tmp_pat
     ``down_proj``; ModelOpt quantizes each expert's slice with its own quantizer): FP8 QAT moves the experts past
     their calibrated ranges, the export stage snaps every expert, and ModelOpt's export, which splits the experts
     into ``gate_proj``/``up_proj``/``down_proj``, stores each one's trained FP8 codes, bit for bit."""
-    import modelopt.torch.export.unified_export_hf as ueh
     import modelopt.torch.opt as mto
     import torch
-    from modelopt.torch.export.quant_utils import QUANTIZATION_FP8
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from modelopt_typed_recipes.runtime.api import run_post_training
 
-    cast: list[float] = []  # the largest |w / scale| ModelOpt casts to FP8, per weight (attention, each expert's)
-    real = ueh.to_quantized_weight
-
-    def spy(weight: Any, scale: Any, quantization: str, *args: Any, **kwargs: Any) -> Any:
-        if quantization == QUANTIZATION_FP8:
-            cast.append(float((weight.detach().float() / scale.float()).abs().max()))
-        return real(weight, scale, quantization, *args, **kwargs)
-
-    monkeypatch.setattr(ueh, "to_quantized_weight", spy)
-    small = {"dataset": "reference-heldout", "num_samples": 8, "seq_length": 64, "batch_size": 4}
-    doc = {"model": "tiny-moe", "source": {"type": "random", "seed": 0}, "backend": "hf", "device": "cpu",
-           "output_dir": str(tmp_path / "moe"), "calibration": {**small, "dataset": "reference-train"},
-           "evaluation": small,
-           "stages": [{"technique": "quantize", "format": "fp8"},
-                      {"technique": "distill", "teacher": "none", "skip_lm_loss": False, "steps": 4,
-                       "micro_batch_size": 4, "seq_length": 64, "learning_rate": 1e-2, "lr_schedule": "constant",
-                       "data": {"dataset": "reference-heldout"}, "save": True},
-                      {"technique": "export"}]}
+    cast = fp8_casts(monkeypatch)  # per weight (attention, each expert's)
+    doc = qat_recipe(tmp_path / "moe", "tiny-moe", {"technique": "quantize", "format": "fp8"})
     result = run_post_training(doc, progress=False)
     d, e = result.stage("distill"), result.stage("export")
     snapped = e.details["snapped_to_grid"]
@@ -283,15 +296,7 @@ def test_w4a8_qat_exports_the_int4_codes_it_trained_with(tmp_path: Path) -> None
     from modelopt_typed_recipes.runtime.api import run_post_training
     from modelopt_typed_recipes.runtime.hf.export import _unpack_int4, decode_weight
 
-    small = {"dataset": "reference-heldout", "num_samples": 8, "seq_length": 64, "batch_size": 4}
-    doc = {"model": "tiny-dense", "source": {"type": "random", "seed": 0}, "backend": "hf", "device": "cpu",
-           "output_dir": str(tmp_path / "w4a8"), "calibration": {**small, "dataset": "reference-train"},
-           "evaluation": small,
-           "stages": [{"technique": "quantize", "format": "w4a8_awq"},
-                      {"technique": "distill", "teacher": "none", "skip_lm_loss": False, "steps": 4,
-                       "micro_batch_size": 4, "seq_length": 64, "learning_rate": 1e-2, "lr_schedule": "constant",
-                       "data": {"dataset": "reference-heldout"}, "save": True},
-                      {"technique": "export"}]}
+    doc = qat_recipe(tmp_path / "w4a8", "tiny-dense", {"technique": "quantize", "format": "w4a8_awq"})
     result = run_post_training(doc, progress=False)
     d, e = result.stage("distill"), result.stage("export")
     snapped = e.details["snapped_to_grid"]
@@ -352,10 +357,8 @@ def test_fp8_qat_of_a_quantized_lm_head_tied_to_the_embedding_exports_its_traine
     with PyTorch 2.11), so the stored codes are the trained model's, bit for bit, the stored embedding is the
     trained embedding, and the export re-loaded measures what the model in memory measured."""
     import attrs
-    import modelopt.torch.export.unified_export_hf as ueh
     import modelopt.torch.opt as mto
     import torch
-    from modelopt.torch.export.quant_utils import QUANTIZATION_FP8
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -363,26 +366,11 @@ def test_fp8_qat_of_a_quantized_lm_head_tied_to_the_embedding_exports_its_traine
     from modelopt_typed_recipes.runtime.api import run_post_training
     from modelopt_typed_recipes.spec.serde import to_dict
 
-    cast: list[float] = []  # the largest |w / scale| ModelOpt casts to FP8, per layer
-    real = ueh.to_quantized_weight
-
-    def spy(weight: Any, scale: Any, quantization: str, *args: Any, **kwargs: Any) -> Any:
-        if quantization == QUANTIZATION_FP8:
-            cast.append(float((weight.detach().float() / scale.float()).abs().max()))
-        return real(weight, scale, quantization, *args, **kwargs)
-
-    monkeypatch.setattr(ueh, "to_quantized_weight", spy)
+    cast = fp8_casts(monkeypatch)  # per layer
     (tmp_path / "fp8_lm_head.yaml").write_text(LM_HEAD_FP8)
-    small = {"dataset": "reference-heldout", "num_samples": 8, "seq_length": 64, "batch_size": 4}
     arch = attrs.evolve(get_arch("tiny-dense"), name="tiny-dense-tied", tie_embeddings=True)
-    doc = {"model": to_dict(arch), "source": {"type": "random", "seed": 0}, "backend": "hf", "device": "cpu",
-           "output_dir": str(tmp_path / "qat"), "calibration": {**small, "dataset": "reference-train"},
-           "evaluation": small,
-           "stages": [{"technique": "quantize", "recipe": str(tmp_path / "fp8_lm_head.yaml")},
-                      {"technique": "distill", "teacher": "none", "skip_lm_loss": False, "steps": 4,
-                       "micro_batch_size": 4, "seq_length": 64, "learning_rate": 1e-2, "lr_schedule": "constant",
-                       "data": {"dataset": "reference-heldout"}, "save": True},
-                      {"technique": "export"}]}
+    doc = qat_recipe(tmp_path / "qat", to_dict(arch),
+                     {"technique": "quantize", "recipe": str(tmp_path / "fp8_lm_head.yaml")})
     result = run_post_training(doc, progress=False)
     d, e = result.stage("distill"), result.stage("export")
     snapped = e.details["snapped_to_grid"]
