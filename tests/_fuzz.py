@@ -63,17 +63,17 @@ class Outcome:
     wall_seconds: float = 0.0
 
 
-class _Timeout(BaseException):
+class TimeLimitExceeded(BaseException):
     """Raised by the interval timer inside a call that ran past :data:`SECONDS` (a BaseException, so that
     no ``except Exception`` in the code under test swallows it)."""
 
 
 def _alarm(_signum: int, _frame: Any) -> None:
-    raise _Timeout
+    raise TimeLimitExceeded
 
 
 @contextlib.contextmanager
-def _limits(seconds: float) -> Iterator[None]:
+def time_limit(seconds: float) -> Iterator[None]:
     old = signal.signal(signal.SIGALRM, _alarm)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
@@ -96,9 +96,9 @@ def measure(fn: Callable[[], Outcome | None], *, seconds: float = SECONDS) -> Ou
     tracemalloc.reset_peak()
     t, cpu = time.perf_counter(), time.process_time()
     try:
-        with _limits(WALL_LIMIT):
+        with time_limit(WALL_LIMIT):
             got = fn() or Outcome("ok")
-    except _Timeout:
+    except TimeLimitExceeded:
         got = Outcome("hang", f"interrupted after {WALL_LIMIT:g} s wall")
     except RecipeError as err:
         text = str(err)

@@ -14,13 +14,11 @@ CPU) refuses a broken ``config.json`` with a typed error and writes nothing.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
 import shutil
-import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +28,7 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from _fuzz import PAYLOADS, junk
+from _fuzz import PAYLOADS, TimeLimitExceeded, junk, time_limit
 from modelopt_typed_recipes.catalog import get_arch
 from modelopt_typed_recipes.errors import RecipeError
 from modelopt_typed_recipes.plan.check import Environment, check_recipe
@@ -136,31 +134,13 @@ def restore(root: Path, t: Target) -> None:
         f.write_bytes(t.valid)
 
 
-class _Hang(BaseException):
-    """A check past :data:`SECONDS` (a BaseException: no ``except Exception`` under test swallows it)."""
-
-
-@contextlib.contextmanager
-def _clock() -> Iterator[None]:
-    def ring(_signum: int, _frame: Any) -> None:
-        raise _Hang
-
-    old = signal.signal(signal.SIGALRM, ring)
-    signal.setitimer(signal.ITIMER_REAL, SECONDS)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-
-
 def checked(root: Path, t: Target) -> tuple[RecipeError, ...]:
     """``check_recipe`` of the target's recipe with its file as it is now: only typed errors, each naming a
     field, those the file causes at its own field; nothing written."""
     try:
-        with _clock():
+        with time_limit(SECONDS):
             report = check_recipe(t.recipe(root), env=t.env)
-    except _Hang:
+    except TimeLimitExceeded:
         pytest.fail(f"{t.name}: the check ran past {SECONDS} s")
     except RecipeError as err:  # a typed error raised rather than reported is fine too
         errors: tuple[RecipeError, ...] = (err,)
