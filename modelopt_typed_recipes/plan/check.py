@@ -28,7 +28,7 @@ from .determinism import env_problems
 from .environment import Environment
 from .run_plan import CalibrationWindows, RunPlan, StagePlan
 from .save import save_decisions
-from .sources import quantized_source, source_problems, trained_source, weights_dir
+from .sources import hf_reference, quantized_source, source_dir, source_problems, trained_source, weights_dir
 from .tasks import task_problems
 from .techniques import StageContext, technique_for
 from .techniques.distill import trained_while_quantized
@@ -119,7 +119,8 @@ def check_recipe(recipe: Recipe, *, env: Environment | None = None, layout: Para
         stages_out.append(attrs.evolve(planned, coverage=found.coverage, config_source=found.config_source,
                                        quant_config=found.quant_config, memory=found.memory))
     return attrs.evolve(base, errors=tuple(errors), warnings=tuple(warnings), stages=tuple(stages_out),
-                        weights_dir=weights_dir(recipe, archs[0]), source_quantized=source_quantized)
+                        weights_dir=weights_dir(recipe, archs[0]), source_dir=source_dir(recipe),
+                        hf_reference=hf_reference(recipe, archs[0]), source_quantized=source_quantized)
 
 
 def _stage_layout(arch: ModelArch, layout: ParallelLayout, stage: str, path: str,

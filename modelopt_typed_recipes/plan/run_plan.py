@@ -107,6 +107,11 @@ class RunPlan:
     weights_dir: Path | None = None
     """The Hugging Face folder the run loads weights from (the source's, or the shipped weights); None for
     random init or a Megatron checkpoint."""
+    source_dir: Path | None = None
+    """The source checkpoint's folder, ``~`` expanded (``plan.sources.source_dir``; None for other sources)."""
+    hf_reference: str | None = None
+    """The Hugging Face folder (or Hub id) a Megatron-Core run imports, tokenizes and exports with, ``~`` expanded
+    (``plan.sources.hf_reference``)."""
     source_quantized: bool = False
     """The source arrives quantized, its quantizers restored with it (``plan.sources.quantized_source``)."""
     output_dir: Path | None = None

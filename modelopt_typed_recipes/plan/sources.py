@@ -124,12 +124,35 @@ def builtin_weights(arch: ModelArch) -> Path | None:
 def weights_dir(recipe: Recipe, arch: ModelArch) -> Path | None:
     """The Hugging Face folder a run loads: the source's, or the shipped weights (None: random init or a
     Megatron checkpoint)."""
-    src = recipe.source
-    if isinstance(src, HFCheckpoint):
-        return user_path(src.path, path="source.path")
-    if isinstance(src, Builtin):
+    if isinstance(recipe.source, Builtin):
         return builtin_weights(arch)
-    return None
+    return source_dir(recipe) if isinstance(recipe.source, HFCheckpoint) else None
+
+
+def source_dir(recipe: Recipe) -> Path | None:
+    """The source checkpoint's folder (Hugging Face or Megatron-Core), ``~`` expanded as every check here expands
+    it; None for other sources, or a path that cannot be expanded (:func:`source_problems` reports it)."""
+    src = recipe.source
+    if not isinstance(src, HFCheckpoint | MegatronCheckpoint):
+        return None
+    try:
+        return user_path(src.path, path="source.path")
+    except SpecError:
+        return None
+
+
+def hf_reference(recipe: Recipe, arch: ModelArch) -> str | None:
+    """The Hugging Face folder (or Hub id) a Megatron-Core run imports, tokenizes and exports with, ``~`` expanded:
+    the source's folder, the shipped one, or a Megatron checkpoint's ``hf_reference`` (the importer, the tokenizer
+    and the exporter would take a raw ``~/...`` for a Hub id). None where there is none."""
+    src = recipe.source
+    if isinstance(src, MegatronCheckpoint):
+        try:
+            return None if src.hf_reference is None else str(user_path(src.hf_reference, path="source.hf_reference"))
+        except SpecError:
+            return None
+    folder = builtin_weights(arch) if isinstance(src, Builtin) else source_dir(recipe)
+    return str(folder) if folder is not None and (folder / "config.json").is_file() else None
 
 
 def quantized_export_problem(folder: Path, config: dict, path: str) -> RecipeError | None:

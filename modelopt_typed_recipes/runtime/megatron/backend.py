@@ -35,23 +35,6 @@ from ..evaluate import add_change
 from ..result import PostTrainingResult, StageResult, peak_memory, reset_peak_memory
 
 
-def _hf_reference(recipe: Recipe) -> str | None:
-    """The Hugging Face folder (or Hub id) the run imports, tokenizes and exports with; ``~`` expanded as ``check``
-    expands it (the importer, the tokenizer and the exporter take a raw ``~/...`` for a Hub id)."""
-    from ...plan.outputs import user_path
-
-    src = recipe.source
-    if isinstance(src, HFCheckpoint):
-        return str(user_path(src.path, path="source.path"))
-    if isinstance(src, MegatronCheckpoint):
-        return None if src.hf_reference is None else str(user_path(src.hf_reference, path="source.hf_reference"))
-    if isinstance(src, Builtin):
-        from ..data import REFERENCE_DIR
-
-        return str(REFERENCE_DIR) if (REFERENCE_DIR / "config.json").is_file() else None
-    return None
-
-
 def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
     from ...plan.save import changes_model
     from ...plan.techniques import technique_for
@@ -83,7 +66,7 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
     # ---- model and weights
     t = time.perf_counter()
     src = recipe.source
-    hf_ref = _hf_reference(recipe)
+    hf_ref = plan.hf_reference  # ~ expanded by the plan, as check expanded it
     if point.state is not None:  # the model as the last finished stage's checkpoint holds it
         arch = _saved_arch(point.state)
         model = build.build_model(arch, current, dtype=dtype, device=device, spec=spec,
@@ -96,10 +79,8 @@ def run(recipe: Recipe, plan: RunPlan) -> PostTrainingResult:
                                     deterministic=recipe.deterministic)
         if hf_ref is not None and isinstance(src, HFCheckpoint | Builtin):
             build.import_hf(model, hf_ref, dtype=dtype, workspace=str(staging / ".import"))
-        elif isinstance(src, MegatronCheckpoint):
-            from ...plan.outputs import user_path
-
-            model = build.load_checkpoint(model, user_path(src.path, path="source.path"))
+        elif isinstance(src, MegatronCheckpoint) and plan.source_dir is not None:
+            model = build.load_checkpoint(model, plan.source_dir)
         elif isinstance(src, Builtin):
             raise SpecError("the built-in reference weights are not installed", path="source")
     timings["load"] = time.perf_counter() - t
