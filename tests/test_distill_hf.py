@@ -73,8 +73,8 @@ def test_lr_schedules_warm_up_then_decay_to_the_floor() -> None:
 
 def test_qad_recovers_part_of_the_ptq_loss_and_the_export_agrees(tmp_path: Path) -> None:
     """INT4-AWQ PTQ, then distillation from the model before quantization, then the unified HF export. INT4, not
-    FP8: FP8 costs the reference model 0.08 % of its held-out perplexity, and 16 steps won back or lost
-    0.007 of it depending on the installed releases (transformers 5.24 with torch 2.13: a loss); INT4 costs 0.5 %,
+    FP8: FP8 costs the reference model 0.08 % of its held-out perplexity, and 16 steps won some back in
+    earlier CI runs but lost 0.007 with transformers 5.24.0 and torch 2.13.0 (not bisected); INT4 costs 0.5 %,
     and the distillation wins back a fifth of that."""
     from modelopt_typed_recipes.runtime.api import run_post_training
 
